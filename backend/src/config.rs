@@ -1,0 +1,309 @@
+//! Architecture hyper-parameters of a llama-family model, read from GGUF metadata or from a
+//! Hugging Face `config.json`, and checked once into [`ModelConfig`].
+//!
+//! Invariants after construction: heads divide evenly into KV groups, `head_dim * heads` is the
+//! attention width, and RoPE rotates the whole head (partial rotary embeddings are rejected).
+
+use crate::error::LoadError;
+use candle_core::quantized::gguf_file;
+use serde_json::Value as Json;
+
+/// The llama-family variants Wick runs. They share one forward pass; the differences are flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    Llama,
+    /// Llama with a sliding attention window (handled by capping the context at the window).
+    Mistral,
+    /// Llama with biases on the Q, K and V projections.
+    Qwen2,
+}
+
+impl Architecture {
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Mistral => "mistral",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Self, LoadError> {
+        match name {
+            "llama" | "LlamaForCausalLM" => Ok(Architecture::Llama),
+            "mistral" | "MistralForCausalLM" => Ok(Architecture::Mistral),
+            "qwen2" | "Qwen2ForCausalLM" => Ok(Architecture::Qwen2),
+            other => Err(LoadError::UnsupportedArchitecture {
+                architecture: other.to_string(),
+            }),
+        }
+    }
+
+    /// Whether the Q, K and V projections carry a bias.
+    pub fn qkv_bias(self) -> bool {
+        matches!(self, Architecture::Qwen2)
+    }
+}
+
+/// Checked hyper-parameters of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f32,
+    pub rms_eps: f64,
+    /// Longest sequence the model was trained for (capped by a sliding window, if any).
+    pub max_context: usize,
+    pub vocab_size: usize,
+}
+
+impl ModelConfig {
+    /// Reads the `{arch}.*` keys of a GGUF file.
+    pub fn from_gguf(ct: &gguf_file::Content, vocab_len: usize) -> Result<Self, LoadError> {
+        let arch_name = gguf_str(ct, "general.architecture")?;
+        let architecture = Architecture::parse(&arch_name)?;
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let num_heads = gguf_usize(ct, &key("attention.head_count"))?;
+        let hidden_size = gguf_usize(ct, &key("embedding_length"))?;
+        let head_dim = match gguf_usize(ct, &key("attention.key_length")) {
+            Ok(d) => d,
+            Err(_) => hidden_size / num_heads.max(1),
+        };
+        let rope_dim = gguf_usize(ct, &key("rope.dimension_count")).unwrap_or(head_dim);
+        let mut max_context = gguf_usize(ct, &key("context_length"))?;
+        if let Ok(window) = gguf_usize(ct, &key("attention.sliding_window")) {
+            max_context = max_context.min(window);
+        }
+        let cfg = ModelConfig {
+            architecture,
+            num_layers: gguf_usize(ct, &key("block_count"))?,
+            hidden_size,
+            intermediate_size: gguf_usize(ct, &key("feed_forward_length"))?,
+            num_heads,
+            num_kv_heads: gguf_usize(ct, &key("attention.head_count_kv")).unwrap_or(num_heads),
+            head_dim,
+            rope_theta: gguf_f32(ct, &key("rope.freq_base")).unwrap_or(10_000.0),
+            rms_eps: gguf_f32(ct, &key("attention.layer_norm_rms_epsilon"))? as f64,
+            max_context,
+            vocab_size: gguf_usize(ct, &key("vocab_size")).unwrap_or(vocab_len),
+        };
+        cfg.check(rope_dim)?;
+        Ok(cfg)
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_json(json: &Json) -> Result<Self, LoadError> {
+        let arch_name = json
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Json::as_str)
+            .or_else(|| json.get("model_type").and_then(Json::as_str))
+            .ok_or_else(|| LoadError::MissingKey {
+                key: "architectures".into(),
+            })?;
+        let architecture = Architecture::parse(arch_name)?;
+        if let Some(scaling) = json.get("rope_scaling").filter(|v| !v.is_null()) {
+            return Err(LoadError::invalid(
+                "rope_scaling",
+                format!("RoPE scaling is not supported yet (found {scaling})"),
+            ));
+        }
+        let num_heads = json_usize(json, "num_attention_heads")?;
+        let hidden_size = json_usize(json, "hidden_size")?;
+        let head_dim = json_usize(json, "head_dim").unwrap_or(hidden_size / num_heads.max(1));
+        let mut max_context = json_usize(json, "max_position_embeddings")?;
+        if let Ok(window) = json_usize(json, "sliding_window") {
+            max_context = max_context.min(window);
+        }
+        let cfg = ModelConfig {
+            architecture,
+            num_layers: json_usize(json, "num_hidden_layers")?,
+            hidden_size,
+            intermediate_size: json_usize(json, "intermediate_size")?,
+            num_heads,
+            num_kv_heads: json_usize(json, "num_key_value_heads").unwrap_or(num_heads),
+            head_dim,
+            rope_theta: json_f64(json, "rope_theta").unwrap_or(10_000.0) as f32,
+            rms_eps: json_f64(json, "rms_norm_eps")?,
+            max_context,
+            vocab_size: json_usize(json, "vocab_size")?,
+        };
+        cfg.check(head_dim)?;
+        Ok(cfg)
+    }
+
+    fn check(&self, rope_dim: usize) -> Result<(), LoadError> {
+        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        {
+            return Err(LoadError::invalid(
+                "num_key_value_heads",
+                format!(
+                    "{} attention heads cannot be grouped over {} KV heads",
+                    self.num_heads, self.num_kv_heads
+                ),
+            ));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+            return Err(LoadError::invalid(
+                "head_dim",
+                format!("must be even and positive, got {}", self.head_dim),
+            ));
+        }
+        if rope_dim != self.head_dim {
+            return Err(LoadError::invalid(
+                "rope.dimension_count",
+                format!(
+                    "partial rotary embeddings are not supported: rope dimension {rope_dim}, head dimension {}",
+                    self.head_dim
+                ),
+            ));
+        }
+        if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
+            return Err(LoadError::invalid(
+                "num_hidden_layers",
+                "layers, hidden size and vocabulary must all be positive",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Width of the query projection.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Width of each of the key and value projections.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+pub(crate) fn gguf_value<'a>(
+    ct: &'a gguf_file::Content,
+    key: &str,
+) -> Result<&'a gguf_file::Value, LoadError> {
+    ct.metadata.get(key).ok_or_else(|| LoadError::MissingKey {
+        key: key.to_string(),
+    })
+}
+
+pub(crate) fn gguf_str(ct: &gguf_file::Content, key: &str) -> Result<String, LoadError> {
+    gguf_value(ct, key)?
+        .to_string()
+        .map(|s| s.to_string())
+        .map_err(|e| LoadError::invalid(key, e.to_string()))
+}
+
+pub(crate) fn gguf_usize(ct: &gguf_file::Content, key: &str) -> Result<usize, LoadError> {
+    use gguf_file::Value::*;
+    let v = gguf_value(ct, key)?;
+    let n: i128 = match v {
+        U8(v) => *v as i128,
+        I8(v) => *v as i128,
+        U16(v) => *v as i128,
+        I16(v) => *v as i128,
+        U32(v) => *v as i128,
+        I32(v) => *v as i128,
+        U64(v) => *v as i128,
+        I64(v) => *v as i128,
+        other => {
+            return Err(LoadError::invalid(
+                key,
+                format!("expected an integer, got {other:?}"),
+            ))
+        }
+    };
+    usize::try_from(n).map_err(|_| LoadError::invalid(key, format!("out of range: {n}")))
+}
+
+pub(crate) fn gguf_f32(ct: &gguf_file::Content, key: &str) -> Result<f32, LoadError> {
+    use gguf_file::Value::*;
+    match gguf_value(ct, key)? {
+        F32(v) => Ok(*v),
+        F64(v) => Ok(*v as f32),
+        other => Err(LoadError::invalid(
+            key,
+            format!("expected a float, got {other:?}"),
+        )),
+    }
+}
+
+fn json_usize(json: &Json, key: &str) -> Result<usize, LoadError> {
+    match json.get(key) {
+        None | Some(Json::Null) => Err(LoadError::MissingKey { key: key.into() }),
+        Some(v) => v
+            .as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| LoadError::invalid(key, format!("expected an integer, got {v}"))),
+    }
+}
+
+fn json_f64(json: &Json, key: &str) -> Result<f64, LoadError> {
+    match json.get(key) {
+        None | Some(Json::Null) => Err(LoadError::MissingKey { key: key.into() }),
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| LoadError::invalid(key, format!("expected a number, got {v}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn smollm_like() -> Json {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+            "num_attention_heads": 9, "num_key_value_heads": 3, "rope_theta": 100000.0,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "vocab_size": 49152,
+            "rope_scaling": null
+        })
+    }
+
+    #[test]
+    fn hf_config_reads_llama_fields() {
+        let cfg = ModelConfig::from_hf_json(&smollm_like()).unwrap();
+        assert_eq!(cfg.architecture, Architecture::Llama);
+        assert_eq!(cfg.head_dim, 64);
+        assert_eq!(cfg.kv_dim(), 192);
+        assert_eq!(cfg.rope_theta, 100000.0);
+    }
+
+    #[test]
+    fn hf_config_rejects_uneven_kv_groups() {
+        let mut json = smollm_like();
+        json["num_key_value_heads"] = 4.into();
+        let err = ModelConfig::from_hf_json(&json).unwrap_err().to_string();
+        assert!(err.contains("9 attention heads cannot be grouped over 4 KV heads"), "{err}");
+    }
+
+    #[test]
+    fn hf_config_rejects_rope_scaling_and_unknown_architectures() {
+        let mut json = smollm_like();
+        json["rope_scaling"] = serde_json::json!({"type": "llama3"});
+        assert!(ModelConfig::from_hf_json(&json)
+            .unwrap_err()
+            .to_string()
+            .contains("rope_scaling"));
+        let mut json = smollm_like();
+        json["architectures"] = serde_json::json!(["GPT2LMHeadModel"]);
+        assert!(matches!(
+            ModelConfig::from_hf_json(&json),
+            Err(LoadError::UnsupportedArchitecture { .. })
+        ));
+    }
+
+    #[test]
+    fn sliding_window_caps_the_context() {
+        let mut json = smollm_like();
+        json["architectures"] = serde_json::json!(["MistralForCausalLM"]);
+        json["sliding_window"] = 4096.into();
+        let cfg = ModelConfig::from_hf_json(&json).unwrap();
+        assert_eq!(cfg.max_context, 4096);
+    }
+}

@@ -1,0 +1,167 @@
+//! The synchronous engine: a model, its KV cache and the per-sequence token history that sampling
+//! penalties need. [`Engine::step`] checks a [`Step`], packs it, runs the forward pass and samples.
+//! The worker thread owns one `Engine`; tests and benchmarks may drive one directly.
+//!
+//! Invariants: a step is checked whole before anything runs, so a bad entry (unknown block, short
+//! block table, token outside the vocabulary, context overflow) fails the step with a typed error
+//! and leaves the cache untouched.
+
+use crate::error::BackendError;
+use crate::kv::KvCache;
+use crate::model::{Model, PackedBatch};
+use crate::ops::AttentionMeta;
+use crate::sampling;
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+use wick_proto::{SeqId, Step, StepOutput};
+
+pub struct Engine {
+    model: Model,
+    kv: KvCache,
+    /// Tokens seen so far by each sequence, by position (for penalties). Dropped on release.
+    history: HashMap<SeqId, Vec<u32>>,
+}
+
+impl Engine {
+    pub fn new(model: Model, kv: KvCache) -> Self {
+        Engine {
+            model,
+            kv,
+            history: HashMap::new(),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn kv(&self) -> &KvCache {
+        &self.kv
+    }
+
+    /// Forgets a finished sequence's history.
+    pub fn release(&mut self, seq: SeqId) {
+        self.history.remove(&seq);
+    }
+
+    fn check(&self, step: &Step) -> Result<(), BackendError> {
+        let (bs, nb) = (self.kv.block_size(), self.kv.num_blocks());
+        let vocab = self.model.cfg.vocab_size;
+        let max_context = self.model.cfg.max_context;
+        let mut seen = HashSet::new();
+        for e in &step.entries {
+            let seq = e.seq;
+            if !seen.insert(seq) {
+                return Err(BackendError::DuplicateSequence { seq });
+            }
+            if e.tokens.is_empty() {
+                return Err(BackendError::EmptyEntry { seq });
+            }
+            let end = e.start_pos + e.tokens.len();
+            if end > max_context {
+                return Err(BackendError::ContextOverflow {
+                    seq,
+                    end,
+                    max_context,
+                });
+            }
+            if e.blocks.len() * bs < end {
+                return Err(BackendError::BlockTableTooShort {
+                    seq,
+                    blocks: e.blocks.len(),
+                    covered: e.blocks.len() * bs,
+                    needed: end,
+                });
+            }
+            if let Some(&block) = e.blocks.iter().find(|&&b| b as usize >= nb) {
+                return Err(BackendError::BlockOutOfRange {
+                    seq,
+                    block,
+                    num_blocks: nb,
+                });
+            }
+            if let Some(&token) = e.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(BackendError::TokenOutOfRange {
+                    seq,
+                    token,
+                    vocab_size: vocab,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn pack(&self, step: &Step) -> PackedBatch {
+        let bs = self.kv.block_size();
+        let total: usize = step.entries.iter().map(|e| e.tokens.len()).sum();
+        let mut batch = PackedBatch {
+            tokens: Vec::with_capacity(total),
+            meta: AttentionMeta {
+                block_size: bs,
+                ..Default::default()
+            },
+            sample_rows: Vec::new(),
+        };
+        for (i, e) in step.entries.iter().enumerate() {
+            for (j, &tok) in e.tokens.iter().enumerate() {
+                let pos = e.start_pos + j;
+                batch.tokens.push(tok);
+                batch.meta.positions.push(pos);
+                batch.meta.token_table.push(i);
+                batch
+                    .meta
+                    .slots
+                    .push(e.blocks[pos / bs] as usize * bs + pos % bs);
+            }
+            batch.meta.tables.push(e.blocks.clone());
+            if e.sample.is_some() {
+                batch.sample_rows.push(batch.tokens.len() - 1);
+            }
+        }
+        batch
+    }
+
+    /// Runs one step: every entry's tokens go through the model, the sampling entries get a token.
+    pub fn step(&mut self, step: &Step) -> Result<StepOutput, BackendError> {
+        self.check(step)?;
+        for e in &step.entries {
+            let h = self.history.entry(e.seq).or_default();
+            h.truncate(e.start_pos);
+            h.extend(&e.tokens);
+        }
+        if step.entries.is_empty() {
+            return Ok(StepOutput::default());
+        }
+        let batch = self.pack(step);
+        let t0 = Instant::now();
+        let logits = self.model.forward(&batch, &mut self.kv)?;
+        let logits: Vec<Vec<f32>> = if batch.sample_rows.is_empty() {
+            Vec::new()
+        } else {
+            logits.to_vec2()?
+        };
+        let t1 = Instant::now();
+        let sampling_entries = step.entries.iter().filter_map(|e| Some((e, e.sample.as_ref()?)));
+        let generations = sampling_entries
+            .zip(&logits)
+            .map(|((e, params), row)| {
+                let pos = e.start_pos + e.tokens.len();
+                let history = self.history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
+                sampling::sample(e.seq, row, params, history, pos)
+            })
+            .collect();
+        Ok(StepOutput {
+            generations,
+            forward_us: (t1 - t0).as_micros() as u64,
+            sample_us: t1.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Runs the tokens of one step and returns the logits of every sampling entry, without
+    /// sampling (for agreement and invariance checks).
+    pub fn logits(&mut self, step: &Step) -> Result<Vec<Vec<f32>>, BackendError> {
+        self.check(step)?;
+        let batch = self.pack(step);
+        Ok(self.model.forward(&batch, &mut self.kv)?.to_vec2()?)
+    }
+}

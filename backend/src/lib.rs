@@ -1,0 +1,28 @@
+//! Wick's backend: llama-family models on candle with a paged KV cache, sampling, and the worker
+//! thread that owns them. Knows nothing of HTTP; talks to the router in `wick_proto` messages.
+//!
+//! # Layout
+//! - [`config`]: architecture hyper-parameters from GGUF metadata or `config.json`.
+//! - [`loader`]: weights from GGUF or a Hugging Face directory; GGUF to safetensors export.
+//! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, chat template, special ids.
+//! - [`ops`]: the CPU kernels (quantized matmul, paged attention) as candle custom ops.
+//! - [`kv`]: the paged KV cache tensors.
+//! - [`model`]: the forward pass over a packed batch.
+//! - [`sampling`]: penalties, greedy and seeded sampling, log-probabilities.
+//! - [`engine`]: model + cache + per-sequence history; one `step` call per batch.
+//! - [`worker`]: the dedicated thread and the [`Backend`] handle.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod loader;
+pub mod model;
+pub mod ops;
+pub mod sampling;
+pub mod tokenizer;
+pub mod worker;
+
+pub use engine::Engine;
+pub use error::{BackendError, LoadError};
+pub use worker::{load_engine, Backend, BackendConfig, DeviceSpec};

@@ -1,0 +1,363 @@
+//! Weight matrices in their stored type (GGUF block quantizations or dense f32/f16/bf16) and the
+//! CPU matmul that applies them to a batch of activation rows.
+//!
+//! Batch invariance: every output element is one `vec_dot` of one activation row against one
+//! weight row, computed by the same function whatever the number of rows, the chunking of the
+//! columns or the thread that runs it. So a row's result never depends on what else is in the
+//! batch. Cost: `m * n` dot products of length `k`; the activations are quantized to the weight's
+//! dot-product type once per call, and each column chunk of the weight is read once per call and
+//! applied to every row while it is in cache.
+
+use crate::error::LoadError;
+use candle_core::quantized::k_quants::{
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8_0, GgmlType,
+};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// The stored elements of a weight matrix, row-major, `rows * cols / block_size` blocks.
+enum Blocks {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+    Q4_0(Vec<BlockQ4_0>),
+    Q4_1(Vec<BlockQ4_1>),
+    Q5_0(Vec<BlockQ5_0>),
+    Q5_1(Vec<BlockQ5_1>),
+    Q8_0(Vec<BlockQ8_0>),
+    Q2K(Vec<BlockQ2K>),
+    Q3K(Vec<BlockQ3K>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
+}
+
+/// Runs `$body` with `$v` bound to the typed block slice of `$blocks`.
+macro_rules! with_blocks {
+    ($blocks:expr, $v:ident => $body:expr) => {
+        match $blocks {
+            Blocks::F32($v) => $body,
+            Blocks::F16($v) => $body,
+            Blocks::BF16($v) => $body,
+            Blocks::Q4_0($v) => $body,
+            Blocks::Q4_1($v) => $body,
+            Blocks::Q5_0($v) => $body,
+            Blocks::Q5_1($v) => $body,
+            Blocks::Q8_0($v) => $body,
+            Blocks::Q2K($v) => $body,
+            Blocks::Q3K($v) => $body,
+            Blocks::Q4K($v) => $body,
+            Blocks::Q5K($v) => $body,
+            Blocks::Q6K($v) => $body,
+        }
+    };
+}
+
+/// A `rows x cols` weight matrix (`y = x W^T`), kept in its stored type.
+pub struct QWeight {
+    rows: usize,
+    cols: usize,
+    blocks: Blocks,
+}
+
+impl std::fmt::Debug for QWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QWeight({}x{} {})", self.rows, self.cols, self.dtype_name())
+    }
+}
+
+/// Copies raw GGUF bytes into a typed block vector.
+fn typed_blocks<T: GgmlType>(bytes: &[u8]) -> Vec<T> {
+    let size = std::mem::size_of::<T>();
+    let n = bytes.len() / size;
+    let mut out: Vec<T> = Vec::with_capacity(n);
+    // SAFETY: every GgmlType is a `repr(C)` plain-old-data block (floats and byte arrays), so any
+    // byte pattern is a valid value; `out` has capacity for `n` blocks and the copy fills them all.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr() as *mut u8, n * size);
+        out.set_len(n);
+    }
+    out
+}
+
+impl QWeight {
+    /// Takes a GGUF tensor as stored. `cols` must be a whole number of the type's blocks.
+    pub fn from_qtensor(name: &str, qt: &QTensor) -> Result<Self, LoadError> {
+        let (rows, cols) = qt.shape().dims2().map_err(|_| LoadError::TensorShape {
+            name: name.into(),
+            found: qt.shape().dims().to_vec(),
+            expected: vec![0, 0],
+        })?;
+        let dtype = qt.dtype();
+        if cols % dtype.block_size() != 0 {
+            return Err(LoadError::UnsupportedTensorType {
+                name: name.into(),
+                dtype: format!("{dtype:?}"),
+                reason: format!(
+                    "rows of {cols} elements are not whole blocks of {}",
+                    dtype.block_size()
+                ),
+            });
+        }
+        let data = qt.data()?;
+        let blocks = match dtype {
+            GgmlDType::F32 => Blocks::F32(typed_blocks(&data)),
+            GgmlDType::F16 => Blocks::F16(typed_blocks(&data)),
+            GgmlDType::BF16 => Blocks::BF16(typed_blocks(&data)),
+            GgmlDType::Q4_0 => Blocks::Q4_0(typed_blocks(&data)),
+            GgmlDType::Q4_1 => Blocks::Q4_1(typed_blocks(&data)),
+            GgmlDType::Q5_0 => Blocks::Q5_0(typed_blocks(&data)),
+            GgmlDType::Q5_1 => Blocks::Q5_1(typed_blocks(&data)),
+            GgmlDType::Q8_0 => Blocks::Q8_0(typed_blocks(&data)),
+            GgmlDType::Q2K => Blocks::Q2K(typed_blocks(&data)),
+            GgmlDType::Q3K => Blocks::Q3K(typed_blocks(&data)),
+            GgmlDType::Q4K => Blocks::Q4K(typed_blocks(&data)),
+            GgmlDType::Q5K => Blocks::Q5K(typed_blocks(&data)),
+            GgmlDType::Q6K => Blocks::Q6K(typed_blocks(&data)),
+            GgmlDType::Q8_1 | GgmlDType::Q8K => {
+                return Err(LoadError::UnsupportedTensorType {
+                    name: name.into(),
+                    dtype: format!("{dtype:?}"),
+                    reason: "an activation-only type".into(),
+                })
+            }
+        };
+        Ok(QWeight { rows, cols, blocks })
+    }
+
+    /// Takes a dense 2-D tensor (f32, f16 or bf16), keeping its type.
+    pub fn from_dense(name: &str, t: &Tensor) -> Result<Self, LoadError> {
+        let (rows, cols) = t.dims2().map_err(|_| LoadError::TensorShape {
+            name: name.into(),
+            found: t.dims().to_vec(),
+            expected: vec![0, 0],
+        })?;
+        let flat = t.flatten_all()?;
+        let blocks = match t.dtype() {
+            DType::F32 => Blocks::F32(flat.to_vec1()?),
+            DType::F16 => Blocks::F16(flat.to_vec1()?),
+            DType::BF16 => Blocks::BF16(flat.to_vec1()?),
+            other => {
+                return Err(LoadError::UnsupportedTensorType {
+                    name: name.into(),
+                    dtype: format!("{other:?}"),
+                    reason: "weights must be f32, f16 or bf16".into(),
+                })
+            }
+        };
+        Ok(QWeight { rows, cols, blocks })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored type, lower case (`q4_1`, `f32`, ...).
+    pub fn dtype_name(&self) -> &'static str {
+        match &self.blocks {
+            Blocks::F32(_) => "f32",
+            Blocks::F16(_) => "f16",
+            Blocks::BF16(_) => "bf16",
+            Blocks::Q4_0(_) => "q4_0",
+            Blocks::Q4_1(_) => "q4_1",
+            Blocks::Q5_0(_) => "q5_0",
+            Blocks::Q5_1(_) => "q5_1",
+            Blocks::Q8_0(_) => "q8_0",
+            Blocks::Q2K(_) => "q2_k",
+            Blocks::Q3K(_) => "q3_k",
+            Blocks::Q4K(_) => "q4_k",
+            Blocks::Q5K(_) => "q5_k",
+            Blocks::Q6K(_) => "q6_k",
+        }
+    }
+
+    /// Row `row` as f32 (an embedding lookup).
+    pub fn row_to_f32(&self, row: usize, out: &mut [f32]) {
+        with_blocks!(&self.blocks, v => {
+            let per_row = v.len() / self.rows;
+            GgmlType::to_float(&v[row * per_row..(row + 1) * per_row], out)
+        })
+    }
+
+    /// The whole matrix as f32, row-major.
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, chunk) in out.chunks_mut(self.cols).enumerate() {
+            self.row_to_f32(r, chunk);
+        }
+        out
+    }
+
+    /// The same matrix dequantized to f32 (for reference runs).
+    pub fn dequantized(&self) -> QWeight {
+        QWeight {
+            rows: self.rows,
+            cols: self.cols,
+            blocks: Blocks::F32(self.to_f32_vec()),
+        }
+    }
+
+    /// Reorders rows: row `i` of the result is row `perm[i]` of `self`.
+    pub fn permute_rows(self, perm: &[usize]) -> QWeight {
+        debug_assert_eq!(perm.len(), self.rows);
+        fn apply<T: Clone>(v: Vec<T>, perm: &[usize]) -> Vec<T> {
+            let per_row = v.len() / perm.len();
+            perm.iter()
+                .flat_map(|&src| v[src * per_row..(src + 1) * per_row].iter().cloned())
+                .collect()
+        }
+        let blocks = match self.blocks {
+            Blocks::F32(v) => Blocks::F32(apply(v, perm)),
+            Blocks::F16(v) => Blocks::F16(apply(v, perm)),
+            Blocks::BF16(v) => Blocks::BF16(apply(v, perm)),
+            Blocks::Q4_0(v) => Blocks::Q4_0(apply(v, perm)),
+            Blocks::Q4_1(v) => Blocks::Q4_1(apply(v, perm)),
+            Blocks::Q5_0(v) => Blocks::Q5_0(apply(v, perm)),
+            Blocks::Q5_1(v) => Blocks::Q5_1(apply(v, perm)),
+            Blocks::Q8_0(v) => Blocks::Q8_0(apply(v, perm)),
+            Blocks::Q2K(v) => Blocks::Q2K(apply(v, perm)),
+            Blocks::Q3K(v) => Blocks::Q3K(apply(v, perm)),
+            Blocks::Q4K(v) => Blocks::Q4K(apply(v, perm)),
+            Blocks::Q5K(v) => Blocks::Q5K(apply(v, perm)),
+            Blocks::Q6K(v) => Blocks::Q6K(apply(v, perm)),
+        };
+        QWeight { blocks, ..self }
+    }
+
+    /// `out[r * rows + c] = dot(x[r], W[c])` for the `m = x.len() / cols` rows of `x`.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
+        with_blocks!(&self.blocks, v => matmul_rows(v, self.rows, self.cols, x, out))
+    }
+
+    /// The matmul as a candle op on a `(m, cols)` f32 tensor, giving `(m, rows)`.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.apply_op1_no_bwd(&LinearOp(self))
+    }
+}
+
+/// Columns per parallel task: enough work to amortise scheduling, few enough that a task's
+/// weight rows (about `k` bytes each for 4-bit types) stay in L2 while every activation row
+/// passes over them.
+const COLS_PER_TASK: usize = 32;
+
+fn matmul_rows<T>(w: &[T], n: usize, k: usize, x: &[f32], out: &mut [f32])
+where
+    T: GgmlType + Sync,
+    T::VecDotType: Send + Sync,
+{
+    let m = x.len() / k;
+    let kb = k / T::BLCK_SIZE;
+    debug_assert_eq!(out.len(), m * n);
+    let mut xq: Vec<T::VecDotType> = (0..m * kb).map(|_| T::VecDotType::zeros()).collect();
+    for (row, q) in x.chunks_exact(k).zip(xq.chunks_exact_mut(kb)) {
+        T::VecDotType::from_float(row, q);
+    }
+    // Column-major scratch so that each task owns one contiguous slice of it.
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(COLS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let c0 = task * COLS_PER_TASK;
+            for (i, col_out) in chunk.chunks_exact_mut(m).enumerate() {
+                let c = c0 + i;
+                let wrow = &w[c * kb..(c + 1) * kb];
+                for (r, o) in col_out.iter_mut().enumerate() {
+                    *o = T::vec_dot(k, wrow, &xq[r * kb..(r + 1) * kb]);
+                }
+            }
+        });
+    for c in 0..n {
+        for r in 0..m {
+            out[r * n + c] = out_t[c * m + r];
+        }
+    }
+}
+
+struct LinearOp<'a>(&'a QWeight);
+
+impl CustomOp1 for LinearOp<'_> {
+    fn name(&self) -> &'static str {
+        "wick-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let w = self.0;
+        let x = match s {
+            CpuStorage::F32(v) => v,
+            other => candle_core::bail!("wick-linear: expected f32 input, got {:?}", other.dtype()),
+        };
+        let (m, k) = l.shape().dims2()?;
+        if k != w.cols {
+            candle_core::bail!("wick-linear: input width {k}, weight expects {}", w.cols);
+        }
+        let Some((a, b)) = l.contiguous_offsets() else {
+            candle_core::bail!("wick-linear: input must be contiguous");
+        };
+        let mut out = vec![0f32; m * w.rows];
+        w.matmul(&x[a..b], &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((m, w.rows))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn dense(rows: usize, cols: usize) -> (Vec<f32>, QWeight) {
+        let data: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let t = Tensor::from_vec(data.clone(), (rows, cols), &Device::Cpu).unwrap();
+        (data, QWeight::from_dense("w", &t).unwrap())
+    }
+
+    #[test]
+    fn dense_matmul_matches_naive_product() {
+        let (w, q) = dense(70, 64);
+        let x: Vec<f32> = (0..3 * 64).map(|i| (i % 7) as f32 - 3.0).collect();
+        let mut out = vec![0f32; 3 * 70];
+        q.matmul(&x, &mut out);
+        for r in 0..3 {
+            for c in 0..70 {
+                let want: f32 = (0..64).map(|i| x[r * 64 + i] * w[c * 64 + i]).sum();
+                assert!((out[r * 70 + c] - want).abs() < 1e-3, "{r},{c}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_row_is_independent_of_the_batch() {
+        let t = Tensor::randn(0f32, 1.0, (96, 64), &Device::Cpu).unwrap();
+        let qt = QTensor::quantize(&t, GgmlDType::Q4_1).unwrap();
+        let q = QWeight::from_qtensor("w", &qt).unwrap();
+        let x: Vec<f32> = (0..5 * 64).map(|i| ((i * 13 % 17) as f32) / 7.0 - 1.0).collect();
+        let mut all = vec![0f32; 5 * 96];
+        q.matmul(&x, &mut all);
+        for r in 0..5 {
+            let mut one = vec![0f32; 96];
+            q.matmul(&x[r * 64..(r + 1) * 64], &mut one);
+            assert_eq!(one, all[r * 96..(r + 1) * 96].to_vec(), "row {r}");
+        }
+    }
+
+    #[test]
+    fn row_permutation_moves_whole_rows() {
+        let t = Tensor::randn(0f32, 1.0, (4, 32), &Device::Cpu).unwrap();
+        let qt = QTensor::quantize(&t, GgmlDType::Q8_0).unwrap();
+        let q = QWeight::from_qtensor("w", &qt).unwrap();
+        let before = q.to_f32_vec();
+        let after = q.permute_rows(&[2, 0, 3, 1]).to_f32_vec();
+        assert_eq!(after[..32], before[64..96]);
+        assert_eq!(after[32..64], before[..32]);
+    }
+}

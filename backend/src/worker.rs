@@ -1,0 +1,273 @@
+//! The backend worker: a dedicated OS thread that owns the [`Engine`] (model weights and KV cache)
+//! and serves commands from a bounded flume channel, and [`Backend`], the cheap handle the router
+//! holds.
+//!
+//! Start-up: [`Backend::spawn`] starts the thread, which loads the model and reports success (with
+//! the [`ModelInfo`]) or the [`LoadError`] over a one-shot channel. Shut-down: [`Backend::shutdown`]
+//! sends `Shutdown` and joins the thread; dropping every handle closes the channel, which also ends
+//! the loop. No tokio runtime lives in the worker.
+
+use crate::engine::Engine;
+use crate::error::{BackendError, LoadError};
+use crate::kv::KvCache;
+use crate::{loader, tokenizer};
+use candle_core::Device;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use wick_proto::{ModelInfo, SeqId, Step, StepOutput};
+
+/// Where the model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceSpec::Cpu),
+            "cuda" => Ok(DeviceSpec::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceSpec::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (expected `cpu` or `cuda:N`)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    fn open(self) -> Result<Device, LoadError> {
+        match self {
+            DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| LoadError::Device {
+                device: self.to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// What the worker loads and how it sizes the cache.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    /// A GGUF file or a Hugging Face directory.
+    pub model_path: PathBuf,
+    pub device: DeviceSpec,
+    /// Memory budget of the KV cache, in bytes.
+    pub kv_cache_bytes: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Compute threads; `None` uses every core.
+    pub threads: Option<usize>,
+    /// Dequantize every weight to f32 at load (reference runs).
+    pub dequantize: bool,
+}
+
+impl BackendConfig {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        BackendConfig {
+            model_path: model_path.into(),
+            device: DeviceSpec::Cpu,
+            kv_cache_bytes: 512 << 20,
+            block_size: 16,
+            threads: None,
+            dequantize: false,
+        }
+    }
+}
+
+/// Loads the engine and describes it.
+pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError> {
+    let device = cfg.device.open()?;
+    let tok = tokenizer::load_tokenizer(&cfg.model_path)?;
+    let mut model = loader::load_model(&cfg.model_path, &device)?;
+    if cfg.dequantize {
+        model.dequantize();
+    }
+    let kv = KvCache::with_budget(&model.cfg, cfg.block_size, cfg.kv_cache_bytes, &device)?;
+    let model_id = cfg
+        .model_path
+        .file_name()
+        .map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string())
+        .unwrap_or_else(|| "model".into());
+    let info = ModelInfo {
+        model_id,
+        architecture: model.cfg.architecture.name().into(),
+        dtype: model.dtype_name().into(),
+        device: cfg.device.to_string(),
+        vocab_size: model.cfg.vocab_size,
+        bos_token_id: tok.bos_token_id,
+        add_bos_token: tok.add_bos_token,
+        eos_token_ids: tok.eos_token_ids.clone(),
+        max_context: model.cfg.max_context,
+        kv_block_size: kv.block_size(),
+        num_kv_blocks: kv.num_blocks(),
+        chat_template: tok.chat_template.clone(),
+        special_tokens: tok.special_tokens.clone(),
+    };
+    Ok((Engine::new(model, kv), info))
+}
+
+enum Command {
+    Step(Step, flume::Sender<Result<StepOutput, BackendError>>),
+    Release(SeqId),
+    Ping(flume::Sender<()>),
+    Shutdown,
+}
+
+/// Commands waiting for the worker. The scheduler sends one step and waits for it, so a handful
+/// of slots is plenty; the bound only stops a runaway sender from growing memory.
+const COMMAND_CAPACITY: usize = 64;
+
+/// Handle to the worker thread. Cheap to clone; every clone talks to the same worker.
+#[derive(Clone)]
+pub struct Backend {
+    tx: flume::Sender<Command>,
+    /// Joined by `shutdown`; `None` once joined.
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Backend {
+    /// Starts the worker thread and waits until the model is loaded (or failed to load).
+    pub fn spawn(cfg: BackendConfig) -> Result<(Backend, ModelInfo), LoadError> {
+        let (tx, rx) = flume::bounded(COMMAND_CAPACITY);
+        let (ready_tx, ready_rx) = flume::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("wick-backend".into())
+            .spawn(move || {
+                let pool = match rayon::ThreadPoolBuilder::new()
+                    .num_threads(cfg.threads.unwrap_or(0))
+                    .thread_name(|i| format!("wick-compute-{i}"))
+                    .build()
+                {
+                    Ok(pool) => pool,
+                    Err(e) => {
+                        let _unheard = ready_tx.send(Err(LoadError::Device {
+                            device: "cpu".into(),
+                            reason: format!("thread pool: {e}"),
+                        }));
+                        return;
+                    }
+                };
+                pool.install(|| match load_engine(&cfg) {
+                    Ok((engine, info)) => {
+                        if ready_tx.send(Ok(info)).is_ok() {
+                            run(engine, rx);
+                        }
+                    }
+                    // If nobody waits for the result there is nobody to tell.
+                    Err(e) => drop(ready_tx.send(Err(e))),
+                })
+            })
+            .map_err(|e| LoadError::io("wick-backend thread", e))?;
+        let info = ready_rx.recv().map_err(|_| LoadError::WorkerGone)??;
+        Ok((
+            Backend {
+                tx,
+                thread: Arc::new(Mutex::new(Some(thread))),
+            },
+            info,
+        ))
+    }
+
+    /// Runs one step and waits for its output (blocking).
+    pub fn step(&self, step: Step) -> Result<StepOutput, BackendError> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx
+            .send(Command::Step(step, reply))
+            .map_err(|_| BackendError::WorkerGone)?;
+        rx.recv().map_err(|_| BackendError::WorkerGone)?
+    }
+
+    /// Runs one step and waits for its output without blocking an async runtime.
+    pub async fn step_async(&self, step: Step) -> Result<StepOutput, BackendError> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx
+            .send_async(Command::Step(step, reply))
+            .await
+            .map_err(|_| BackendError::WorkerGone)?;
+        rx.recv_async()
+            .await
+            .map_err(|_| BackendError::WorkerGone)?
+    }
+
+    /// Tells the worker a sequence is finished, so it can drop its sampling state.
+    pub fn release(&self, seq: SeqId) -> Result<(), BackendError> {
+        self.tx
+            .send(Command::Release(seq))
+            .map_err(|_| BackendError::WorkerGone)
+    }
+
+    /// A round trip through the worker's queue (liveness).
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let (reply, rx) = flume::bounded(1);
+        self.tx
+            .send_async(Command::Ping(reply))
+            .await
+            .map_err(|_| BackendError::WorkerGone)?;
+        rx.recv_async().await.map_err(|_| BackendError::WorkerGone)
+    }
+
+    /// Stops the worker after the commands already queued, and waits for the thread to end.
+    pub fn shutdown(&self) {
+        // A worker that is already gone needs no message.
+        let _already_stopped = self.tx.send(Command::Shutdown);
+        let handle = self.thread.lock().map(|mut t| t.take()).unwrap_or(None);
+        if let Some(handle) = handle {
+            // A panic in the worker has already been reported by the panic hook.
+            let _panicked = handle.join();
+        }
+    }
+}
+
+/// The worker loop: one command at a time until shutdown or until every handle is gone.
+fn run(mut engine: Engine, rx: flume::Receiver<Command>) {
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Command::Step(step, reply) => {
+                let out = engine.step(&step);
+                if reply.send(out).is_err() {
+                    // The caller gave up on this step; its sequences are released separately.
+                    continue;
+                }
+            }
+            Command::Release(seq) => engine.release(seq),
+            Command::Ping(reply) => drop(reply.send(())),
+            Command::Shutdown => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_specs_parse() {
+        assert_eq!("cpu".parse::<DeviceSpec>(), Ok(DeviceSpec::Cpu));
+        assert_eq!("cuda:1".parse::<DeviceSpec>(), Ok(DeviceSpec::Cuda(1)));
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn a_missing_model_is_a_load_error_not_a_hang() {
+        let err = Backend::spawn(BackendConfig::new("/nonexistent/model.gguf"))
+            .err()
+            .expect("loading must fail");
+        assert!(matches!(err, LoadError::Io { .. }), "{err}");
+    }
+}

@@ -1,0 +1,238 @@
+//! The `wick` command line: `wick generate` runs the engine from the terminal (like `llama-cli`);
+//! `wick serve` loads the model and reports it (the HTTP server arrives with the router issue).
+//!
+//! Every flag has a `WICK_*` environment variable. Flags are grouped into `Args` structs and
+//! checked once into the backend's typed configuration.
+
+use crate::generate::{generate, GenerateError, TextStream};
+use crate::template::{ChatMessage, ChatTemplate, TemplateError};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use wick_backend::tokenizer::load_tokenizer;
+use wick_backend::{Backend, BackendConfig, DeviceSpec, LoadError};
+use wick_proto::SamplingParams;
+
+#[derive(Debug, Parser)]
+#[command(name = "wick", version, about = "An LLM inference server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text for one prompt from the terminal.
+    Generate(GenerateArgs),
+    /// Load the model and serve it.
+    Serve(ServeArgs),
+}
+
+/// Which model to load and where.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// GGUF file, or a directory with config.json, *.safetensors and tokenizer.json.
+    #[arg(long, env = "WICK_MODEL", default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// Device: `cpu` or `cuda:N`.
+    #[arg(long, env = "WICK_DEVICE", default_value = "cpu")]
+    pub device: DeviceSpec,
+    /// Compute threads (default: every core).
+    #[arg(long, env = "WICK_THREADS")]
+    pub threads: Option<usize>,
+    /// Memory for the KV cache, in MiB.
+    #[arg(long, env = "WICK_KV_CACHE_MEMORY", default_value_t = 512)]
+    pub kv_cache_memory: usize,
+    /// Tokens per KV cache block.
+    #[arg(long, env = "WICK_BLOCK_SIZE", default_value_t = 16)]
+    pub block_size: usize,
+}
+
+impl ModelArgs {
+    pub fn backend_config(&self) -> BackendConfig {
+        BackendConfig {
+            device: self.device,
+            threads: self.threads,
+            kv_cache_bytes: self.kv_cache_memory << 20,
+            block_size: self.block_size,
+            ..BackendConfig::new(&self.model)
+        }
+    }
+}
+
+/// How tokens are chosen.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// 0 is greedy.
+    #[arg(long, env = "WICK_TEMPERATURE", default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0: off).
+    #[arg(long, env = "WICK_TOP_K", default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long, env = "WICK_TOP_P", default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely.
+    #[arg(long, env = "WICK_MIN_P", default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Penalty on tokens already seen (1.0: off).
+    #[arg(long, env = "WICK_REPETITION_PENALTY", default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Penalty per occurrence of a token in the output.
+    #[arg(long, env = "WICK_FREQUENCY_PENALTY", default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Penalty on any token present in the output.
+    #[arg(long, env = "WICK_PRESENCE_PENALTY", default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Seed of the sampling stream.
+    #[arg(long, env = "WICK_SEED", default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// Raw prompt text (no chat template).
+    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    pub prompt: Option<String>,
+    /// A user message, rendered with the model's chat template.
+    #[arg(long)]
+    pub chat: Option<String>,
+    /// A system message to put before `--chat`.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Most tokens to generate.
+    #[arg(long, env = "WICK_MAX_TOKENS", default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Keep going past end-of-sequence tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Print the prompt and generated token ids as JSON instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    #[error("writing output: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Generate(args) => run_generate(args),
+        Command::Serve(args) => run_serve(args),
+    }
+}
+
+fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
+    let tok = load_tokenizer(&args.model.model)?;
+    let (backend, info) = Backend::spawn(args.model.backend_config())?;
+    let (text, special) = match (&args.prompt, &args.chat) {
+        (Some(p), _) => (p.clone(), false),
+        (None, Some(user)) => {
+            let template = ChatTemplate::new(
+                info.chat_template.as_deref(),
+                tok.bos_token(),
+                tok.eos_token(),
+            )?;
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(ChatMessage::new("system", system.clone()));
+            }
+            messages.push(ChatMessage::new("user", user.clone()));
+            (template.render(&messages, true)?, true)
+        }
+        (None, None) => unreachable!("clap requires --prompt or --chat"),
+    };
+    let mut prompt: Vec<u32> = tok
+        .tokenizer
+        .encode(text.as_str(), false)
+        .map_err(|e| CliError::Tokenize(e.to_string()))?
+        .get_ids()
+        .to_vec();
+    if !special && info.add_bos_token {
+        prompt.splice(0..0, info.bos_token_id);
+    }
+    let mut stream = TextStream::new(&tok.tokenizer);
+    let mut out = std::io::stdout().lock();
+    let json = args.json;
+    let result = generate(
+        &backend,
+        &info,
+        &prompt,
+        &args.sampling.params(),
+        args.max_tokens,
+        args.ignore_eos,
+        |token| {
+            if !json {
+                let piece = stream.push(token);
+                // A closed stdout ends nothing here; the generation finishes on its own.
+                let _closed = write!(out, "{piece}").and_then(|_| out.flush());
+            }
+        },
+    );
+    backend.shutdown();
+    let generated = result?;
+    if json {
+        let value = serde_json::json!({
+            "prompt_ids": prompt,
+            "ids": generated.tokens,
+            "finish_reason": generated.finish_reason.as_openai(),
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), CliError> {
+    let (backend, info) = Backend::spawn(args.model.backend_config())?;
+    eprintln!(
+        "wick: loaded {} ({}, {}, {} layers of KV in {} blocks of {} tokens) on {}",
+        info.model_id,
+        info.architecture,
+        info.dtype,
+        info.max_context,
+        info.num_kv_blocks,
+        info.kv_block_size,
+        info.device
+    );
+    eprintln!("wick: the HTTP API is not built yet (issue #3); use `wick generate` meanwhile");
+    backend.shutdown();
+    Ok(())
+}

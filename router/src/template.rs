@@ -1,0 +1,137 @@
+//! Chat templates: the model's Jinja template rendered with minijinja, with the Python string
+//! methods real templates call (`strip`, `startswith`, `split`, ... through minijinja-contrib's
+//! pycompat), `raise_exception`, and the `bos_token` / `eos_token` variables.
+//!
+//! The template is compiled once at start-up; rendering is cheap and runs on the caller's thread.
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde::Serialize;
+
+/// One message of a conversation, as the template sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("the model has no chat template; pass one with --chat-template")]
+    Missing,
+    #[error("chat template does not compile: {0}")]
+    Compile(String),
+    #[error("chat template failed: {0}")]
+    Render(String),
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+const NAME: &str = "chat";
+
+fn raise_exception(message: String) -> Result<String, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+}
+
+impl ChatTemplate {
+    pub fn new(
+        source: Option<&str>,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, TemplateError> {
+        let source = source.ok_or(TemplateError::Missing)?;
+        let mut env = Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        // Templates written for Jinja2 rely on its whitespace handling.
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| TemplateError::Compile(e.to_string()))?;
+        env.set_syntax(syntax);
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| TemplateError::Compile(e.to_string()))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.unwrap_or_default(),
+            eos_token: eos_token.unwrap_or_default(),
+        })
+    }
+
+    /// Renders a conversation; with `add_generation_prompt` the text ends where the assistant's
+    /// answer begins.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| TemplateError::Compile(e.to_string()))?;
+        tmpl.render(context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })
+        .map_err(|e| TemplateError::Render(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml_with_generation_prompt() {
+        let t = ChatTemplate::new(Some(CHATML), None, None).unwrap();
+        let out = t
+            .render(&[ChatMessage::new("user", "Hi")], true)
+            .unwrap();
+        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn python_string_methods_and_raise_exception_work() {
+        let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ bos_token }}{{ messages[0].content.strip().upper() }}";
+        let t = ChatTemplate::new(Some(src), Some("<s>".into()), None).unwrap();
+        assert_eq!(
+            t.render(&[ChatMessage::new("user", "  hey ")], false).unwrap(),
+            "<s>HEY"
+        );
+        let err = t
+            .render(&[ChatMessage::new("system", "x")], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("first must be user"), "{err}");
+    }
+
+    #[test]
+    fn missing_and_broken_templates_are_errors() {
+        assert!(matches!(
+            ChatTemplate::new(None, None, None),
+            Err(TemplateError::Missing)
+        ));
+        assert!(matches!(
+            ChatTemplate::new(Some("{% for %}"), None, None),
+            Err(TemplateError::Compile(_))
+        ));
+    }
+}
