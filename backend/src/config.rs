@@ -279,7 +279,10 @@ mod tests {
         let mut json = smollm_like();
         json["num_key_value_heads"] = 4.into();
         let err = ModelConfig::from_hf_json(&json).unwrap_err().to_string();
-        assert!(err.contains("9 attention heads cannot be grouped over 4 KV heads"), "{err}");
+        assert!(
+            err.contains("9 attention heads cannot be grouped over 4 KV heads"),
+            "{err}"
+        );
     }
 
     #[test]

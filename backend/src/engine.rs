@@ -135,13 +135,12 @@ impl Engine {
         let batch = self.pack(step);
         let t0 = Instant::now();
         let logits = self.model.forward(&batch, &mut self.kv)?;
-        let logits: Vec<Vec<f32>> = if batch.sample_rows.is_empty() {
-            Vec::new()
-        } else {
-            logits.to_vec2()?
-        };
+        let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         let t1 = Instant::now();
-        let sampling_entries = step.entries.iter().filter_map(|e| Some((e, e.sample.as_ref()?)));
+        let sampling_entries = step
+            .entries
+            .iter()
+            .filter_map(|e| Some((e, e.sample.as_ref()?)));
         let generations = sampling_entries
             .zip(&logits)
             .map(|((e, params), row)| {
@@ -161,6 +160,9 @@ impl Engine {
     /// sampling (for agreement and invariance checks).
     pub fn logits(&mut self, step: &Step) -> Result<Vec<Vec<f32>>, BackendError> {
         self.check(step)?;
+        if step.entries.is_empty() {
+            return Ok(Vec::new());
+        }
         let batch = self.pack(step);
         Ok(self.model.forward(&batch, &mut self.kv)?.to_vec2()?)
     }

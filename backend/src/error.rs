@@ -40,7 +40,9 @@ pub enum LoadError {
     },
     #[error("tokenizer: {reason}")]
     Tokenizer { reason: String },
-    #[error("KV cache budget of {budget_bytes} bytes holds {blocks} blocks; at least {needed} needed")]
+    #[error(
+        "KV cache budget of {budget_bytes} bytes holds {blocks} blocks; at least {needed} needed"
+    )]
     KvBudget {
         budget_bytes: usize,
         blocks: usize,
@@ -73,7 +75,9 @@ impl LoadError {
 /// Why a step (or another worker request) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("sequence {seq}: block id {block} is out of range (the cache has {num_blocks} blocks)")]
+    #[error(
+        "sequence {seq}: block id {block} is out of range (the cache has {num_blocks} blocks)"
+    )]
     BlockOutOfRange {
         seq: SeqId,
         block: BlockId,

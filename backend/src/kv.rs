@@ -53,8 +53,12 @@ impl KvCache {
     ) -> Result<Self, LoadError> {
         let shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim);
         let alloc = || Tensor::zeros(shape, DType::F32, device);
-        let k = (0..cfg.num_layers).map(|_| alloc()).collect::<Result<_, _>>()?;
-        let v = (0..cfg.num_layers).map(|_| alloc()).collect::<Result<_, _>>()?;
+        let k = (0..cfg.num_layers)
+            .map(|_| alloc())
+            .collect::<Result<_, _>>()?;
+        let v = (0..cfg.num_layers)
+            .map(|_| alloc())
+            .collect::<Result<_, _>>()?;
         Ok(KvCache {
             k,
             v,

@@ -217,7 +217,14 @@ fn build_model(
     } else {
         LmHead::Tied
     };
-    Ok(Model::new(cfg, embed, layers, norm, lm_head, device.clone()))
+    Ok(Model::new(
+        cfg,
+        embed,
+        layers,
+        norm,
+        lm_head,
+        device.clone(),
+    ))
 }
 
 /// Loads a GGUF file, keeping every matrix in its stored type.

@@ -87,7 +87,13 @@ impl Model {
     pub fn dequantize(&mut self) {
         for l in &mut self.layers {
             for w in [
-                &mut l.q, &mut l.k, &mut l.v, &mut l.o, &mut l.gate, &mut l.up, &mut l.down,
+                &mut l.q,
+                &mut l.k,
+                &mut l.v,
+                &mut l.o,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
             ] {
                 *w = w.dequantized();
             }
@@ -165,6 +171,9 @@ impl Model {
             let gate = candle_nn::ops::silu(&layer.gate.forward(&xn)?)?;
             let up = layer.up.forward(&xn)?;
             x = (x + layer.down.forward(&(gate * up)?)?)?;
+        }
+        if batch.sample_rows.is_empty() {
+            return Tensor::zeros((0, cfg.vocab_size), candle_core::DType::F32, &self.device);
         }
         let rows: Vec<u32> = batch.sample_rows.iter().map(|&r| r as u32).collect();
         let rows = Tensor::from_vec(rows, batch.sample_rows.len(), &self.device)?;

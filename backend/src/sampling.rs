@@ -261,7 +261,9 @@ mod tests {
         let run = |seed: u64| -> Vec<u32> {
             let mut p = p.clone();
             p.seed = seed;
-            (0..40).map(|pos| sample(0, &logits, &p, &[], pos).token).collect()
+            (0..40)
+                .map(|pos| sample(0, &logits, &p, &[], pos).token)
+                .collect()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));

@@ -34,7 +34,8 @@ pub struct TokenizerInfo {
 
 impl TokenizerInfo {
     pub fn bos_token(&self) -> Option<String> {
-        self.bos_token_id.and_then(|id| self.tokenizer.id_to_token(id))
+        self.bos_token_id
+            .and_then(|id| self.tokenizer.id_to_token(id))
     }
 
     pub fn eos_token(&self) -> Option<String> {
@@ -91,9 +92,8 @@ fn split(pattern: &str) -> Result<PreTokenizerWrapper, LoadError> {
 
 /// The pre-tokenizer llama.cpp uses for a `tokenizer.ggml.pre` name.
 fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, LoadError> {
-    let byte_level = |use_regex: bool| -> PreTokenizerWrapper {
-        ByteLevel::new(false, false, use_regex).into()
-    };
+    let byte_level =
+        |use_regex: bool| -> PreTokenizerWrapper { ByteLevel::new(false, false, use_regex).into() };
     Ok(match pre {
         // ByteLevel's own regex is the GPT-2 split.
         "default" | "gpt-2" | "gpt2" => byte_level(true),
@@ -170,10 +170,11 @@ pub(crate) fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadEr
     tokenizer.add_tokens(user).map_err(tok_err)?;
 
     let id_key = |k: &str| gguf_usize(ct, k).ok().map(|v| v as u32);
-    let mut eos_token_ids: Vec<u32> = ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
-        .iter()
-        .filter_map(|k| id_key(k))
-        .collect();
+    let mut eos_token_ids: Vec<u32> =
+        ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
+            .iter()
+            .filter_map(|k| id_key(k))
+            .collect();
     eos_token_ids.dedup();
     let add_bos_token = match ct.metadata.get("tokenizer.ggml.add_bos_token") {
         Some(v) => v.to_bool().unwrap_or(false),
@@ -216,10 +217,16 @@ fn from_hf_dir(dir: &Path) -> Result<TokenizerInfo, LoadError> {
     let gen = read_json(&dir.join("generation_config.json"))?.unwrap_or(Json::Null);
 
     let id_of = |text: Option<String>| text.and_then(|t| tokenizer.token_to_id(&t));
-    let bos_token_id = id_of(token_text(cfg.get("bos_token")))
-        .or_else(|| gen.get("bos_token_id").and_then(Json::as_u64).map(|v| v as u32));
+    let bos_token_id = id_of(token_text(cfg.get("bos_token"))).or_else(|| {
+        gen.get("bos_token_id")
+            .and_then(Json::as_u64)
+            .map(|v| v as u32)
+    });
     let mut eos_token_ids: Vec<u32> = match gen.get("eos_token_id") {
-        Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|v| v as u32)).collect(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64().map(|v| v as u32))
+            .collect(),
         Some(v) => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
         None => Vec::new(),
     };

@@ -156,7 +156,9 @@ impl Default for SamplingParams {
 impl SamplingParams {
     /// Whether the previously seen tokens influence the next choice.
     pub fn uses_history(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
     }
 }
 

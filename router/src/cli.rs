@@ -32,7 +32,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// GGUF file, or a directory with config.json, *.safetensors and tokenizer.json.
-    #[arg(long, env = "WICK_MODEL", default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    #[arg(
+        long,
+        env = "WICK_MODEL",
+        default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    )]
     pub model: PathBuf,
     /// Device: `cpu` or `cuda:N`.
     #[arg(long, env = "WICK_DEVICE", default_value = "cpu")]

@@ -102,10 +102,11 @@ mod tests {
     #[test]
     fn renders_chatml_with_generation_prompt() {
         let t = ChatTemplate::new(Some(CHATML), None, None).unwrap();
-        let out = t
-            .render(&[ChatMessage::new("user", "Hi")], true)
-            .unwrap();
-        assert_eq!(out, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        let out = t.render(&[ChatMessage::new("user", "Hi")], true).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
@@ -113,7 +114,8 @@ mod tests {
         let src = "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ bos_token }}{{ messages[0].content.strip().upper() }}";
         let t = ChatTemplate::new(Some(src), Some("<s>".into()), None).unwrap();
         assert_eq!(
-            t.render(&[ChatMessage::new("user", "  hey ")], false).unwrap(),
+            t.render(&[ChatMessage::new("user", "  hey ")], false)
+                .unwrap(),
             "<s>HEY"
         );
         let err = t

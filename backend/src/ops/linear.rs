@@ -9,12 +9,12 @@
 //! applied to every row while it is in cache.
 
 use crate::error::LoadError;
+use candle_core::backend::BackendStorage;
 use candle_core::quantized::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
     BlockQ8_0, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -66,7 +66,13 @@ pub struct QWeight {
 
 impl std::fmt::Debug for QWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "QWeight({}x{} {})", self.rows, self.cols, self.dtype_name())
+        write!(
+            f,
+            "QWeight({}x{} {})",
+            self.rows,
+            self.cols,
+            self.dtype_name()
+        )
     }
 }
 
@@ -254,6 +260,9 @@ where
     T::VecDotType: Send + Sync,
 {
     let m = x.len() / k;
+    if m == 0 {
+        return;
+    }
     let kb = k / T::BLCK_SIZE;
     debug_assert_eq!(out.len(), m * n);
     let mut xq: Vec<T::VecDotType> = (0..m * kb).map(|_| T::VecDotType::zeros()).collect();
@@ -340,7 +349,9 @@ mod tests {
         let t = Tensor::randn(0f32, 1.0, (96, 64), &Device::Cpu).unwrap();
         let qt = QTensor::quantize(&t, GgmlDType::Q4_1).unwrap();
         let q = QWeight::from_qtensor("w", &qt).unwrap();
-        let x: Vec<f32> = (0..5 * 64).map(|i| ((i * 13 % 17) as f32) / 7.0 - 1.0).collect();
+        let x: Vec<f32> = (0..5 * 64)
+            .map(|i| ((i * 13 % 17) as f32) / 7.0 - 1.0)
+            .collect();
         let mut all = vec![0f32; 5 * 96];
         q.matmul(&x, &mut all);
         for r in 0..5 {
