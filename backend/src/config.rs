@@ -137,7 +137,9 @@ impl ModelConfig {
     }
 
     fn check(&self, rope_dim: usize) -> Result<(), LoadError> {
-        if self.num_heads == 0 || self.num_kv_heads == 0 || self.num_heads % self.num_kv_heads != 0
+        if self.num_heads == 0
+            || self.num_kv_heads == 0
+            || !self.num_heads.is_multiple_of(self.num_kv_heads)
         {
             return Err(LoadError::invalid(
                 "num_key_value_heads",
@@ -147,7 +149,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return Err(LoadError::invalid(
                 "head_dim",
                 format!("must be even and positive, got {}", self.head_dim),

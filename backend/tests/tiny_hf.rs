@@ -36,7 +36,10 @@ impl Lcg {
 }
 
 fn tokenizer() -> Tokenizer {
-    let mut vocab: Vec<String> = ByteLevel::alphabet().into_iter().map(String::from).collect();
+    let mut vocab: Vec<String> = ByteLevel::alphabet()
+        .into_iter()
+        .map(String::from)
+        .collect();
     vocab.sort();
     let merges = vec![
         ("h".to_string(), "e".to_string()),
@@ -103,7 +106,10 @@ impl Weights {
                 w.insert(name, (vec![HIDDEN], norm.clone()));
             }
         }
-        w.insert("model.norm.weight".into(), (vec![HIDDEN], vec![0.9; HIDDEN]));
+        w.insert(
+            "model.norm.weight".into(),
+            (vec![HIDDEN], vec![0.9; HIDDEN]),
+        );
         Weights(w)
     }
 
@@ -193,13 +199,25 @@ fn reference_logits(w: &Weights, tokens: &[u32], bias: bool) -> Vec<f32> {
         let (mut qs, mut ks, mut vs) = (Vec::new(), Vec::new(), Vec::new());
         for (pos, x) in xs.iter().enumerate() {
             let xn = rms_norm(x, w.get(&p("input_layernorm.weight")));
-            let mut q = matvec(w.get(&p("self_attn.q_proj.weight")), &xn, b("self_attn.q_proj.bias"));
-            let mut k = matvec(w.get(&p("self_attn.k_proj.weight")), &xn, b("self_attn.k_proj.bias"));
+            let mut q = matvec(
+                w.get(&p("self_attn.q_proj.weight")),
+                &xn,
+                b("self_attn.q_proj.bias"),
+            );
+            let mut k = matvec(
+                w.get(&p("self_attn.k_proj.weight")),
+                &xn,
+                b("self_attn.k_proj.bias"),
+            );
             rope(&mut q, HEADS, pos);
             rope(&mut k, KV_HEADS, pos);
             qs.push(q);
             ks.push(k);
-            vs.push(matvec(w.get(&p("self_attn.v_proj.weight")), &xn, b("self_attn.v_proj.bias")));
+            vs.push(matvec(
+                w.get(&p("self_attn.v_proj.weight")),
+                &xn,
+                b("self_attn.v_proj.bias"),
+            ));
         }
         for (pos, x) in xs.iter_mut().enumerate() {
             let mut attn = vec![0f32; HEADS * HEAD_DIM];
@@ -278,7 +296,10 @@ fn engine_logits(engine: &mut Engine, prompt: &[u32], more: &[u32]) -> Vec<Vec<f
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn check_against_reference(arch: &str, bias: bool) {
@@ -340,7 +361,12 @@ fn tokenizer_config_supplies_template_and_special_tokens() {
     assert_eq!(info.eos_token_ids, vec![eos]);
     assert_eq!(info.bos_token().as_deref(), Some("<s>"));
     assert!(info.chat_template.unwrap().contains("m['role']"));
-    let ids = info.tokenizer.encode("<s>hello", false).unwrap().get_ids().to_vec();
+    let ids = info
+        .tokenizer
+        .encode("<s>hello", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
     assert_eq!(ids[0], info.bos_token_id.unwrap());
     assert_eq!(info.tokenizer.decode(&ids, false).unwrap(), "<s>hello");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -369,7 +395,14 @@ fn bad_block_tables_and_tokens_are_typed_errors_and_leave_the_engine_usable() {
     );
     let err = engine.step(&entry(vec![1; 9], vec![0, 1])).unwrap_err();
     assert!(
-        matches!(err, BackendError::BlockTableTooShort { needed: 9, covered: 8, .. }),
+        matches!(
+            err,
+            BackendError::BlockTableTooShort {
+                needed: 9,
+                covered: 8,
+                ..
+            }
+        ),
         "{err}"
     );
     let err = engine.step(&entry(vec![100_000], vec![0])).unwrap_err();

@@ -23,7 +23,9 @@ fn model_path() -> PathBuf {
 }
 
 fn tokens(n: usize, salt: usize) -> Vec<u32> {
-    (0..n).map(|i| ((i * 7919 + salt * 104_729) % 49_000) as u32).collect()
+    (0..n)
+        .map(|i| ((i * 7919 + salt * 104_729) % 49_000) as u32)
+        .collect()
 }
 
 /// Blocks `seq * per_seq ..` for a sequence of up to `len` positions.
@@ -48,7 +50,9 @@ fn engine() -> Engine {
         block_size: BLOCK,
         ..BackendConfig::new(model_path())
     };
-    load_engine(&cfg).expect("run scripts/fetch-model.sh first").0
+    load_engine(&cfg)
+        .expect("run scripts/fetch-model.sh first")
+        .0
 }
 
 fn bench_engine(c: &mut Criterion) {
