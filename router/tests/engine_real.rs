@@ -335,3 +335,71 @@ fn safetensors_export_matches_dequantized_gguf() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn wick_generate_reproduces_llama_cpp_on_an_exact_case() {
+    // "What is 12 plus 30?" is the fixture case that free-running greedy decoding reproduces in
+    // full (the others sit on near-ties; see the teacher-forced test).
+    let case = &fixture("chat-ref.json")["cases"][2];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["generate", "--json", "--max-tokens", "64", "--chat"])
+        .arg(case["prompt"].as_str().unwrap())
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&json["ids"]), ids(&case["ids"]));
+    assert_eq!(json["finish_reason"], "stop");
+    assert_eq!(
+        json["prompt_ids"].as_array().unwrap().len() as u64,
+        case["prompt_tokens"].as_u64().unwrap()
+    );
+
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args(["generate", "--chat"])
+        .arg(case["prompt"].as_str().unwrap())
+        .arg("--model")
+        .arg(model_path())
+        .output()
+        .unwrap();
+    assert!(text.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&text.stdout).trim(),
+        case["text"].as_str().unwrap()
+    );
+}
+
+#[test]
+fn worker_reports_bad_steps_as_typed_errors_and_keeps_serving() {
+    let (backend, info) = Backend::spawn(config(16)).unwrap();
+    let bad = Step {
+        entries: vec![StepEntry {
+            seq: 2,
+            tokens: vec![1, 2, 3],
+            start_pos: 0,
+            blocks: vec![info.num_kv_blocks as u32 + 5],
+            sample: Some(SamplingParams::default()),
+        }],
+    };
+    let err = backend.step(bad).unwrap_err();
+    assert!(
+        matches!(err, wick_backend::BackendError::BlockOutOfRange { .. }),
+        "{err}"
+    );
+    let ok = Step {
+        entries: vec![entry(2, &[1, 2, 3], 0, info.kv_block_size, true)],
+    };
+    assert_eq!(backend.step(ok).unwrap().generations.len(), 1);
+    backend.release(2).unwrap();
+    backend.shutdown();
+    assert!(matches!(
+        backend.step(Step::default()),
+        Err(wick_backend::BackendError::WorkerGone)
+    ));
+}
