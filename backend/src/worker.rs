@@ -212,6 +212,14 @@ impl Backend {
             .map_err(|_| BackendError::WorkerGone)
     }
 
+    /// Like [`Backend::release`], without blocking an async runtime.
+    pub async fn release_async(&self, seq: SeqId) -> Result<(), BackendError> {
+        self.tx
+            .send_async(Command::Release(seq))
+            .await
+            .map_err(|_| BackendError::WorkerGone)
+    }
+
     /// A round trip through the worker's queue (liveness).
     pub async fn ping(&self) -> Result<(), BackendError> {
         let (reply, rx) = flume::bounded(1);

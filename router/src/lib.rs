@@ -1,10 +1,19 @@
-//! Wick's router: the `wick` command, chat templates and (next) the HTTP API and scheduler.
+//! Wick's router: the `wick` command, the OpenAI-compatible HTTP API, validation, the
+//! continuous-batching scheduler and chat templates. Knows nothing of candle.
 //!
 //! # Layout
-//! - [`cli`]: the `wick` command line (`generate`, `serve`).
+//! - [`cli`]: the `wick` command line (`serve`, `generate`).
+//! - [`server`]: axum routes, OpenAI and TGI wire types, SSE streaming.
+//! - [`validation`]: requests checked and tokenized into a `ValidRequest`.
+//! - [`scheduler`]: the task that owns the queue, the running set and KV blocks.
 //! - [`template`]: chat templates through minijinja.
-//! - [`generate`]: one sequence start to finish on the backend, with streamed text.
+//! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON.
+//! - [`generate`]: one sequence start to finish on the backend (`wick generate`).
 
 pub mod cli;
+pub mod error;
 pub mod generate;
+pub mod scheduler;
+pub mod server;
 pub mod template;
+pub mod validation;

@@ -1,0 +1,130 @@
+//! The router's one error type and its one mapping to an HTTP status and OpenAI's error body
+//! `{"error": {"message", "type", "param", "code"}}`. The same mapping builds SSE error events.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// A parameter is malformed or outside its limits.
+    #[error("{message}")]
+    InvalidParam { param: String, message: String },
+    /// A parameter Wick does not implement.
+    #[error("`{param}` is not supported by this server")]
+    Unsupported { param: String },
+    /// The request body is not valid JSON for this endpoint.
+    #[error("invalid request body: {message}")]
+    InvalidBody {
+        param: Option<String>,
+        message: String,
+    },
+    /// The prompt (plus the tokens to generate) does not fit.
+    #[error("{message}")]
+    ContextLength { message: String },
+    #[error("the model `{model}` does not exist; this server serves `{served}`")]
+    ModelNotFound { model: String, served: String },
+    #[error("no route for {path}")]
+    RouteNotFound { path: String },
+    #[error("the backend failed: {0}")]
+    Backend(String),
+    #[error("the server is shutting down")]
+    Unavailable,
+}
+
+impl ApiError {
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::InvalidParam {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidParam { .. }
+            | ApiError::Unsupported { .. }
+            | ApiError::InvalidBody { .. }
+            | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
+            ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// OpenAI's error body.
+    pub fn body(&self) -> ErrorBody {
+        let (kind, param, code) = match self {
+            ApiError::InvalidParam { param, .. } => ("invalid_request_error", Some(param.clone()), None),
+            ApiError::Unsupported { param } => (
+                "invalid_request_error",
+                Some(param.clone()),
+                Some("unsupported_parameter"),
+            ),
+            ApiError::InvalidBody { param, .. } => ("invalid_request_error", param.clone(), None),
+            ApiError::ContextLength { .. } => (
+                "invalid_request_error",
+                Some("messages".to_string()),
+                Some("context_length_exceeded"),
+            ),
+            ApiError::ModelNotFound { .. } => (
+                "invalid_request_error",
+                Some("model".to_string()),
+                Some("model_not_found"),
+            ),
+            ApiError::RouteNotFound { .. } => ("invalid_request_error", None, Some("not_found")),
+            ApiError::Backend(_) => ("server_error", None, None),
+            ApiError::Unavailable => ("server_error", None, Some("unavailable")),
+        };
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.to_string(),
+                r#type: kind.to_string(),
+                param,
+                code: code.map(String::from),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"message": "`temperature` must be between 0 and 2, got 3", "type": "invalid_request_error", "param": "temperature", "code": null}))]
+pub struct ErrorDetail {
+    pub message: String,
+    pub r#type: String,
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), axum::Json(self.body())).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_status_and_openai_shape() {
+        let e = ApiError::invalid("temperature", "`temperature` must be between 0 and 2, got 3");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["error"]["param"], "temperature");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let e = ApiError::ModelNotFound {
+            model: "gpt-4".into(),
+            served: "smol".into(),
+        };
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        assert_eq!(serde_json::to_value(e.body()).unwrap()["error"]["code"], "model_not_found");
+    }
+}

@@ -1,0 +1,305 @@
+//! Request validation: chat template, tokenization and parameter checks, producing a
+//! [`ValidRequest`], the only thing the scheduler accepts. Every 4xx is decided here, before
+//! anything is queued or a stream starts.
+//!
+//! Runs on a blocking thread (tokenization is CPU work). Messages name the field, the limit and the
+//! value received.
+
+use crate::error::ApiError;
+use crate::scheduler::StopCriteria;
+use crate::template::{ChatMessage, ChatTemplate};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokenizers::Tokenizer;
+use wick_proto::{ModelInfo, SamplingParams};
+
+/// Caps on what one request may ask for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest prompt, in tokens.
+    pub max_input_tokens: usize,
+    /// Longest prompt plus generation, in tokens.
+    pub max_total_tokens: usize,
+    pub max_n: usize,
+    pub max_stop: usize,
+    pub max_top_logprobs: usize,
+}
+
+/// What to run: raw text, token ids, or a conversation for the chat template.
+#[derive(Debug, Clone)]
+pub enum PromptInput {
+    Text(String),
+    Tokens(Vec<u32>),
+    Chat(Vec<ChatMessage>),
+}
+
+/// Sampling and stopping parameters as they arrive (any API), before checks.
+#[derive(Debug, Clone, Default)]
+pub struct GenerationInput {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub max_tokens: Option<u64>,
+    pub n: Option<u64>,
+    /// `Some(k)`: report the chosen token's log-probability and the top `k` alternatives.
+    pub logprobs: Option<u64>,
+    pub logit_bias: Vec<(String, f32)>,
+    pub ignore_eos: bool,
+}
+
+/// A request that passed every check. Only [`Validator::validate`] builds one.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    prompt: Vec<u32>,
+    params: SamplingParams,
+    criteria: StopCriteria,
+    n: usize,
+    logprobs: bool,
+}
+
+impl ValidRequest {
+    pub fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+    pub fn criteria(&self) -> &StopCriteria {
+        &self.criteria
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn logprobs(&self) -> bool {
+        self.logprobs
+    }
+}
+
+/// Everything validation needs, shared by the handlers.
+pub struct Validator {
+    tokenizer: Arc<Tokenizer>,
+    template: Option<ChatTemplate>,
+    info: ModelInfo,
+    limits: Limits,
+}
+
+fn range<T: PartialOrd + std::fmt::Display + Copy>(
+    name: &str,
+    value: Option<T>,
+    lo: T,
+    hi: T,
+    lo_inclusive: bool,
+) -> Result<Option<T>, ApiError> {
+    let Some(v) = value else { return Ok(None) };
+    let ok_lo = if lo_inclusive { v >= lo } else { v > lo };
+    if !ok_lo || v > hi {
+        let open = if lo_inclusive { "[" } else { "(" };
+        return Err(ApiError::invalid(
+            name,
+            format!("`{name}` must be in {open}{lo}, {hi}], got {v}"),
+        ));
+    }
+    Ok(Some(v))
+}
+
+/// A seed for requests that do not give one.
+fn fresh_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ COUNTER.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+}
+
+impl Validator {
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        template: Option<ChatTemplate>,
+        info: ModelInfo,
+        limits: Limits,
+    ) -> Self {
+        Validator {
+            tokenizer,
+            template,
+            info,
+            limits,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Renders and tokenizes a prompt.
+    pub fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, ApiError> {
+        let (text, special) = match prompt {
+            PromptInput::Tokens(ids) => {
+                if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
+                    return Err(ApiError::invalid(
+                        "prompt",
+                        format!(
+                            "token id {bad} is outside the vocabulary of {}",
+                            self.info.vocab_size
+                        ),
+                    ));
+                }
+                return Ok(ids.clone());
+            }
+            PromptInput::Text(t) => (t.clone(), false),
+            PromptInput::Chat(messages) => {
+                let template = self.template.as_ref().ok_or_else(|| {
+                    ApiError::invalid("messages", "the model has no chat template")
+                })?;
+                let text = template
+                    .render(messages, true)
+                    .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+                (text, true)
+            }
+        };
+        let mut ids = self
+            .tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| ApiError::invalid("prompt", format!("cannot tokenize: {e}")))?
+            .get_ids()
+            .to_vec();
+        if !special && self.info.add_bos_token {
+            ids.splice(0..0, self.info.bos_token_id);
+        }
+        Ok(ids)
+    }
+
+    pub fn validate(
+        &self,
+        prompt: &PromptInput,
+        g: GenerationInput,
+    ) -> Result<ValidRequest, ApiError> {
+        let l = &self.limits;
+        let temperature = range("temperature", g.temperature, 0.0, 2.0, true)?.unwrap_or(1.0);
+        let top_p = range("top_p", g.top_p, 0.0, 1.0, false)?.unwrap_or(1.0);
+        let top_k = match g.top_k {
+            None | Some(-1) | Some(0) => 0,
+            Some(k) if k > 0 => k as usize,
+            Some(k) => {
+                return Err(ApiError::invalid(
+                    "top_k",
+                    format!("`top_k` must be -1, 0 (off) or positive, got {k}"),
+                ))
+            }
+        };
+        let min_p = range("min_p", g.min_p, 0.0, 1.0, true)?.unwrap_or(0.0);
+        let repetition_penalty =
+            range("repetition_penalty", g.repetition_penalty, 0.0, 10.0, false)?.unwrap_or(1.0);
+        let frequency_penalty =
+            range("frequency_penalty", g.frequency_penalty, -2.0, 2.0, true)?.unwrap_or(0.0);
+        let presence_penalty =
+            range("presence_penalty", g.presence_penalty, -2.0, 2.0, true)?.unwrap_or(0.0);
+        let n = range("n", g.n, 1, l.max_n as u64, true)?.unwrap_or(1) as usize;
+        let top_logprobs = range("top_logprobs", g.logprobs, 0, l.max_top_logprobs as u64, true)?;
+        if g.stop.len() > l.max_stop {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "`stop` supports up to {} sequences, got {}",
+                    l.max_stop,
+                    g.stop.len()
+                ),
+            ));
+        }
+        if g.stop.iter().any(String::is_empty) {
+            return Err(ApiError::invalid("stop", "`stop` sequences must not be empty"));
+        }
+        let mut logit_bias = Vec::with_capacity(g.logit_bias.len());
+        for (key, bias) in &g.logit_bias {
+            let token = key
+                .parse::<u32>()
+                .ok()
+                .filter(|&t| (t as usize) < self.info.vocab_size)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "logit_bias",
+                        format!(
+                            "`logit_bias` keys must be token ids below {}, got `{key}`",
+                            self.info.vocab_size
+                        ),
+                    )
+                })?;
+            range("logit_bias", Some(*bias), -100.0, 100.0, true)?;
+            logit_bias.push((token, *bias));
+        }
+
+        let prompt = self.tokenize(prompt)?;
+        if prompt.is_empty() {
+            return Err(ApiError::invalid("prompt", "the prompt is empty"));
+        }
+        if prompt.len() > l.max_input_tokens {
+            return Err(ApiError::ContextLength {
+                message: format!(
+                    "the prompt has {} tokens, more than the limit of {} input tokens",
+                    prompt.len(),
+                    l.max_input_tokens
+                ),
+            });
+        }
+        let room = l.max_total_tokens.saturating_sub(prompt.len());
+        let max_tokens = match g.max_tokens {
+            Some(0) => return Err(ApiError::invalid("max_tokens", "`max_tokens` must be at least 1, got 0")),
+            Some(m) if m as usize > room => {
+                return Err(ApiError::ContextLength {
+                    message: format!(
+                        "this model's maximum context length is {} tokens; you requested {} tokens ({} in the prompt, {} to generate)",
+                        l.max_total_tokens,
+                        prompt.len() + m as usize,
+                        prompt.len(),
+                        m
+                    ),
+                })
+            }
+            Some(m) => m as usize,
+            None if room == 0 => {
+                return Err(ApiError::ContextLength {
+                    message: format!(
+                        "the prompt has {} tokens and leaves no room to generate within {} tokens",
+                        prompt.len(),
+                        l.max_total_tokens
+                    ),
+                })
+            }
+            None => room,
+        };
+        Ok(ValidRequest {
+            params: SamplingParams {
+                temperature,
+                top_k,
+                top_p,
+                min_p,
+                repetition_penalty,
+                frequency_penalty,
+                presence_penalty,
+                logit_bias,
+                seed: g.seed.unwrap_or_else(fresh_seed),
+                top_logprobs: top_logprobs.unwrap_or(0) as usize,
+                prompt_len: prompt.len(),
+            },
+            criteria: StopCriteria {
+                max_tokens,
+                stop: g.stop,
+                eos_token_ids: self.info.eos_token_ids.clone(),
+                ignore_eos: g.ignore_eos,
+            },
+            prompt,
+            n,
+            logprobs: top_logprobs.is_some(),
+        })
+    }
+}
