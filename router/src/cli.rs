@@ -139,6 +139,53 @@ pub struct GenerateArgs {
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Where and as what the server listens.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// Address to bind.
+    #[arg(long, env = "WICK_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to bind (0 picks a free one; the chosen address is printed).
+    #[arg(long, env = "WICK_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Model name clients use (default: the model file's name).
+    #[arg(long, env = "WICK_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// A Jinja chat template file to use instead of the model's.
+    #[arg(long, env = "WICK_CHAT_TEMPLATE")]
+    pub chat_template: Option<PathBuf>,
+}
+
+/// What one request and one step may hold.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Longest prompt, in tokens (default: the context, less one).
+    #[arg(long, env = "WICK_MAX_INPUT_TOKENS")]
+    pub max_input_tokens: Option<usize>,
+    /// Longest prompt plus generation, in tokens (default: the context, capped by KV capacity).
+    #[arg(long, env = "WICK_MAX_TOTAL_TOKENS")]
+    pub max_total_tokens: Option<usize>,
+    /// Most tokens (prefill plus decode) in one forward step.
+    #[arg(long, env = "WICK_MAX_BATCH_TOKENS", default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// Most sequences running at once.
+    #[arg(long, env = "WICK_MAX_RUNNING_SEQUENCES", default_value_t = 64)]
+    pub max_running_sequences: usize,
+    /// Largest `n` (choices per request).
+    #[arg(long, env = "WICK_MAX_N", default_value_t = 8)]
+    pub max_n: usize,
+    /// Most `stop` strings per request.
+    #[arg(long, env = "WICK_MAX_STOP_SEQUENCES", default_value_t = 8)]
+    pub max_stop_sequences: usize,
+    /// Largest `top_logprobs`.
+    #[arg(long, env = "WICK_MAX_TOP_LOGPROBS", default_value_t = 20)]
+    pub max_top_logprobs: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,8 +198,10 @@ pub enum CliError {
     Generate(#[from] GenerateError),
     #[error("tokenizer: {0}")]
     Tokenize(String),
-    #[error("writing output: {0}")]
+    #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -225,18 +274,10 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), CliError> {
-    let (backend, info) = Backend::spawn(args.model.backend_config())?;
-    eprintln!(
-        "wick: loaded {} ({}, {}, {} layers of KV in {} blocks of {} tokens) on {}",
-        info.model_id,
-        info.architecture,
-        info.dtype,
-        info.max_context,
-        info.num_kv_blocks,
-        info.kv_block_size,
-        info.device
-    );
-    eprintln!("wick: the HTTP API is not built yet (issue #3); use `wick generate` meanwhile");
-    backend.shutdown();
-    Ok(())
+    crate::serve::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("wick-http")
+        .build()?;
+    runtime.block_on(crate::serve::serve(args))
 }

@@ -57,7 +57,9 @@ impl ApiError {
     /// OpenAI's error body.
     pub fn body(&self) -> ErrorBody {
         let (kind, param, code) = match self {
-            ApiError::InvalidParam { param, .. } => ("invalid_request_error", Some(param.clone()), None),
+            ApiError::InvalidParam { param, .. } => {
+                ("invalid_request_error", Some(param.clone()), None)
+            }
             ApiError::Unsupported { param } => (
                 "invalid_request_error",
                 Some(param.clone()),
@@ -115,7 +117,10 @@ mod tests {
 
     #[test]
     fn errors_map_to_status_and_openai_shape() {
-        let e = ApiError::invalid("temperature", "`temperature` must be between 0 and 2, got 3");
+        let e = ApiError::invalid(
+            "temperature",
+            "`temperature` must be between 0 and 2, got 3",
+        );
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let body = serde_json::to_value(e.body()).unwrap();
         assert_eq!(body["error"]["param"], "temperature");
@@ -125,6 +130,9 @@ mod tests {
             served: "smol".into(),
         };
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
-        assert_eq!(serde_json::to_value(e.body()).unwrap()["error"]["code"], "model_not_found");
+        assert_eq!(
+            serde_json::to_value(e.body()).unwrap()["error"]["code"],
+            "model_not_found"
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod error;
 pub mod generate;
 pub mod scheduler;
+pub mod serve;
 pub mod server;
 pub mod template;
 pub mod validation;

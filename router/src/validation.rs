@@ -205,7 +205,13 @@ impl Validator {
         let presence_penalty =
             range("presence_penalty", g.presence_penalty, -2.0, 2.0, true)?.unwrap_or(0.0);
         let n = range("n", g.n, 1, l.max_n as u64, true)?.unwrap_or(1) as usize;
-        let top_logprobs = range("top_logprobs", g.logprobs, 0, l.max_top_logprobs as u64, true)?;
+        let top_logprobs = range(
+            "top_logprobs",
+            g.logprobs,
+            0,
+            l.max_top_logprobs as u64,
+            true,
+        )?;
         if g.stop.len() > l.max_stop {
             return Err(ApiError::invalid(
                 "stop",
@@ -217,7 +223,10 @@ impl Validator {
             ));
         }
         if g.stop.iter().any(String::is_empty) {
-            return Err(ApiError::invalid("stop", "`stop` sequences must not be empty"));
+            return Err(ApiError::invalid(
+                "stop",
+                "`stop` sequences must not be empty",
+            ));
         }
         let mut logit_bias = Vec::with_capacity(g.logit_bias.len());
         for (key, bias) in &g.logit_bias {

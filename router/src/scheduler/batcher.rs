@@ -127,7 +127,11 @@ impl Batcher {
         }
         match self.alloc.allocate(need) {
             Some(new) => {
-                self.seqs.get_mut(&id).expect("seq exists").blocks.extend(new);
+                self.seqs
+                    .get_mut(&id)
+                    .expect("seq exists")
+                    .blocks
+                    .extend(new);
                 true
             }
             None => false,
@@ -202,8 +206,7 @@ impl Batcher {
             }
         }
         // No admission in a step that had to preempt: blocks are short.
-        while budget > 0 && self.running.len() < self.cfg.max_running && plan.preempted.is_empty()
-        {
+        while budget > 0 && self.running.len() < self.cfg.max_running && plan.preempted.is_empty() {
             let Some(&id) = self.waiting.front() else {
                 break;
             };

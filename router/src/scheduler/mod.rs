@@ -89,8 +89,12 @@ impl Scheduler {
     ) -> Self {
         let (tx, rx) = mpsc::channel(SUBMIT_CAPACITY);
         let stats = Arc::new(SchedulerStats::default());
-        stats.total_blocks.store(num_blocks as u64, Ordering::Relaxed);
-        stats.free_blocks.store(num_blocks as u64, Ordering::Relaxed);
+        stats
+            .total_blocks
+            .store(num_blocks as u64, Ordering::Relaxed);
+        stats
+            .free_blocks
+            .store(num_blocks as u64, Ordering::Relaxed);
         let task = Task {
             backend,
             tokenizer,
@@ -154,7 +158,9 @@ impl Task {
             self.drop_cancelled().await;
             let plan = self.batcher.plan();
             let preempted = plan.preempted.len() as u64;
-            self.stats.preemptions.fetch_add(preempted, Ordering::Relaxed);
+            self.stats
+                .preemptions
+                .fetch_add(preempted, Ordering::Relaxed);
             if plan.step.entries.is_empty() {
                 self.publish();
                 // Nothing can run until something changes: wait for the next request.
@@ -263,16 +269,16 @@ impl Task {
                 completion_tokens: live.sampled,
             });
         }
-        let delivered = events
-            .into_iter()
-            .all(|e| live.events.try_send(e).is_ok());
+        let delivered = events.into_iter().all(|e| live.events.try_send(e).is_ok());
         (emit.finish.is_some() || !delivered).then_some(g.seq)
     }
 
     fn publish(&self) {
         let s = &self.stats;
-        s.running.store(self.batcher.running() as u64, Ordering::Relaxed);
-        s.waiting.store(self.batcher.waiting() as u64, Ordering::Relaxed);
+        s.running
+            .store(self.batcher.running() as u64, Ordering::Relaxed);
+        s.waiting
+            .store(self.batcher.waiting() as u64, Ordering::Relaxed);
         s.free_blocks
             .store(self.batcher.free_blocks() as u64, Ordering::Relaxed);
     }

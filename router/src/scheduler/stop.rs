@@ -75,7 +75,13 @@ impl OutputText {
         let text = self.decode();
         // A stop string may start in text already released only if it was held; search from the
         // earliest byte a stop string could begin in unreleased text.
-        let longest = self.criteria.stop.iter().map(String::len).max().unwrap_or(0);
+        let longest = self
+            .criteria
+            .stop
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(0);
         let mut from = self.released.saturating_sub(longest);
         while !text.is_char_boundary(from) {
             from -= 1;

@@ -1,0 +1,311 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`, whole or streamed over SSE.
+//!
+//! Streams follow OpenAI's framing: for chat, a first chunk per choice carrying the role, content
+//! deltas, a last chunk per choice with `finish_reason`, a usage chunk (`choices: []`) when
+//! `stream_options.include_usage` is set, then `data: [DONE]`. Every error is decided before the
+//! first byte; a backend failure mid-stream ends the stream with an error event in OpenAI's shape.
+//! Dropping the response (client gone) drops the event receiver, which cancels the request.
+
+use super::openai::*;
+use super::{collect, new_id, now, ApiJson, SharedState, Started};
+use crate::error::ApiError;
+use crate::scheduler::Event;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use std::convert::Infallible;
+use wick_proto::TokenLogprob;
+
+/// One SSE `data:` line holding JSON.
+pub(crate) fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
+    SseEvent::default().data(serde_json::to_string(value).expect("wire types serialize"))
+}
+
+/// An error event for a stream that has already started.
+pub(crate) fn sse_error(message: String) -> SseEvent {
+    sse_json(&ApiError::Backend(message).body())
+}
+
+pub(crate) fn sse_response<S>(stream: S) -> Response
+where
+    S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
+{
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    // Ask reverse proxies not to buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", "no".parse().expect("valid header"));
+    response
+}
+
+fn usage(prompt: usize, completion: usize) -> Usage {
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+    }
+}
+
+fn chat_logprob(
+    state: &SharedState,
+    token: u32,
+    logprob: f32,
+    top: &[TokenLogprob],
+) -> TokenLogprobOut {
+    let text = state.token_text(token);
+    TokenLogprobOut {
+        bytes: text.as_bytes().to_vec(),
+        token: text,
+        logprob,
+        top_logprobs: top
+            .iter()
+            .map(|t| {
+                let text = state.token_text(t.token);
+                TopLogprob {
+                    bytes: text.as_bytes().to_vec(),
+                    token: text,
+                    logprob: t.logprob,
+                }
+            })
+            .collect(),
+    }
+}
+
+fn completion_logprobs(
+    state: &SharedState,
+    tokens: &[(u32, f32, Vec<TokenLogprob>)],
+) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut offset = 0;
+    for (token, logprob, top) in tokens {
+        let text = state.token_text(*token);
+        out.text_offset.push(offset);
+        offset += text.len();
+        out.tokens.push(text);
+        out.token_logprobs.push(*logprob);
+        out.top_logprobs.push(
+            top.iter()
+                .map(|t| (state.token_text(t.token), t.logprob))
+                .collect(),
+        );
+    }
+    out
+}
+
+#[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
+    responses((status = 200, description = "The completion, or an SSE stream of `chat.completion.chunk` objects when `stream` is true", body = ChatCompletion),
+              (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody),
+              (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
+pub async fn chat_completions(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let stream = req.stream;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (prompt, input) = req.into_inputs()?;
+    let mut started = state.start(prompt, input).await?;
+    let (id, created, model) = (new_id("chatcmpl"), now(), state.served_name.clone());
+    if stream {
+        return Ok(sse_response(chat_stream(
+            state,
+            started,
+            id,
+            created,
+            include_usage,
+        )));
+    }
+    let choices = collect(&mut started).await?;
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let response = ChatCompletion {
+        id,
+        object: "chat.completion",
+        created,
+        model,
+        usage: usage(started.prompt_tokens, completion_tokens),
+        choices: choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| ChatChoice {
+                index,
+                logprobs: started.logprobs.then(|| ChatLogprobs {
+                    content: c
+                        .tokens
+                        .iter()
+                        .map(|(t, lp, top)| chat_logprob(&state, *t, *lp, top))
+                        .collect(),
+                }),
+                message: ChatMessageOut {
+                    role: "assistant",
+                    content: c.text,
+                },
+                finish_reason: c.finish.map(|f| f.as_openai().to_string()),
+            })
+            .collect(),
+    };
+    Ok(axum::Json(response).into_response())
+}
+
+fn chat_stream(
+    state: SharedState,
+    mut started: Started,
+    id: String,
+    created: u64,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let model = state.served_name.clone();
+    let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+        id: id.clone(),
+        object: "chat.completion.chunk",
+        created,
+        model: model.clone(),
+        choices,
+        usage,
+    };
+    async_stream::stream! {
+        for index in 0..started.n {
+            let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
+            let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
+            yield Ok(sse_json(&chunk(vec![choice], None)));
+        }
+        let (mut done, mut completion_tokens) = (0, 0);
+        while done < started.n {
+            let Some(event) = started.events.recv().await else {
+                yield Ok(sse_error("the server is shutting down".into()));
+                return;
+            };
+            match event {
+                Event::Token { choice, token, text, logprob, top_logprobs } => {
+                    if text.is_empty() && !started.logprobs {
+                        continue;
+                    }
+                    let logprobs = started.logprobs.then(|| ChatLogprobs {
+                        content: vec![chat_logprob(&state, token, logprob, &top_logprobs)],
+                    });
+                    let delta = ChatDelta { role: None, content: Some(text) };
+                    let choice = ChatChunkChoice { index: choice, delta, logprobs, finish_reason: None };
+                    yield Ok(sse_json(&chunk(vec![choice], None)));
+                }
+                Event::Finished { choice, reason, completion_tokens: n, .. } => {
+                    done += 1;
+                    completion_tokens += n;
+                    let finish_reason = Some(reason.as_openai().to_string());
+                    let choice = ChatChunkChoice { index: choice, delta: ChatDelta::default(), logprobs: None, finish_reason };
+                    yield Ok(sse_json(&chunk(vec![choice], None)));
+                }
+                Event::Error { message, .. } => {
+                    yield Ok(sse_error(message));
+                    return;
+                }
+            }
+        }
+        if include_usage {
+            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens)))));
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    }
+}
+
+#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
+    responses((status = 200, description = "The completion, or an SSE stream of `text_completion` chunks when `stream` is true", body = Completion),
+              (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody),
+              (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
+pub async fn completions(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let stream = req.stream;
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let (prompt, input) = req.into_inputs()?;
+    let mut started = state.start(prompt, input).await?;
+    let (id, created, model) = (new_id("cmpl"), now(), state.served_name.clone());
+    if stream {
+        return Ok(sse_response(completion_stream(
+            state,
+            started,
+            id,
+            created,
+            include_usage,
+        )));
+    }
+    let choices = collect(&mut started).await?;
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let response = Completion {
+        id,
+        object: "text_completion",
+        created,
+        model,
+        usage: Some(usage(started.prompt_tokens, completion_tokens)),
+        choices: choices
+            .into_iter()
+            .enumerate()
+            .map(|(index, c)| CompletionChoice {
+                index,
+                logprobs: started
+                    .logprobs
+                    .then(|| completion_logprobs(&state, &c.tokens)),
+                text: c.text,
+                finish_reason: c.finish.map(|f| f.as_openai().to_string()),
+            })
+            .collect(),
+    };
+    Ok(axum::Json(response).into_response())
+}
+
+fn completion_stream(
+    state: SharedState,
+    mut started: Started,
+    id: String,
+    created: u64,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let model = state.served_name.clone();
+    let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
+        id: id.clone(),
+        object: "text_completion",
+        created,
+        model: model.clone(),
+        choices,
+        usage,
+    };
+    async_stream::stream! {
+        let (mut done, mut completion_tokens) = (0, 0);
+        while done < started.n {
+            let Some(event) = started.events.recv().await else {
+                yield Ok(sse_error("the server is shutting down".into()));
+                return;
+            };
+            match event {
+                Event::Token { choice, token, text, logprob, top_logprobs } => {
+                    if text.is_empty() && !started.logprobs {
+                        continue;
+                    }
+                    let logprobs = started.logprobs.then(|| {
+                        completion_logprobs(&state, &[(token, logprob, top_logprobs)])
+                    });
+                    let c = CompletionChoice { index: choice, text, logprobs, finish_reason: None };
+                    yield Ok(sse_json(&chunk(vec![c], None)));
+                }
+                Event::Finished { choice, reason, completion_tokens: n, .. } => {
+                    done += 1;
+                    completion_tokens += n;
+                    let finish_reason = Some(reason.as_openai().to_string());
+                    let c = CompletionChoice { index: choice, text: String::new(), logprobs: None, finish_reason };
+                    yield Ok(sse_json(&chunk(vec![c], None)));
+                }
+                Event::Error { message, .. } => {
+                    yield Ok(sse_error(message));
+                    return;
+                }
+            }
+        }
+        if include_usage {
+            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens)))));
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    }
+}

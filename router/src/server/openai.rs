@@ -1,0 +1,401 @@
+//! OpenAI wire types for chat completions, completions and models, with their utoipa schemas,
+//! and their conversion into validation inputs. Fields we do not implement are declared so that
+//! they can be refused by name (400) instead of being ignored.
+
+use crate::error::ApiError;
+use crate::template::ChatMessage;
+use crate::validation::{GenerationInput, PromptInput};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// `stop`: one string or several.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum StopInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopInput {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            StopInput::One(s) => vec![s],
+            StopInput::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    /// Send a last chunk with the token usage of the whole request.
+    #[serde(default)]
+    pub include_usage: bool,
+}
+
+/// A message's content: a string, or an array of text parts.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ContentPart {
+    /// Only `text` parts are supported.
+    pub r#type: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "user", "content": "What is 12 plus 30?"}))]
+pub struct ChatMessageIn {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: Option<MessageContent>,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Rejects the first field that no part of the request type knows.
+fn refuse_unknown(unknown: &BTreeMap<String, Value>) -> Result<(), ApiError> {
+    match unknown.keys().next() {
+        Some(name) => Err(ApiError::Unsupported {
+            param: name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Rejects a field we do not implement when it is present.
+fn refuse(name: &str, value: &Option<Value>) -> Result<(), ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(()),
+        Some(_) => Err(ApiError::Unsupported { param: name.into() }),
+    }
+}
+
+/// Sampling fields shared by chat and completions.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct SamplingFields {
+    /// 0 to 2; 0 is greedy. Default 1.
+    #[schema(example = 0.7)]
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Wick extension (as vLLM): keep the k most likely tokens; -1 or 0 is off.
+    pub top_k: Option<i64>,
+    /// Wick extension (as vLLM): drop tokens less likely than min_p times the best.
+    pub min_p: Option<f32>,
+    /// Wick extension (as vLLM): multiplicative penalty on seen tokens.
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Option<StopInput>,
+    pub max_tokens: Option<u64>,
+    pub n: Option<u64>,
+    pub logit_bias: Option<BTreeMap<String, f32>>,
+    /// Wick extension (as vLLM): keep generating after end-of-sequence tokens.
+    pub ignore_eos: Option<bool>,
+}
+
+impl SamplingFields {
+    fn into_input(self, logprobs: Option<u64>) -> GenerationInput {
+        GenerationInput {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            seed: self.seed,
+            stop: self.stop.map(StopInput::into_vec).unwrap_or_default(),
+            max_tokens: self.max_tokens,
+            n: self.n,
+            logprobs,
+            logit_bias: self.logit_bias.unwrap_or_default().into_iter().collect(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "What is 12 plus 30?"}], "max_tokens": 32, "temperature": 0}))]
+pub struct ChatCompletionRequest {
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessageIn>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    /// Alias of `max_tokens` (OpenAI's newer name).
+    pub max_completion_tokens: Option<u64>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub user: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub tools: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub tool_choice: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub response_format: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub functions: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub function_call: Option<Value>,
+    /// Any other field: refused by name.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+impl ChatCompletionRequest {
+    /// The conversation and generation parameters, or the first unsupported field.
+    pub fn into_inputs(self) -> Result<(PromptInput, GenerationInput), ApiError> {
+        refuse_unknown(&self.unknown)?;
+        refuse("tools", &self.tools)?;
+        refuse("tool_choice", &self.tool_choice)?;
+        refuse("response_format", &self.response_format)?;
+        refuse("functions", &self.functions)?;
+        refuse("function_call", &self.function_call)?;
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid(
+                "messages",
+                "`messages` must not be empty",
+            ));
+        }
+        let mut messages = Vec::with_capacity(self.messages.len());
+        for (i, m) in self.messages.into_iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    format!(
+                        "`messages[{i}].role` must be system, user or assistant, got `{}`",
+                        m.role
+                    ),
+                ));
+            }
+            let content = match m.content {
+                None => String::new(),
+                Some(MessageContent::Text(t)) => t,
+                Some(MessageContent::Parts(parts)) => {
+                    let mut text = String::new();
+                    for (j, p) in parts.into_iter().enumerate() {
+                        match (p.r#type.as_str(), p.text) {
+                            ("text", Some(t)) => text.push_str(&t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid(
+                                    format!("messages[{i}].content[{j}]"),
+                                    format!("content parts of type `{kind}` are not supported (only `text`)"),
+                                ))
+                            }
+                        }
+                    }
+                    text
+                }
+            };
+            messages.push(ChatMessage::new(m.role, content));
+        }
+        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (true, top) => Some(top.unwrap_or(0)),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "`top_logprobs` requires `logprobs: true`",
+                ))
+            }
+        };
+        let mut sampling = self.sampling;
+        sampling.max_tokens = self.max_completion_tokens.or(sampling.max_tokens);
+        Ok((PromptInput::Chat(messages), sampling.into_input(logprobs)))
+    }
+}
+
+/// `prompt` of a completion: text, or token ids (one prompt per request).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CompletionPrompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "SmolLM2-135M-Instruct", "prompt": "Once upon a time", "max_tokens": 16}))]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: CompletionPrompt,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    /// Number of alternatives to report with each token (0 to report only the chosen one).
+    pub logprobs: Option<u64>,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub user: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub echo: Option<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub suffix: Option<Value>,
+    pub best_of: Option<u64>,
+    /// Any other field: refused by name.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+impl CompletionRequest {
+    pub fn into_inputs(self) -> Result<(PromptInput, GenerationInput), ApiError> {
+        refuse_unknown(&self.unknown)?;
+        if self.echo == Some(Value::Bool(true)) {
+            return Err(ApiError::Unsupported {
+                param: "echo".into(),
+            });
+        }
+        refuse("suffix", &self.suffix)?;
+        if self.best_of.is_some_and(|b| b != 1) {
+            return Err(ApiError::Unsupported {
+                param: "best_of".into(),
+            });
+        }
+        let several = || ApiError::invalid("prompt", "only one prompt per request is supported");
+        let prompt = match self.prompt {
+            CompletionPrompt::Text(t) => PromptInput::Text(t),
+            CompletionPrompt::Texts(mut v) if v.len() == 1 => PromptInput::Text(v.remove(0)),
+            CompletionPrompt::Tokens(ids) => PromptInput::Tokens(ids),
+            CompletionPrompt::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
+            _ => return Err(several()),
+        };
+        Ok((prompt, self.sampling.into_input(self.logprobs)))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatMessageOut {
+    pub role: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TokenLogprobOut {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ChatLogprobs {
+    pub content: Vec<TokenLogprobOut>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: ChatMessageOut,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1764201600, "model": "SmolLM2-135M-Instruct", "choices": [{"index": 0, "message": {"role": "assistant", "content": "12 + 30 = 42."}, "logprobs": null, "finish_reason": "stop"}], "usage": {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}}))]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    pub top_logprobs: Vec<BTreeMap<String, f32>>,
+    pub text_offset: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"id": "cmpl-1", "object": "text_completion", "created": 1764201600, "model": "SmolLM2-135M-Instruct", "choices": [{"index": 0, "text": " there was a", "logprobs": null, "finish_reason": "length"}], "usage": {"prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}}))]
+pub struct Completion {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    /// Longest prompt plus generation this server accepts.
+    pub max_model_len: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"object": "list", "data": [{"id": "SmolLM2-135M-Instruct", "object": "model", "created": 1764201600, "owned_by": "wick", "max_model_len": 8192}]}))]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelCard>,
+}

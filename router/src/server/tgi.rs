@@ -1,0 +1,228 @@
+//! TGI's native API: `POST /generate` and `POST /generate_stream` (`inputs` and `parameters`), so
+//! that text-generation-inference clients work unchanged. Streams send one `data:` event per token
+//! and put `generated_text` and `details` on the last; TGI sends no `[DONE]`.
+
+use super::chat::{sse_error, sse_json, sse_response};
+use super::{collect, ApiJson, SharedState, Started};
+use crate::error::ApiError;
+use crate::scheduler::Event;
+use crate::validation::{GenerationInput, PromptInput};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+use wick_proto::FinishReason;
+
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct GenerateParameters {
+    /// Sample instead of choosing the most likely token (implied by temperature, top_k, top_p).
+    #[serde(default)]
+    pub do_sample: bool,
+    pub temperature: Option<f32>,
+    pub top_k: Option<i64>,
+    pub top_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    #[schema(example = 20)]
+    pub max_new_tokens: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    pub seed: Option<u64>,
+    /// Return per-token details.
+    #[serde(default)]
+    pub details: bool,
+    /// Prepend the prompt to the generated text.
+    #[serde(default)]
+    pub return_full_text: bool,
+    /// Alternatives to report with each token.
+    pub top_n_tokens: Option<u64>,
+    /// Any other parameter (`typical_p`, `watermark`, `truncate`, `grammar`, ...): refused by name.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({"inputs": "What is Deep Learning?", "parameters": {"max_new_tokens": 20}}))]
+pub struct GenerateRequest {
+    pub inputs: String,
+    #[serde(default)]
+    pub parameters: GenerateParameters,
+    /// Only on `/generate`: same as calling `/generate_stream`.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TgiToken {
+    pub id: u32,
+    pub text: String,
+    pub logprob: f32,
+    pub special: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TgiDetails {
+    /// `length`, `eos_token` or `stop_sequence`.
+    pub finish_reason: &'static str,
+    pub generated_tokens: usize,
+    pub seed: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TgiToken>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"generated_text": "Deep learning is a subset of machine learning"}))]
+pub struct GenerateResponse {
+    pub generated_text: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<TgiDetails>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StreamResponse {
+    pub index: usize,
+    pub token: TgiToken,
+    pub generated_text: Option<String>,
+    pub details: Option<TgiDetails>,
+}
+
+fn tgi_finish(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Stop => "eos_token",
+        FinishReason::StopSequence => "stop_sequence",
+        FinishReason::Length => "length",
+        FinishReason::Cancelled | FinishReason::Error => "error",
+    }
+}
+
+impl GenerateRequest {
+    fn into_inputs(self) -> Result<(PromptInput, GenerationInput, bool, String), ApiError> {
+        let p = self.parameters;
+        if let Some(name) = p.unknown.keys().next() {
+            return Err(ApiError::Unsupported {
+                param: format!("parameters.{name}"),
+            });
+        }
+        let sampling =
+            p.do_sample || p.temperature.is_some() || p.top_k.is_some() || p.top_p.is_some();
+        let input = GenerationInput {
+            temperature: Some(if sampling {
+                p.temperature.unwrap_or(1.0)
+            } else {
+                0.0
+            }),
+            top_k: p.top_k,
+            top_p: p.top_p,
+            repetition_penalty: p.repetition_penalty,
+            frequency_penalty: p.frequency_penalty,
+            seed: p.seed,
+            stop: p.stop,
+            max_tokens: Some(p.max_new_tokens.unwrap_or(100)),
+            logprobs: p.top_n_tokens.or(Some(0)),
+            ..GenerationInput::default()
+        };
+        let prefix = if p.return_full_text {
+            self.inputs.clone()
+        } else {
+            String::new()
+        };
+        Ok((PromptInput::Text(self.inputs), input, p.details, prefix))
+    }
+}
+
+fn token(state: &SharedState, id: u32, logprob: f32) -> TgiToken {
+    TgiToken {
+        id,
+        text: state.token_text(id),
+        logprob,
+        special: state.info.eos_token_ids.contains(&id),
+    }
+}
+
+#[utoipa::path(post, path = "/generate", request_body = GenerateRequest,
+    responses((status = 200, description = "Generated text", body = GenerateResponse),
+              (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody)))]
+pub async fn generate(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<GenerateRequest>,
+) -> Result<Response, ApiError> {
+    if req.stream {
+        return generate_stream(State(state), ApiJson(req)).await;
+    }
+    let (prompt, input, details, prefix) = req.into_inputs()?;
+    let mut started = state.start(prompt, input).await?;
+    let mut choices = collect(&mut started).await?;
+    let c = choices.remove(0);
+    let details = details.then(|| TgiDetails {
+        finish_reason: tgi_finish(c.finish.unwrap_or(FinishReason::Length)),
+        generated_tokens: c.completion_tokens,
+        seed: Some(started.seed),
+        tokens: c
+            .tokens
+            .iter()
+            .map(|(id, lp, _)| token(&state, *id, *lp))
+            .collect(),
+    });
+    let response = GenerateResponse {
+        generated_text: prefix + &c.text,
+        details,
+    };
+    Ok(axum::Json(response).into_response())
+}
+
+#[utoipa::path(post, path = "/generate_stream", request_body = GenerateRequest,
+    responses((status = 200, description = "SSE stream of `StreamResponse` events", body = StreamResponse),
+              (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody)))]
+pub async fn generate_stream(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<GenerateRequest>,
+) -> Result<Response, ApiError> {
+    let (prompt, input, _, prefix) = req.into_inputs()?;
+    let started = state.start(prompt, input).await?;
+    Ok(sse_response(tgi_stream(state, started, prefix)))
+}
+
+fn tgi_stream(
+    state: SharedState,
+    mut started: Started,
+    prefix: String,
+) -> impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> {
+    async_stream::stream! {
+        let mut text = prefix;
+        let mut index = 0;
+        // The last token is held back until its Finished event says whether it ends the stream.
+        let mut pending: Option<TgiToken> = None;
+        while let Some(event) = started.events.recv().await {
+            match event {
+                Event::Token { token: id, text: piece, logprob, .. } => {
+                    if let Some(t) = pending.take() {
+                        index += 1;
+                        yield Ok(sse_json(&StreamResponse { index, token: t, generated_text: None, details: None }));
+                    }
+                    text.push_str(&piece);
+                    pending = Some(token(&state, id, logprob));
+                }
+                Event::Finished { reason, completion_tokens, .. } => {
+                    let Some(t) = pending.take() else { return };
+                    index += 1;
+                    let details = TgiDetails {
+                        finish_reason: tgi_finish(reason),
+                        generated_tokens: completion_tokens,
+                        seed: Some(started.seed),
+                        tokens: Vec::new(),
+                    };
+                    let last = StreamResponse { index, token: t, generated_text: Some(text.clone()), details: Some(details) };
+                    yield Ok(sse_json(&last));
+                    return;
+                }
+                Event::Error { message, .. } => {
+                    yield Ok(sse_error(message));
+                    return;
+                }
+            }
+        }
+    }
+}
