@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite: fetches the real model if needed, then every unit and integration test.
+# The whole test suite: fetches the real model if needed, runs every unit and integration test,
+# then drives the server with the `openai` Python SDK (installed in a virtualenv under target/).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-./scripts/fetch-model.sh >/dev/null
+model="$(./scripts/fetch-model.sh)"
 cargo test --workspace "$@"
+
+venv=target/py-venv
+if [[ ! -x "$venv/bin/python" ]]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+cargo build --quiet -p wick-router --bin wick
+"$venv/bin/python" tests/python/test_openai_sdk.py target/debug/wick "$model"

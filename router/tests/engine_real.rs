@@ -403,3 +403,32 @@ fn worker_reports_bad_steps_as_typed_errors_and_keeps_serving() {
         Err(wick_backend::BackendError::WorkerGone)
     ));
 }
+
+#[test]
+fn streamed_text_never_splits_a_utf8_character() {
+    use wick_router::scheduler::{stop::OutputText, StopCriteria};
+    let tok = load_tokenizer(&model_path()).unwrap();
+    let tokenizer = std::sync::Arc::new(tok.tokenizer);
+    for case in fixture("tokenize-ref.json")["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let mut out = OutputText::new(
+            tokenizer.clone(),
+            StopCriteria {
+                max_tokens: 1000,
+                stop: vec![],
+                eos_token_ids: vec![2],
+                ignore_eos: false,
+            },
+        );
+        let mut streamed = String::new();
+        for id in ids(&case["ids"]) {
+            let piece = out.push(id).text;
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "{text:?}: broken piece {piece:?}"
+            );
+            streamed.push_str(&piece);
+        }
+        assert_eq!(streamed, text);
+    }
+}

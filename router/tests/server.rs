@@ -1,0 +1,418 @@
+//! The real server (`wick serve` on 127.0.0.1:0 with the real SmolLM2 model), talked to over HTTP:
+//! OpenAI chat and completions (whole and streamed, with exact SSE framing), TGI's generate API,
+//! errors, continuous batching, cancellation on disconnect and stop strings.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The process may already be gone; nothing else to clean.
+        let _gone = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}
+
+fn model_path() -> PathBuf {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "run scripts/fetch-model.sh first");
+    path
+}
+
+/// Starts `wick serve` on a free loopback port and waits for its "listening" line.
+fn start(extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--threads",
+            "2",
+        ])
+        .arg("--model")
+        .arg(model_path())
+        .args(["--served-model-name", "smol"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let base = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("wick: listening on ") {
+            break addr.to_string();
+        }
+    };
+    Server { child, base }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap()
+}
+
+async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    let r = client()
+        .post(format!("{}{path}", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+/// The `data:` payloads of an SSE body, in order.
+async fn sse(s: &Server, path: &str, body: Value) -> Vec<String> {
+    let r = client()
+        .post(format!("{}{path}", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let text = r.text().await.unwrap();
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {e:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut body = json!({"model": "smol", "messages": [{"role": "user", "content": content}], "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+
+async fn info(s: &Server) -> Value {
+    client()
+        .get(format!("{}/info", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn chat_and_completions_whole_and_streamed() {
+    let s = start(&[]);
+    let (status, body) = post(
+        &s,
+        "/v1/chat/completions",
+        chat("What is 12 plus 30?", json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "smol");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["message"]["content"], "12 + 30 = 32.");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], 40);
+    assert_eq!(body["usage"]["completion_tokens"], 12);
+    assert_eq!(body["usage"]["total_tokens"], 52);
+
+    // Streamed: role chunk, content deltas, finish chunk, usage chunk, [DONE].
+    let events = sse(
+        &s,
+        "/v1/chat/completions",
+        chat(
+            "What is 12 plus 30?",
+            json!({"stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    )
+    .await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chunks[n - 2]["choices"][0]["delta"], json!({}));
+    assert_eq!(chunks[n - 1]["choices"], json!([]));
+    assert_eq!(chunks[n - 1]["usage"]["completion_tokens"], 12);
+    assert!(chunks[..n - 1].iter().all(|c| c["usage"].is_null()));
+    let text: String = chunks[1..n - 2]
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "12 + 30 = 32.");
+
+    // Chat log-probabilities: one entry per token, with the requested alternatives.
+    let (status, body) = post(
+        &s,
+        "/v1/chat/completions",
+        chat(
+            "What is 12 plus 30?",
+            json!({"logprobs": true, "top_logprobs": 3}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let content = body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap();
+    assert_eq!(content.len(), 12);
+    assert_eq!(content[0]["token"], "1");
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 3);
+    assert_eq!(content[0]["top_logprobs"][0]["token"], "1");
+    let health = client()
+        .get(format!("{}/health", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // Completions, with n = 2 seeded sampling and logprobs.
+    let (status, body) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "Once upon a time", "max_tokens": 6, "n": 2, "seed": 3, "temperature": 0.9, "logprobs": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(body["choices"][1]["finish_reason"], "length");
+    assert_eq!(body["usage"]["completion_tokens"], 12);
+    let lp = &body["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), 6);
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+
+    let events = sse(
+        &s,
+        "/v1/completions",
+        json!({"prompt": "Once upon a time", "max_tokens": 5, "stream": true, "temperature": 0}),
+    )
+    .await;
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let last: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn tgi_generate_and_generate_stream() {
+    let s = start(&[]);
+    let body = json!({"inputs": "The capital of France is", "parameters": {"max_new_tokens": 6, "details": true}});
+    let (status, whole) = post(&s, "/generate", body.clone()).await;
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!(whole["details"]["generated_tokens"], 6);
+    assert_eq!(whole["details"]["finish_reason"], "length");
+    assert_eq!(whole["details"]["tokens"].as_array().unwrap().len(), 6);
+    let events = sse(&s, "/generate_stream", body).await;
+    assert_eq!(events.len(), 6);
+    let parsed: Vec<Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(parsed[..5].iter().all(|e| e["generated_text"].is_null()));
+    assert_eq!(parsed[5]["generated_text"], whole["generated_text"]);
+    assert_eq!(parsed[5]["details"]["finish_reason"], "length");
+    let streamed: String = parsed
+        .iter()
+        .map(|e| e["token"]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, whole["generated_text"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn errors_are_openai_shaped() {
+    let s = start(&["--max-total-tokens", "256"]);
+    let (status, body) = post(
+        &s,
+        "/v1/chat/completions",
+        chat("hi", json!({"temperature": 3})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "temperature");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, body) = post(
+        &s,
+        "/v1/chat/completions",
+        chat("hi", json!({"tools": [{}]})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "tools");
+    let (status, body) = post(
+        &s,
+        "/v1/chat/completions",
+        chat("hi", json!({"model": "gpt-4"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "model_not_found");
+    let (status, body) = post(&s, "/v1/chat/completions", json!({"model": "smol"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "messages");
+    let long = "word ".repeat(400);
+    let (status, body) = post(
+        &s,
+        "/v1/completions",
+        json!({"prompt": long, "max_tokens": 10}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("401 tokens") && message.contains("255"),
+        "{message}"
+    );
+    let (status, body) = post(
+        &s,
+        "/v1/completions",
+        json!({"prompt": "hi", "max_tokens": 300}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    let r = client()
+        .get(format!("{}/v1/nothing", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    // The server is still fine.
+    let (status, _) = post(
+        &s,
+        "/v1/completions",
+        json!({"prompt": "hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn concurrent_requests_batch_and_match_sequential_outputs() {
+    let s = start(&["--max-batch-tokens", "64"]);
+    let prompts: Vec<(String, u64)> = (0..16)
+        .map(|i| {
+            let topic = [
+                "the sea", "a cat", "CPUs", "rain", "music", "bread", "stars", "trees",
+            ][i % 8];
+            (
+                format!("Write {} short sentences about {topic}.", 1 + i % 3),
+                8 + (i as u64 * 5) % 24,
+            )
+        })
+        .collect();
+    let request = |p: &(String, u64)| chat(&p.0, json!({"max_tokens": p.1}));
+    let mut sequential = Vec::new();
+    for p in &prompts {
+        let (status, body) = post(&s, "/v1/chat/completions", request(p)).await;
+        assert_eq!(status, 200);
+        sequential.push(body["choices"][0]["message"]["content"].clone());
+    }
+    let before = info(&s).await["batched_steps"].as_u64().unwrap();
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let body = request(p);
+            let url = format!("{}/v1/chat/completions", s.base);
+            tokio::spawn(async move {
+                let r = client().post(url).json(&body).send().await.unwrap();
+                let v: Value = r.json().await.unwrap();
+                v["choices"][0]["message"]["content"].clone()
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap(), sequential[i], "request {i}");
+    }
+    let after = info(&s).await;
+    assert!(after["batched_steps"].as_u64().unwrap() > before, "{after}");
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_frees_its_sequence() {
+    let s = start(&[]);
+    let total = info(&s).await["kv_blocks_total"].as_u64().unwrap();
+    let body = chat(
+        "Tell me a very long story.",
+        json!({"stream": true, "max_tokens": 2000, "ignore_eos": true}),
+    );
+    let mut r = client()
+        .post(format!("{}/v1/chat/completions", s.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    // Read a few chunks, then hang up.
+    for _ in 0..3 {
+        r.chunk().await.unwrap().unwrap();
+    }
+    assert_eq!(info(&s).await["requests_running"], 1);
+    drop(r);
+    let mut freed = false;
+    for _ in 0..100 {
+        let i = info(&s).await;
+        if i["requests_running"] == 0 && i["kv_blocks_free"].as_u64() == Some(total) {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the sequence was not freed: {}", info(&s).await);
+}
+
+#[tokio::test]
+async fn a_stop_string_spanning_tokens_is_never_partly_streamed() {
+    let s = start(&[]);
+    // Greedy output is "12 + 30 = 32." with "3" and "0" separate tokens.
+    for (stop, want) in [("30", "12 + "), ("+ 3", "12 ")] {
+        let events = sse(
+            &s,
+            "/v1/chat/completions",
+            chat(
+                "What is 12 plus 30?",
+                json!({"stream": true, "stop": [stop]}),
+            ),
+        )
+        .await;
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let pieces: Vec<&str> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(pieces.concat(), want, "stop {stop:?}");
+        let finish = &chunks.last().unwrap()["choices"][0]["finish_reason"];
+        assert_eq!(finish, "stop");
+    }
+}
