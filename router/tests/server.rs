@@ -416,3 +416,40 @@ async fn a_stop_string_spanning_tokens_is_never_partly_streamed() {
         assert_eq!(finish, "stop");
     }
 }
+
+#[tokio::test]
+async fn preemption_by_recompute_keeps_outputs_exact() {
+    // 8 MiB of KV is 11 blocks of 16 tokens: six concurrent requests of about 70 tokens each
+    // cannot all hold their blocks, so running sequences get preempted and recomputed.
+    let s = start(&["--kv-cache-memory", "8", "--max-batch-tokens", "256"]);
+    assert_eq!(info(&s).await["kv_blocks_total"], 11);
+    let prompts: Vec<String> = (0..6)
+        .map(|i| format!("Write a short poem about the number {i}."))
+        .collect();
+    let request = |p: &str| chat(p, json!({"max_tokens": 30, "ignore_eos": true}));
+    let mut sequential = Vec::new();
+    for p in &prompts {
+        let (status, body) = post(&s, "/v1/chat/completions", request(p)).await;
+        assert_eq!(status, 200, "{body}");
+        sequential.push(body["choices"][0]["message"]["content"].clone());
+    }
+    let handles: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let body = request(p);
+            let url = format!("{}/v1/chat/completions", s.base);
+            tokio::spawn(async move {
+                let r = client().post(url).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                let v: Value = r.json().await.unwrap();
+                v["choices"][0]["message"]["content"].clone()
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap(), sequential[i], "request {i}");
+    }
+    let after = info(&s).await;
+    assert!(after["preemptions"].as_u64().unwrap() > 0, "{after}");
+    assert_eq!(after["kv_blocks_free"], 11);
+}
