@@ -143,6 +143,43 @@ pub struct ServeArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+/// Overload, security and lifecycle settings.
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    /// Most generation requests in flight; past it, 429 with Retry-After.
+    #[arg(long, env = "WICK_MAX_CONCURRENT_REQUESTS", default_value_t = 128)]
+    pub max_concurrent_requests: usize,
+    /// Most requests waiting for admission to the running batch; past it, 429 with Retry-After.
+    #[arg(long, env = "WICK_MAX_QUEUED_REQUESTS", default_value_t = 128)]
+    pub max_queued_requests: usize,
+    /// Seconds a request may wait for admission before it is answered 503 (default: no limit).
+    #[arg(long, env = "WICK_MAX_QUEUE_TIME")]
+    pub max_queue_time: Option<f64>,
+    /// API key that generation routes require as `Authorization: Bearer <key>`.
+    #[arg(long, env = "WICK_API_KEY")]
+    pub api_key: Option<String>,
+    /// File of API keys, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "WICK_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "WICK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Seconds in-flight streams get to finish after SIGTERM before they end with an error.
+    #[arg(long, env = "WICK_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// Largest request body, in bytes (413 past it).
+    #[arg(long, env = "WICK_MAX_BODY_BYTES", default_value_t = 2_000_000)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where and as what the server listens.
@@ -274,7 +311,7 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), CliError> {
-    crate::serve::init_logging();
+    crate::serve::init_logging(args.ops.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wick-http")

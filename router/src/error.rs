@@ -30,7 +30,22 @@ pub enum ApiError {
     Backend(String),
     #[error("the server is shutting down")]
     Unavailable,
+    #[error("the model is still loading")]
+    Loading,
+    #[error("the server is overloaded: all {limit} {what} are taken; retry later")]
+    Overloaded { what: &'static str, limit: usize },
+    #[error("the request waited longer than the queue time limit of {limit_s} s")]
+    QueueTimeout { limit_s: f64 },
+    #[error("invalid or missing API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("method {method} is not allowed on {path}")]
+    MethodNotAllowed { method: String, path: String },
 }
+
+/// Seconds a client should wait before retrying an overloaded server.
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 impl ApiError {
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
@@ -50,7 +65,32 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Loading | ApiError::QueueTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// The `reason` label of `wick_request_failure_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::InvalidParam { .. }
+            | ApiError::Unsupported { .. }
+            | ApiError::InvalidBody { .. }
+            | ApiError::ContextLength { .. }
+            | ApiError::PayloadTooLarge { .. } => "validation",
+            ApiError::ModelNotFound { .. }
+            | ApiError::RouteNotFound { .. }
+            | ApiError::MethodNotAllowed { .. } => "not_found",
+            ApiError::Backend(_) => "backend",
+            ApiError::Unavailable | ApiError::Loading => "unavailable",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::QueueTimeout { .. } => "queue_timeout",
+            ApiError::Unauthorized => "unauthorized",
         }
     }
 
@@ -78,7 +118,18 @@ impl ApiError {
             ),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", None, Some("not_found")),
             ApiError::Backend(_) => ("server_error", None, None),
-            ApiError::Unavailable => ("server_error", None, Some("unavailable")),
+            ApiError::Unavailable | ApiError::Loading => {
+                ("server_error", None, Some("unavailable"))
+            }
+            ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("overloaded")),
+            ApiError::QueueTimeout { .. } => ("server_error", None, Some("queue_timeout")),
+            ApiError::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
+            ApiError::PayloadTooLarge { .. } => {
+                ("invalid_request_error", None, Some("payload_too_large"))
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                ("invalid_request_error", None, Some("method_not_allowed"))
+            }
         };
         ErrorBody {
             error: ErrorDetail {
@@ -107,7 +158,18 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(self.body())).into_response()
+        crate::metrics::METRICS
+            .request_failure
+            .with_label_values(&[self.reason()])
+            .inc();
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
+        if let ApiError::Overloaded { .. } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

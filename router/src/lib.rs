@@ -7,12 +7,14 @@
 //! - [`validation`]: requests checked and tokenized into a `ValidRequest`.
 //! - [`scheduler`]: the task that owns the queue, the running set and KV blocks.
 //! - [`template`]: chat templates through minijinja.
+//! - [`metrics`]: every Prometheus metric, registered in one place.
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON.
 //! - [`generate`]: one sequence start to finish on the backend (`wick generate`).
 
 pub mod cli;
 pub mod error;
 pub mod generate;
+pub mod metrics;
 pub mod scheduler;
 pub mod serve;
 pub mod server;

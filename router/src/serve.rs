@@ -1,35 +1,73 @@
-//! `wick serve`: loads the model, starts the scheduler, binds and serves until Ctrl-C or SIGTERM,
-//! then stops the backend worker.
+//! `wick serve`: binds first (so `/ready` answers 503 while loading), loads the model, starts the
+//! scheduler, sets the API router, and serves. On SIGTERM or Ctrl-C: readiness goes 503, new
+//! generation requests get 503, in-flight streams get `--shutdown-timeout` to finish (then end with
+//! an error event), the listener closes, the worker shuts down, and the process exits 0.
 
-use crate::cli::{CliError, ServeArgs};
+use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs};
 use crate::scheduler::batcher::BatchConfig;
 use crate::scheduler::Scheduler;
-use crate::server::{app, AppState};
+use crate::server::lifecycle::{outer, ApiKeys, LateRouter, Phase};
+use crate::server::{app, Admission, AppState};
 use crate::template::ChatTemplate;
 use crate::validation::{Limits, Validator};
 use std::sync::Arc;
-use wick_backend::tokenizer::load_tokenizer;
+use std::time::{Duration, Instant};
+use wick_backend::tokenizer::{load_tokenizer, TokenizerInfo};
 use wick_backend::Backend;
+use wick_proto::ModelInfo;
 
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second call (tests) keeps the first subscriber.
-    let _already = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second call (tests) keeps the first subscriber.
+    let _already = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
-pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
+fn api_keys(ops: &OpsArgs) -> Result<ApiKeys, CliError> {
+    let mut keys: Vec<String> = ops.api_key.iter().cloned().collect();
+    if let Some(path) = &ops.api_key_file {
+        let text = std::fs::read_to_string(path)?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    if ops.api_key_file.is_some() && keys.is_empty() {
+        return Err(CliError::Config("--api-key-file holds no key".into()));
+    }
+    Ok(ApiKeys(keys))
+}
+
+/// Everything loading produces.
+struct Loaded {
+    backend: Backend,
+    info: ModelInfo,
+    tok: TokenizerInfo,
+}
+
+async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
     let model_cfg = args.model.backend_config();
     let path = model_cfg.model_path.clone();
+    let blocking = |e: tokio::task::JoinError| CliError::Config(e.to_string());
     let tok = tokio::task::spawn_blocking(move || load_tokenizer(&path))
         .await
-        .map_err(|e| CliError::Config(e.to_string()))??;
+        .map_err(blocking)??;
     let (backend, info) = tokio::task::spawn_blocking(move || Backend::spawn(model_cfg))
         .await
-        .map_err(|e| CliError::Config(e.to_string()))??;
+        .map_err(blocking)??;
+    Ok(Loaded { backend, info, tok })
+}
+
+fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<AppState, CliError> {
+    let Loaded { backend, info, tok } = loaded;
     let template_source = match &args.http.chat_template {
         Some(p) => Some(std::fs::read_to_string(p)?),
         None => info.chat_template.clone(),
@@ -53,11 +91,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         max_stop: l.max_stop_sequences,
         max_top_logprobs: l.max_top_logprobs,
     };
-    if l.max_batch_tokens == 0 || l.max_running_sequences == 0 {
-        return Err(CliError::Config(
-            "--max-batch-tokens and --max-running-sequences must be at least 1".into(),
-        ));
-    }
     let tokenizer = Arc::new(tok.tokenizer);
     let scheduler = Scheduler::start(
         backend.clone(),
@@ -69,30 +102,122 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         },
         info.num_kv_blocks,
     );
-    let served_name = args
-        .http
-        .served_model_name
-        .clone()
-        .unwrap_or_else(|| info.model_id.clone());
-    let state = Arc::new(AppState {
+    let ops = &args.ops;
+    let max_queue_time = ops.max_queue_time.map(Duration::from_secs_f64);
+    Ok(AppState {
         validator: Arc::new(Validator::new(tokenizer, template, info.clone(), limits)),
         scheduler,
-        backend: backend.clone(),
+        backend,
+        served_name: args
+            .http
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| info.model_id.clone()),
         info,
-        served_name,
         created: crate::server::now(),
-    });
+        phase,
+        admission: Admission::new(
+            ops.max_concurrent_requests,
+            ops.max_queued_requests,
+            max_queue_time,
+        ),
+    })
+}
+
+fn check(args: &ServeArgs) -> Result<(), CliError> {
+    let (l, ops) = (&args.limits, &args.ops);
+    let positive = [
+        ("--max-batch-tokens", l.max_batch_tokens),
+        ("--max-running-sequences", l.max_running_sequences),
+        ("--max-concurrent-requests", ops.max_concurrent_requests),
+        ("--max-queued-requests", ops.max_queued_requests),
+        ("--max-n", l.max_n),
+    ];
+    if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(CliError::Config(format!("{flag} must be at least 1")));
+    }
+    if ops
+        .max_queue_time
+        .is_some_and(|t| !(t > 0.0 && t.is_finite()))
+        || !(ops.shutdown_timeout >= 0.0 && ops.shutdown_timeout.is_finite())
+    {
+        return Err(CliError::Config(
+            "--max-queue-time must be positive and --shutdown-timeout not negative".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
+    check(&args)?;
+    let keys = Arc::new(api_keys(&args.ops)?);
+    let mut signal = std::pin::pin!(shutdown_signal());
+    let phase = Arc::new(Phase::default());
+    let late = LateRouter::default();
     let listener = tokio::net::TcpListener::bind((args.http.host, args.http.port)).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(model = %state.served_name, kv_blocks = state.info.num_kv_blocks, "model loaded");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        outer(phase.clone(), late.clone(), args.ops.max_body_bytes),
+    )
+    .with_graceful_shutdown(async {
+        // A dropped sender also means stop.
+        let _ = stop_rx.await;
+    });
+    let server = tokio::spawn(async move { server.await });
     // The one line scripts and tests read to find the server.
     println!("wick: listening on http://{addr}");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+
+    let loaded = tokio::select! {
+        loaded = load(&args) => loaded?,
+        _ = &mut signal => {
+            tracing::info!("signal received while loading; exiting");
+            return stop(stop_tx, server).await;
+        }
+    };
+    let state = Arc::new(build_state(&args, loaded, phase.clone())?);
+    let _ = late.0.set(app(state.clone(), keys));
+    phase.set_ready();
+    tracing::info!(model = %state.served_name, kv_blocks = state.info.num_kv_blocks, "ready");
+
+    signal.await;
+    phase.set_draining();
+    let in_flight = state.admission.in_flight();
+    tracing::info!(in_flight, "draining");
+    let deadline = Instant::now() + Duration::from_secs_f64(args.ops.shutdown_timeout);
+    while state.admission.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if state.admission.in_flight() > 0 {
+        tracing::warn!(
+            in_flight = state.admission.in_flight(),
+            "shutdown timeout: ending the remaining streams"
+        );
+        state.scheduler.abort_all().await;
+        while state.admission.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop(stop_tx, server).await?;
+    let backend = state.backend.clone();
     tokio::task::spawn_blocking(move || backend.shutdown())
         .await
         .map_err(|e| CliError::Config(e.to_string()))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Closes the listener and waits for the open connections to finish.
+async fn stop(
+    stop_tx: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) -> Result<(), CliError> {
+    // The server may have ended on its own already.
+    let _ = stop_tx.send(());
+    server
+        .await
+        .map_err(|e| CliError::Config(e.to_string()))??;
     Ok(())
 }
 

@@ -6,25 +6,40 @@
 //! receiver of [`Event`]s. Dropping that receiver cancels the request: the task sees the closed
 //! channel before the next step and frees the sequence's blocks.
 //!
-//! Each iteration: take new requests -> drop sequences whose client is gone -> plan a step ->
-//! run it on the backend -> hand out tokens, check stops, free finished sequences.
+//! Each iteration: take new commands -> drop sequences whose client is gone or whose queue
+//! deadline passed -> plan a step -> run it on the backend -> hand out tokens, check stops, free
+//! finished sequences. Metrics are updated here, where the events happen.
 
 pub mod batcher;
 pub mod blocks;
+mod live;
 pub mod stop;
 
 pub use stop::StopCriteria;
 
+use crate::metrics::METRICS;
 use crate::validation::ValidRequest;
 use batcher::{BatchConfig, Batcher};
+use live::Live;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use stop::OutputText;
+use std::time::Instant;
 use tokenizers::Tokenizer;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use wick_backend::Backend;
 use wick_proto::{FinishReason, SeqId, TokenLogprob};
+
+/// Why a request failed after it was queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// It waited longer than `--max-queue-time`.
+    QueueTimeout,
+    /// The server is shutting down and its drain time is over.
+    ShuttingDown,
+    /// The backend failed the step.
+    Backend,
+}
 
 /// What a request hears about its choices.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +60,7 @@ pub enum Event {
     },
     Error {
         choice: usize,
+        failure: Failure,
         message: String,
     },
 }
@@ -62,22 +78,34 @@ pub struct SchedulerStats {
     pub preemptions: AtomicU64,
 }
 
-struct Submission {
-    request: ValidRequest,
-    events: mpsc::Sender<Event>,
+/// A validated request on its way to the task.
+pub struct Submission {
+    pub request: ValidRequest,
+    pub request_id: String,
+    pub arrived: Instant,
+    /// Give up if not admitted by then.
+    pub deadline: Option<Instant>,
+    /// Held while the request waits for admission (`--max-queued-requests`).
+    pub queue_permit: Option<OwnedSemaphorePermit>,
+}
+
+enum Command {
+    Submit(Box<Submission>, mpsc::Sender<Event>),
+    /// End every live request with a shutting-down error.
+    AbortAll,
 }
 
 /// Handle to the scheduler task.
 #[derive(Clone)]
 pub struct Scheduler {
     /// Closed when every handle is dropped, which ends the task.
-    tx: mpsc::Sender<Submission>,
+    tx: mpsc::Sender<Command>,
     stats: Arc<SchedulerStats>,
 }
 
-/// New requests waiting for the task to take them. The task drains this every step, so the bound
-/// only matters under a burst; a full queue makes submitters wait, it never drops.
-const SUBMIT_CAPACITY: usize = 256;
+/// Commands waiting for the task. The task drains this every step, so the bound only matters under
+/// a burst; a full queue makes submitters wait, it never drops.
+const COMMAND_CAPACITY: usize = 256;
 
 impl Scheduler {
     /// Starts the scheduler task on the current tokio runtime.
@@ -87,7 +115,7 @@ impl Scheduler {
         cfg: BatchConfig,
         num_blocks: usize,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(SUBMIT_CAPACITY);
+        let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         let stats = Arc::new(SchedulerStats::default());
         stats
             .total_blocks
@@ -95,6 +123,7 @@ impl Scheduler {
         stats
             .free_blocks
             .store(num_blocks as u64, Ordering::Relaxed);
+        METRICS.kv_cache_blocks_total.set(num_blocks as i64);
         let task = Task {
             backend,
             tokenizer,
@@ -108,30 +137,27 @@ impl Scheduler {
     }
 
     /// Queues a request; its events arrive on the returned receiver.
-    pub async fn submit(&self, request: ValidRequest) -> Result<mpsc::Receiver<Event>, ()> {
+    pub async fn submit(&self, sub: Submission) -> Result<mpsc::Receiver<Event>, ()> {
         // Room for every event the request can produce (a token per step and a final event, per
         // choice), so the task never has to wait on a slow client.
-        let capacity = request.n() * (request.criteria().max_tokens + 2);
+        let capacity = sub.request.n() * (sub.request.criteria().max_tokens + 2);
         let (events, rx) = mpsc::channel(capacity);
         self.tx
-            .send(Submission { request, events })
+            .send(Command::Submit(Box::new(sub), events))
             .await
             .map_err(|_| ())?;
         Ok(rx)
     }
 
+    /// Ends every live request with an error event (drain time is over).
+    pub async fn abort_all(&self) {
+        // A task that is gone has nothing left to abort.
+        let _gone = self.tx.send(Command::AbortAll).await;
+    }
+
     pub fn stats(&self) -> &SchedulerStats {
         &self.stats
     }
-}
-
-/// One live sequence: a choice of a request.
-struct Live {
-    events: mpsc::Sender<Event>,
-    choice: usize,
-    output: OutputText,
-    prompt_tokens: usize,
-    sampled: usize,
 }
 
 struct Task {
@@ -144,50 +170,68 @@ struct Task {
 }
 
 impl Task {
-    async fn run(mut self, mut rx: mpsc::Receiver<Submission>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         loop {
             if self.live.is_empty() {
                 match rx.recv().await {
-                    Some(sub) => self.admit(sub),
+                    Some(cmd) => self.command(cmd).await,
                     None => return,
                 }
             }
-            while let Ok(sub) = rx.try_recv() {
-                self.admit(sub);
+            while let Ok(cmd) = rx.try_recv() {
+                self.command(cmd).await;
             }
-            self.drop_cancelled().await;
+            self.drop_cancelled_and_expired().await;
             let plan = self.batcher.plan();
             let preempted = plan.preempted.len() as u64;
             self.stats
                 .preemptions
                 .fetch_add(preempted, Ordering::Relaxed);
+            METRICS.preemptions.inc_by(preempted);
             if plan.step.entries.is_empty() {
                 self.publish();
-                // Nothing can run until something changes: wait for the next request.
-                if let Some(sub) = rx.recv().await {
-                    self.admit(sub);
+                if !self.live.is_empty() {
+                    // Waiting requests that cannot run yet: look again shortly (deadlines).
+                    let wait = tokio::time::sleep(std::time::Duration::from_millis(20));
+                    tokio::select! {
+                        cmd = rx.recv() => if let Some(cmd) = cmd { self.command(cmd).await },
+                        _ = wait => {},
+                    }
                 }
                 continue;
             }
             self.batcher.commit(&plan.step);
+            let now = Instant::now();
+            for e in plan.step.entries.iter().filter(|e| e.start_pos == 0) {
+                if let Some(l) = self.live.get_mut(&e.seq) {
+                    l.on_admitted(now);
+                }
+            }
             let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
             self.stats.steps.fetch_add(1, Ordering::Relaxed);
             if seqs.len() > 1 {
                 self.stats.batched_steps.fetch_add(1, Ordering::Relaxed);
             }
+            METRICS.batch_size.observe(seqs.len() as f64);
             self.publish();
+            let started = Instant::now();
             match self.backend.step_async(plan.step).await {
                 Ok(out) => {
+                    METRICS
+                        .step_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    let now = Instant::now();
                     for g in out.generations {
-                        if let Some(done) = self.on_token(g) {
+                        if let Some(done) = self.on_token(g, now) {
                             self.finish(done).await;
                         }
                     }
                 }
                 Err(e) => {
                     let message = e.to_string();
+                    tracing::error!(error = %message, "backend step failed");
                     for seq in seqs {
-                        self.fail(seq, &message).await;
+                        self.fail(seq, Failure::Backend, &message).await;
                     }
                 }
             }
@@ -195,22 +239,45 @@ impl Task {
         }
     }
 
-    fn admit(&mut self, sub: Submission) {
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(sub, events) => self.admit(*sub, events),
+            Command::AbortAll => {
+                let all: Vec<SeqId> = self.live.keys().copied().collect();
+                for seq in all {
+                    self.fail(seq, Failure::ShuttingDown, "the server is shutting down")
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, sub: Submission, events: mpsc::Sender<Event>) {
         let req = &sub.request;
+        METRICS.prompt_tokens.inc_by(req.prompt().len() as u64);
+        let mut permit = sub.queue_permit;
         for choice in 0..req.n() {
             let id = self.next_id;
             self.next_id += 1;
             let mut params = req.params().clone();
             params.seed = params.seed.wrapping_add(choice as u64);
             self.batcher.add(id, req.prompt().to_vec(), params);
+            let output = stop::OutputText::new(self.tokenizer.clone(), req.criteria().clone());
             self.live.insert(
                 id,
                 Live {
-                    events: sub.events.clone(),
+                    events: events.clone(),
                     choice,
-                    output: OutputText::new(self.tokenizer.clone(), req.criteria().clone()),
+                    output,
+                    request_id: sub.request_id.clone(),
                     prompt_tokens: req.prompt().len(),
                     sampled: 0,
+                    arrived: sub.arrived,
+                    deadline: sub.deadline,
+                    admitted: None,
+                    first_token: None,
+                    last_token: None,
+                    queue_permit: permit.take(),
                 },
             );
         }
@@ -223,22 +290,35 @@ impl Task {
         let _gone = self.backend.release_async(seq).await;
     }
 
-    async fn drop_cancelled(&mut self) {
-        let gone: Vec<SeqId> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.events.is_closed())
-            .map(|(&id, _)| id)
-            .collect();
+    async fn drop_cancelled_and_expired(&mut self) {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        let mut expired = Vec::new();
+        for (&id, l) in &self.live {
+            if l.events.is_closed() {
+                gone.push(id);
+            } else if l.admitted.is_none() && l.deadline.is_some_and(|d| now >= d) {
+                expired.push(id);
+            }
+        }
         for seq in gone {
+            METRICS
+                .request_failure
+                .with_label_values(&["cancelled"])
+                .inc();
             self.finish(seq).await;
+        }
+        for seq in expired {
+            let message = "the request waited longer than the queue time limit";
+            self.fail(seq, Failure::QueueTimeout, message).await;
         }
     }
 
-    async fn fail(&mut self, seq: SeqId, message: &str) {
+    async fn fail(&mut self, seq: SeqId, failure: Failure, message: &str) {
         if let Some(l) = self.live.get(&seq) {
             let event = Event::Error {
                 choice: l.choice,
+                failure,
                 message: message.to_string(),
             };
             // The client may be gone already; the sequence ends either way.
@@ -249,10 +329,10 @@ impl Task {
 
     /// Hands a sampled token to its request; returns the sequence if it is now done (finished,
     /// or its client is gone).
-    fn on_token(&mut self, g: wick_proto::Generation) -> Option<SeqId> {
+    fn on_token(&mut self, g: wick_proto::Generation, now: Instant) -> Option<SeqId> {
         let live = self.live.get_mut(&g.seq)?;
         self.batcher.push_token(g.seq, g.token);
-        live.sampled += 1;
+        live.on_token(now);
         let emit = live.output.push(g.token);
         let mut events = vec![Event::Token {
             choice: live.choice,
@@ -262,6 +342,7 @@ impl Task {
             top_logprobs: g.top_logprobs,
         }];
         if let Some(reason) = emit.finish {
+            live.on_finished(reason, now);
             events.push(Event::Finished {
                 choice: live.choice,
                 reason,
@@ -270,16 +351,24 @@ impl Task {
             });
         }
         let delivered = events.into_iter().all(|e| live.events.try_send(e).is_ok());
+        if !delivered && emit.finish.is_none() {
+            METRICS
+                .request_failure
+                .with_label_values(&["cancelled"])
+                .inc();
+        }
         (emit.finish.is_some() || !delivered).then_some(g.seq)
     }
 
     fn publish(&self) {
         let s = &self.stats;
-        s.running
-            .store(self.batcher.running() as u64, Ordering::Relaxed);
-        s.waiting
-            .store(self.batcher.waiting() as u64, Ordering::Relaxed);
+        let (running, waiting) = (self.batcher.running(), self.batcher.waiting());
+        s.running.store(running as u64, Ordering::Relaxed);
+        s.waiting.store(waiting as u64, Ordering::Relaxed);
         s.free_blocks
             .store(self.batcher.free_blocks() as u64, Ordering::Relaxed);
+        METRICS.requests_running.set(running as i64);
+        METRICS.requests_waiting.set(waiting as i64);
+        METRICS.kv_cache_usage_ratio.set(self.batcher.kv_usage());
     }
 }

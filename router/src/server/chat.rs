@@ -6,6 +6,7 @@
 //! first byte; a backend failure mid-stream ends the stream with an error event in OpenAI's shape.
 //! Dropping the response (client gone) drops the event receiver, which cancels the request.
 
+use super::lifecycle::RequestId;
 use super::openai::*;
 use super::{collect, new_id, now, ApiJson, SharedState, Started};
 use crate::error::ApiError;
@@ -13,6 +14,7 @@ use crate::scheduler::Event;
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use futures::Stream;
 use std::convert::Infallible;
 use wick_proto::TokenLogprob;
@@ -22,9 +24,13 @@ pub(crate) fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
     SseEvent::default().data(serde_json::to_string(value).expect("wire types serialize"))
 }
 
-/// An error event for a stream that has already started.
-pub(crate) fn sse_error(message: String) -> SseEvent {
-    sse_json(&ApiError::Backend(message).body())
+/// An error event for a stream that has already started (counted like any failed request).
+pub(crate) fn sse_error(error: ApiError) -> SseEvent {
+    crate::metrics::METRICS
+        .request_failure
+        .with_label_values(&[error.reason()])
+        .inc();
+    sse_json(&error.body())
 }
 
 pub(crate) fn sse_response<S>(stream: S) -> Response
@@ -101,15 +107,17 @@ fn completion_logprobs(
               (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<SharedState>,
+    Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
     let stream = req.stream;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let (prompt, input) = req.into_inputs()?;
-    let mut started = state.start(prompt, input).await?;
+    let mut started = state.start(&rid, prompt, input).await?;
     let (id, created, model) = (new_id("chatcmpl"), now(), state.served_name.clone());
     if stream {
+        started.first().await?;
         return Ok(sse_response(chat_stream(
             state,
             started,
@@ -173,8 +181,8 @@ fn chat_stream(
         }
         let (mut done, mut completion_tokens) = (0, 0);
         while done < started.n {
-            let Some(event) = started.events.recv().await else {
-                yield Ok(sse_error("the server is shutting down".into()));
+            let Some(event) = started.next().await else {
+                yield Ok(sse_error(ApiError::Unavailable));
                 return;
             };
             match event {
@@ -196,8 +204,8 @@ fn chat_stream(
                     let choice = ChatChunkChoice { index: choice, delta: ChatDelta::default(), logprobs: None, finish_reason };
                     yield Ok(sse_json(&chunk(vec![choice], None)));
                 }
-                Event::Error { message, .. } => {
-                    yield Ok(sse_error(message));
+                Event::Error { failure, message, .. } => {
+                    yield Ok(sse_error(started.failure(failure, message)));
                     return;
                 }
             }
@@ -215,15 +223,17 @@ fn chat_stream(
               (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
 pub async fn completions(
     State(state): State<SharedState>,
+    Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
     let stream = req.stream;
     let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let (prompt, input) = req.into_inputs()?;
-    let mut started = state.start(prompt, input).await?;
+    let mut started = state.start(&rid, prompt, input).await?;
     let (id, created, model) = (new_id("cmpl"), now(), state.served_name.clone());
     if stream {
+        started.first().await?;
         return Ok(sse_response(completion_stream(
             state,
             started,
@@ -275,8 +285,8 @@ fn completion_stream(
     async_stream::stream! {
         let (mut done, mut completion_tokens) = (0, 0);
         while done < started.n {
-            let Some(event) = started.events.recv().await else {
-                yield Ok(sse_error("the server is shutting down".into()));
+            let Some(event) = started.next().await else {
+                yield Ok(sse_error(ApiError::Unavailable));
                 return;
             };
             match event {
@@ -297,8 +307,8 @@ fn completion_stream(
                     let c = CompletionChoice { index: choice, text: String::new(), logprobs: None, finish_reason };
                     yield Ok(sse_json(&chunk(vec![c], None)));
                 }
-                Event::Error { message, .. } => {
-                    yield Ok(sse_error(message));
+                Event::Error { failure, message, .. } => {
+                    yield Ok(sse_error(started.failure(failure, message)));
                     return;
                 }
             }

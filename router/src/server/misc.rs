@@ -177,6 +177,13 @@ pub async fn detokenize(
     Ok(Json(DetokenizeResponse { prompt }))
 }
 
+pub async fn method_not_allowed(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+    }
+}
+
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::RouteNotFound {
         path: uri.path().to_string(),

@@ -6,22 +6,26 @@
 //! - [`tgi`]: TGI's `/generate` and `/generate_stream`.
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
+//! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, API keys, metrics.
 
 pub mod chat;
 pub mod docs;
+pub mod lifecycle;
 pub mod misc;
 pub mod openai;
 pub mod tgi;
 
 use crate::error::ApiError;
-use crate::scheduler::{Event, Scheduler};
+use crate::scheduler::{Event, Failure, Scheduler, Submission};
 use crate::validation::{GenerationInput, PromptInput, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
 use axum::Router;
+use lifecycle::{Phase, RequestId};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use wick_backend::Backend;
 use wick_proto::{FinishReason, ModelInfo, TokenLogprob};
 
@@ -34,13 +38,45 @@ pub struct AppState {
     /// The name clients use for the model.
     pub served_name: String,
     pub created: u64,
+    pub phase: Arc<Phase>,
+    pub admission: Admission,
+}
+
+/// Admission control: generation requests take a concurrency permit before validation (held by
+/// the response) and a queue place until the scheduler admits them; none left means 429.
+pub struct Admission {
+    pub concurrency: Arc<Semaphore>,
+    pub max_concurrent: usize,
+    pub queue: Arc<Semaphore>,
+    pub max_queued: usize,
+    /// A request still waiting after this long is answered 503 and removed.
+    pub max_queue_time: Option<Duration>,
+}
+
+impl Admission {
+    pub fn new(max_concurrent: usize, max_queued: usize, max_queue_time: Option<Duration>) -> Self {
+        Admission {
+            concurrency: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
+            queue: Arc::new(Semaphore::new(max_queued)),
+            max_queued,
+            max_queue_time,
+        }
+    }
+
+    /// Generation requests in flight (holding a concurrency permit).
+    pub fn in_flight(&self) -> usize {
+        self.max_concurrent - self.concurrency.available_permits()
+    }
 }
 
 pub type SharedState = Arc<AppState>;
 
 /// Every route of the server.
-pub fn app(state: SharedState) -> Router {
-    Router::new()
+/// Every route that needs the loaded model. Generation routes sit behind the API-key check
+/// (when keys are configured); info, health and the OpenAPI document stay open.
+pub fn app(state: SharedState, keys: Arc<lifecycle::ApiKeys>) -> Router {
+    let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
         .route("/v1/models", get(misc::models))
@@ -48,10 +84,17 @@ pub fn app(state: SharedState) -> Router {
         .route("/generate_stream", post(tgi::generate_stream))
         .route("/tokenize", post(misc::tokenize))
         .route("/detokenize", post(misc::detokenize))
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys,
+            lifecycle::require_api_key,
+        ));
+    Router::new()
+        .merge(protected)
         .route("/info", get(misc::info))
         .route("/health", get(misc::health))
         .route("/openapi.json", get(docs::openapi))
         .fallback(misc::not_found)
+        .method_not_allowed_fallback(misc::method_not_allowed)
         .with_state(state)
 }
 
@@ -68,6 +111,11 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge {
+                    limit: lifecycle::body_limit(),
+                })
+            }
             Err(rejection) => {
                 let message = rejection.body_text();
                 Err(ApiError::InvalidBody {
@@ -79,11 +127,17 @@ where
     }
 }
 
-/// The field a serde error message names (``unknown field `x` ``, ``missing field `x` ``).
+/// The field a JSON error message names: ``unknown field `x` ``, ``missing field `x` ``, or the
+/// path serde_path_to_error puts before the message (`max_tokens: invalid value ...`).
 fn field_named_in(message: &str) -> Option<String> {
-    let at = message.find("field `")? + "field `".len();
-    let len = message[at..].find('`')?;
-    Some(message[at..at + len].to_string())
+    if let Some(at) = message.find("field `") {
+        let at = at + "field `".len();
+        let len = message[at..].find('`')?;
+        return Some(message[at..at + len].to_string());
+    }
+    let rest = &message[message.find("target type: ")? + "target type: ".len()..];
+    let path = &rest[..rest.find(": ")?];
+    (!path.is_empty() && !path.contains(' ') && path != ".").then(|| path.to_string())
 }
 
 /// Seconds since the Unix epoch.
@@ -106,11 +160,51 @@ pub fn new_id(prefix: &str) -> String {
 
 /// A generation that has been validated and queued.
 pub struct Started {
-    pub events: mpsc::Receiver<Event>,
+    events: mpsc::Receiver<Event>,
+    /// The first event, once [`Started::first`] has waited for it.
+    peeked: Option<Event>,
     pub prompt_tokens: usize,
     pub n: usize,
     pub logprobs: bool,
     pub seed: u64,
+    queue_limit: Option<Duration>,
+    /// The concurrency slot, released when the response (or its stream) ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Started {
+    pub(crate) fn failure(&self, failure: Failure, message: String) -> ApiError {
+        match failure {
+            Failure::QueueTimeout => ApiError::QueueTimeout {
+                limit_s: self.queue_limit.map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            },
+            Failure::ShuttingDown => ApiError::Unavailable,
+            Failure::Backend => ApiError::Backend(message),
+        }
+    }
+
+    /// Waits for the first event, so that a failure before any token (queue timeout, backend
+    /// error, shutdown) is answered with an HTTP error instead of a broken stream.
+    pub async fn first(&mut self) -> Result<(), ApiError> {
+        match self.events.recv().await {
+            Some(Event::Error {
+                failure, message, ..
+            }) => Err(self.failure(failure, message)),
+            Some(event) => {
+                self.peeked = Some(event);
+                Ok(())
+            }
+            None => Err(ApiError::Unavailable),
+        }
+    }
+
+    /// The next event (`None` once the scheduler is gone).
+    pub async fn next(&mut self) -> Option<Event> {
+        match self.peeked.take() {
+            Some(e) => Some(e),
+            None => self.events.recv().await,
+        }
+    }
 }
 
 impl AppState {
@@ -126,12 +220,27 @@ impl AppState {
         }
     }
 
-    /// Validates (on a blocking thread) and queues a generation.
+    /// Admits (concurrency permit first), validates (on a blocking thread) and queues a
+    /// generation.
     pub async fn start(
         &self,
+        request_id: &RequestId,
         prompt: PromptInput,
         input: GenerationInput,
     ) -> Result<Started, ApiError> {
+        if self.phase.is_draining() {
+            return Err(ApiError::Unavailable);
+        }
+        let a = &self.admission;
+        let arrived = Instant::now();
+        let permit =
+            a.concurrency
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError::Overloaded {
+                    what: "concurrent request slots",
+                    limit: a.max_concurrent,
+                })?;
         let validator = self.validator.clone();
         let valid: ValidRequest =
             tokio::task::spawn_blocking(move || validator.validate(&prompt, input))
@@ -143,17 +252,35 @@ impl AppState {
             valid.logprobs(),
             valid.params().seed,
         );
+        let queue_permit =
+            a.queue
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ApiError::Overloaded {
+                    what: "queue places",
+                    limit: a.max_queued,
+                })?;
+        let submission = Submission {
+            request: valid,
+            request_id: request_id.0.clone(),
+            arrived,
+            deadline: a.max_queue_time.map(|t| arrived + t),
+            queue_permit: Some(queue_permit),
+        };
         let events = self
             .scheduler
-            .submit(valid)
+            .submit(submission)
             .await
             .map_err(|()| ApiError::Unavailable)?;
         Ok(Started {
             events,
+            peeked: None,
             prompt_tokens,
             n,
             logprobs,
             seed,
+            queue_limit: a.max_queue_time,
+            _permit: permit,
         })
     }
 
@@ -180,7 +307,7 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
     let mut choices: Vec<ChoiceOutput> = (0..started.n).map(|_| ChoiceOutput::default()).collect();
     let mut done = 0;
     while done < started.n {
-        match started.events.recv().await {
+        match started.next().await {
             Some(Event::Token {
                 choice,
                 token,
@@ -202,7 +329,9 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
                 choices[choice].completion_tokens = completion_tokens;
                 done += 1;
             }
-            Some(Event::Error { message, .. }) => return Err(ApiError::Backend(message)),
+            Some(Event::Error {
+                failure, message, ..
+            }) => return Err(started.failure(failure, message)),
             None => return Err(ApiError::Unavailable),
         }
     }
@@ -220,5 +349,13 @@ mod tests {
             Some("messages".into())
         );
         assert_eq!(field_named_in("expected value at line 1"), None);
+        assert_eq!(
+            field_named_in("Failed to deserialize the JSON body into the target type: max_tokens: invalid value: integer `-5`, expected u64 at line 1 column 20"),
+            Some("max_tokens".into())
+        );
+        assert_eq!(
+            field_named_in("Failed to deserialize the JSON body into the target type: messages[0].role: invalid type: integer `1`, expected a string"),
+            Some("messages[0].role".into())
+        );
     }
 }

@@ -61,16 +61,6 @@ pub struct ChatMessageIn {
     pub name: Option<String>,
 }
 
-/// Rejects the first field that no part of the request type knows.
-fn refuse_unknown(unknown: &BTreeMap<String, Value>) -> Result<(), ApiError> {
-    match unknown.keys().next() {
-        Some(name) => Err(ApiError::Unsupported {
-            param: name.clone(),
-        }),
-        None => Ok(()),
-    }
-}
-
 /// Rejects a field we do not implement when it is present.
 fn refuse(name: &str, value: &Option<Value>) -> Result<(), ApiError> {
     match value {
@@ -79,18 +69,13 @@ fn refuse(name: &str, value: &Option<Value>) -> Result<(), ApiError> {
     }
 }
 
-/// Sampling fields shared by chat and completions.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+/// Sampling fields shared by chat and completions (copied out of either request).
+#[derive(Debug, Clone, Default)]
 pub struct SamplingFields {
-    /// 0 to 2; 0 is greedy. Default 1.
-    #[schema(example = 0.7)]
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
-    /// Wick extension (as vLLM): keep the k most likely tokens; -1 or 0 is off.
     pub top_k: Option<i64>,
-    /// Wick extension (as vLLM): drop tokens less likely than min_p times the best.
     pub min_p: Option<f32>,
-    /// Wick extension (as vLLM): multiplicative penalty on seen tokens.
     pub repetition_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
@@ -99,8 +84,59 @@ pub struct SamplingFields {
     pub max_tokens: Option<u64>,
     pub n: Option<u64>,
     pub logit_bias: Option<BTreeMap<String, f32>>,
-    /// Wick extension (as vLLM): keep generating after end-of-sequence tokens.
     pub ignore_eos: Option<bool>,
+}
+
+/// Declares a request type with the shared sampling fields written out (not `#[serde(flatten)]`,
+/// which would lose the field names in serde's error messages) and `deny_unknown_fields`, so an
+/// unknown parameter is refused by name.
+macro_rules! with_sampling_fields {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* pub $field:ident : $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// 0 to 2; 0 is greedy. Default 1.
+            #[schema(example = 0.7)]
+            pub temperature: Option<f32>,
+            pub top_p: Option<f32>,
+            /// Wick extension (as vLLM): keep the k most likely tokens; -1 or 0 is off.
+            pub top_k: Option<i64>,
+            /// Wick extension (as vLLM): drop tokens less likely than min_p times the best.
+            pub min_p: Option<f32>,
+            /// Wick extension (as vLLM): multiplicative penalty on seen tokens.
+            pub repetition_penalty: Option<f32>,
+            pub frequency_penalty: Option<f32>,
+            pub presence_penalty: Option<f32>,
+            pub seed: Option<u64>,
+            pub stop: Option<StopInput>,
+            pub max_tokens: Option<u64>,
+            pub n: Option<u64>,
+            pub logit_bias: Option<BTreeMap<String, f32>>,
+            /// Wick extension (as vLLM): keep generating after end-of-sequence tokens.
+            pub ignore_eos: Option<bool>,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            fn sampling(&self) -> SamplingFields {
+                SamplingFields {
+                    temperature: self.temperature,
+                    top_p: self.top_p,
+                    top_k: self.top_k,
+                    min_p: self.min_p,
+                    repetition_penalty: self.repetition_penalty,
+                    frequency_penalty: self.frequency_penalty,
+                    presence_penalty: self.presence_penalty,
+                    seed: self.seed,
+                    stop: self.stop.clone(),
+                    max_tokens: self.max_tokens,
+                    n: self.n,
+                    logit_bias: self.logit_bias.clone(),
+                    ignore_eos: self.ignore_eos,
+                }
+            }
+        }
+    };
 }
 
 impl SamplingFields {
@@ -124,13 +160,12 @@ impl SamplingFields {
     }
 }
 
+with_sampling_fields! {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[schema(example = json!({"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "What is 12 plus 30?"}], "max_tokens": 32, "temperature": 0}))]
 pub struct ChatCompletionRequest {
     pub model: Option<String>,
     pub messages: Vec<ChatMessageIn>,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
     /// Alias of `max_tokens` (OpenAI's newer name).
     pub max_completion_tokens: Option<u64>,
     pub logprobs: Option<bool>,
@@ -149,21 +184,19 @@ pub struct ChatCompletionRequest {
     pub functions: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub function_call: Option<Value>,
-    /// Any other field: refused by name.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    pub unknown: BTreeMap<String, Value>,
+}
 }
 
 impl ChatCompletionRequest {
     /// The conversation and generation parameters, or the first unsupported field.
     pub fn into_inputs(self) -> Result<(PromptInput, GenerationInput), ApiError> {
-        refuse_unknown(&self.unknown)?;
         refuse("tools", &self.tools)?;
         refuse("tool_choice", &self.tool_choice)?;
         refuse("response_format", &self.response_format)?;
         refuse("functions", &self.functions)?;
         refuse("function_call", &self.function_call)?;
+        let mut sampling = self.sampling();
+        sampling.max_tokens = self.max_completion_tokens.or(sampling.max_tokens);
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",
@@ -212,8 +245,6 @@ impl ChatCompletionRequest {
                 ))
             }
         };
-        let mut sampling = self.sampling;
-        sampling.max_tokens = self.max_completion_tokens.or(sampling.max_tokens);
         Ok((PromptInput::Chat(messages), sampling.into_input(logprobs)))
     }
 }
@@ -228,13 +259,12 @@ pub enum CompletionPrompt {
     TokenLists(Vec<Vec<u32>>),
 }
 
+with_sampling_fields! {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[schema(example = json!({"model": "SmolLM2-135M-Instruct", "prompt": "Once upon a time", "max_tokens": 16}))]
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: CompletionPrompt,
-    #[serde(flatten)]
-    pub sampling: SamplingFields,
     /// Number of alternatives to report with each token (0 to report only the chosen one).
     pub logprobs: Option<u64>,
     #[serde(default)]
@@ -246,15 +276,11 @@ pub struct CompletionRequest {
     #[schema(value_type = Option<Object>)]
     pub suffix: Option<Value>,
     pub best_of: Option<u64>,
-    /// Any other field: refused by name.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    pub unknown: BTreeMap<String, Value>,
+}
 }
 
 impl CompletionRequest {
     pub fn into_inputs(self) -> Result<(PromptInput, GenerationInput), ApiError> {
-        refuse_unknown(&self.unknown)?;
         if self.echo == Some(Value::Bool(true)) {
             return Err(ApiError::Unsupported {
                 param: "echo".into(),
@@ -266,6 +292,7 @@ impl CompletionRequest {
                 param: "best_of".into(),
             });
         }
+        let input = self.sampling().into_input(self.logprobs);
         let several = || ApiError::invalid("prompt", "only one prompt per request is supported");
         let prompt = match self.prompt {
             CompletionPrompt::Text(t) => PromptInput::Text(t),
@@ -274,7 +301,7 @@ impl CompletionRequest {
             CompletionPrompt::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
             _ => return Err(several()),
         };
-        Ok((prompt, self.sampling.into_input(self.logprobs)))
+        Ok((prompt, input))
     }
 }
 

@@ -3,19 +3,22 @@
 //! and put `generated_text` and `details` on the last; TGI sends no `[DONE]`.
 
 use super::chat::{sse_error, sse_json, sse_response};
+use super::lifecycle::RequestId;
 use super::{collect, ApiJson, SharedState, Started};
 use crate::error::ApiError;
 use crate::scheduler::Event;
 use crate::validation::{GenerationInput, PromptInput};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::collections::BTreeMap;
 use utoipa::ToSchema;
 use wick_proto::FinishReason;
 
+/// Parameters Wick implements; any other (`typical_p`, `watermark`, `truncate`, `grammar`, ...)
+/// is refused by name.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GenerateParameters {
     /// Sample instead of choosing the most likely token (implied by temperature, top_k, top_p).
     #[serde(default)]
@@ -38,13 +41,10 @@ pub struct GenerateParameters {
     pub return_full_text: bool,
     /// Alternatives to report with each token.
     pub top_n_tokens: Option<u64>,
-    /// Any other parameter (`typical_p`, `watermark`, `truncate`, `grammar`, ...): refused by name.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    pub unknown: BTreeMap<String, Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"inputs": "What is Deep Learning?", "parameters": {"max_new_tokens": 20}}))]
 pub struct GenerateRequest {
     pub inputs: String,
@@ -101,11 +101,6 @@ fn tgi_finish(reason: FinishReason) -> &'static str {
 impl GenerateRequest {
     fn into_inputs(self) -> Result<(PromptInput, GenerationInput, bool, String), ApiError> {
         let p = self.parameters;
-        if let Some(name) = p.unknown.keys().next() {
-            return Err(ApiError::Unsupported {
-                param: format!("parameters.{name}"),
-            });
-        }
         let sampling =
             p.do_sample || p.temperature.is_some() || p.top_k.is_some() || p.top_p.is_some();
         let input = GenerationInput {
@@ -147,13 +142,14 @@ fn token(state: &SharedState, id: u32, logprob: f32) -> TgiToken {
               (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody)))]
 pub async fn generate(
     State(state): State<SharedState>,
+    Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     if req.stream {
-        return generate_stream(State(state), ApiJson(req)).await;
+        return generate_stream(State(state), Extension(rid), ApiJson(req)).await;
     }
     let (prompt, input, details, prefix) = req.into_inputs()?;
-    let mut started = state.start(prompt, input).await?;
+    let mut started = state.start(&rid, prompt, input).await?;
     let mut choices = collect(&mut started).await?;
     let c = choices.remove(0);
     let details = details.then(|| TgiDetails {
@@ -178,10 +174,12 @@ pub async fn generate(
               (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody)))]
 pub async fn generate_stream(
     State(state): State<SharedState>,
+    Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     let (prompt, input, _, prefix) = req.into_inputs()?;
-    let started = state.start(prompt, input).await?;
+    let mut started = state.start(&rid, prompt, input).await?;
+    started.first().await?;
     Ok(sse_response(tgi_stream(state, started, prefix)))
 }
 
@@ -195,7 +193,7 @@ fn tgi_stream(
         let mut index = 0;
         // The last token is held back until its Finished event says whether it ends the stream.
         let mut pending: Option<TgiToken> = None;
-        while let Some(event) = started.events.recv().await {
+        while let Some(event) = started.next().await {
             match event {
                 Event::Token { token: id, text: piece, logprob, .. } => {
                     if let Some(t) = pending.take() {
@@ -218,8 +216,8 @@ fn tgi_stream(
                     yield Ok(sse_json(&last));
                     return;
                 }
-                Event::Error { message, .. } => {
-                    yield Ok(sse_error(message));
+                Event::Error { failure, message, .. } => {
+                    yield Ok(sse_error(started.failure(failure, message)));
                     return;
                 }
             }

@@ -1,0 +1,235 @@
+//! Every Prometheus metric of the server: names as constants, registered once (with help text) in
+//! one registry, and rendered as the text exposition format for `GET /metrics`.
+//!
+//! Figures are updated where the event happens: the scheduler sets the gauges each step and
+//! observes TTFT and inter-token latency when the worker returns the token, queue time at
+//! admission; the error mapping counts failures by reason.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub const REQUESTS_RUNNING: &str = "wick_requests_running";
+pub const REQUESTS_WAITING: &str = "wick_requests_waiting";
+pub const KV_CACHE_USAGE_RATIO: &str = "wick_kv_cache_usage_ratio";
+pub const KV_CACHE_BLOCKS_TOTAL: &str = "wick_kv_cache_blocks_total";
+pub const REQUEST_SUCCESS_TOTAL: &str = "wick_request_success_total";
+pub const REQUEST_FAILURE_TOTAL: &str = "wick_request_failure_total";
+pub const PROMPT_TOKENS_TOTAL: &str = "wick_prompt_tokens_total";
+pub const GENERATION_TOKENS_TOTAL: &str = "wick_generation_tokens_total";
+pub const PREFIX_CACHE_QUERIES_TOTAL: &str = "wick_prefix_cache_queries_total";
+pub const PREFIX_CACHE_HITS_TOTAL: &str = "wick_prefix_cache_hits_total";
+pub const PREEMPTIONS_TOTAL: &str = "wick_preemptions_total";
+pub const TIME_TO_FIRST_TOKEN: &str = "wick_time_to_first_token_seconds";
+pub const INTER_TOKEN_LATENCY: &str = "wick_inter_token_latency_seconds";
+pub const E2E_REQUEST_LATENCY: &str = "wick_e2e_request_latency_seconds";
+pub const REQUEST_QUEUE_TIME: &str = "wick_request_queue_time_seconds";
+pub const BATCH_SIZE: &str = "wick_batch_size";
+pub const STEP_DURATION: &str = "wick_step_duration_seconds";
+
+/// Latency buckets in seconds (vLLM's TTFT range, extended for slow CPU prefill).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests_running: IntGauge,
+    pub requests_waiting: IntGauge,
+    pub kv_cache_usage_ratio: prometheus::Gauge,
+    pub kv_cache_blocks_total: IntGauge,
+    pub request_success: IntCounterVec,
+    pub request_failure: IntCounterVec,
+    pub prompt_tokens: IntCounter,
+    pub generation_tokens: IntCounter,
+    pub prefix_cache_queries: IntCounter,
+    pub prefix_cache_hits: IntCounter,
+    pub preemptions: IntCounter,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub e2e_request_latency: Histogram,
+    pub request_queue_time: Histogram,
+    pub batch_size: Histogram,
+    pub step_duration: Histogram,
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid histogram");
+    registry.register(Box::new(h.clone())).expect("unique name");
+    h
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid counter");
+    registry.register(Box::new(c.clone())).expect("unique name");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
+    registry.register(Box::new(c.clone())).expect("unique name");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid gauge");
+    registry.register(Box::new(g.clone())).expect("unique name");
+    g
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let kv_usage = prometheus::Gauge::new(
+            KV_CACHE_USAGE_RATIO,
+            "Fraction of KV cache blocks held by waiting or running sequences (0 to 1).",
+        )
+        .expect("valid gauge");
+        r.register(Box::new(kv_usage.clone())).expect("unique name");
+        Metrics {
+            requests_running: gauge(
+                &r,
+                REQUESTS_RUNNING,
+                "Requests with a sequence in the running batch.",
+            ),
+            requests_waiting: gauge(
+                &r,
+                REQUESTS_WAITING,
+                "Requests waiting to be admitted to the running batch.",
+            ),
+            kv_cache_usage_ratio: kv_usage,
+            kv_cache_blocks_total: gauge(
+                &r,
+                KV_CACHE_BLOCKS_TOTAL,
+                "KV cache blocks in the cache.",
+            ),
+            request_success: counter_vec(
+                &r,
+                REQUEST_SUCCESS_TOTAL,
+                "Finished sequences, by finish reason.",
+                "finish_reason",
+            ),
+            request_failure: counter_vec(
+                &r,
+                REQUEST_FAILURE_TOTAL,
+                "Failed requests, by reason.",
+                "reason",
+            ),
+            prompt_tokens: counter(
+                &r,
+                PROMPT_TOKENS_TOTAL,
+                "Prompt tokens of admitted requests.",
+            ),
+            generation_tokens: counter(&r, GENERATION_TOKENS_TOTAL, "Tokens generated."),
+            prefix_cache_queries: counter(
+                &r,
+                PREFIX_CACHE_QUERIES_TOTAL,
+                "Prompt tokens looked up in the prefix cache.",
+            ),
+            prefix_cache_hits: counter(
+                &r,
+                PREFIX_CACHE_HITS_TOTAL,
+                "Prompt tokens found in the prefix cache.",
+            ),
+            preemptions: counter(
+                &r,
+                PREEMPTIONS_TOTAL,
+                "Sequences preempted (recomputed later) for lack of KV blocks.",
+            ),
+            time_to_first_token: histogram(
+                &r,
+                TIME_TO_FIRST_TOKEN,
+                "Time from arrival to the first generated token.",
+                LATENCY_BUCKETS,
+            ),
+            inter_token_latency: histogram(
+                &r,
+                INTER_TOKEN_LATENCY,
+                "Time between consecutive tokens of a sequence.",
+                LATENCY_BUCKETS,
+            ),
+            e2e_request_latency: histogram(
+                &r,
+                E2E_REQUEST_LATENCY,
+                "Time from arrival to the end of a sequence.",
+                LATENCY_BUCKETS,
+            ),
+            request_queue_time: histogram(
+                &r,
+                REQUEST_QUEUE_TIME,
+                "Time from arrival to admission into the running batch.",
+                LATENCY_BUCKETS,
+            ),
+            batch_size: histogram(
+                &r,
+                BATCH_SIZE,
+                "Sequences in one forward step.",
+                BATCH_BUCKETS,
+            ),
+            step_duration: histogram(
+                &r,
+                STEP_DURATION,
+                "Wall time of one forward step and its sampling.",
+                LATENCY_BUCKETS,
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exposed_with_help() {
+        METRICS.requests_running.set(0);
+        METRICS
+            .request_success
+            .with_label_values(&["stop"])
+            .inc_by(0);
+        METRICS
+            .request_failure
+            .with_label_values(&["validation"])
+            .inc_by(0);
+        let text = METRICS.render();
+        for name in [
+            REQUESTS_RUNNING,
+            REQUESTS_WAITING,
+            KV_CACHE_USAGE_RATIO,
+            KV_CACHE_BLOCKS_TOTAL,
+            REQUEST_SUCCESS_TOTAL,
+            REQUEST_FAILURE_TOTAL,
+            PROMPT_TOKENS_TOTAL,
+            GENERATION_TOKENS_TOTAL,
+            PREFIX_CACHE_QUERIES_TOTAL,
+            PREFIX_CACHE_HITS_TOTAL,
+            PREEMPTIONS_TOTAL,
+            TIME_TO_FIRST_TOKEN,
+            INTER_TOKEN_LATENCY,
+            E2E_REQUEST_LATENCY,
+            REQUEST_QUEUE_TIME,
+            BATCH_SIZE,
+            STEP_DURATION,
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! The server around the API routes: readiness phases (loading, ready, draining), the API router
+//! bound late (once the model has loaded), request ids, API keys, `/ready` and `/metrics`.
+//!
+//! The listener is bound before the model loads, so that `/ready` can answer 503 while loading;
+//! until then every other route answers 503 too.
+
+use crate::error::ApiError;
+use crate::metrics::METRICS;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use tower::ServiceExt;
+
+const LOADING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+/// Where the server is in its life. Written by `serve`, read by handlers.
+#[derive(Debug)]
+pub struct Phase(AtomicU8);
+
+impl Default for Phase {
+    fn default() -> Self {
+        Phase(AtomicU8::new(LOADING))
+    }
+}
+
+impl Phase {
+    pub fn set_ready(&self) {
+        self.0.store(READY, Ordering::SeqCst);
+    }
+    pub fn set_draining(&self) {
+        self.0.store(DRAINING, Ordering::SeqCst);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == READY
+    }
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == DRAINING
+    }
+}
+
+/// The id of one request: the client's `x-request-id` when it sent a sane one, else generated.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn sane_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| s.to_string())
+}
+
+/// Honours or generates `x-request-id`, hands it to the handler and echoes it on the response.
+pub async fn request_id(mut req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(sane_id)
+        .unwrap_or_else(|| super::new_id("req"));
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// Accepted API keys; empty means no authentication.
+#[derive(Debug, Default)]
+pub struct ApiKeys(pub Vec<String>);
+
+/// Rejects requests without `Authorization: Bearer <key>` for a configured key.
+pub async fn require_api_key(
+    State(keys): State<Arc<ApiKeys>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if keys.0.is_empty() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        // Compare every key in full so timing does not reveal a matching prefix.
+        Some(g) if keys.0.iter().fold(false, |hit, k| hit | constant_eq(k, g)) => {
+            next.run(req).await
+        }
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+fn constant_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+static BODY_LIMIT: AtomicUsize = AtomicUsize::new(2_000_000);
+
+/// The request body limit in bytes (for error messages).
+pub fn body_limit() -> usize {
+    BODY_LIMIT.load(Ordering::Relaxed)
+}
+
+/// The API router, set once the model has loaded; 503 until then.
+#[derive(Clone, Default)]
+pub struct LateRouter(pub Arc<OnceLock<Router>>);
+
+impl tower::Service<Request> for LateRouter {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        match self.0.get() {
+            Some(router) => Box::pin(router.clone().oneshot(req)),
+            None => Box::pin(async { Ok(ApiError::Loading.into_response()) }),
+        }
+    }
+}
+
+async fn ready(State(phase): State<Arc<Phase>>) -> Result<StatusCode, ApiError> {
+    if phase.is_ready() {
+        Ok(StatusCode::OK)
+    } else if phase.is_draining() {
+        Err(ApiError::Unavailable)
+    } else {
+        Err(ApiError::Loading)
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        METRICS.render(),
+    )
+}
+
+/// The whole server: `/ready` and `/metrics` always answer; everything else goes to the API
+/// router once it is set.
+pub fn outer(phase: Arc<Phase>, late: LateRouter, body_limit: usize) -> Router {
+    BODY_LIMIT.store(body_limit, Ordering::Relaxed);
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(phase)
+        .fallback_service(late)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_must_be_short_visible_ascii() {
+        assert_eq!(
+            sane_id(&HeaderValue::from_static("abc-123")),
+            Some("abc-123".into())
+        );
+        assert_eq!(sane_id(&HeaderValue::from_static("a b")), None);
+        assert_eq!(
+            sane_id(&HeaderValue::from_str(&"x".repeat(200)).unwrap()),
+            None
+        );
+    }
+
+    #[test]
+    fn keys_compare_in_full() {
+        assert!(constant_eq("secret", "secret"));
+        assert!(!constant_eq("secret", "secreT"));
+        assert!(!constant_eq("secret", "secret2"));
+    }
+}
