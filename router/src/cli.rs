@@ -214,6 +214,9 @@ pub struct LimitArgs {
     /// Most sequences running at once.
     #[arg(long, env = "WICK_MAX_RUNNING_SEQUENCES", default_value_t = 64)]
     pub max_running_sequences: usize,
+    /// Turn off automatic prefix caching (reuse of the KV blocks of shared prompt prefixes).
+    #[arg(long, env = "WICK_NO_PREFIX_CACHE")]
+    pub no_prefix_cache: bool,
     /// Largest `n` (choices per request).
     #[arg(long, env = "WICK_MAX_N", default_value_t = 8)]
     pub max_n: usize,

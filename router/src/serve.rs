@@ -99,6 +99,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
             max_batch_tokens: l.max_batch_tokens,
             max_running: l.max_running_sequences,
             block_size: info.kv_block_size,
+            prefix_caching: !l.no_prefix_cache,
         },
         info.num_kv_blocks,
     );

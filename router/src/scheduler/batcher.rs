@@ -6,9 +6,12 @@
 //! free); the rest of the token budget goes to prefill chunks, first to running sequences still
 //! prefilling, then to waiting sequences admitted first come, first served while blocks last.
 //! A preempted sequence frees its blocks and goes back to the front of the queue with its
-//! generated tokens, to be recomputed. Cost per plan: O(running + admitted).
+//! generated tokens, to be recomputed. With prefix caching, an admitted sequence first takes the
+//! cached blocks its tokens start with and prefills only the rest; every block that fills up is
+//! registered in the cache (prompt and generated tokens alike). Cost per plan: O(running +
+//! admitted * prompt blocks).
 
-use super::blocks::BlockAllocator;
+use super::blocks::{chain_hash, BlockPool};
 use std::collections::{HashMap, VecDeque};
 use wick_proto::{BlockId, SamplingParams, SeqId, Step, StepEntry};
 
@@ -19,6 +22,8 @@ pub struct BatchConfig {
     /// Most sequences in the running set.
     pub max_running: usize,
     pub block_size: usize,
+    /// Reuse cached KV blocks of shared prefixes.
+    pub prefix_caching: bool,
 }
 
 #[derive(Debug)]
@@ -28,7 +33,11 @@ struct Seq {
     /// Tokens whose K/V are in the cache.
     computed: usize,
     blocks: Vec<BlockId>,
+    /// Chain hashes of the leading full blocks registered in the cache.
+    hashes: Vec<u64>,
     params: SamplingParams,
+    /// Set at first admission: prompt tokens found in the prefix cache.
+    cached_tokens: Option<usize>,
 }
 
 /// The outcome of planning one step.
@@ -37,12 +46,14 @@ pub struct Plan {
     pub step: Step,
     /// Sequences preempted while planning (their blocks are free; they wait again).
     pub preempted: Vec<SeqId>,
+    /// Sequences admitted for the first time: (id, tokens looked up, tokens found cached).
+    pub admitted: Vec<(SeqId, usize, usize)>,
 }
 
 #[derive(Debug)]
 pub struct Batcher {
     cfg: BatchConfig,
-    alloc: BlockAllocator,
+    pool: BlockPool,
     waiting: VecDeque<SeqId>,
     /// In admission order: the last is the newest.
     running: Vec<SeqId>,
@@ -53,7 +64,7 @@ impl Batcher {
     pub fn new(cfg: BatchConfig, num_blocks: usize) -> Self {
         Batcher {
             cfg,
-            alloc: BlockAllocator::new(num_blocks),
+            pool: BlockPool::new(num_blocks, cfg.block_size, cfg.prefix_caching),
             waiting: VecDeque::new(),
             running: Vec::new(),
             seqs: HashMap::new(),
@@ -68,7 +79,9 @@ impl Batcher {
                 tokens: prompt,
                 computed: 0,
                 blocks: Vec::new(),
+                hashes: Vec::new(),
                 params,
+                cached_tokens: None,
             },
         );
         self.waiting.push_back(id);
@@ -77,7 +90,7 @@ impl Batcher {
     /// Forgets a sequence (finished or cancelled) and frees its blocks.
     pub fn remove(&mut self, id: SeqId) {
         if let Some(seq) = self.seqs.remove(&id) {
-            self.alloc.release(seq.blocks);
+            self.pool.release(&seq.blocks);
         }
         self.running.retain(|&s| s != id);
         self.waiting.retain(|&s| s != id);
@@ -98,16 +111,21 @@ impl Batcher {
         self.running.len()
     }
 
+    /// Blocks free or evictable.
     pub fn free_blocks(&self) -> usize {
-        self.alloc.free()
+        self.pool.available()
     }
 
     pub fn total_blocks(&self) -> usize {
-        self.alloc.total()
+        self.pool.total()
+    }
+
+    pub fn prefix_caching(&self) -> bool {
+        self.cfg.prefix_caching
     }
 
     pub fn kv_usage(&self) -> f64 {
-        self.alloc.usage()
+        self.pool.usage()
     }
 
     pub fn contains(&self, id: SeqId) -> bool {
@@ -125,7 +143,7 @@ impl Batcher {
         if need == 0 {
             return true;
         }
-        match self.alloc.allocate(need) {
+        match self.pool.allocate(need) {
             Some(new) => {
                 self.seqs
                     .get_mut(&id)
@@ -143,8 +161,9 @@ impl Batcher {
         self.running.retain(|&s| s != id);
         let seq = self.seqs.get_mut(&id).expect("seq exists");
         seq.computed = 0;
+        seq.hashes.clear();
         let blocks = std::mem::take(&mut seq.blocks);
-        self.alloc.release(blocks);
+        self.pool.release(&blocks);
         self.waiting.push_front(id);
     }
 
@@ -210,16 +229,47 @@ impl Batcher {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
-            let remaining = self.seqs[&id].tokens.len();
+            let cached = self.take_cached_prefix(id);
+            let seq = &self.seqs[&id];
+            let remaining = seq.tokens.len() - seq.computed;
             let Some(len) = self.reserve_chunk(id, remaining.min(budget)) else {
+                self.drop_cached_prefix(id);
                 break;
             };
             self.waiting.pop_front();
             self.running.push(id);
+            let seq = self.seqs.get_mut(&id).expect("seq exists");
+            if seq.cached_tokens.is_none() {
+                seq.cached_tokens = Some(cached);
+                plan.admitted.push((id, seq.tokens.len(), cached));
+            }
             plan.step.entries.push(self.entry(id, len));
             budget -= len;
         }
         plan
+    }
+
+    /// Starts a waiting sequence on the cached blocks its tokens begin with; returns the tokens
+    /// it need not compute. At least the last token is always computed (its logits are needed);
+    /// when every block is cached, that token's K/V are rewritten, bit for bit, into the shared
+    /// last block.
+    fn take_cached_prefix(&mut self, id: SeqId) -> usize {
+        let seq = self.seqs.get_mut(&id).expect("seq exists");
+        let (blocks, hashes) = self.pool.lookup(&seq.tokens);
+        let cached = (blocks.len() * self.cfg.block_size).min(seq.tokens.len() - 1);
+        seq.blocks = blocks;
+        seq.hashes = hashes;
+        seq.computed = cached;
+        cached
+    }
+
+    /// Undoes [`Batcher::take_cached_prefix`] for a sequence that could not be admitted.
+    fn drop_cached_prefix(&mut self, id: SeqId) {
+        let seq = self.seqs.get_mut(&id).expect("seq exists");
+        let blocks = std::mem::take(&mut seq.blocks);
+        seq.hashes.clear();
+        seq.computed = 0;
+        self.pool.release(&blocks);
     }
 
     /// Reserves blocks for up to `want` more tokens of `id`, shrinking the chunk to the blocks
@@ -227,7 +277,7 @@ impl Batcher {
     fn reserve_chunk(&mut self, id: SeqId, want: usize) -> Option<usize> {
         let seq = &self.seqs[&id];
         let held = seq.blocks.len() * self.cfg.block_size - seq.computed;
-        let can = held + self.alloc.free() * self.cfg.block_size;
+        let can = held + self.pool.available() * self.cfg.block_size;
         let len = want.min(can);
         if len == 0 {
             return None;
@@ -236,11 +286,22 @@ impl Batcher {
         self.grow(id, positions).then_some(len)
     }
 
-    /// Records that a planned step ran: its tokens are now in the cache.
+    /// Records that a planned step ran: its tokens are now in the cache, and blocks it filled
+    /// are registered for reuse.
     pub fn commit(&mut self, step: &Step) {
+        let bs = self.cfg.block_size;
         for e in &step.entries {
-            if let Some(seq) = self.seqs.get_mut(&e.seq) {
-                seq.computed = e.start_pos + e.tokens.len();
+            let Some(seq) = self.seqs.get_mut(&e.seq) else {
+                continue;
+            };
+            seq.computed = e.start_pos + e.tokens.len();
+            while seq.hashes.len() < seq.computed / bs {
+                let i = seq.hashes.len();
+                let parent = if i == 0 { 0 } else { seq.hashes[i - 1] };
+                let tokens = &seq.tokens[i * bs..(i + 1) * bs];
+                let hash = chain_hash(parent, tokens);
+                self.pool.register(seq.blocks[i], parent, hash, tokens);
+                seq.hashes.push(hash);
             }
         }
     }
@@ -256,6 +317,19 @@ mod tests {
                 max_batch_tokens,
                 max_running: 8,
                 block_size: 4,
+                prefix_caching: false,
+            },
+            blocks,
+        )
+    }
+
+    fn caching_batcher(blocks: usize) -> Batcher {
+        Batcher::new(
+            BatchConfig {
+                max_batch_tokens: 64,
+                max_running: 8,
+                block_size: 4,
+                prefix_caching: true,
             },
             blocks,
         )
@@ -352,6 +426,7 @@ mod tests {
                 max_batch_tokens: 64,
                 max_running: 2,
                 block_size: 4,
+                prefix_caching: false,
             },
             100,
         );
@@ -360,5 +435,82 @@ mod tests {
         }
         assert_eq!(run(&mut b).step.entries.len(), 2);
         assert_eq!(b.waiting(), 1);
+    }
+
+    fn starts(plan: &Plan) -> Vec<(SeqId, usize, usize)> {
+        plan.step
+            .entries
+            .iter()
+            .map(|e| (e.seq, e.start_pos, e.tokens.len()))
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_prefix_is_prefilled_once() {
+        let mut b = caching_batcher(100);
+        let prompt: Vec<u32> = (0..10).collect();
+        b.add(1, prompt.clone(), SamplingParams::default());
+        run(&mut b);
+        b.remove(1);
+        // Same first 8 tokens (two full blocks), different tail: prefill starts at 8.
+        let mut other = prompt[..8].to_vec();
+        other.extend([99, 98, 97]);
+        b.add(2, other, SamplingParams::default());
+        let plan = run(&mut b);
+        assert_eq!(starts(&plan), vec![(2, 8, 3)]);
+        assert_eq!(plan.admitted, vec![(2, 11, 8)]);
+    }
+
+    #[test]
+    fn a_fully_cached_prompt_still_computes_its_last_token() {
+        let mut b = caching_batcher(100);
+        let prompt: Vec<u32> = (0..8).collect();
+        b.add(1, prompt.clone(), SamplingParams::default());
+        run(&mut b);
+        b.remove(1);
+        b.add(2, prompt, SamplingParams::default());
+        let plan = run(&mut b);
+        assert_eq!(starts(&plan), vec![(2, 7, 1)]);
+        assert!(plan.step.entries[0].sample.is_some());
+    }
+
+    #[test]
+    fn generated_tokens_become_cacheable_for_the_next_turn() {
+        let mut b = caching_batcher(100);
+        b.add(1, vec![1, 2, 3], SamplingParams::default());
+        // Prefill, then decodes until 8 tokens are computed (two full blocks).
+        for _ in 0..6 {
+            run(&mut b);
+        }
+        b.remove(1);
+        // The next turn re-sends the conversation (3 prompt + 5 generated tokens of 7) and more.
+        let mut next = vec![1, 2, 3, 7, 7, 7, 7, 7];
+        next.extend([4, 4]);
+        b.add(2, next, SamplingParams::default());
+        assert_eq!(starts(&run(&mut b)), vec![(2, 8, 2)]);
+    }
+
+    #[test]
+    fn a_preempted_sequence_resumes_from_its_cached_blocks() {
+        let mut b = Batcher::new(
+            BatchConfig {
+                max_batch_tokens: 64,
+                max_running: 8,
+                block_size: 4,
+                prefix_caching: true,
+            },
+            3,
+        );
+        b.add(1, vec![1; 4], SamplingParams::default());
+        b.add(2, vec![2; 8], SamplingParams::default());
+        assert_eq!(starts(&run(&mut b)), vec![(1, 0, 4), (2, 0, 8)]);
+        // Sequence 1 needs a block for position 4: sequence 2 (newest) is preempted; its blocks
+        // stay cached, and the one sequence 1 takes is its tail (tails are evicted first).
+        let plan = run(&mut b);
+        assert_eq!(plan.preempted, vec![2]);
+        b.remove(1);
+        // 2 comes back: its first block is still cached; it recomputes the rest and samples.
+        let plan = run(&mut b);
+        assert_eq!(starts(&plan), vec![(2, 4, 5)]);
     }
 }

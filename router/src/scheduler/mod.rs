@@ -56,6 +56,8 @@ pub enum Event {
         choice: usize,
         reason: FinishReason,
         prompt_tokens: usize,
+        /// Prompt tokens found in the prefix cache at first admission.
+        cached_tokens: usize,
         completion_tokens: usize,
     },
     Error {
@@ -201,6 +203,15 @@ impl Task {
                 continue;
             }
             self.batcher.commit(&plan.step);
+            for &(seq, queried, cached) in &plan.admitted {
+                if let Some(l) = self.live.get_mut(&seq) {
+                    l.cached_tokens = cached;
+                }
+                if self.batcher.prefix_caching() {
+                    METRICS.prefix_cache_queries.inc_by(queried as u64);
+                    METRICS.prefix_cache_hits.inc_by(cached as u64);
+                }
+            }
             let now = Instant::now();
             for e in plan.step.entries.iter().filter(|e| e.start_pos == 0) {
                 if let Some(l) = self.live.get_mut(&e.seq) {
@@ -271,6 +282,7 @@ impl Task {
                     output,
                     request_id: sub.request_id.clone(),
                     prompt_tokens: req.prompt().len(),
+                    cached_tokens: 0,
                     sampled: 0,
                     arrived: sub.arrived,
                     deadline: sub.deadline,
@@ -347,6 +359,7 @@ impl Task {
                 choice: live.choice,
                 reason,
                 prompt_tokens: live.prompt_tokens,
+                cached_tokens: live.cached_tokens,
                 completion_tokens: live.sampled,
             });
         }

@@ -47,11 +47,14 @@ where
     response
 }
 
-fn usage(prompt: usize, completion: usize) -> Usage {
+fn usage(prompt: usize, completion: usize, cached: usize) -> Usage {
     Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
         total_tokens: prompt + completion,
+        prompt_tokens_details: PromptTokensDetails {
+            cached_tokens: cached,
+        },
     }
 }
 
@@ -128,12 +131,13 @@ pub async fn chat_completions(
     }
     let choices = collect(&mut started).await?;
     let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
     let response = ChatCompletion {
         id,
         object: "chat.completion",
         created,
         model,
-        usage: usage(started.prompt_tokens, completion_tokens),
+        usage: usage(started.prompt_tokens, completion_tokens, cached_tokens),
         choices: choices
             .into_iter()
             .enumerate()
@@ -179,7 +183,7 @@ fn chat_stream(
             let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
             yield Ok(sse_json(&chunk(vec![choice], None)));
         }
-        let (mut done, mut completion_tokens) = (0, 0);
+        let (mut done, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
         while done < started.n {
             let Some(event) = started.next().await else {
                 yield Ok(sse_error(ApiError::Unavailable));
@@ -197,9 +201,12 @@ fn chat_stream(
                     let choice = ChatChunkChoice { index: choice, delta, logprobs, finish_reason: None };
                     yield Ok(sse_json(&chunk(vec![choice], None)));
                 }
-                Event::Finished { choice, reason, completion_tokens: n, .. } => {
+                Event::Finished { choice, reason, completion_tokens: n, cached_tokens: cached, .. } => {
                     done += 1;
                     completion_tokens += n;
+                    if choice == 0 {
+                        cached_tokens = cached;
+                    }
                     let finish_reason = Some(reason.as_openai().to_string());
                     let choice = ChatChunkChoice { index: choice, delta: ChatDelta::default(), logprobs: None, finish_reason };
                     yield Ok(sse_json(&chunk(vec![choice], None)));
@@ -211,7 +218,7 @@ fn chat_stream(
             }
         }
         if include_usage {
-            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens)))));
+            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens, cached_tokens)))));
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     }
@@ -244,12 +251,17 @@ pub async fn completions(
     }
     let choices = collect(&mut started).await?;
     let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
     let response = Completion {
         id,
         object: "text_completion",
         created,
         model,
-        usage: Some(usage(started.prompt_tokens, completion_tokens)),
+        usage: Some(usage(
+            started.prompt_tokens,
+            completion_tokens,
+            cached_tokens,
+        )),
         choices: choices
             .into_iter()
             .enumerate()
@@ -283,7 +295,7 @@ fn completion_stream(
         usage,
     };
     async_stream::stream! {
-        let (mut done, mut completion_tokens) = (0, 0);
+        let (mut done, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
         while done < started.n {
             let Some(event) = started.next().await else {
                 yield Ok(sse_error(ApiError::Unavailable));
@@ -300,9 +312,12 @@ fn completion_stream(
                     let c = CompletionChoice { index: choice, text, logprobs, finish_reason: None };
                     yield Ok(sse_json(&chunk(vec![c], None)));
                 }
-                Event::Finished { choice, reason, completion_tokens: n, .. } => {
+                Event::Finished { choice, reason, completion_tokens: n, cached_tokens: cached, .. } => {
                     done += 1;
                     completion_tokens += n;
+                    if choice == 0 {
+                        cached_tokens = cached;
+                    }
                     let finish_reason = Some(reason.as_openai().to_string());
                     let c = CompletionChoice { index: choice, text: String::new(), logprobs: None, finish_reason };
                     yield Ok(sse_json(&chunk(vec![c], None)));
@@ -314,7 +329,7 @@ fn completion_stream(
             }
         }
         if include_usage {
-            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens)))));
+            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens, cached_tokens)))));
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     }

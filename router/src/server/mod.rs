@@ -300,6 +300,7 @@ pub struct ChoiceOutput {
     pub tokens: Vec<(u32, f32, Vec<TokenLogprob>)>,
     pub finish: Option<FinishReason>,
     pub completion_tokens: usize,
+    pub cached_tokens: usize,
 }
 
 /// Waits for every choice of a generation to finish.
@@ -323,10 +324,12 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
                 choice,
                 reason,
                 completion_tokens,
+                cached_tokens,
                 ..
             }) => {
                 choices[choice].finish = Some(reason);
                 choices[choice].completion_tokens = completion_tokens;
+                choices[choice].cached_tokens = cached_tokens;
                 done += 1;
             }
             Some(Event::Error {
