@@ -1,0 +1,248 @@
+//! Load generator: starts `wick serve` with and without prefix caching and runs one scenario
+//! against each, printing a Markdown table of the figures side by side.
+//!
+//! Scenarios:
+//! - `shared-prefix`: requests that share a long system prompt and differ in a short question,
+//!   streamed at a fixed concurrency: TTFT median and p90, total time.
+//! - `multi-turn`: one conversation re-sent with each new turn: prompt tokens computed per turn.
+//!
+//! Run (after `cargo build --release -p wick-router`):
+//! `cargo run --release -p wick-benches --bin loadgen -- shared-prefix`
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Already gone is fine.
+        let _gone = self.child.kill();
+        let _reaped = self.child.wait();
+    }
+}
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
+}
+
+async fn start(extra: &[&str]) -> Server {
+    let bin = arg("--bin", "target/release/wick");
+    let model = arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut child = Command::new(&bin)
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--model",
+            &model,
+        ])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let stdout = child.stdout.take().expect("piped");
+    let base = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("wick: listening on ").map(String::from))
+        .expect("the server exited before listening");
+    let c = reqwest::Client::new();
+    for _ in 0..600 {
+        if let Ok(r) = c.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                return Server { child, base };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the server did not become ready");
+}
+
+/// Streams one chat request: (time to first token, usage).
+async fn stream_chat(base: &str, messages: &Value, max_tokens: u64) -> (Duration, Value, String) {
+    let body = json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let start = Instant::now();
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let (mut ttft, mut usage, mut text, mut buf) =
+        (None, Value::Null, String::new(), String::new());
+    while let Some(chunk) = stream.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk.expect("body")));
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let data = event.trim().trim_start_matches("data: ");
+            if data == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(data).expect("chunk JSON");
+            if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
+                if !piece.is_empty() && ttft.is_none() {
+                    ttft = Some(start.elapsed());
+                }
+                text.push_str(piece);
+            }
+            if !v["usage"].is_null() {
+                usage = v["usage"].clone();
+            }
+        }
+    }
+    (ttft.unwrap_or_else(|| start.elapsed()), usage, text)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn system_prompt(words: usize) -> String {
+    let mut s =
+        String::from("You are the help desk of a large library. Follow these house rules. ");
+    let mut i = 0;
+    while s.split_whitespace().count() < words {
+        i += 1;
+        s.push_str(&format!(
+            "Rule {i}: books from shelf {} may be borrowed for {} days, and late returns cost {} cents per day. ",
+            i * 7 % 97,
+            7 + i % 21,
+            10 + i * 3 % 40
+        ));
+    }
+    s
+}
+
+async fn shared_prefix(
+    server: &Server,
+    requests: usize,
+    concurrency: usize,
+) -> (Vec<Duration>, Duration, u64) {
+    let system = system_prompt(640);
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..requests {
+        let permit = gate.clone().acquire_owned().await.expect("open");
+        let base = server.base.clone();
+        let messages = json!([
+            {"role": "system", "content": system},
+            {"role": "user", "content": format!("Question {i}: how long may I borrow a book from shelf {}?", i * 13 % 97)}
+        ]);
+        handles.push(tokio::spawn(async move {
+            let _permit = permit;
+            stream_chat(&base, &messages, 8).await
+        }));
+    }
+    let mut ttfts = Vec::new();
+    let mut prompt_tokens = 0;
+    for h in handles {
+        let (ttft, usage, _) = h.await.expect("task");
+        prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0);
+        ttfts.push(ttft);
+    }
+    let total = start.elapsed();
+    ttfts.sort();
+    (ttfts, total, prompt_tokens)
+}
+
+async fn multi_turn(server: &Server, turns: usize) -> Vec<(u64, u64)> {
+    let mut messages = vec![json!({"role": "system", "content": system_prompt(120)})];
+    let mut out = Vec::new();
+    for t in 0..turns {
+        messages.push(
+            json!({"role": "user", "content": format!("Turn {t}: tell me about rule {}.", t + 1)}),
+        );
+        let (_, usage, text) = stream_chat(&server.base, &Value::Array(messages.clone()), 24).await;
+        let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0);
+        let cached = usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0);
+        out.push((prompt, prompt - cached));
+        messages.push(json!({"role": "assistant", "content": text}));
+    }
+    out
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e3)
+}
+
+#[tokio::main]
+async fn main() {
+    let scenario = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "shared-prefix".into());
+    let threads = arg("--threads", "2");
+    match scenario.as_str() {
+        "shared-prefix" => {
+            let requests: usize = arg("--requests", "32").parse().expect("--requests");
+            let concurrency: usize = arg("--concurrency", "4").parse().expect("--concurrency");
+            let mut rows = Vec::new();
+            for (name, flags) in [("on", vec![]), ("off", vec!["--no-prefix-cache"])] {
+                let mut args = vec!["--threads", threads.as_str()];
+                args.extend(flags);
+                let server = start(&args).await;
+                rows.push((name, shared_prefix(&server, requests, concurrency).await));
+            }
+            println!("{requests} requests, concurrency {concurrency}, prompt of {} tokens, 8 output tokens\n", rows[0].1 .2);
+            println!("| prefix cache | TTFT median (ms) | TTFT p90 (ms) | total (s) |");
+            println!("|---|---|---|---|");
+            for (name, (ttfts, total, _)) in &rows {
+                println!(
+                    "| {name} | {} | {} | {:.1} |",
+                    ms(percentile(ttfts, 0.5)),
+                    ms(percentile(ttfts, 0.9)),
+                    total.as_secs_f64()
+                );
+            }
+            let ratio =
+                |f: &dyn Fn(&(Vec<Duration>, Duration, u64)) -> f64| f(&rows[1].1) / f(&rows[0].1);
+            println!(
+                "\nTTFT median: {:.1}x lower with the cache; total time: {:.1}x lower.",
+                ratio(&|r| percentile(&r.0, 0.5).as_secs_f64()),
+                ratio(&|r| r.1.as_secs_f64())
+            );
+        }
+        "multi-turn" => {
+            let turns: usize = arg("--turns", "10").parse().expect("--turns");
+            let mut cols = Vec::new();
+            for flags in [vec![], vec!["--no-prefix-cache"]] {
+                let mut args = vec!["--threads", threads.as_str()];
+                args.extend(flags);
+                let server = start(&args).await;
+                cols.push(multi_turn(&server, turns).await);
+            }
+            println!("| turn | prompt tokens | computed, cache on | computed, cache off |");
+            println!("|---|---|---|---|");
+            for t in 0..turns {
+                println!(
+                    "| {} | {} | {} | {} |",
+                    t + 1,
+                    cols[0][t].0,
+                    cols[0][t].1,
+                    cols[1][t].1
+                );
+            }
+        }
+        other => panic!("unknown scenario `{other}` (shared-prefix, multi-turn)"),
+    }
+}
