@@ -59,8 +59,11 @@ async fn start(extra: &[&str]) -> Server {
     let base = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("wick: listening on ").map(String::from))
-        .expect("the server exited before listening");
+        .find_map(|l| l.strip_prefix("wick: listening on ").map(String::from));
+    let Some(base) = base else {
+        let status = child.wait();
+        panic!("the server exited before listening: {status:?}");
+    };
     let c = reqwest::Client::new();
     for _ in 0..600 {
         if let Ok(r) = c.get(format!("{base}/ready")).send().await {
@@ -70,6 +73,8 @@ async fn start(extra: &[&str]) -> Server {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Dropping the server kills and reaps the process.
+    drop(Server { child, base });
     panic!("the server did not become ready");
 }
 
@@ -131,11 +136,14 @@ fn system_prompt(words: usize) -> String {
     s
 }
 
-async fn shared_prefix(
-    server: &Server,
-    requests: usize,
-    concurrency: usize,
-) -> (Vec<Duration>, Duration, u64) {
+/// One shared-prefix run: sorted TTFTs, total time, prompt tokens of a request.
+struct SharedPrefixRun {
+    ttfts: Vec<Duration>,
+    total: Duration,
+    prompt_tokens: u64,
+}
+
+async fn shared_prefix(server: &Server, requests: usize, concurrency: usize) -> SharedPrefixRun {
     let system = system_prompt(640);
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let start = Instant::now();
@@ -161,7 +169,11 @@ async fn shared_prefix(
     }
     let total = start.elapsed();
     ttfts.sort();
-    (ttfts, total, prompt_tokens)
+    SharedPrefixRun {
+        ttfts,
+        total,
+        prompt_tokens,
+    }
 }
 
 async fn multi_turn(server: &Server, turns: usize) -> Vec<(u64, u64)> {
@@ -203,23 +215,23 @@ async fn main() {
                 let server = start(&args).await;
                 rows.push((name, shared_prefix(&server, requests, concurrency).await));
             }
-            println!("{requests} requests, concurrency {concurrency}, prompt of {} tokens, 8 output tokens\n", rows[0].1 .2);
+            println!("{requests} requests, concurrency {concurrency}, prompt of {} tokens, 8 output tokens\n", rows[0].1.prompt_tokens);
             println!("| prefix cache | TTFT median (ms) | TTFT p90 (ms) | total (s) |");
             println!("|---|---|---|---|");
-            for (name, (ttfts, total, _)) in &rows {
+            for (name, run) in &rows {
                 println!(
                     "| {name} | {} | {} | {:.1} |",
-                    ms(percentile(ttfts, 0.5)),
-                    ms(percentile(ttfts, 0.9)),
-                    total.as_secs_f64()
+                    ms(percentile(&run.ttfts, 0.5)),
+                    ms(percentile(&run.ttfts, 0.9)),
+                    run.total.as_secs_f64()
                 );
             }
-            let ratio =
-                |f: &dyn Fn(&(Vec<Duration>, Duration, u64)) -> f64| f(&rows[1].1) / f(&rows[0].1);
+            let (on, off) = (&rows[0].1, &rows[1].1);
+            let median = |r: &SharedPrefixRun| percentile(&r.ttfts, 0.5).as_secs_f64();
             println!(
                 "\nTTFT median: {:.1}x lower with the cache; total time: {:.1}x lower.",
-                ratio(&|r| percentile(&r.0, 0.5).as_secs_f64()),
-                ratio(&|r| r.1.as_secs_f64())
+                median(off) / median(on),
+                off.total.as_secs_f64() / on.total.as_secs_f64()
             );
         }
         "multi-turn" => {
@@ -233,14 +245,8 @@ async fn main() {
             }
             println!("| turn | prompt tokens | computed, cache on | computed, cache off |");
             println!("|---|---|---|---|");
-            for t in 0..turns {
-                println!(
-                    "| {} | {} | {} | {} |",
-                    t + 1,
-                    cols[0][t].0,
-                    cols[0][t].1,
-                    cols[1][t].1
-                );
+            for (t, (on, off)) in cols[0].iter().zip(&cols[1]).enumerate() {
+                println!("| {} | {} | {} | {} |", t + 1, on.0, on.1, off.1);
             }
         }
         other => panic!("unknown scenario `{other}` (shared-prefix, multi-turn)"),
