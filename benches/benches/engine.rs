@@ -1,6 +1,9 @@
 //! Engine step costs on the real model (SmolLM2-135M-Instruct Q4_1): one decode step at batch 1,
 //! 8 and 32 (each sequence with 64 tokens of context), and a 512-token prefill.
 //!
+//! Each is measured twice in one run: with the portable matmul kernels (the baseline) and with the
+//! SIMD ones.
+//!
 //! Run: `cargo bench -p wick-benches --bench engine` (after `scripts/fetch-model.sh`).
 //! Throughput is reported in tokens per second (criterion's elements/s).
 
@@ -56,10 +59,18 @@ fn engine() -> Engine {
 }
 
 fn bench_engine(c: &mut Criterion) {
+    // The portable kernels first (the baseline), then the SIMD ones, in the same run.
+    for (name, simd) in [("portable", false), ("simd", true)] {
+        wick_backend::ops::q4_1::set_enabled(simd);
+        bench_steps(c, name);
+    }
+}
+
+fn bench_steps(c: &mut Criterion, kernels: &str) {
     let mut engine = engine();
-    let mut group = c.benchmark_group("engine");
+    let mut group = c.benchmark_group(format!("engine_{kernels}"));
     group.sample_size(10);
-    group.measurement_time(Duration::from_secs(8));
+    group.measurement_time(Duration::from_secs(5));
     group.warm_up_time(Duration::from_secs(1));
 
     for batch in [1usize, 8, 32] {

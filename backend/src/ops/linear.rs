@@ -240,7 +240,14 @@ impl QWeight {
 
     /// `out[r * rows + c] = dot(x[r], W[c])` for the `m = x.len() / cols` rows of `x`.
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
-        with_blocks!(&self.blocks, v => matmul_rows(v, self.rows, self.cols, x, out))
+        match &self.blocks {
+            Blocks::Q4_1(v) if super::q4_1::available() => {
+                matmul_rows(v, self.rows, self.cols, x, out, super::q4_1::matmul_columns)
+            }
+            blocks => {
+                with_blocks!(blocks, v => matmul_rows(v, self.rows, self.cols, x, out, columns_portable))
+            }
+        }
     }
 
     /// The matmul as a candle op on a `(m, cols)` f32 tensor, giving `(m, rows)`.
@@ -254,10 +261,30 @@ impl QWeight {
 /// passes over them.
 const COLS_PER_TASK: usize = 32;
 
-fn matmul_rows<T>(w: &[T], n: usize, k: usize, x: &[f32], out: &mut [f32])
+/// The portable column kernel: one `vec_dot` per (column, row), `out` column-major.
+fn columns_portable<T: GgmlType>(
+    w: &[T],
+    kb: usize,
+    xq: &[T::VecDotType],
+    m: usize,
+    out: &mut [f32],
+) {
+    let k = kb * T::BLCK_SIZE;
+    for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
+        let wrow = &w[c * kb..(c + 1) * kb];
+        for (r, o) in col_out.iter_mut().enumerate() {
+            *o = T::vec_dot(k, wrow, &xq[r * kb..(r + 1) * kb]);
+        }
+    }
+}
+
+/// Quantizes the activations once, then runs `columns` over column chunks in parallel.
+/// `columns(w, kb, xq, m, out)` computes `out[c * m + r]` for the chunk's columns `c`.
+fn matmul_rows<T, K>(w: &[T], n: usize, k: usize, x: &[f32], out: &mut [f32], columns: K)
 where
     T: GgmlType + Sync,
     T::VecDotType: Send + Sync,
+    K: Fn(&[T], usize, &[T::VecDotType], usize, &mut [f32]) + Sync,
 {
     let m = x.len() / k;
     if m == 0 {
@@ -276,13 +303,8 @@ where
         .enumerate()
         .for_each(|(task, chunk)| {
             let c0 = task * COLS_PER_TASK;
-            for (i, col_out) in chunk.chunks_exact_mut(m).enumerate() {
-                let c = c0 + i;
-                let wrow = &w[c * kb..(c + 1) * kb];
-                for (r, o) in col_out.iter_mut().enumerate() {
-                    *o = T::vec_dot(k, wrow, &xq[r * kb..(r + 1) * kb]);
-                }
-            }
+            let cols = chunk.len() / m;
+            columns(&w[c0 * kb..(c0 + cols) * kb], kb, &xq, m, chunk);
         });
     for c in 0..n {
         for r in 0..m {

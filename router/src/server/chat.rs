@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures::Stream;
 use std::convert::Infallible;
-use wick_proto::TokenLogprob;
+use wick_proto::{FinishReason, TokenLogprob};
 
 /// One SSE `data:` line holding JSON.
 pub(crate) fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
@@ -121,13 +121,14 @@ pub async fn chat_completions(
     let (id, created, model) = (new_id("chatcmpl"), now(), state.served_name.clone());
     if stream {
         started.first().await?;
-        return Ok(sse_response(chat_stream(
+        let logprobs = started.logprobs;
+        let format = ChatChunks(StreamId {
             state,
-            started,
             id,
             created,
-            include_usage,
-        )));
+            logprobs,
+        });
+        return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
     let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
@@ -161,69 +162,6 @@ pub async fn chat_completions(
     Ok(axum::Json(response).into_response())
 }
 
-fn chat_stream(
-    state: SharedState,
-    mut started: Started,
-    id: String,
-    created: u64,
-    include_usage: bool,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let model = state.served_name.clone();
-    let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
-        id: id.clone(),
-        object: "chat.completion.chunk",
-        created,
-        model: model.clone(),
-        choices,
-        usage,
-    };
-    async_stream::stream! {
-        for index in 0..started.n {
-            let delta = ChatDelta { role: Some("assistant"), content: Some(String::new()) };
-            let choice = ChatChunkChoice { index, delta, logprobs: None, finish_reason: None };
-            yield Ok(sse_json(&chunk(vec![choice], None)));
-        }
-        let (mut done, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
-        while done < started.n {
-            let Some(event) = started.next().await else {
-                yield Ok(sse_error(ApiError::Unavailable));
-                return;
-            };
-            match event {
-                Event::Token { choice, token, text, logprob, top_logprobs } => {
-                    if text.is_empty() && !started.logprobs {
-                        continue;
-                    }
-                    let logprobs = started.logprobs.then(|| ChatLogprobs {
-                        content: vec![chat_logprob(&state, token, logprob, &top_logprobs)],
-                    });
-                    let delta = ChatDelta { role: None, content: Some(text) };
-                    let choice = ChatChunkChoice { index: choice, delta, logprobs, finish_reason: None };
-                    yield Ok(sse_json(&chunk(vec![choice], None)));
-                }
-                Event::Finished { choice, reason, completion_tokens: n, cached_tokens: cached, .. } => {
-                    done += 1;
-                    completion_tokens += n;
-                    if choice == 0 {
-                        cached_tokens = cached;
-                    }
-                    let finish_reason = Some(reason.as_openai().to_string());
-                    let choice = ChatChunkChoice { index: choice, delta: ChatDelta::default(), logprobs: None, finish_reason };
-                    yield Ok(sse_json(&chunk(vec![choice], None)));
-                }
-                Event::Error { failure, message, .. } => {
-                    yield Ok(sse_error(started.failure(failure, message)));
-                    return;
-                }
-            }
-        }
-        if include_usage {
-            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens, cached_tokens)))));
-        }
-        yield Ok(SseEvent::default().data("[DONE]"));
-    }
-}
-
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
     responses((status = 200, description = "The completion, or an SSE stream of `text_completion` chunks when `stream` is true", body = Completion),
               (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody),
@@ -241,13 +179,14 @@ pub async fn completions(
     let (id, created, model) = (new_id("cmpl"), now(), state.served_name.clone());
     if stream {
         started.first().await?;
-        return Ok(sse_response(completion_stream(
+        let logprobs = started.logprobs;
+        let format = CompletionChunks(StreamId {
             state,
-            started,
             id,
             created,
-            include_usage,
-        )));
+            logprobs,
+        });
+        return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
     let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
@@ -278,23 +217,34 @@ pub async fn completions(
     Ok(axum::Json(response).into_response())
 }
 
-fn completion_stream(
-    state: SharedState,
+/// How one OpenAI stream turns events into chunks; [`openai_stream`] is the shared skeleton.
+trait ChunkFormat: Send + Sync + 'static {
+    /// Chunks sent before any token (chat: the role of each choice).
+    fn opening(&self, n: usize) -> Vec<SseEvent>;
+    /// A token's chunk, or none (nothing to say: no text and no log-probabilities asked).
+    fn token(
+        &self,
+        choice: usize,
+        token: u32,
+        text: String,
+        logprob: f32,
+        top: &[TokenLogprob],
+    ) -> Option<SseEvent>;
+    fn finish(&self, choice: usize, reason: FinishReason) -> SseEvent;
+    fn usage(&self, usage: Usage) -> SseEvent;
+}
+
+/// Token chunks, one finish chunk per choice, the usage chunk when asked, then `[DONE]`; a
+/// failure ends the stream with an error event.
+fn openai_stream<F: ChunkFormat>(
     mut started: Started,
-    id: String,
-    created: u64,
     include_usage: bool,
+    format: F,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
-    let model = state.served_name.clone();
-    let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Usage>| Completion {
-        id: id.clone(),
-        object: "text_completion",
-        created,
-        model: model.clone(),
-        choices,
-        usage,
-    };
     async_stream::stream! {
+        for event in format.opening(started.n) {
+            yield Ok(event);
+        }
         let (mut done, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
         while done < started.n {
             let Some(event) = started.next().await else {
@@ -303,14 +253,9 @@ fn completion_stream(
             };
             match event {
                 Event::Token { choice, token, text, logprob, top_logprobs } => {
-                    if text.is_empty() && !started.logprobs {
-                        continue;
+                    if let Some(chunk) = format.token(choice, token, text, logprob, &top_logprobs) {
+                        yield Ok(chunk);
                     }
-                    let logprobs = started.logprobs.then(|| {
-                        completion_logprobs(&state, &[(token, logprob, top_logprobs)])
-                    });
-                    let c = CompletionChoice { index: choice, text, logprobs, finish_reason: None };
-                    yield Ok(sse_json(&chunk(vec![c], None)));
                 }
                 Event::Finished { choice, reason, completion_tokens: n, cached_tokens: cached, .. } => {
                     done += 1;
@@ -318,9 +263,7 @@ fn completion_stream(
                     if choice == 0 {
                         cached_tokens = cached;
                     }
-                    let finish_reason = Some(reason.as_openai().to_string());
-                    let c = CompletionChoice { index: choice, text: String::new(), logprobs: None, finish_reason };
-                    yield Ok(sse_json(&chunk(vec![c], None)));
+                    yield Ok(format.finish(choice, reason));
                 }
                 Event::Error { failure, message, .. } => {
                     yield Ok(sse_error(started.failure(failure, message)));
@@ -329,8 +272,155 @@ fn completion_stream(
             }
         }
         if include_usage {
-            yield Ok(sse_json(&chunk(Vec::new(), Some(usage(started.prompt_tokens, completion_tokens, cached_tokens)))));
+            yield Ok(format.usage(usage(started.prompt_tokens, completion_tokens, cached_tokens)));
         }
         yield Ok(SseEvent::default().data("[DONE]"));
+    }
+}
+
+/// Identity of one streamed response.
+struct StreamId {
+    state: SharedState,
+    id: String,
+    created: u64,
+    logprobs: bool,
+}
+
+struct ChatChunks(StreamId);
+
+impl ChatChunks {
+    fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> SseEvent {
+        let s = &self.0;
+        sse_json(&ChatCompletionChunk {
+            id: s.id.clone(),
+            object: "chat.completion.chunk",
+            created: s.created,
+            model: s.state.served_name.clone(),
+            choices,
+            usage,
+        })
+    }
+}
+
+impl ChunkFormat for ChatChunks {
+    fn opening(&self, n: usize) -> Vec<SseEvent> {
+        (0..n)
+            .map(|index| {
+                let delta = ChatDelta {
+                    role: Some("assistant"),
+                    content: Some(String::new()),
+                };
+                let choice = ChatChunkChoice {
+                    index,
+                    delta,
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                self.chunk(vec![choice], None)
+            })
+            .collect()
+    }
+
+    fn token(
+        &self,
+        choice: usize,
+        token: u32,
+        text: String,
+        logprob: f32,
+        top: &[TokenLogprob],
+    ) -> Option<SseEvent> {
+        if text.is_empty() && !self.0.logprobs {
+            return None;
+        }
+        let logprobs = self.0.logprobs.then(|| ChatLogprobs {
+            content: vec![chat_logprob(&self.0.state, token, logprob, top)],
+        });
+        let delta = ChatDelta {
+            role: None,
+            content: Some(text),
+        };
+        let choice = ChatChunkChoice {
+            index: choice,
+            delta,
+            logprobs,
+            finish_reason: None,
+        };
+        Some(self.chunk(vec![choice], None))
+    }
+
+    fn finish(&self, choice: usize, reason: FinishReason) -> SseEvent {
+        let finish_reason = Some(reason.as_openai().to_string());
+        let choice = ChatChunkChoice {
+            index: choice,
+            delta: ChatDelta::default(),
+            logprobs: None,
+            finish_reason,
+        };
+        self.chunk(vec![choice], None)
+    }
+
+    fn usage(&self, usage: Usage) -> SseEvent {
+        self.chunk(Vec::new(), Some(usage))
+    }
+}
+
+struct CompletionChunks(StreamId);
+
+impl CompletionChunks {
+    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> SseEvent {
+        let s = &self.0;
+        sse_json(&Completion {
+            id: s.id.clone(),
+            object: "text_completion",
+            created: s.created,
+            model: s.state.served_name.clone(),
+            choices,
+            usage,
+        })
+    }
+}
+
+impl ChunkFormat for CompletionChunks {
+    fn opening(&self, _: usize) -> Vec<SseEvent> {
+        Vec::new()
+    }
+
+    fn token(
+        &self,
+        choice: usize,
+        token: u32,
+        text: String,
+        logprob: f32,
+        top: &[TokenLogprob],
+    ) -> Option<SseEvent> {
+        if text.is_empty() && !self.0.logprobs {
+            return None;
+        }
+        let logprobs = self
+            .0
+            .logprobs
+            .then(|| completion_logprobs(&self.0.state, &[(token, logprob, top.to_vec())]));
+        let c = CompletionChoice {
+            index: choice,
+            text,
+            logprobs,
+            finish_reason: None,
+        };
+        Some(self.chunk(vec![c], None))
+    }
+
+    fn finish(&self, choice: usize, reason: FinishReason) -> SseEvent {
+        let finish_reason = Some(reason.as_openai().to_string());
+        let c = CompletionChoice {
+            index: choice,
+            text: String::new(),
+            logprobs: None,
+            finish_reason,
+        };
+        self.chunk(vec![c], None)
+    }
+
+    fn usage(&self, usage: Usage) -> SseEvent {
+        self.chunk(Vec::new(), Some(usage))
     }
 }

@@ -69,24 +69,6 @@ fn refuse(name: &str, value: &Option<Value>) -> Result<(), ApiError> {
     }
 }
 
-/// Sampling fields shared by chat and completions (copied out of either request).
-#[derive(Debug, Clone, Default)]
-pub struct SamplingFields {
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<i64>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub presence_penalty: Option<f32>,
-    pub seed: Option<u64>,
-    pub stop: Option<StopInput>,
-    pub max_tokens: Option<u64>,
-    pub n: Option<u64>,
-    pub logit_bias: Option<BTreeMap<String, f32>>,
-    pub ignore_eos: Option<bool>,
-}
-
 /// Declares a request type with the shared sampling fields written out (not `#[serde(flatten)]`,
 /// which would lose the field names in serde's error messages) and `deny_unknown_fields`, so an
 /// unknown parameter is refused by name.
@@ -118,8 +100,10 @@ macro_rules! with_sampling_fields {
         }
 
         impl $name {
-            fn sampling(&self) -> SamplingFields {
-                SamplingFields {
+            /// The sampling fields as validation input, with `max_tokens` and `logprobs` as the
+            /// endpoint understands them.
+            fn generation_input(&self, max_tokens: Option<u64>, logprobs: Option<u64>) -> GenerationInput {
+                GenerationInput {
                     temperature: self.temperature,
                     top_p: self.top_p,
                     top_k: self.top_k,
@@ -128,36 +112,16 @@ macro_rules! with_sampling_fields {
                     frequency_penalty: self.frequency_penalty,
                     presence_penalty: self.presence_penalty,
                     seed: self.seed,
-                    stop: self.stop.clone(),
-                    max_tokens: self.max_tokens,
+                    stop: self.stop.clone().map(StopInput::into_vec).unwrap_or_default(),
+                    max_tokens,
                     n: self.n,
-                    logit_bias: self.logit_bias.clone(),
-                    ignore_eos: self.ignore_eos,
+                    logprobs,
+                    logit_bias: self.logit_bias.clone().unwrap_or_default().into_iter().collect(),
+                    ignore_eos: self.ignore_eos.unwrap_or(false),
                 }
             }
         }
     };
-}
-
-impl SamplingFields {
-    fn into_input(self, logprobs: Option<u64>) -> GenerationInput {
-        GenerationInput {
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            frequency_penalty: self.frequency_penalty,
-            presence_penalty: self.presence_penalty,
-            seed: self.seed,
-            stop: self.stop.map(StopInput::into_vec).unwrap_or_default(),
-            max_tokens: self.max_tokens,
-            n: self.n,
-            logprobs,
-            logit_bias: self.logit_bias.unwrap_or_default().into_iter().collect(),
-            ignore_eos: self.ignore_eos.unwrap_or(false),
-        }
-    }
 }
 
 with_sampling_fields! {
@@ -195,8 +159,18 @@ impl ChatCompletionRequest {
         refuse("response_format", &self.response_format)?;
         refuse("functions", &self.functions)?;
         refuse("function_call", &self.function_call)?;
-        let mut sampling = self.sampling();
-        sampling.max_tokens = self.max_completion_tokens.or(sampling.max_tokens);
+        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
+            (true, top) => Some(top.unwrap_or(0)),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "`top_logprobs` requires `logprobs: true`",
+                ))
+            }
+        };
+        let max_tokens = self.max_completion_tokens.or(self.max_tokens);
+        let input = self.generation_input(max_tokens, logprobs);
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",
@@ -235,17 +209,7 @@ impl ChatCompletionRequest {
             };
             messages.push(ChatMessage::new(m.role, content));
         }
-        let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
-            (true, top) => Some(top.unwrap_or(0)),
-            (false, None) => None,
-            (false, Some(_)) => {
-                return Err(ApiError::invalid(
-                    "top_logprobs",
-                    "`top_logprobs` requires `logprobs: true`",
-                ))
-            }
-        };
-        Ok((PromptInput::Chat(messages), sampling.into_input(logprobs)))
+        Ok((PromptInput::Chat(messages), input))
     }
 }
 
@@ -292,7 +256,7 @@ impl CompletionRequest {
                 param: "best_of".into(),
             });
         }
-        let input = self.sampling().into_input(self.logprobs);
+        let input = self.generation_input(self.max_tokens, self.logprobs);
         let several = || ApiError::invalid("prompt", "only one prompt per request is supported");
         let prompt = match self.prompt {
             CompletionPrompt::Text(t) => PromptInput::Text(t),
