@@ -8,9 +8,10 @@
 
 use super::lifecycle::RequestId;
 use super::openai::*;
-use super::{collect, new_id, now, ApiJson, SharedState, Started};
+use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::ApiError;
 use crate::scheduler::Event;
+use crate::validation::{GenerationInput, PromptInput};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -104,6 +105,37 @@ fn completion_logprobs(
     out
 }
 
+fn include_usage(options: &Option<StreamOptions>) -> bool {
+    options.as_ref().is_some_and(|o| o.include_usage)
+}
+
+/// Usage of a finished, non-streamed generation (cached tokens as the first choice saw them).
+fn usage_of(started: &Started, choices: &[ChoiceOutput]) -> Usage {
+    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
+    let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
+    usage(started.prompt_tokens, completion_tokens, cached_tokens)
+}
+
+/// What both OpenAI endpoints do before formatting: check the model, validate and queue.
+async fn begin(
+    state: &SharedState,
+    rid: &RequestId,
+    model: Option<String>,
+    inputs: Result<(PromptInput, GenerationInput), ApiError>,
+    id_prefix: &str,
+) -> Result<(Started, StreamId), ApiError> {
+    state.check_model(model.as_deref())?;
+    let (prompt, input) = inputs?;
+    let started = state.start(rid, prompt, input).await?;
+    let sid = StreamId {
+        state: state.clone(),
+        id: new_id(id_prefix),
+        created: now(),
+        logprobs: started.logprobs,
+    };
+    Ok((started, sid))
+}
+
 #[utoipa::path(post, path = "/v1/chat/completions", request_body = ChatCompletionRequest,
     responses((status = 200, description = "The completion, or an SSE stream of `chat.completion.chunk` objects when `stream` is true", body = ChatCompletion),
               (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody),
@@ -113,32 +145,21 @@ pub async fn chat_completions(
     Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
-    state.check_model(req.model.as_deref())?;
-    let stream = req.stream;
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let (prompt, input) = req.into_inputs()?;
-    let mut started = state.start(&rid, prompt, input).await?;
-    let (id, created, model) = (new_id("chatcmpl"), now(), state.served_name.clone());
+    let (stream, include_usage) = (req.stream, include_usage(&req.stream_options));
+    let model = req.model.clone();
+    let (mut started, sid) = begin(&state, &rid, model, req.into_inputs(), "chatcmpl").await?;
     if stream {
         started.first().await?;
-        let logprobs = started.logprobs;
-        let format = ChatChunks(StreamId {
-            state,
-            id,
-            created,
-            logprobs,
-        });
+        let format = ChatChunks(sid);
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
-    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
-    let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
     let response = ChatCompletion {
-        id,
+        id: sid.id,
         object: "chat.completion",
-        created,
-        model,
-        usage: usage(started.prompt_tokens, completion_tokens, cached_tokens),
+        created: sid.created,
+        model: state.served_name.clone(),
+        usage: usage_of(&started, &choices),
         choices: choices
             .into_iter()
             .enumerate()
@@ -171,36 +192,21 @@ pub async fn completions(
     Extension(rid): Extension<RequestId>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    state.check_model(req.model.as_deref())?;
-    let stream = req.stream;
-    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    let (prompt, input) = req.into_inputs()?;
-    let mut started = state.start(&rid, prompt, input).await?;
-    let (id, created, model) = (new_id("cmpl"), now(), state.served_name.clone());
+    let (stream, include_usage) = (req.stream, include_usage(&req.stream_options));
+    let model = req.model.clone();
+    let (mut started, sid) = begin(&state, &rid, model, req.into_inputs(), "cmpl").await?;
     if stream {
         started.first().await?;
-        let logprobs = started.logprobs;
-        let format = CompletionChunks(StreamId {
-            state,
-            id,
-            created,
-            logprobs,
-        });
+        let format = CompletionChunks(sid);
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
-    let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
-    let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
     let response = Completion {
-        id,
+        id: sid.id,
         object: "text_completion",
-        created,
-        model,
-        usage: Some(usage(
-            started.prompt_tokens,
-            completion_tokens,
-            cached_tokens,
-        )),
+        created: sid.created,
+        model: state.served_name.clone(),
+        usage: Some(usage_of(&started, &choices)),
         choices: choices
             .into_iter()
             .enumerate()
