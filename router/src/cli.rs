@@ -4,7 +4,9 @@
 //! Every flag has a `WICK_*` environment variable. Flags are grouped into `Args` structs and
 //! checked once into the backend's typed configuration.
 
-use crate::generate::{generate, GenerateError, TextStream};
+use crate::generate::{generate, GenerateError};
+use crate::scheduler::stop::OutputText;
+use crate::scheduler::StopCriteria;
 use crate::template::{ChatMessage, ChatTemplate, TemplateError};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
@@ -280,7 +282,16 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
     if !special && info.add_bos_token {
         prompt.splice(0..0, info.bos_token_id);
     }
-    let mut stream = TextStream::new(&tok.tokenizer);
+    // The server's incremental detokenizer; `generate` itself decides when to stop.
+    let mut stream = OutputText::new(
+        std::sync::Arc::new(tok.tokenizer),
+        StopCriteria {
+            max_tokens: usize::MAX,
+            stop: Vec::new(),
+            eos_token_ids: info.eos_token_ids.clone(),
+            ignore_eos: args.ignore_eos,
+        },
+    );
     let mut out = std::io::stdout().lock();
     let json = args.json;
     let result = generate(
@@ -292,7 +303,7 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
         args.ignore_eos,
         |token| {
             if !json {
-                let piece = stream.push(token);
+                let piece = stream.push(token).text;
                 // A closed stdout ends nothing here; the generation finishes on its own.
                 let _closed = write!(out, "{piece}").and_then(|_| out.flush());
             }

@@ -2,10 +2,9 @@
 //!
 //! The sequence owns blocks `0..n` of the cache (nothing else runs), the prompt goes in chunks of
 //! at most [`PREFILL_CHUNK`] tokens, then one decode step per token until an EOS token, the token
-//! limit or the end of the context. Text is streamed through [`TextStream`], which never emits a
-//! partial UTF-8 character.
+//! limit or the end of the context. Callers stream text with the scheduler's
+//! [`OutputText`](crate::scheduler::stop::OutputText), which never emits a partial UTF-8 character.
 
-use tokenizers::Tokenizer;
 use wick_backend::{Backend, BackendError};
 use wick_proto::{FinishReason, ModelInfo, SamplingParams, Step, StepEntry};
 
@@ -30,36 +29,6 @@ pub enum GenerateError {
 pub struct Generated {
     pub tokens: Vec<u32>,
     pub finish_reason: FinishReason,
-}
-
-/// Incremental detokenization: decodes the whole output each time and hands out the new text once
-/// it no longer ends in a partial character.
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
-    ids: Vec<u32>,
-    emitted: usize,
-}
-
-impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        TextStream {
-            tokenizer,
-            ids: Vec::new(),
-            emitted: 0,
-        }
-    }
-
-    /// Adds a token; returns the text that became final, if any.
-    pub fn push(&mut self, token: u32) -> String {
-        self.ids.push(token);
-        let text = self.tokenizer.decode(&self.ids, true).unwrap_or_default();
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
-            return String::new();
-        }
-        let new = text[self.emitted..].to_string();
-        self.emitted = text.len();
-        new
-    }
 }
 
 fn blocks_for(positions: usize, block_size: usize) -> Vec<u32> {
