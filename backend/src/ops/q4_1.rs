@@ -73,20 +73,20 @@ const TILE: usize = 4;
 pub fn matmul_columns(w: &[BlockQ4_1], kb: usize, xq: &[BlockQ8_1], m: usize, out: &mut [f32]) {
     debug_assert!(available());
     let (w, xq) = (as_q4_1(w), as_q8_1(xq));
-    let rows: Vec<&[Q8_1]> = xq.chunks_exact(kb).collect();
+    let row = |r: usize| &xq[r * kb..(r + 1) * kb];
     for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
         let wrow = &w[c * kb..(c + 1) * kb];
         let mut r = 0;
         while r + TILE <= m {
-            let tile: [&[Q8_1]; TILE] = std::array::from_fn(|i| rows[r + i]);
+            let tile: [&[Q8_1]; TILE] = std::array::from_fn(|i| row(r + i));
             // SAFETY: `available()` checked the CPU features.
             let dots = unsafe { x86::dot_tile(wrow, tile) };
             col_out[r..r + TILE].copy_from_slice(&dots);
             r += TILE;
         }
-        for (o, row) in col_out[r..].iter_mut().zip(&rows[r..]) {
+        for (i, o) in col_out[r..].iter_mut().enumerate() {
             // SAFETY: as above.
-            *o = unsafe { x86::dot_tile(wrow, [*row]) }[0];
+            *o = unsafe { x86::dot_tile(wrow, [row(r + i)]) }[0];
         }
     }
 }
