@@ -149,11 +149,10 @@ impl Model {
         let mut x = self.embed_tokens(&batch.tokens)?;
         for (li, layer) in self.layers.iter().enumerate() {
             let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let (mut q, mut k, mut v) = (
-                layer.q.forward(&xn)?,
-                layer.k.forward(&xn)?,
-                layer.v.forward(&xn)?,
-            );
+            let [mut q, mut k, mut v]: [Tensor; 3] =
+                QWeight::forward_many(&[&layer.q, &layer.k, &layer.v], &xn)?
+                    .try_into()
+                    .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 q = q.broadcast_add(bq)?;
                 k = k.broadcast_add(bk)?;
@@ -168,8 +167,10 @@ impl Model {
             x = (x + layer.o.forward(&attn)?)?;
 
             let xn = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&xn)?)?;
-            let up = layer.up.forward(&xn)?;
+            let [gate, up]: [Tensor; 2] = QWeight::forward_many(&[&layer.gate, &layer.up], &xn)?
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("two projections".into()))?;
+            let gate = candle_nn::ops::silu(&gate)?;
             x = (x + layer.down.forward(&(gate * up)?)?)?;
         }
         if batch.sample_rows.is_empty() {

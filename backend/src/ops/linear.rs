@@ -1,18 +1,20 @@
 //! Weight matrices in their stored type (GGUF block quantizations or dense f32/f16/bf16) and the
 //! CPU matmul that applies them to a batch of activation rows.
 //!
-//! Batch invariance: every output element is one `vec_dot` of one activation row against one
-//! weight row, computed by the same function whatever the number of rows, the chunking of the
-//! columns or the thread that runs it. So a row's result never depends on what else is in the
-//! batch. Cost: `m * n` dot products of length `k`; the activations are quantized to the weight's
-//! dot-product type once per call, and each column chunk of the weight is read once per call and
-//! applied to every row while it is in cache.
+//! Q4_0, Q4_1 and Q8_0 (the types of SmolLM2's GGUFs and the common 4/8-bit ones) are repacked at
+//! load for Wick's kernels in [`super::qgemm`]; [`QWeight::forward_many`] applies several of them
+//! to one input with a single activation quantization and one parallel pass. Other types go
+//! through candle's `vec_dot` per (row, column), the portable path.
+//!
+//! Batch invariance: every output element is one dot product of one activation row against one
+//! weight row, computed in a fixed order whatever the number of rows, the tiling or the thread
+//! that runs it. So a row's result never depends on what else is in the batch.
 
+use super::qgemm::{self, Format, Packed, PackedRef, Q4_0x8, Q4_1x8, Q8_0x8, QActs};
 use crate::error::LoadError;
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8_0, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
@@ -24,11 +26,11 @@ enum Blocks {
     F32(Vec<f32>),
     F16(Vec<f16>),
     BF16(Vec<bf16>),
-    Q4_0(Vec<BlockQ4_0>),
-    Q4_1(Vec<BlockQ4_1>),
+    Q4_0(Packed<Q4_0x8>),
+    Q4_1(Packed<Q4_1x8>),
     Q5_0(Vec<BlockQ5_0>),
     Q5_1(Vec<BlockQ5_1>),
-    Q8_0(Vec<BlockQ8_0>),
+    Q8_0(Packed<Q8_0x8>),
     Q2K(Vec<BlockQ2K>),
     Q3K(Vec<BlockQ3K>),
     Q4K(Vec<BlockQ4K>),
@@ -36,23 +38,24 @@ enum Blocks {
     Q6K(Vec<BlockQ6K>),
 }
 
-/// Runs `$body` with `$v` bound to the typed block slice of `$blocks`.
+/// Runs `$body` with `$v` bound to the typed row-major block slice of an unpacked `$blocks`,
+/// or `$packed` with `$p` bound to a packed matrix.
 macro_rules! with_blocks {
-    ($blocks:expr, $v:ident => $body:expr) => {
+    ($blocks:expr, $v:ident => $body:expr, $p:ident => $packed:expr) => {
         match $blocks {
             Blocks::F32($v) => $body,
             Blocks::F16($v) => $body,
             Blocks::BF16($v) => $body,
-            Blocks::Q4_0($v) => $body,
-            Blocks::Q4_1($v) => $body,
             Blocks::Q5_0($v) => $body,
             Blocks::Q5_1($v) => $body,
-            Blocks::Q8_0($v) => $body,
             Blocks::Q2K($v) => $body,
             Blocks::Q3K($v) => $body,
             Blocks::Q4K($v) => $body,
             Blocks::Q5K($v) => $body,
             Blocks::Q6K($v) => $body,
+            Blocks::Q4_0($p) => $packed,
+            Blocks::Q4_1($p) => $packed,
+            Blocks::Q8_0($p) => $packed,
         }
     };
 }
@@ -110,15 +113,16 @@ impl QWeight {
             });
         }
         let data = qt.data()?;
+        let kb = cols / dtype.block_size();
         let blocks = match dtype {
             GgmlDType::F32 => Blocks::F32(typed_blocks(&data)),
             GgmlDType::F16 => Blocks::F16(typed_blocks(&data)),
             GgmlDType::BF16 => Blocks::BF16(typed_blocks(&data)),
-            GgmlDType::Q4_0 => Blocks::Q4_0(typed_blocks(&data)),
-            GgmlDType::Q4_1 => Blocks::Q4_1(typed_blocks(&data)),
+            GgmlDType::Q4_0 => Blocks::Q4_0(Packed::pack(&typed_blocks(&data), rows, kb)),
+            GgmlDType::Q4_1 => Blocks::Q4_1(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q5_0 => Blocks::Q5_0(typed_blocks(&data)),
             GgmlDType::Q5_1 => Blocks::Q5_1(typed_blocks(&data)),
-            GgmlDType::Q8_0 => Blocks::Q8_0(typed_blocks(&data)),
+            GgmlDType::Q8_0 => Blocks::Q8_0(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q2K => Blocks::Q2K(typed_blocks(&data)),
             GgmlDType::Q3K => Blocks::Q3K(typed_blocks(&data)),
             GgmlDType::Q4K => Blocks::Q4K(typed_blocks(&data)),
@@ -190,7 +194,7 @@ impl QWeight {
         with_blocks!(&self.blocks, v => {
             let per_row = v.len() / self.rows;
             GgmlType::to_float(&v[row * per_row..(row + 1) * per_row], out)
-        })
+        }, p => GgmlType::to_float(&p.unpack_row(row), out))
     }
 
     /// The whole matrix as f32, row-major.
@@ -220,15 +224,21 @@ impl QWeight {
                 .flat_map(|&src| v[src * per_row..(src + 1) * per_row].iter().cloned())
                 .collect()
         }
+        fn repack<F: Format>(p: Packed<F>, perm: &[usize]) -> Packed<F>
+        where
+            F::Src: Clone,
+        {
+            Packed::pack(&apply(p.unpack(), perm), p.rows, p.kb)
+        }
         let blocks = match self.blocks {
             Blocks::F32(v) => Blocks::F32(apply(v, perm)),
             Blocks::F16(v) => Blocks::F16(apply(v, perm)),
             Blocks::BF16(v) => Blocks::BF16(apply(v, perm)),
-            Blocks::Q4_0(v) => Blocks::Q4_0(apply(v, perm)),
-            Blocks::Q4_1(v) => Blocks::Q4_1(apply(v, perm)),
+            Blocks::Q4_0(p) => Blocks::Q4_0(repack(p, perm)),
+            Blocks::Q4_1(p) => Blocks::Q4_1(repack(p, perm)),
             Blocks::Q5_0(v) => Blocks::Q5_0(apply(v, perm)),
             Blocks::Q5_1(v) => Blocks::Q5_1(apply(v, perm)),
-            Blocks::Q8_0(v) => Blocks::Q8_0(apply(v, perm)),
+            Blocks::Q8_0(p) => Blocks::Q8_0(repack(p, perm)),
             Blocks::Q2K(v) => Blocks::Q2K(apply(v, perm)),
             Blocks::Q3K(v) => Blocks::Q3K(apply(v, perm)),
             Blocks::Q4K(v) => Blocks::Q4K(apply(v, perm)),
@@ -238,15 +248,40 @@ impl QWeight {
         QWeight { blocks, ..self }
     }
 
+    /// The matrix as Wick's kernels take it, for the types they handle.
+    fn packed(&self) -> Option<PackedRef<'_>> {
+        match &self.blocks {
+            Blocks::Q4_0(p) => Some(PackedRef::Q4_0(p)),
+            Blocks::Q4_1(p) => Some(PackedRef::Q4_1(p)),
+            Blocks::Q8_0(p) => Some(PackedRef::Q8_0(p)),
+            _ => None,
+        }
+    }
+
     /// `out[r * rows + c] = dot(x[r], W[c])` for the `m = x.len() / cols` rows of `x`.
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
-        match &self.blocks {
-            Blocks::Q4_1(v) if super::q4_1::available() => {
-                matmul_rows(v, self.rows, self.cols, x, out, super::q4_1::matmul_columns)
+        Self::matmul_many(&[self], x, &mut [out]);
+    }
+
+    /// [`Self::matmul`] for several matrices of the same width on one input: the activations
+    /// are quantized once, and the packed matrices run in one parallel pass.
+    pub fn matmul_many(ws: &[&QWeight], x: &[f32], outs: &mut [&mut [f32]]) {
+        let Some(first) = ws.first() else { return };
+        let k = first.cols;
+        let packed: Vec<PackedRef> = ws.iter().filter_map(|w| w.packed()).collect();
+        if !packed.is_empty() {
+            let acts = QActs::quantize(x, k);
+            let mut packed_outs: Vec<&mut [f32]> = Vec::with_capacity(packed.len());
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                if w.packed().is_some() {
+                    packed_outs.push(out);
+                }
             }
-            blocks => {
-                with_blocks!(blocks, v => matmul_rows(v, self.rows, self.cols, x, out, columns_portable))
-            }
+            qgemm::matmul_many(qgemm::selected(), &packed, &acts, &mut packed_outs);
+        }
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            debug_assert_eq!(w.cols, k);
+            with_blocks!(&w.blocks, v => matmul_rows(v, w.rows, w.cols, x, out), _p => ())
         }
     }
 
@@ -254,21 +289,31 @@ impl QWeight {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.apply_op1_no_bwd(&LinearOp(self))
     }
+
+    /// Several matrices of the same width applied to one `(m, cols)` input (see
+    /// [`Self::matmul_many`]), giving one `(m, rows_j)` tensor each.
+    pub fn forward_many(ws: &[&QWeight], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let (m, k) = x.dims2()?;
+        if let Some(w) = ws.iter().find(|w| w.cols != k) {
+            candle_core::bail!("wick-linear: input width {k}, weight expects {}", w.cols);
+        }
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
+        Self::matmul_many(ws, &xs, &mut views);
+        ws.iter()
+            .zip(outs)
+            .map(|(w, o)| Tensor::from_vec(o, (m, w.rows), x.device()))
+            .collect()
+    }
 }
 
 /// Columns per parallel task: enough work to amortise scheduling, few enough that a task's
-/// weight rows (about `k` bytes each for 4-bit types) stay in L2 while every activation row
-/// passes over them.
+/// weight rows stay in L2 while every activation row passes over them.
 const COLS_PER_TASK: usize = 32;
 
 /// The portable column kernel: one `vec_dot` per (column, row), `out` column-major.
-fn columns_portable<T: GgmlType>(
-    w: &[T],
-    kb: usize,
-    xq: &[T::VecDotType],
-    m: usize,
-    out: &mut [f32],
-) {
+fn columns<T: GgmlType>(w: &[T], kb: usize, xq: &[T::VecDotType], m: usize, out: &mut [f32]) {
     let k = kb * T::BLCK_SIZE;
     for (c, col_out) in out.chunks_exact_mut(m).enumerate() {
         let wrow = &w[c * kb..(c + 1) * kb];
@@ -278,13 +323,12 @@ fn columns_portable<T: GgmlType>(
     }
 }
 
-/// Quantizes the activations once, then runs `columns` over column chunks in parallel.
-/// `columns(w, kb, xq, m, out)` computes `out[c * m + r]` for the chunk's columns `c`.
-fn matmul_rows<T, K>(w: &[T], n: usize, k: usize, x: &[f32], out: &mut [f32], columns: K)
+/// The portable path: quantizes the activations to the weight's dot-product type once, then
+/// runs [`columns`] over column chunks in parallel.
+fn matmul_rows<T>(w: &[T], n: usize, k: usize, x: &[f32], out: &mut [f32])
 where
     T: GgmlType + Sync,
     T::VecDotType: Send + Sync,
-    K: Fn(&[T], usize, &[T::VecDotType], usize, &mut [f32]) + Sync,
 {
     let m = x.len() / k;
     if m == 0 {

@@ -1,11 +1,11 @@
-//! Compute kernels behind a module boundary: the quantized matmul ([`linear`], with the SIMD Q4_1
-//! kernel in [`q4_1`]) and the paged
+//! Compute kernels behind a module boundary: the matmul over weights in their stored type
+//! ([`linear`], with Wick's own kernels for Q4_0, Q4_1 and Q8_0 in [`qgemm`]) and the paged
 //! attention and KV write ([`attention`]). Each is a candle custom op with a CPU implementation;
 //! the model code calls them like any other tensor op.
 
 pub mod attention;
 pub mod linear;
-pub mod q4_1;
+pub mod qgemm;
 
 pub use attention::{AttentionMeta, KvWrite, PagedAttention};
 pub use linear::QWeight;

@@ -1,0 +1,571 @@
+//! Wick's quantized matmul for the GGUF types Q4_0, Q4_1 and Q8_0: weights repacked at load into
+//! groups of eight interleaved rows, activations quantized to 8 bits once per matmul input
+//! ([`QActs`], shareable by every matrix that reads the same input), integer dot products, and a
+//! GEMM-style tiling in which each weight block is unpacked once and applied to several activation
+//! rows.
+//!
+//! Kernels ([`Kernel`]): a portable scalar one, AVX2 and AVX-512 VNNI (256-bit `vpdpbusd`), chosen
+//! at run time from what the CPU has (the build's baseline is x86-64-v3, set in
+//! `.cargo/config.toml`), or forced with `WICK_KERNEL=scalar|avx2|avx512vnni`.
+//!
+//! Numerics: every (weight row, activation row) pair accumulates its blocks in order, each block's
+//! integer dot product computed exactly and then scaled in f32 with candle's portable formula, in
+//! its order and without fused multiply-adds. So all kernels give the same bits, equal to candle's
+//! `vec_dot_unopt`, and a row's result never depends on the batch it sits in or on the tile.
+//!
+//! Layout of a group block (eight rows `r`, one 32-element block): for 4-bit types, byte
+//! `32 * l + 4 * r + j` holds element `4 * l + j` of row `r` in its low nibble and element
+//! `16 + 4 * l + j` in its high nibble; for Q8_0, byte `32 * l + 4 * r + j` is element `4 * l + j`.
+//! One 256-bit load thus holds four consecutive elements of each of the eight rows, and a dot
+//! product step against four broadcast activation bytes leaves one row's partial sum per lane.
+
+mod scalar;
+mod x86;
+
+use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
+use half::f16;
+use rayon::prelude::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// Weight rows per interleaved group (eight f32 lanes of a 256-bit register).
+pub const GROUP: usize = 8;
+
+/// One 32-element block of a quantized activation row: candle's Q8_0/Q8_1 quantization (the two
+/// give the same values and scale), with the scale, the scaled sum and the integer sum kept as
+/// the kernels need them.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct ActBlock {
+    pub qs: [i8; 32],
+    /// The scale, as stored in f16 by candle (exact in f32).
+    pub d: f32,
+    /// Q8_1's `s`: f16 of the sum times the f16 scale, rounded to f16 (exact in f32).
+    pub s: f32,
+    /// The sum of `qs`.
+    pub isum: i32,
+}
+
+/// A batch of activation rows quantized for the kernels: `rows * kb` blocks.
+pub struct QActs {
+    pub rows: usize,
+    pub kb: usize,
+    pub blocks: Vec<ActBlock>,
+}
+
+/// Rows per parallel task when quantizing activations.
+const QUANT_ROWS_PER_TASK: usize = 16;
+
+impl QActs {
+    /// Quantizes `x` (rows of `k` values, `k` a multiple of 32) block by block, in parallel
+    /// over rows when there are many.
+    pub fn quantize(x: &[f32], k: usize) -> QActs {
+        debug_assert_eq!(k % 32, 0);
+        let kb = k / 32;
+        let rows = x.len().checked_div(k).unwrap_or(0);
+        let empty = ActBlock {
+            qs: [0; 32],
+            d: 0.0,
+            s: 0.0,
+            isum: 0,
+        };
+        let mut blocks = vec![empty; rows * kb];
+        let quantize_rows = |(xs, out): (&[f32], &mut [ActBlock])| {
+            let mut q = [BlockQ8_1::zeros()];
+            for (chunk, b) in xs.chunks_exact(32).zip(out.iter_mut()) {
+                BlockQ8_1::from_float(chunk, &mut q);
+                *b = act_block(&q[0]);
+            }
+        };
+        if rows > QUANT_ROWS_PER_TASK {
+            x.par_chunks(k * QUANT_ROWS_PER_TASK)
+                .zip(blocks.par_chunks_mut(kb * QUANT_ROWS_PER_TASK))
+                .for_each(quantize_rows);
+        } else {
+            quantize_rows((x, &mut blocks));
+        }
+        QActs { rows, kb, blocks }
+    }
+
+    fn row(&self, r: usize) -> &[ActBlock] {
+        &self.blocks[r * self.kb..(r + 1) * self.kb]
+    }
+}
+
+/// The layout of candle's `BlockQ8_1` (its fields are private): scale, scaled sum, 32 values.
+#[repr(C)]
+struct RawQ8_1 {
+    d: f16,
+    s: f16,
+    qs: [i8; 32],
+}
+const _: () = assert!(std::mem::size_of::<RawQ8_1>() == std::mem::size_of::<BlockQ8_1>());
+
+fn act_block(q: &BlockQ8_1) -> ActBlock {
+    // SAFETY: `RawQ8_1` is candle's `repr(C)` layout of `BlockQ8_1` (size asserted above).
+    let q = unsafe { &*(q as *const BlockQ8_1 as *const RawQ8_1) };
+    ActBlock {
+        qs: q.qs,
+        d: q.d.to_f32(),
+        s: q.s.to_f32(),
+        isum: q.qs.iter().map(|&v| v as i32).sum(),
+    }
+}
+
+/// The kernel families. All give bit-identical results; they differ in speed only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            Kernel::Avx2 => "avx2",
+            Kernel::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kernel> {
+        Kernel::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether this CPU can run the kernel.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Scalar => true,
+            Kernel::Avx2 => x86::avx2_available(),
+            Kernel::Avx512Vnni => x86::vnni_available(),
+        }
+    }
+
+    /// The fastest kernel this CPU runs.
+    pub fn best() -> Kernel {
+        Kernel::ALL
+            .into_iter()
+            .rev()
+            .find(|k| k.available())
+            .unwrap_or(Kernel::Scalar)
+    }
+}
+
+/// 0: not chosen yet; otherwise 1 + the index in `Kernel::ALL`.
+static SELECTED: AtomicU8 = AtomicU8::new(0);
+
+/// The kernel in use: the one [`select`]ed, else `WICK_KERNEL` when it names an available
+/// kernel, else [`Kernel::best`].
+pub fn selected() -> Kernel {
+    let v = SELECTED.load(Ordering::Relaxed);
+    if v != 0 {
+        return Kernel::ALL[v as usize - 1];
+    }
+    let k = kernel_from_env().unwrap_or_else(|_| Kernel::best());
+    store(k);
+    k
+}
+
+/// `WICK_KERNEL`, checked: `Ok(kernel)`, or why it cannot be used (the server reports this at
+/// start-up). Unset means the best available.
+pub fn kernel_from_env() -> Result<Kernel, String> {
+    match std::env::var("WICK_KERNEL") {
+        Err(_) => Ok(Kernel::best()),
+        Ok(name) if name.is_empty() || name == "auto" => Ok(Kernel::best()),
+        Ok(name) => match Kernel::from_name(&name) {
+            Some(k) if k.available() => Ok(k),
+            Some(k) => Err(format!(
+                "WICK_KERNEL={name}: this CPU lacks the {} instructions",
+                k.name()
+            )),
+            None => Err(format!(
+                "WICK_KERNEL={name}: expected auto, scalar, avx2 or avx512vnni"
+            )),
+        },
+    }
+}
+
+fn store(k: Kernel) {
+    let i = Kernel::ALL.iter().position(|&x| x == k).unwrap_or(0);
+    SELECTED.store(i as u8 + 1, Ordering::Relaxed);
+}
+
+/// Forces a kernel for the whole process (benchmarks compare kernels in one run). Refuses one
+/// the CPU cannot run.
+pub fn select(k: Kernel) -> Result<(), String> {
+    if !k.available() {
+        return Err(format!("this CPU cannot run the {} kernel", k.name()));
+    }
+    store(k);
+    Ok(())
+}
+
+/// A GGUF block type that Wick repacks into interleaved groups of [`GROUP`] rows.
+pub trait Format: Sized + Send + Sync + 'static {
+    /// Candle's block type for one row's 32 elements.
+    type Src: GgmlType + Send + Sync;
+    /// Interleaves one block of each of eight rows (missing rows are all-zero blocks).
+    fn pack(rows: [Option<&Self::Src>; GROUP]) -> Self;
+    /// Row `r`'s block back in candle's layout.
+    fn unpack(&self, r: usize) -> Self::Src;
+    /// Dot products of one group (`kb` blocks) with `MR` activation rows: `out[i][r]` for
+    /// activation row `i` and group row `r`.
+    fn tile<const MR: usize>(
+        kernel: Kernel,
+        w: &[Self],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR];
+    /// The matrix as the type-erased reference [`matmul_many`] takes.
+    fn erase(p: &Packed<Self>) -> PackedRef<'_>;
+}
+
+/// Eight Q4_0 rows: `d[r]` scales, values `(nibble - 8) * d`.
+#[repr(C)]
+pub struct Q4_0x8 {
+    pub qs: [u8; 128],
+    pub d: [f16; GROUP],
+}
+
+/// Eight Q4_1 rows: values `nibble * d + m`.
+#[repr(C)]
+pub struct Q4_1x8 {
+    pub qs: [u8; 128],
+    pub d: [f16; GROUP],
+    pub m: [f16; GROUP],
+}
+
+/// Eight Q8_0 rows: values `q * d`.
+#[repr(C)]
+pub struct Q8_0x8 {
+    pub qs: [i8; 256],
+    pub d: [f16; GROUP],
+}
+
+/// Candle's private block layouts, mirrored (sizes asserted).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawQ4_0 {
+    d: f16,
+    qs: [u8; 16],
+}
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawQ4_1 {
+    d: f16,
+    m: f16,
+    qs: [u8; 16],
+}
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawQ8_0 {
+    d: f16,
+    qs: [i8; 32],
+}
+const _: () = assert!(std::mem::size_of::<RawQ4_0>() == std::mem::size_of::<BlockQ4_0>());
+const _: () = assert!(std::mem::size_of::<RawQ4_1>() == std::mem::size_of::<BlockQ4_1>());
+const _: () = assert!(std::mem::size_of::<RawQ8_0>() == std::mem::size_of::<BlockQ8_0>());
+
+/// Reinterprets a candle block as its mirrored layout.
+fn raw<S, R: Copy>(b: &S) -> R {
+    debug_assert_eq!(std::mem::size_of::<S>(), std::mem::size_of::<R>());
+    // SAFETY: callers pair each candle block type with its `repr(C)` mirror of the same size;
+    // both are plain old data.
+    unsafe { std::ptr::read_unaligned(b as *const S as *const R) }
+}
+
+/// The inverse of [`raw`].
+fn unraw<R, S>(r: R) -> S {
+    debug_assert_eq!(std::mem::size_of::<S>(), std::mem::size_of::<R>());
+    // SAFETY: as for `raw`.
+    unsafe { std::ptr::read_unaligned(&r as *const R as *const S) }
+}
+
+/// Interleaves 16 bytes of 4-bit values per row into the group layout.
+fn interleave_nibbles(rows: [Option<[u8; 16]>; GROUP]) -> [u8; 128] {
+    let mut qs = [0u8; 128];
+    for (r, row) in rows.iter().enumerate() {
+        if let Some(src) = row {
+            for l in 0..4 {
+                qs[32 * l + 4 * r..32 * l + 4 * r + 4].copy_from_slice(&src[4 * l..4 * l + 4]);
+            }
+        }
+    }
+    qs
+}
+
+fn row_nibbles(qs: &[u8; 128], r: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for l in 0..4 {
+        out[4 * l..4 * l + 4].copy_from_slice(&qs[32 * l + 4 * r..32 * l + 4 * r + 4]);
+    }
+    out
+}
+
+impl Format for Q4_0x8 {
+    fn erase(p: &Packed<Self>) -> PackedRef<'_> {
+        PackedRef::Q4_0(p)
+    }
+
+    type Src = BlockQ4_0;
+
+    fn pack(rows: [Option<&BlockQ4_0>; GROUP]) -> Self {
+        let raws: [Option<RawQ4_0>; GROUP] = rows.map(|b| b.map(raw));
+        Q4_0x8 {
+            qs: interleave_nibbles(raws.map(|b| b.map(|b| b.qs))),
+            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ4_0 {
+        unraw(RawQ4_0 {
+            d: self.d[r],
+            qs: row_nibbles(&self.qs, r),
+        })
+    }
+
+    fn tile<const MR: usize>(
+        kernel: Kernel,
+        w: &[Self],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        x86::q4_0(kernel, w, x)
+    }
+}
+
+impl Format for Q4_1x8 {
+    fn erase(p: &Packed<Self>) -> PackedRef<'_> {
+        PackedRef::Q4_1(p)
+    }
+
+    type Src = BlockQ4_1;
+
+    fn pack(rows: [Option<&BlockQ4_1>; GROUP]) -> Self {
+        let raws: [Option<RawQ4_1>; GROUP] = rows.map(|b| b.map(raw));
+        Q4_1x8 {
+            qs: interleave_nibbles(raws.map(|b| b.map(|b| b.qs))),
+            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+            m: raws.map(|b| b.map_or(f16::ZERO, |b| b.m)),
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ4_1 {
+        unraw(RawQ4_1 {
+            d: self.d[r],
+            m: self.m[r],
+            qs: row_nibbles(&self.qs, r),
+        })
+    }
+
+    fn tile<const MR: usize>(
+        kernel: Kernel,
+        w: &[Self],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        x86::q4_1(kernel, w, x)
+    }
+}
+
+impl Format for Q8_0x8 {
+    fn erase(p: &Packed<Self>) -> PackedRef<'_> {
+        PackedRef::Q8_0(p)
+    }
+
+    type Src = BlockQ8_0;
+
+    fn pack(rows: [Option<&BlockQ8_0>; GROUP]) -> Self {
+        let raws: [Option<RawQ8_0>; GROUP] = rows.map(|b| b.map(raw));
+        let mut qs = [0i8; 256];
+        for (r, row) in raws.iter().enumerate() {
+            if let Some(src) = row {
+                for l in 0..8 {
+                    qs[32 * l + 4 * r..32 * l + 4 * r + 4]
+                        .copy_from_slice(&src.qs[4 * l..4 * l + 4]);
+                }
+            }
+        }
+        Q8_0x8 {
+            qs,
+            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ8_0 {
+        let mut qs = [0i8; 32];
+        for l in 0..8 {
+            qs[4 * l..4 * l + 4].copy_from_slice(&self.qs[32 * l + 4 * r..32 * l + 4 * r + 4]);
+        }
+        unraw(RawQ8_0 { d: self.d[r], qs })
+    }
+
+    fn tile<const MR: usize>(
+        kernel: Kernel,
+        w: &[Self],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        x86::q8_0(kernel, w, x)
+    }
+}
+
+/// A `rows x (kb * 32)` matrix in groups of [`GROUP`] interleaved rows: group `g`'s blocks are
+/// `groups[g * kb..(g + 1) * kb]`.
+pub struct Packed<F: Format> {
+    pub rows: usize,
+    pub kb: usize,
+    groups: Vec<F>,
+}
+
+impl<F: Format> Packed<F> {
+    /// Repacks candle's row-major blocks (`rows * kb` of them).
+    pub fn pack(src: &[F::Src], rows: usize, kb: usize) -> Self {
+        debug_assert_eq!(src.len(), rows * kb);
+        let n_groups = rows.div_ceil(GROUP);
+        let mut groups = Vec::with_capacity(n_groups * kb);
+        for g in 0..n_groups {
+            for b in 0..kb {
+                groups.push(F::pack(std::array::from_fn(|r| {
+                    let row = g * GROUP + r;
+                    (row < rows).then(|| &src[row * kb + b])
+                })));
+            }
+        }
+        Packed { rows, kb, groups }
+    }
+
+    /// Row `row`'s blocks in candle's layout.
+    pub fn unpack_row(&self, row: usize) -> Vec<F::Src> {
+        let (g, r) = (row / GROUP, row % GROUP);
+        self.groups[g * self.kb..(g + 1) * self.kb]
+            .iter()
+            .map(|b| b.unpack(r))
+            .collect()
+    }
+
+    /// All rows in candle's row-major layout.
+    pub fn unpack(&self) -> Vec<F::Src> {
+        (0..self.rows).flat_map(|r| self.unpack_row(r)).collect()
+    }
+
+    /// `out[i * rows + c] = dot(x[i], W[c])` for every activation row `i` of `x`.
+    pub fn matmul(&self, kernel: Kernel, x: &QActs, out: &mut [f32]) {
+        matmul_many(kernel, &[F::erase(self)], x, &mut [out]);
+    }
+
+    /// Groups `gs` against every activation row, in chunks of rows that stay in cache.
+    fn run_groups(&self, kernel: Kernel, gs: std::ops::Range<usize>, x: &QActs, out: &OutPtr) {
+        let kb = self.kb;
+        for i0 in (0..x.rows).step_by(ROWS_PER_CHUNK) {
+            let i1 = (i0 + ROWS_PER_CHUNK).min(x.rows);
+            for g in gs.clone() {
+                let w = &self.groups[g * kb..(g + 1) * kb];
+                let mut i = i0;
+                while i + TILE_ROWS <= i1 {
+                    let tile =
+                        F::tile::<TILE_ROWS>(kernel, w, std::array::from_fn(|t| x.row(i + t)));
+                    for (t, vals) in tile.iter().enumerate() {
+                        self.store(out, i + t, g, vals);
+                    }
+                    i += TILE_ROWS;
+                }
+                for i in i..i1 {
+                    let [vals] = F::tile::<1>(kernel, w, [x.row(i)]);
+                    self.store(out, i, g, &vals);
+                }
+            }
+        }
+    }
+
+    /// Writes group `g`'s values for activation row `i` (dropping the padding rows).
+    fn store(&self, out: &OutPtr, i: usize, g: usize, vals: &[f32; GROUP]) {
+        let c0 = g * GROUP;
+        let n = GROUP.min(self.rows - c0);
+        // SAFETY: `out` holds `x.rows * self.rows` floats (asserted in `matmul_many`); this writes
+        // row `i`'s columns `c0..c0 + n`, which belong to group `g` only, and each group is run
+        // by exactly one task, so no two tasks write the same element.
+        unsafe {
+            std::ptr::copy_nonoverlapping(vals.as_ptr(), out.0.add(i * self.rows + c0), n);
+        }
+    }
+}
+
+/// A packed matrix of any of the kernels' types.
+#[derive(Clone, Copy)]
+pub enum PackedRef<'a> {
+    Q4_0(&'a Packed<Q4_0x8>),
+    Q4_1(&'a Packed<Q4_1x8>),
+    Q8_0(&'a Packed<Q8_0x8>),
+}
+
+impl PackedRef<'_> {
+    fn rows(self) -> usize {
+        match self {
+            PackedRef::Q4_0(p) => p.rows,
+            PackedRef::Q4_1(p) => p.rows,
+            PackedRef::Q8_0(p) => p.rows,
+        }
+    }
+
+    fn kb(self) -> usize {
+        match self {
+            PackedRef::Q4_0(p) => p.kb,
+            PackedRef::Q4_1(p) => p.kb,
+            PackedRef::Q8_0(p) => p.kb,
+        }
+    }
+
+    fn run_groups(self, kernel: Kernel, gs: std::ops::Range<usize>, x: &QActs, out: &OutPtr) {
+        match self {
+            PackedRef::Q4_0(p) => p.run_groups(kernel, gs, x, out),
+            PackedRef::Q4_1(p) => p.run_groups(kernel, gs, x, out),
+            PackedRef::Q8_0(p) => p.run_groups(kernel, gs, x, out),
+        }
+    }
+}
+
+/// Several matrices applied to the same activations in one parallel pass (Q, K and V; gate and
+/// up): `outs[j][i * rows_j + c] = dot(x[i], W_j[c])`. A kernel the CPU lacks is replaced by the
+/// scalar one (same bits).
+pub fn matmul_many(kernel: Kernel, ws: &[PackedRef], x: &QActs, outs: &mut [&mut [f32]]) {
+    assert_eq!(ws.len(), outs.len());
+    for (w, out) in ws.iter().zip(outs.iter()) {
+        assert_eq!(w.kb(), x.kb, "activation width differs from the weight's");
+        assert_eq!(out.len(), x.rows * w.rows(), "output size");
+    }
+    if x.rows == 0 {
+        return;
+    }
+    // The SIMD kernels rely on their CPU features: never run one the CPU lacks.
+    let kernel = if kernel.available() {
+        kernel
+    } else {
+        Kernel::Scalar
+    };
+    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let mut tasks = Vec::new();
+    for (j, w) in ws.iter().enumerate() {
+        let n_groups = w.rows().div_ceil(GROUP);
+        for g0 in (0..n_groups).step_by(GROUPS_PER_TASK) {
+            tasks.push((j, g0..(g0 + GROUPS_PER_TASK).min(n_groups)));
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(j, gs)| ws[j].run_groups(kernel, gs, x, &ptrs[j]));
+}
+
+/// Activation rows per tile (each weight block is unpacked once per tile).
+const TILE_ROWS: usize = 4;
+/// Weight groups per parallel task.
+const GROUPS_PER_TASK: usize = 4;
+/// Activation rows per cache chunk: 64 rows of a 1,536-wide input are 132 KiB.
+const ROWS_PER_CHUNK: usize = 64;
+
+/// The output buffer, shared by the tasks that write disjoint parts of it.
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint elements (see `Packed::store`), and the buffer outlives them
+// (`matmul_many` returns only after every task has finished).
+unsafe impl Sync for OutPtr {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,64 @@
+//! The portable kernels: plain loops over the interleaved group layout, the reference the SIMD
+//! kernels must match bit for bit. Each block's float step is candle's `vec_dot_unopt` expression.
+
+use super::{ActBlock, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+
+/// Integer dot product of group row `r`'s 4-bit values (unsigned nibbles) with an activation block.
+fn nibble_dot(qs: &[u8; 128], r: usize, x: &ActBlock) -> i32 {
+    let mut sum = 0i32;
+    for l in 0..4 {
+        for j in 0..4 {
+            let byte = qs[32 * l + 4 * r + j];
+            sum += (byte & 0x0F) as i32 * x.qs[4 * l + j] as i32
+                + (byte >> 4) as i32 * x.qs[16 + 4 * l + j] as i32;
+        }
+    }
+    sum
+}
+
+pub(super) fn q4_0<const MR: usize>(w: &[Q4_0x8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+    let mut acc = [[0f32; GROUP]; MR];
+    for (b, wb) in w.iter().enumerate() {
+        for (xr, acc) in x.iter().zip(acc.iter_mut()) {
+            let xb = &xr[b];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let sumi = nibble_dot(&wb.qs, r, xb) - 8 * xb.isum;
+                *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
+            }
+        }
+    }
+    acc
+}
+
+pub(super) fn q4_1<const MR: usize>(w: &[Q4_1x8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+    let mut acc = [[0f32; GROUP]; MR];
+    for (b, wb) in w.iter().enumerate() {
+        for (xr, acc) in x.iter().zip(acc.iter_mut()) {
+            let xb = &xr[b];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let sumi = nibble_dot(&wb.qs, r, xb);
+                *a += sumi as f32 * wb.d[r].to_f32() * xb.d + wb.m[r].to_f32() * xb.s;
+            }
+        }
+    }
+    acc
+}
+
+pub(super) fn q8_0<const MR: usize>(w: &[Q8_0x8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+    let mut acc = [[0f32; GROUP]; MR];
+    for (b, wb) in w.iter().enumerate() {
+        for (xr, acc) in x.iter().zip(acc.iter_mut()) {
+            let xb = &xr[b];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let mut sumi = 0i32;
+                for l in 0..8 {
+                    for j in 0..4 {
+                        sumi += wb.qs[32 * l + 4 * r + j] as i32 * xb.qs[4 * l + j] as i32;
+                    }
+                }
+                *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
+            }
+        }
+    }
+    acc
+}

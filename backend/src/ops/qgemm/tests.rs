@@ -1,0 +1,185 @@
+//! Every kernel against the scalar one (bit for bit), the scalar one against candle's
+//! `vec_dot_unopt` (bit for bit), and all against a dequantize-then-f64 reference within the
+//! bound that 8-bit activation quantization allows, on odd shapes and batches of 1 to 64.
+
+use super::*;
+
+/// Deterministic values in [-1, 1) with a few larger outliers, as activations have.
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let h = (i as u32).wrapping_mul(2_654_435_761) ^ seed.wrapping_mul(40_503);
+            let v = (h % 20_001) as f32 / 10_000.0 - 1.0;
+            if h.is_multiple_of(97) {
+                v * 6.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn quantize_weight<T: GgmlType>(rows: usize, k: usize, seed: u32) -> Vec<T> {
+    let w = values(rows * k, seed);
+    let mut q: Vec<T> = (0..rows * k / 32).map(|_| T::zeros()).collect();
+    T::from_float(&w, &mut q);
+    q
+}
+
+/// The largest error 8-bit activations can cause in `dot(w, x)`: per block, rounding to the
+/// f16-stored scale moves each value by at most 0.57 of the scale; Q4_1's `m * s` term carries
+/// two f16 roundings of the scaled sum. Plus float slack for the summation.
+fn bound(w: &[f32], x: &[f32], xq: &[ActBlock], mins: &[f32]) -> f64 {
+    let mut b = 1e-5;
+    for (blk, xb) in xq.iter().enumerate() {
+        let range = blk * 32..(blk + 1) * 32;
+        let wabs: f64 = w[range.clone()].iter().map(|v| v.abs() as f64).sum();
+        let prod: f64 = range.map(|i| (w[i] * x[i]).abs() as f64).sum();
+        b += 0.57 * xb.d as f64 * wabs + prod * 1e-5;
+        if let Some(m) = mins.get(blk) {
+            b += (m.abs() * xb.s.abs()) as f64 / 512.0;
+        }
+    }
+    b
+}
+
+/// Runs one weight type through every check; `mins(block)` gives Q4_1's per-block minimum.
+fn check<F: Format>(
+    rows: usize,
+    k: usize,
+    batch: usize,
+    seed: u32,
+    mins: impl Fn(&[F::Src]) -> Vec<f32>,
+) {
+    let kb = k / 32;
+    let src = quantize_weight::<F::Src>(rows, k, seed);
+    let packed = Packed::<F>::pack(&src, rows, kb);
+    assert_eq!(packed.unpack().len(), src.len());
+    let x = values(batch * k, seed + 1);
+    let acts = QActs::quantize(&x, k);
+    let mut wf = vec![0f32; rows * k];
+    F::Src::to_float(&src, &mut wf);
+
+    let mut want = vec![0f32; batch * rows];
+    packed.matmul(Kernel::Scalar, &acts, &mut want);
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+        let mut got = vec![0f32; batch * rows];
+        packed.matmul(kernel, &acts, &mut got);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(
+                g.to_bits(),
+                w.to_bits(),
+                "{kernel:?} {rows}x{k} batch {batch} at {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    let mut xq: Vec<<F::Src as GgmlType>::VecDotType> =
+        (0..batch * kb).map(|_| GgmlType::zeros()).collect();
+    GgmlType::from_float(&x, &mut xq);
+    for i in 0..batch {
+        for c in 0..rows {
+            let wrow = &src[c * kb..(c + 1) * kb];
+            let ours = want[i * rows + c];
+            // candle's Q4_1 dot product asserts an even number of blocks.
+            if kb.is_multiple_of(2) {
+                let candle = F::Src::vec_dot_unopt(k, wrow, &xq[i * kb..(i + 1) * kb]);
+                assert_eq!(
+                    ours.to_bits(),
+                    candle.to_bits(),
+                    "scalar vs candle at ({i}, {c})"
+                );
+            }
+
+            let (wr, xr) = (&wf[c * k..(c + 1) * k], &x[i * k..(i + 1) * k]);
+            let reference: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let limit = bound(wr, xr, acts.row(i), &mins(wrow));
+            assert!(
+                (ours as f64 - reference).abs() <= limit,
+                "({i}, {c}) of {rows}x{k}: {ours} vs reference {reference}, bound {limit}"
+            );
+        }
+    }
+}
+
+fn no_mins<T>(_: &[T]) -> Vec<f32> {
+    Vec::new()
+}
+
+fn q4_1_mins(blocks: &[BlockQ4_1]) -> Vec<f32> {
+    blocks
+        .iter()
+        .map(|b| raw::<_, RawQ4_1>(b).m.to_f32())
+        .collect()
+}
+
+/// Shapes: rows not a multiple of the group, widths of 1, 3, 18 (576) and 48 blocks.
+const SHAPES: [(usize, usize); 5] = [(1, 32), (13, 96), (24, 576), (37, 576), (9, 1536)];
+const BATCHES: [usize; 8] = [1, 2, 3, 4, 5, 7, 16, 64];
+
+#[test]
+fn q4_0_kernels_agree_and_match_the_reference() {
+    for (s, (rows, k)) in SHAPES.into_iter().enumerate() {
+        for m in BATCHES {
+            check::<Q4_0x8>(rows, k, m, s as u32, no_mins);
+        }
+    }
+}
+
+#[test]
+fn q4_1_kernels_agree_and_match_the_reference() {
+    for (s, (rows, k)) in SHAPES.into_iter().enumerate() {
+        for m in BATCHES {
+            check::<Q4_1x8>(rows, k, m, 10 + s as u32, q4_1_mins);
+        }
+    }
+}
+
+#[test]
+fn q8_0_kernels_agree_and_match_the_reference() {
+    for (s, (rows, k)) in SHAPES.into_iter().enumerate() {
+        for m in BATCHES {
+            check::<Q8_0x8>(rows, k, m, 20 + s as u32, no_mins);
+        }
+    }
+}
+
+#[test]
+fn a_row_gives_the_same_bits_alone_and_in_any_batch() {
+    let (rows, k) = (40, 576);
+    let src = quantize_weight::<BlockQ4_1>(rows, k, 5);
+    let packed = Packed::<Q4_1x8>::pack(&src, rows, k / 32);
+    let x = values(64 * k, 6);
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+        let mut all = vec![0f32; 64 * rows];
+        packed.matmul(kernel, &QActs::quantize(&x, k), &mut all);
+        for i in [0, 3, 5, 62, 63] {
+            let mut one = vec![0f32; rows];
+            let acts = QActs::quantize(&x[i * k..(i + 1) * k], k);
+            packed.matmul(kernel, &acts, &mut one);
+            assert_eq!(one, all[i * rows..(i + 1) * rows], "{kernel:?} row {i}");
+        }
+    }
+}
+
+#[test]
+fn packing_round_trips_every_row() {
+    let (rows, k) = (11, 64);
+    let src = quantize_weight::<BlockQ8_0>(rows, k, 7);
+    let packed = Packed::<Q8_0x8>::pack(&src, rows, k / 32);
+    let mut a = vec![0f32; rows * k];
+    let mut b = vec![0f32; rows * k];
+    BlockQ8_0::to_float(&src, &mut a);
+    BlockQ8_0::to_float(&packed.unpack(), &mut b);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn kernel_names_round_trip_and_scalar_is_always_there() {
+    for k in Kernel::ALL {
+        assert_eq!(Kernel::from_name(k.name()), Some(k));
+    }
+    assert!(Kernel::Scalar.available());
+    assert!(Kernel::best().available());
+    assert_eq!(Kernel::from_name("sse"), None);
+}

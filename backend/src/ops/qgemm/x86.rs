@@ -1,0 +1,273 @@
+//! The x86-64 kernels: one body per weight type, instantiated twice by [`kernels!`] with a
+//! different integer dot-product step: AVX2 (`vpmaddubsw` + `vpmaddwd`) and AVX-512 VNNI on
+//! 256-bit registers (`vpdpbusd`; on Zen 4 a 512-bit op runs as two 256-bit halves anyway, and
+//! the 256-bit form keeps one layout for both).
+//!
+//! Per block of a group: the eight rows' values are loaded four elements per row at a time and
+//! multiplied by four broadcast activation bytes, so each 32-bit lane accumulates one row's
+//! integer sum (no horizontal reductions). The float step is vectorised across the eight rows
+//! with separate multiplies and adds in the scalar kernel's order, so the bits are the same.
+//! Products cannot overflow: 15 x 127 (4-bit) and 128 x 127 (8-bit, signs moved onto the
+//! activations) summed in pairs stay within i16 for `vpmaddubsw`.
+
+#[cfg(target_arch = "x86_64")]
+use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx2_available() -> bool {
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) fn vnni_available() -> bool {
+    avx2_available()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
+/// Dispatches one weight type's tile to the kernel family; `Scalar` never reaches here.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch {
+    ($name:ident, $fmt:ty) => {
+        pub(super) fn $name<const MR: usize>(
+            kernel: Kernel,
+            w: &[$fmt],
+            x: [&[ActBlock]; MR],
+        ) -> [[f32; GROUP]; MR] {
+            for row in &x {
+                assert_eq!(row.len(), w.len(), "activation and weight blocks differ");
+            }
+            match kernel {
+                // SAFETY: `Packed::matmul` replaces a kernel the CPU lacks by the scalar one, so
+                // the features these functions enable are present; lengths are checked above.
+                Kernel::Avx2 => unsafe { avx2::$name(w, x) },
+                Kernel::Avx512Vnni => unsafe { vnni::$name(w, x) },
+                Kernel::Scalar => super::scalar::$name(w, x),
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+dispatch!(q4_0, Q4_0x8);
+#[cfg(target_arch = "x86_64")]
+dispatch!(q4_1, Q4_1x8);
+#[cfg(target_arch = "x86_64")]
+dispatch!(q8_0, Q8_0x8);
+
+/// The kernel bodies for one instruction set. `$dp` defines `dp(acc, u, s)`: `acc` plus, per
+/// 32-bit lane, the sum of four products of unsigned bytes `u` with signed bytes `s`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! kernels {
+    ($module:ident, $features:literal, $dp:item) => {
+        mod $module {
+            use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+            use std::arch::x86_64::*;
+
+            $dp
+
+            /// Four activation bytes at `p`, repeated in every lane.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn bcast(p: *const i8) -> __m256i {
+                _mm256_set1_epi32(std::ptr::read_unaligned(p as *const i32))
+            }
+
+            /// Eight f16 scales as f32 lanes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales(d: &[half::f16; GROUP]) -> __m256 {
+                _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i))
+            }
+
+            /// Per-row integer sums of one 4-bit group block against `MR` activation blocks.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn nibble_sums<const MR: usize>(
+                qs: &[u8; 128],
+                xs: &[&ActBlock; MR],
+            ) -> [__m256i; MR] {
+                let mask = _mm256_set1_epi8(0x0F);
+                let mut lo = [_mm256_setzero_si256(); MR];
+                let mut hi = [_mm256_setzero_si256(); MR];
+                for l in 0..4 {
+                    let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
+                    let vlo = _mm256_and_si256(v, mask);
+                    let vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    for i in 0..MR {
+                        let q = xs[i].qs.as_ptr();
+                        lo[i] = dp(lo[i], vlo, bcast(q.add(4 * l)));
+                        hi[i] = dp(hi[i], vhi, bcast(q.add(16 + 4 * l)));
+                    }
+                }
+                for i in 0..MR {
+                    lo[i] = _mm256_add_epi32(lo[i], hi[i]);
+                }
+                lo
+            }
+
+            /// Block `b` of each activation row.
+            #[inline]
+            unsafe fn blocks_at<const MR: usize>(
+                x: &[&[ActBlock]; MR],
+                b: usize,
+            ) -> [&'static ActBlock; MR] {
+                // SAFETY (caller): every row has more than `b` blocks. The 'static lifetime
+                // never escapes the kernel, which borrows `x` for its whole run.
+                std::array::from_fn(|i| &*x[i].as_ptr().add(b))
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn finish<const MR: usize>(acc: [__m256; MR]) -> [[f32; GROUP]; MR] {
+                let mut out = [[0f32; GROUP]; MR];
+                for i in 0..MR {
+                    _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
+                }
+                out
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_0<const MR: usize>(
+                w: &[Q4_0x8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for (b, wb) in w.iter().enumerate() {
+                    let xs = blocks_at(&x, b);
+                    let sums = nibble_sums(&wb.qs, &xs);
+                    let dw = scales(&wb.d);
+                    for i in 0..MR {
+                        let sumi = _mm256_sub_epi32(sums[i], _mm256_set1_epi32(8 * xs[i].isum));
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
+                        let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
+                        acc[i] = _mm256_add_ps(acc[i], t);
+                    }
+                }
+                finish(acc)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_1<const MR: usize>(
+                w: &[Q4_1x8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for (b, wb) in w.iter().enumerate() {
+                    let xs = blocks_at(&x, b);
+                    let sums = nibble_sums(&wb.qs, &xs);
+                    let (dw, mw) = (scales(&wb.d), scales(&wb.m));
+                    for i in 0..MR {
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sums[i]), dw);
+                        let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
+                        let t = _mm256_add_ps(t, _mm256_mul_ps(mw, _mm256_set1_ps(xs[i].s)));
+                        acc[i] = _mm256_add_ps(acc[i], t);
+                    }
+                }
+                finish(acc)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q8_0<const MR: usize>(
+                w: &[Q8_0x8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for (b, wb) in w.iter().enumerate() {
+                    let xs = blocks_at(&x, b);
+                    let mut even = [_mm256_setzero_si256(); MR];
+                    let mut odd = [_mm256_setzero_si256(); MR];
+                    for l in (0..8).step_by(2) {
+                        let v0 = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * l) as *const __m256i);
+                        let v1 = _mm256_loadu_si256(
+                            wb.qs.as_ptr().add(32 * (l + 1)) as *const __m256i
+                        );
+                        let (u0, u1) = (_mm256_abs_epi8(v0), _mm256_abs_epi8(v1));
+                        for i in 0..MR {
+                            let q = xs[i].qs.as_ptr();
+                            let s0 = _mm256_sign_epi8(bcast(q.add(4 * l)), v0);
+                            let s1 = _mm256_sign_epi8(bcast(q.add(4 * l + 4)), v1);
+                            even[i] = dp(even[i], u0, s0);
+                            odd[i] = dp(odd[i], u1, s1);
+                        }
+                    }
+                    let dw = scales(&wb.d);
+                    for i in 0..MR {
+                        let sumi = _mm256_add_epi32(even[i], odd[i]);
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
+                        let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
+                        acc[i] = _mm256_add_ps(acc[i], t);
+                    }
+                }
+                finish(acc)
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+kernels!(
+    avx2,
+    "avx2,fma,f16c",
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        let pairs = _mm256_maddubs_epi16(u, s);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+);
+
+#[cfg(target_arch = "x86_64")]
+kernels!(
+    vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(acc, u, s)
+    }
+);
+
+/// Off x86-64 only the scalar kernels exist.
+#[cfg(not(target_arch = "x86_64"))]
+mod portable {
+    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+
+    pub(in super::super) fn avx2_available() -> bool {
+        false
+    }
+
+    pub(in super::super) fn vnni_available() -> bool {
+        false
+    }
+
+    pub(in super::super) fn q4_0<const MR: usize>(
+        _: Kernel,
+        w: &[Q4_0x8],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        scalar::q4_0(w, x)
+    }
+
+    pub(in super::super) fn q4_1<const MR: usize>(
+        _: Kernel,
+        w: &[Q4_1x8],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        scalar::q4_1(w, x)
+    }
+
+    pub(in super::super) fn q8_0<const MR: usize>(
+        _: Kernel,
+        w: &[Q8_0x8],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        scalar::q8_0(w, x)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) use portable::*;
