@@ -1,10 +1,12 @@
 //! Paged attention on the CPU: writing new K/V rows into the block-structured cache, and causal
 //! grouped-query attention that reads keys and values in place through each sequence's block table.
 //!
-//! Batch invariance: a query's output is an online softmax over its keys taken one by one in
-//! position order, with fixed-order dot products; nothing depends on the block size, on the other
-//! sequences in the batch, or on how the prompt was chunked. Cost: `tokens * heads * context *
-//! head_dim` multiply-adds; no gather copies, grouped heads read their shared KV head directly.
+//! Batch invariance: a query's output is an online softmax over its keys in position order, in
+//! tiles of [`KEY_TILE`] positions counted from position 0 (scores of a tile, one rescale per
+//! tile, a vectorisable exponential, then the weighted values in order), with fixed-order dot
+//! products; nothing depends on the KV block size, on the other sequences in the batch, or on how
+//! the prompt was chunked. Cost: `tokens * heads * context * head_dim` multiply-adds; no gather
+//! copies, grouped heads read their shared KV head directly.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape};
@@ -103,20 +105,26 @@ impl CustomOp3 for PagedAttention<'_> {
         out.par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
             let (t, h) = (i / heads, i % heads);
             let table = &meta.tables[meta.token_table[t]];
-            let slot_of = |p: usize| table[p / block_size] as usize * block_size + p % block_size;
+            let keys = meta.positions[t] + 1;
             let kvh = h / group;
-            attend_one(
-                &q[i * dim..(i + 1) * dim],
-                (0..=meta.positions[t]).map(|p| (slot_of(p) * kv_heads + kvh) * dim),
-                k,
-                v,
-                self.scale,
-                o,
-            );
+            // Positions 0..keys in order, block by block (no division per key).
+            let offsets = table[..keys.div_ceil(block_size)]
+                .iter()
+                .enumerate()
+                .flat_map(|(bi, &block)| {
+                    let base = block as usize * block_size;
+                    let n = block_size.min(keys - bi * block_size);
+                    (base..base + n).map(move |slot| (slot * kv_heads + kvh) * dim)
+                });
+            attend_one(&q[i * dim..(i + 1) * dim], offsets, k, v, self.scale, o);
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, heads * dim))))
     }
 }
+
+/// Keys per online-softmax tile. Tiles start at multiples of this position, whatever the cache's
+/// block size.
+const KEY_TILE: usize = 32;
 
 /// Online-softmax attention of one query over the K/V rows starting at `offsets`, in order.
 fn attend_one(
@@ -131,37 +139,69 @@ fn attend_one(
     let mut max = f32::NEG_INFINITY;
     let mut denom = 0f32;
     out.fill(0.0);
-    for off in offsets {
-        let s = dot(q, &k[off..off + dim]) * scale;
-        if s > max {
-            let rescale = (max - s).exp();
+    let mut offs = [0usize; KEY_TILE];
+    let mut w = [0f32; KEY_TILE];
+    let mut offsets = offsets.peekable();
+    while offsets.peek().is_some() {
+        let mut len = 0;
+        for off in offsets.by_ref().take(KEY_TILE) {
+            offs[len] = off;
+            w[len] = dot(q, &k[off..off + dim]) * scale;
+            len += 1;
+        }
+        let tile_max = w[..len].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        if tile_max > max {
+            let rescale = (max - tile_max).exp();
             denom *= rescale;
             out.iter_mut().for_each(|o| *o *= rescale);
-            max = s;
+            max = tile_max;
         }
-        let w = (s - max).exp();
-        denom += w;
-        for (o, &x) in out.iter_mut().zip(&v[off..off + dim]) {
-            *o += w * x;
+        for s in &mut w[..len] {
+            *s = exp(*s - max);
+        }
+        for (&wj, &off) in w[..len].iter().zip(&offs[..len]) {
+            denom += wj;
+            for (o, &x) in out.iter_mut().zip(&v[off..off + dim]) {
+                *o += wj * x;
+            }
         }
     }
     let inv = 1.0 / denom;
     out.iter_mut().for_each(|o| *o *= inv);
 }
 
+/// `e^x` for `x <= 0` (softmax weights), branch-free so that a loop over a tile vectorises:
+/// Cephes' single-precision polynomial after a reduction by `ln 2`, about 1e-7 relative error;
+/// results below about `e^-87.5` (under f32's normal range) are zero.
+#[inline]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-88.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let y = p * (r * r) + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
 /// Dot product with eight fixed accumulator lanes: vectorisable and always summed in one order.
 #[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, b_tail) = b[..a.len()].as_chunks::<8>();
+    for (x, y) in a8.iter().zip(b8) {
         for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+            acc[l] += x[l] * y[l];
         }
     }
     let mut tail = 0f32;
-    for i in chunks * 8..a.len() {
-        tail += a[i] * b[i];
+    for (x, y) in a_tail.iter().zip(b_tail) {
+        tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
@@ -189,6 +229,55 @@ mod tests {
         let mut out = [0f32; 1];
         attend_one(&q, [0usize, 1].into_iter(), &k, &v, 1.0, &mut out);
         assert!((out[0] - 7.0).abs() < 1e-5, "{}", out[0]);
+    }
+
+    #[test]
+    fn exp_matches_the_standard_library() {
+        for i in 0..=2000 {
+            let x = -(i as f32) * 0.05;
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= want * 2e-7 + 1e-37,
+                "{x}: {got} vs {want}"
+            );
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-1000.0), 0.0);
+    }
+
+    #[test]
+    fn tiles_give_the_same_result_as_one_key_at_a_time() {
+        // 70 keys span three tiles; compare with a direct softmax.
+        let dim = 8;
+        let k: Vec<f32> = (0..70 * dim)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
+            .collect();
+        let v: Vec<f32> = (0..70 * dim)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0)
+            .collect();
+        let q: Vec<f32> = (0..dim).map(|i| i as f32 / 4.0 - 1.0).collect();
+        let mut out = vec![0f32; dim];
+        attend_one(&q, (0..70).map(|p| p * dim), &k, &v, 0.5, &mut out);
+        let scores: Vec<f64> = (0..70)
+            .map(|p| {
+                (0..dim)
+                    .map(|d| (q[d] * k[p * dim + d]) as f64)
+                    .sum::<f64>()
+                    * 0.5
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+        for d in 0..dim {
+            let want: f64 = (0..70)
+                .map(|p| (scores[p] - m).exp() / z * v[p * dim + d] as f64)
+                .sum();
+            assert!(
+                (out[d] as f64 - want).abs() < 1e-4,
+                "{d}: {} vs {want}",
+                out[d]
+            );
+        }
     }
 
     #[test]

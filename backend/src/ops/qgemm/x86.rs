@@ -28,6 +28,47 @@ pub(super) fn vnni_available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
+/// The two 4-bit group layouts, seen alike by the kernel body.
+#[cfg(target_arch = "x86_64")]
+trait Nibbles {
+    fn qs(&self) -> &[u8; 128];
+    fn d(&self) -> &[half::f16; GROUP];
+    /// Q4_1's minimums; `None` for Q4_0 (values offset by 8).
+    fn m(&self) -> Option<&[half::f16; GROUP]>;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Nibbles for Q4_0x8 {
+    #[inline(always)]
+    fn qs(&self) -> &[u8; 128] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> &[half::f16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> Option<&[half::f16; GROUP]> {
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Nibbles for Q4_1x8 {
+    #[inline(always)]
+    fn qs(&self) -> &[u8; 128] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> &[half::f16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> Option<&[half::f16; GROUP]> {
+        Some(&self.m)
+    }
+}
+
 /// Dispatches one weight type's tile to the kernel family; `Scalar` never reaches here.
 #[cfg(target_arch = "x86_64")]
 macro_rules! dispatch {
@@ -59,13 +100,19 @@ dispatch!(q4_1, Q4_1x8);
 dispatch!(q8_0, Q8_0x8);
 
 /// The kernel bodies for one instruction set. `$dp` defines `dp(acc, u, s)`: `acc` plus, per
-/// 32-bit lane, the sum of four products of unsigned bytes `u` with signed bytes `s`.
+/// 32-bit lane, the sum of four products of unsigned bytes `u` with signed bytes `s`. `$chains`
+/// independent accumulators hide its latency where it accumulates in place (VNNI); AVX2's
+/// separate add has a one-cycle latency and needs none.
 #[cfg(target_arch = "x86_64")]
 macro_rules! kernels {
-    ($module:ident, $features:literal, $dp:item) => {
+    ($module:ident, $features:literal, $chains:literal, $dp:item) => {
         mod $module {
             use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+            use super::Nibbles;
             use std::arch::x86_64::*;
+
+            /// Independent accumulator chains per row and nibble half.
+            const CHAINS: usize = $chains;
 
             $dp
 
@@ -81,32 +128,6 @@ macro_rules! kernels {
             #[target_feature(enable = $features)]
             unsafe fn scales(d: &[half::f16; GROUP]) -> __m256 {
                 _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i))
-            }
-
-            /// Per-row integer sums of one 4-bit group block against `MR` activation blocks.
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn nibble_sums<const MR: usize>(
-                qs: &[u8; 128],
-                xs: &[&ActBlock; MR],
-            ) -> [__m256i; MR] {
-                let mask = _mm256_set1_epi8(0x0F);
-                let mut lo = [_mm256_setzero_si256(); MR];
-                let mut hi = [_mm256_setzero_si256(); MR];
-                for l in 0..4 {
-                    let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
-                    let vlo = _mm256_and_si256(v, mask);
-                    let vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                    for i in 0..MR {
-                        let q = xs[i].qs.as_ptr();
-                        lo[i] = dp(lo[i], vlo, bcast(q.add(4 * l)));
-                        hi[i] = dp(hi[i], vhi, bcast(q.add(16 + 4 * l)));
-                    }
-                }
-                for i in 0..MR {
-                    lo[i] = _mm256_add_epi32(lo[i], hi[i]);
-                }
-                lo
             }
 
             /// Block `b` of each activation row.
@@ -130,44 +151,67 @@ macro_rules! kernels {
                 out
             }
 
+            /// Both 4-bit types in one body (kept whole so that the compiler keeps every
+            /// accumulator in registers): Q4_0 subtracts 8 per value, Q4_1 adds `m * s`.
+            /// Partial sums run in `2 * CHAINS` independent accumulators per row, so that an
+            /// accumulating dot-product instruction's latency does not serialise a row.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4_0<const MR: usize>(
-                w: &[Q4_0x8],
+            unsafe fn nibbles<W: Nibbles, const MR: usize>(
+                w: &[W],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
+                let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
                     let xs = blocks_at(&x, b);
-                    let sums = nibble_sums(&wb.qs, &xs);
-                    let dw = scales(&wb.d);
+                    let qs = wb.qs();
+                    let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
+                    let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
+                    for l in 0..4 {
+                        let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
+                        let vlo = _mm256_and_si256(v, mask);
+                        let vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                        let c = l % CHAINS;
+                        for i in 0..MR {
+                            let q = xs[i].qs.as_ptr();
+                            lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
+                            hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
+                        }
+                    }
+                    let dw = scales(wb.d());
                     for i in 0..MR {
-                        let sumi = _mm256_sub_epi32(sums[i], _mm256_set1_epi32(8 * xs[i].isum));
-                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
-                        let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
-                        acc[i] = _mm256_add_ps(acc[i], t);
+                        let mut sumi = _mm256_add_epi32(lo[0][i], hi[0][i]);
+                        for c in 1..CHAINS {
+                            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo[c][i], hi[c][i]));
+                        }
+                        if let Some(m) = wb.m() {
+                            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
+                            let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
+                            let ms = _mm256_mul_ps(scales(m), _mm256_set1_ps(xs[i].s));
+                            acc[i] = _mm256_add_ps(acc[i], _mm256_add_ps(t, ms));
+                        } else {
+                            let sumi = _mm256_sub_epi32(sumi, _mm256_set1_epi32(8 * xs[i].isum));
+                            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
+                            let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
+                            acc[i] = _mm256_add_ps(acc[i], t);
+                        }
                     }
                 }
                 finish(acc)
             }
 
-            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_0<const MR: usize>(
+                w: &[Q4_0x8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                nibbles(w, x)
+            }
+
             pub(super) unsafe fn q4_1<const MR: usize>(
                 w: &[Q4_1x8],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
-                let mut acc = [_mm256_setzero_ps(); MR];
-                for (b, wb) in w.iter().enumerate() {
-                    let xs = blocks_at(&x, b);
-                    let sums = nibble_sums(&wb.qs, &xs);
-                    let (dw, mw) = (scales(&wb.d), scales(&wb.m));
-                    for i in 0..MR {
-                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sums[i]), dw);
-                        let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
-                        let t = _mm256_add_ps(t, _mm256_mul_ps(mw, _mm256_set1_ps(xs[i].s)));
-                        acc[i] = _mm256_add_ps(acc[i], t);
-                    }
-                }
-                finish(acc)
+                nibbles(w, x)
             }
 
             #[target_feature(enable = $features)]
@@ -178,26 +222,25 @@ macro_rules! kernels {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
                     let xs = blocks_at(&x, b);
-                    let mut even = [_mm256_setzero_si256(); MR];
-                    let mut odd = [_mm256_setzero_si256(); MR];
-                    for l in (0..8).step_by(2) {
-                        let v0 = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * l) as *const __m256i);
-                        let v1 = _mm256_loadu_si256(
-                            wb.qs.as_ptr().add(32 * (l + 1)) as *const __m256i
-                        );
-                        let (u0, u1) = (_mm256_abs_epi8(v0), _mm256_abs_epi8(v1));
+                    let mut chains = [[_mm256_setzero_si256(); MR]; 2 * CHAINS];
+                    for l in 0..8 {
+                        let v = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * l) as *const __m256i);
+                        let u = _mm256_abs_epi8(v);
+                        let c = l % (2 * CHAINS);
                         for i in 0..MR {
-                            let q = xs[i].qs.as_ptr();
-                            let s0 = _mm256_sign_epi8(bcast(q.add(4 * l)), v0);
-                            let s1 = _mm256_sign_epi8(bcast(q.add(4 * l + 4)), v1);
-                            even[i] = dp(even[i], u0, s0);
-                            odd[i] = dp(odd[i], u1, s1);
+                            let s = _mm256_sign_epi8(bcast(xs[i].qs.as_ptr().add(4 * l)), v);
+                            chains[c][i] = dp(chains[c][i], u, s);
+                        }
+                    }
+                    let mut sums = [_mm256_setzero_si256(); MR];
+                    for i in 0..MR {
+                        for chain in &chains {
+                            sums[i] = _mm256_add_epi32(sums[i], chain[i]);
                         }
                     }
                     let dw = scales(&wb.d);
                     for i in 0..MR {
-                        let sumi = _mm256_add_epi32(even[i], odd[i]);
-                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
+                        let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sums[i]), dw);
                         let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
                         acc[i] = _mm256_add_ps(acc[i], t);
                     }
@@ -212,6 +255,7 @@ macro_rules! kernels {
 kernels!(
     avx2,
     "avx2,fma,f16c",
+    1,
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
@@ -224,6 +268,7 @@ kernels!(
 kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    2,
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {

@@ -1,13 +1,21 @@
-//! Load generator: starts `wick serve` with and without prefix caching and runs one scenario
-//! against each, printing a Markdown table of the figures side by side.
+//! Load generator: starts the servers it measures itself (on 127.0.0.1, ports chosen by the OS),
+//! runs one scenario against each over the OpenAI streaming API, prints a Markdown table of the
+//! figures side by side, and stops them. Every request has a timeout, so a run always ends.
 //!
 //! Scenarios:
-//! - `shared-prefix`: requests that share a long system prompt and differ in a short question,
-//!   streamed at a fixed concurrency: TTFT median and p90, total time.
-//! - `multi-turn`: one conversation re-sent with each new turn: prompt tokens computed per turn.
+//! - `shared-prefix`: Wick with and without prefix caching; requests that share a long system
+//!   prompt and differ in a short question, streamed at a fixed concurrency: TTFT median and p90,
+//!   total time.
+//! - `multi-turn`: Wick with and without prefix caching; one conversation re-sent with each new
+//!   turn: prompt tokens computed per turn.
+//! - `compare`: Wick against llama.cpp's `llama-server` on the same GGUF and threads (see
+//!   [`compare`]): decode, prefill, aggregate throughput and latency percentiles, also as JSON.
 //!
 //! Run (after `cargo build --release -p wick-router`):
 //! `cargo run --release -p wick-benches --bin loadgen -- shared-prefix`
+//! `cargo run --release -p wick-benches --bin loadgen -- compare --llama-server "$(scripts/build-llama-server.sh)"`
+
+mod compare;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -37,6 +45,7 @@ fn arg(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+/// Starts `wick serve` on a port the OS picks and waits until it is ready.
 async fn start(extra: &[&str]) -> Server {
     let bin = arg("--bin", "target/release/wick");
     let model = arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -64,35 +73,63 @@ async fn start(extra: &[&str]) -> Server {
         let status = child.wait();
         panic!("the server exited before listening: {status:?}");
     };
+    wait_ready(Server { child, base }, "/ready").await
+}
+
+/// Polls `path` until it answers 200 (two minutes at most; then the server is stopped).
+async fn wait_ready(server: Server, path: &str) -> Server {
     let c = reqwest::Client::new();
-    for _ in 0..600 {
-        if let Ok(r) = c.get(format!("{base}/ready")).send().await {
+    for _ in 0..1200 {
+        if let Ok(r) = c.get(format!("{}{path}", server.base)).send().await {
             if r.status() == 200 {
-                return Server { child, base };
+                return server;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Dropping the server kills and reaps the process.
-    drop(Server { child, base });
+    drop(server);
     panic!("the server did not become ready");
 }
 
-/// Streams one chat request: (time to first token, usage).
-async fn stream_chat(base: &str, messages: &Value, max_tokens: u64) -> (Duration, Value, String) {
-    let body = json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0,
-                      "stream": true, "stream_options": {"include_usage": true}});
+/// What one streamed chat request saw.
+struct Trace {
+    /// Time to the first content chunk.
+    ttft: Duration,
+    /// Gaps between consecutive content chunks (inter-token latencies).
+    gaps: Vec<Duration>,
+    total: Duration,
+    prompt_tokens: u64,
+    /// From the usage chunk, else the number of content chunks.
+    completion_tokens: u64,
+    cached_tokens: u64,
+    text: String,
+}
+
+fn chat_body(messages: &Value, max_tokens: u64) -> Value {
+    json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0,
+           "stream": true, "stream_options": {"include_usage": true}})
+}
+
+/// Streams one chat request with `body` (a chat completion with `stream: true`).
+async fn stream_chat(base: &str, body: &Value) -> Trace {
     let start = Instant::now();
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/chat/completions"))
-        .json(&body)
+        .timeout(Duration::from_secs(900))
+        .json(body)
         .send()
         .await
         .expect("request");
-    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.status(),
+        200,
+        "{base}: {}",
+        r.text().await.unwrap_or_default()
+    );
     let mut stream = r.bytes_stream();
-    let (mut ttft, mut usage, mut text, mut buf) =
-        (None, Value::Null, String::new(), String::new());
+    let (mut usage, mut text, mut buf) = (Value::Null, String::new(), String::new());
+    let mut arrivals = Vec::new();
     while let Some(chunk) = stream.next().await {
         buf.push_str(&String::from_utf8_lossy(&chunk.expect("body")));
         while let Some(end) = buf.find("\n\n") {
@@ -103,8 +140,8 @@ async fn stream_chat(base: &str, messages: &Value, max_tokens: u64) -> (Duration
             }
             let v: Value = serde_json::from_str(data).expect("chunk JSON");
             if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
-                if !piece.is_empty() && ttft.is_none() {
-                    ttft = Some(start.elapsed());
+                if !piece.is_empty() {
+                    arrivals.push(start.elapsed());
                 }
                 text.push_str(piece);
             }
@@ -113,7 +150,20 @@ async fn stream_chat(base: &str, messages: &Value, max_tokens: u64) -> (Duration
             }
         }
     }
-    (ttft.unwrap_or_else(|| start.elapsed()), usage, text)
+    let total = start.elapsed();
+    Trace {
+        ttft: arrivals.first().copied().unwrap_or(total),
+        gaps: arrivals.windows(2).map(|w| w[1] - w[0]).collect(),
+        total,
+        prompt_tokens: usage["prompt_tokens"].as_u64().unwrap_or(0),
+        completion_tokens: usage["completion_tokens"]
+            .as_u64()
+            .unwrap_or(arrivals.len() as u64),
+        cached_tokens: usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0),
+        text,
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -157,15 +207,15 @@ async fn shared_prefix(server: &Server, requests: usize, concurrency: usize) -> 
         ]);
         handles.push(tokio::spawn(async move {
             let _permit = permit;
-            stream_chat(&base, &messages, 8).await
+            stream_chat(&base, &chat_body(&messages, 8)).await
         }));
     }
     let mut ttfts = Vec::new();
     let mut prompt_tokens = 0;
     for h in handles {
-        let (ttft, usage, _) = h.await.expect("task");
-        prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0);
-        ttfts.push(ttft);
+        let trace = h.await.expect("task");
+        prompt_tokens = trace.prompt_tokens;
+        ttfts.push(trace.ttft);
     }
     let total = start.elapsed();
     ttfts.sort();
@@ -183,13 +233,13 @@ async fn multi_turn(server: &Server, turns: usize) -> Vec<(u64, u64)> {
         messages.push(
             json!({"role": "user", "content": format!("Turn {t}: tell me about rule {}.", t + 1)}),
         );
-        let (_, usage, text) = stream_chat(&server.base, &Value::Array(messages.clone()), 24).await;
-        let prompt = usage["prompt_tokens"].as_u64().unwrap_or(0);
-        let cached = usage["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap_or(0);
-        out.push((prompt, prompt - cached));
-        messages.push(json!({"role": "assistant", "content": text}));
+        let body = chat_body(&Value::Array(messages.clone()), 24);
+        let trace = stream_chat(&server.base, &body).await;
+        out.push((
+            trace.prompt_tokens,
+            trace.prompt_tokens - trace.cached_tokens,
+        ));
+        messages.push(json!({"role": "assistant", "content": trace.text}));
     }
     out
 }
@@ -249,6 +299,7 @@ async fn main() {
                 println!("| {} | {} | {} | {} |", t + 1, on.0, on.1, off.1);
             }
         }
-        other => panic!("unknown scenario `{other}` (shared-prefix, multi-turn)"),
+        "compare" => compare::run(&threads).await,
+        other => panic!("unknown scenario `{other}` (shared-prefix, multi-turn, compare)"),
     }
 }

@@ -1,0 +1,235 @@
+//! `compare`: Wick against llama.cpp's `llama-server` on the same GGUF with the same number of
+//! threads, one server at a time, with the same client workloads:
+//!
+//! - single-stream decode: one client, a short prompt, 128 tokens with `ignore_eos`; tokens/s
+//!   after the first token (median of 3);
+//! - prefill: one client, a ~500-token prompt, one output token; prompt tokens / TTFT (median of
+//!   3);
+//! - aggregate: 4, 16 and 64 clients, short prompts (~40 tokens), two requests each of 64 output
+//!   tokens; output (and prompt plus output) tokens per second of wall time;
+//! - mixed: 64 clients at once, alternately ~40- and ~500-token prompts, 64 output tokens each;
+//!   TTFT and inter-token latency p50/p99.
+//!
+//! Every prompt starts with a number no other request has, so neither server's prefix cache can
+//! help. Flags: `--llama-server PATH` (else Wick alone), `--bin`, `--model`, `--threads`,
+//! `--json FILE` (the figures as JSON; the table goes to stdout).
+
+use super::{arg, percentile, start, stream_chat, wait_ready, Server, Trace};
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Context and slots for llama-server: 64 slots of 1,024 tokens (a long prompt plus its output).
+const LLAMA_SLOTS: usize = 64;
+const LLAMA_CONTEXT: usize = 64 * 1024;
+/// Wick's KV cache for the same 65,536 tokens (f32 K and V: 46 KiB per token for this model).
+const WICK_KV_MIB: &str = "3072";
+
+/// Prompts never repeat (see the module doc).
+static NEXT_PROMPT: AtomicUsize = AtomicUsize::new(0);
+
+const WORDS: [&str; 24] = [
+    "river", "garden", "stone", "light", "market", "winter", "paper", "window", "music", "forest",
+    "bridge", "letter", "summer", "harbor", "candle", "valley", "clock", "island", "mirror",
+    "engine", "meadow", "signal", "copper", "lantern",
+];
+
+/// A user message of about `words + 8` tokens that no other request shares a prefix with.
+fn prompt(words: usize) -> Value {
+    let id = NEXT_PROMPT.fetch_add(1, Ordering::Relaxed);
+    let mut text = format!("Request {id}. Write a story that uses these words:");
+    for i in 0..words {
+        text.push(' ');
+        text.push_str(WORDS[(i * 7 + id * 5) % WORDS.len()]);
+    }
+    json!([{"role": "user", "content": text}])
+}
+
+fn body(messages: Value, max_tokens: u64) -> Value {
+    json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true,
+           "stream": true, "stream_options": {"include_usage": true}})
+}
+
+const SHORT: usize = 30;
+const LONG: usize = 490;
+
+/// Starts llama-server like its users do for this model on this machine.
+async fn start_llama(bin: &str, model: &str, threads: &str) -> Server {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    let child = Command::new(bin)
+        .args([
+            "-m",
+            model,
+            "-t",
+            threads,
+            "-tb",
+            threads,
+            "--host",
+            "127.0.0.1",
+        ])
+        .args(["--port", &port.to_string()])
+        .args(["-c", &LLAMA_CONTEXT.to_string()])
+        .args(["-np", &LLAMA_SLOTS.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(Server { child, base }, "/health").await
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `clients` concurrent clients, each sending `per_client` requests one after another;
+/// `long(i)` says whether request `i` of a client gets a long prompt.
+async fn concurrent(
+    base: &str,
+    clients: usize,
+    per_client: usize,
+    long: fn(usize) -> bool,
+) -> (Vec<Trace>, Duration) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let base = base.to_string();
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..per_client {
+                    let words = if long(c + i) { LONG } else { SHORT };
+                    out.push(stream_chat(&base, &body(prompt(words), 64)).await);
+                }
+                out
+            })
+        })
+        .collect();
+    let mut traces = Vec::new();
+    for t in tasks {
+        traces.extend(t.await.expect("client task"));
+    }
+    (traces, start.elapsed())
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
+}
+
+/// Every workload against one server; the figures as JSON.
+async fn measure(base: &str) -> Value {
+    // Warm-up (first-touch of the weights, thread pools).
+    stream_chat(base, &body(prompt(SHORT), 8)).await;
+
+    let mut decode = Vec::new();
+    for _ in 0..3 {
+        let t = stream_chat(base, &body(prompt(SHORT), 128)).await;
+        decode.push((t.completion_tokens - 1) as f64 / (t.total - t.ttft).as_secs_f64());
+    }
+    let mut prefill = Vec::new();
+    let mut prompt_tokens = 0;
+    for _ in 0..3 {
+        let t = stream_chat(base, &body(prompt(LONG), 1)).await;
+        prompt_tokens = t.prompt_tokens;
+        prefill.push(t.prompt_tokens as f64 / t.ttft.as_secs_f64());
+    }
+    let mut aggregate = Vec::new();
+    for clients in [4, 16, 64] {
+        let (traces, wall) = concurrent(base, clients, 2, |_| false).await;
+        let out: u64 = traces.iter().map(|t| t.completion_tokens).sum();
+        let all: u64 = out + traces.iter().map(|t| t.prompt_tokens).sum::<u64>();
+        aggregate.push(json!({
+            "clients": clients,
+            "requests": traces.len(),
+            "output_tokens_per_s": out as f64 / wall.as_secs_f64(),
+            "total_tokens_per_s": all as f64 / wall.as_secs_f64(),
+        }));
+    }
+    let (traces, wall) = concurrent(base, 64, 1, |i| i % 2 == 1).await;
+    let mut ttfts: Vec<Duration> = traces.iter().map(|t| t.ttft).collect();
+    let mut gaps: Vec<Duration> = traces.iter().flat_map(|t| t.gaps.clone()).collect();
+    ttfts.sort();
+    gaps.sort();
+    let out: u64 = traces.iter().map(|t| t.completion_tokens).sum();
+    json!({
+        "decode_tokens_per_s": median(decode),
+        "prefill_tokens_per_s": median(prefill),
+        "prefill_prompt_tokens": prompt_tokens,
+        "aggregate": aggregate,
+        "mixed": {
+            "clients": 64,
+            "ttft_p50_ms": ms(percentile(&ttfts, 0.5)),
+            "ttft_p99_ms": ms(percentile(&ttfts, 0.99)),
+            "itl_p50_ms": ms(percentile(&gaps, 0.5)),
+            "itl_p99_ms": ms(percentile(&gaps, 0.99)),
+            "output_tokens_per_s": out as f64 / wall.as_secs_f64(),
+        },
+    })
+}
+
+/// The rows of the table: (label, JSON pointer).
+const ROWS: [(&str, &str); 9] = [
+    ("single-stream decode (tokens/s)", "/decode_tokens_per_s"),
+    (
+        "prefill, ~500-token prompt (tokens/s)",
+        "/prefill_tokens_per_s",
+    ),
+    (
+        "aggregate output, 4 clients (tokens/s)",
+        "/aggregate/0/output_tokens_per_s",
+    ),
+    (
+        "aggregate output, 16 clients (tokens/s)",
+        "/aggregate/1/output_tokens_per_s",
+    ),
+    (
+        "aggregate output, 64 clients (tokens/s)",
+        "/aggregate/2/output_tokens_per_s",
+    ),
+    ("mixed, 64 clients: TTFT p50 (ms)", "/mixed/ttft_p50_ms"),
+    ("mixed, 64 clients: TTFT p99 (ms)", "/mixed/ttft_p99_ms"),
+    (
+        "mixed, 64 clients: inter-token p50 (ms)",
+        "/mixed/itl_p50_ms",
+    ),
+    (
+        "mixed, 64 clients: inter-token p99 (ms)",
+        "/mixed/itl_p99_ms",
+    ),
+];
+
+pub async fn run(threads: &str) {
+    let model = arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut results = serde_json::Map::new();
+    {
+        let wick = start(&["--threads", threads, "--kv-cache-memory", WICK_KV_MIB]).await;
+        results.insert("wick".into(), measure(&wick.base).await);
+    }
+    let llama = arg("--llama-server", "");
+    if !llama.is_empty() {
+        let server = start_llama(&llama, &model, threads).await;
+        results.insert("llama-server".into(), measure(&server.base).await);
+    }
+    let report = json!({"threads": threads, "model": model, "results": results});
+    let json_path = arg("--json", "");
+    if !json_path.is_empty() {
+        let text = serde_json::to_string_pretty(&report).expect("JSON");
+        std::fs::write(&json_path, text).unwrap_or_else(|e| panic!("{json_path}: {e}"));
+    }
+    let figure = |server: &str, ptr: &str| report["results"][server].pointer(ptr)?.as_f64();
+    println!("| measure | Wick | llama-server | Wick / llama-server |");
+    println!("|---|---|---|---|");
+    for (label, ptr) in ROWS {
+        let (w, l) = (figure("wick", ptr), figure("llama-server", ptr));
+        let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+        let ratio = match (w, l) {
+            (Some(w), Some(l)) if l > 0.0 => format!("{:.2}x", w / l),
+            _ => "-".into(),
+        };
+        println!("| {label} | {} | {} | {ratio} |", cell(w), cell(l));
+    }
+}
