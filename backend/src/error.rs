@@ -50,6 +50,8 @@ pub enum LoadError {
     },
     #[error("device `{device}` is not available: {reason}")]
     Device { device: String, reason: String },
+    #[error("matmul kernel: {reason}")]
+    Kernel { reason: String },
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
     #[error("the worker thread ended before reporting its load result")]

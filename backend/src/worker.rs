@@ -93,6 +93,8 @@ impl BackendConfig {
 /// Loads the engine and describes it.
 pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError> {
     let device = cfg.device.open()?;
+    // A `WICK_KERNEL` this CPU cannot run is a configuration error, not a silent fallback.
+    crate::ops::qgemm::kernel_from_env().map_err(|reason| LoadError::Kernel { reason })?;
     let tok = tokenizer::load_tokenizer(&cfg.model_path)?;
     let mut model = loader::load_model(&cfg.model_path, &device)?;
     if cfg.dequantize {

@@ -180,7 +180,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let state = Arc::new(build_state(&args, loaded, phase.clone())?);
     let _ = late.0.set(app(state.clone(), keys));
     phase.set_ready();
-    tracing::info!(model = %state.served_name, kv_blocks = state.info.num_kv_blocks, "ready");
+    tracing::info!(
+        model = %state.served_name,
+        kv_blocks = state.info.num_kv_blocks,
+        matmul_kernel = wick_backend::ops::qgemm::selected().name(),
+        "ready"
+    );
 
     signal.await;
     phase.set_draining();

@@ -452,21 +452,34 @@ impl<F: Format> Packed<F> {
         matmul_many(kernel, &[F::erase(self)], x, &mut [out]);
     }
 
-    /// Groups `gs` against every activation row, in chunks of rows that stay in cache.
+    /// Groups `gs` against every activation row, in chunks of rows that stay in cache, in tiles
+    /// of as many rows as the kernel's registers hold (AVX-512 has 32 vector registers, AVX2 16).
     fn run_groups(&self, kernel: Kernel, gs: std::ops::Range<usize>, x: &QActs, out: &OutPtr) {
+        match kernel {
+            Kernel::Avx512Vnni => self.run_tiles::<8>(kernel, gs, x, out),
+            _ => self.run_tiles::<4>(kernel, gs, x, out),
+        }
+    }
+
+    fn run_tiles<const MR: usize>(
+        &self,
+        kernel: Kernel,
+        gs: std::ops::Range<usize>,
+        x: &QActs,
+        out: &OutPtr,
+    ) {
         let kb = self.kb;
         for i0 in (0..x.rows).step_by(ROWS_PER_CHUNK) {
             let i1 = (i0 + ROWS_PER_CHUNK).min(x.rows);
             for g in gs.clone() {
                 let w = &self.groups[g * kb..(g + 1) * kb];
                 let mut i = i0;
-                while i + TILE_ROWS <= i1 {
-                    let tile =
-                        F::tile::<TILE_ROWS>(kernel, w, std::array::from_fn(|t| x.row(i + t)));
+                while i + MR <= i1 {
+                    let tile = F::tile::<MR>(kernel, w, std::array::from_fn(|t| x.row(i + t)));
                     for (t, vals) in tile.iter().enumerate() {
                         self.store(out, i + t, g, vals);
                     }
-                    i += TILE_ROWS;
+                    i += MR;
                 }
                 for i in i..i1 {
                     let [vals] = F::tile::<1>(kernel, w, [x.row(i)]);
@@ -554,8 +567,6 @@ pub fn matmul_many(kernel: Kernel, ws: &[PackedRef], x: &QActs, outs: &mut [&mut
         .for_each(|(j, gs)| ws[j].run_groups(kernel, gs, x, &ptrs[j]));
 }
 
-/// Activation rows per tile (each weight block is unpacked once per tile).
-const TILE_ROWS: usize = 4;
 /// Weight groups per parallel task.
 const GROUPS_PER_TASK: usize = 4;
 /// Activation rows per cache chunk: 64 rows of a 1,536-wide input are 132 KiB.

@@ -107,6 +107,8 @@ dispatch!(q8_0, Q8_0x8);
 macro_rules! kernels {
     ($module:ident, $features:literal, $chains:literal, $dp:item) => {
         mod $module {
+            // With one chain (AVX2) `l % CHAINS` is 0 and `1..CHAINS` empty, as intended.
+            #![allow(clippy::modulo_one, clippy::reversed_empty_ranges)]
             use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
             use super::Nibbles;
             use std::arch::x86_64::*;
@@ -171,7 +173,8 @@ macro_rules! kernels {
                         let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
                         let vlo = _mm256_and_si256(v, mask);
                         let vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                        let c = l % CHAINS;
+                        // Four or more rows interleave enough independent work already.
+                        let c = if MR >= 4 { 0 } else { l % CHAINS };
                         for i in 0..MR {
                             let q = xs[i].qs.as_ptr();
                             lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
@@ -226,7 +229,7 @@ macro_rules! kernels {
                     for l in 0..8 {
                         let v = _mm256_loadu_si256(wb.qs.as_ptr().add(32 * l) as *const __m256i);
                         let u = _mm256_abs_epi8(v);
-                        let c = l % (2 * CHAINS);
+                        let c = if MR >= 4 { 0 } else { l % (2 * CHAINS) };
                         for i in 0..MR {
                             let s = _mm256_sign_epi8(bcast(xs[i].qs.as_ptr().add(4 * l)), v);
                             chains[c][i] = dp(chains[c][i], u, s);
