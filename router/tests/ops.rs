@@ -341,8 +341,12 @@ async fn sigterm_drains_in_flight_streams_and_exits_zero() {
             text.trim_end().ends_with("data: [DONE]"),
             "a stream was cut: {text}"
         );
-        let chunks = text.matches("\"text\":").count();
-        assert!(chunks >= 40, "only {chunks} chunks");
+        // All 40 tokens were generated (a chunk may carry two tokens when the first ends in
+        // a partial UTF-8 character, so chunks are not counted).
+        assert!(
+            text.contains("\"finish_reason\":\"length\""),
+            "the stream did not run to its length: {text}"
+        );
     }
     let status = tokio::task::spawn_blocking(move || s.child.wait().unwrap())
         .await
