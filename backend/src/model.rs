@@ -8,7 +8,7 @@
 
 use crate::config::ModelConfig;
 use crate::kv::KvCache;
-use crate::ops::{AttentionMeta, KvWrite, PagedAttention, QWeight};
+use crate::ops::{fused, AttentionMeta, KvWrite, PagedAttention, QWeight};
 use candle_core::{Device, Tensor};
 
 /// One decoder layer's weights.
@@ -105,7 +105,7 @@ impl Model {
     }
 
     /// RoPE cos and sin tables `(tokens, head_dim / 2)` for the given positions.
-    fn rope_tables(&self, positions: &[usize]) -> candle_core::Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
@@ -116,72 +116,85 @@ impl Model {
                 sin.push(angle.sin());
             }
         }
-        let shape = (positions.len(), half);
-        Ok((
-            Tensor::from_vec(cos, shape, &self.device)?,
-            Tensor::from_vec(sin, shape, &self.device)?,
-        ))
+        (cos, sin)
     }
 
-    fn embed_tokens(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
+    fn embed_tokens(&self, tokens: &[u32]) -> Vec<f32> {
         let h = self.cfg.hidden_size;
         let mut x = vec![0f32; tokens.len() * h];
         for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
             self.embed.row_to_f32(t as usize, row);
         }
-        Tensor::from_vec(x, (tokens.len(), h), &self.device)
+        x
     }
 
     /// Runs the batch, writing its K/V into `kv`, and returns `(sample_rows, vocab)` logits.
+    ///
+    /// The hidden state lives in a plain buffer; the per-token ops are [`fused`]'s, the matmuls
+    /// [`QWeight`]'s, and only the paged-cache ops go through candle tensors.
     pub fn forward(&self, batch: &PackedBatch, kv: &mut KvCache) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
-        let t = batch.tokens.len();
+        let (t, h, d) = (batch.tokens.len(), cfg.hidden_size, cfg.head_dim);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_eps as f32;
-        let (cos, sin) = self.rope_tables(&batch.meta.positions)?;
-        let rope = |x: Tensor, heads: usize| -> candle_core::Result<Tensor> {
-            let x = x.reshape((1, t, heads, cfg.head_dim))?;
-            candle_nn::rotary_emb::rope_thd(&x, &cos, &sin)?.reshape((t, heads, cfg.head_dim))
-        };
+        let (cos, sin) = self.rope_tables(&batch.meta.positions);
         let attention = PagedAttention {
             meta: &batch.meta,
-            scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+            scale: 1.0 / (d as f32).sqrt(),
         };
-        let mut x = self.embed_tokens(&batch.tokens)?;
+        let dev = &self.device;
+        let mut x = self.embed_tokens(&batch.tokens);
+        let mut xn = vec![0f32; t * h];
+        let (mut q, mut k, mut v) = (vec![0f32; t * qd], vec![0f32; t * kvd], vec![0f32; t * kvd]);
+        let mut o = vec![0f32; t * h];
+        let ff = cfg.intermediate_size;
+        let (mut gate, mut up) = (vec![0f32; t * ff], vec![0f32; t * ff]);
         for (li, layer) in self.layers.iter().enumerate() {
-            let xn = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let [mut q, mut k, mut v]: [Tensor; 3] =
-                QWeight::forward_many(&[&layer.q, &layer.k, &layer.v], &xn)?
-                    .try_into()
-                    .map_err(|_| candle_core::Error::Msg("three projections".into()))?;
-            if let Some([bq, bk, bv]) = &layer.qkv_bias {
-                q = q.broadcast_add(bq)?;
-                k = k.broadcast_add(bk)?;
-                v = v.broadcast_add(bv)?;
+            fused::rms_norm(&x, &layer.attn_norm.to_vec1::<f32>()?, eps, &mut xn);
+            QWeight::matmul_many(
+                &[&layer.q, &layer.k, &layer.v],
+                &xn,
+                &mut [&mut q, &mut k, &mut v],
+            );
+            if let Some(biases) = &layer.qkv_bias {
+                for (out, b) in [&mut q, &mut k, &mut v].into_iter().zip(biases) {
+                    let b = b.to_vec1::<f32>()?;
+                    out.chunks_exact_mut(b.len())
+                        .for_each(|row| fused::add(row, &b));
+                }
             }
-            let q = rope(q, cfg.num_heads)?;
-            let k = rope(k, cfg.num_kv_heads)?;
-            let v = v.reshape((t, cfg.num_kv_heads, cfg.head_dim))?;
-            kv.k[li].inplace_op2(&k, &KvWrite(&batch.meta))?;
-            kv.v[li].inplace_op2(&v, &KvWrite(&batch.meta))?;
-            let attn = q.apply_op3_no_bwd(&kv.k[li], &kv.v[li], &attention)?;
-            x = (x + layer.o.forward(&attn)?)?;
+            fused::rope(&mut q, cfg.num_heads, d, &cos, &sin);
+            fused::rope(&mut k, cfg.num_kv_heads, d, &cos, &sin);
+            let kt = Tensor::from_slice(&k, (t, cfg.num_kv_heads, d), dev)?;
+            let vt = Tensor::from_slice(&v, (t, cfg.num_kv_heads, d), dev)?;
+            kv.k[li].inplace_op2(&kt, &KvWrite(&batch.meta))?;
+            kv.v[li].inplace_op2(&vt, &KvWrite(&batch.meta))?;
+            let qt = Tensor::from_slice(&q, (t, cfg.num_heads, d), dev)?;
+            let attn = qt.apply_op3_no_bwd(&kv.k[li], &kv.v[li], &attention)?;
+            layer
+                .o
+                .matmul(&attn.flatten_all()?.to_vec1::<f32>()?, &mut o);
+            fused::add(&mut x, &o);
 
-            let xn = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let [gate, up]: [Tensor; 2] = QWeight::forward_many(&[&layer.gate, &layer.up], &xn)?
-                .try_into()
-                .map_err(|_| candle_core::Error::Msg("two projections".into()))?;
-            let gate = candle_nn::ops::silu(&gate)?;
-            x = (x + layer.down.forward(&(gate * up)?)?)?;
+            fused::rms_norm(&x, &layer.ffn_norm.to_vec1::<f32>()?, eps, &mut xn);
+            QWeight::matmul_many(&[&layer.gate, &layer.up], &xn, &mut [&mut gate, &mut up]);
+            fused::silu_mul(&mut gate, &up);
+            layer.down.matmul(&gate, &mut o);
+            fused::add(&mut x, &o);
         }
-        if batch.sample_rows.is_empty() {
-            return Tensor::zeros((0, cfg.vocab_size), candle_core::DType::F32, &self.device);
+        let rows = batch.sample_rows.len();
+        let mut last = vec![0f32; rows * h];
+        for (dst, &r) in last.chunks_exact_mut(h).zip(&batch.sample_rows) {
+            dst.copy_from_slice(&x[r * h..(r + 1) * h]);
         }
-        let rows: Vec<u32> = batch.sample_rows.iter().map(|&r| r as u32).collect();
-        let rows = Tensor::from_vec(rows, batch.sample_rows.len(), &self.device)?;
-        let last = candle_nn::ops::rms_norm(&x.index_select(&rows, 0)?, &self.norm, eps)?;
-        match &self.lm_head {
-            LmHead::Separate(w) => w.forward(&last),
-            LmHead::Tied => self.embed.forward(&last),
-        }
+        let mut normed = vec![0f32; rows * h];
+        fused::rms_norm(&last, &self.norm.to_vec1::<f32>()?, eps, &mut normed);
+        let head = match &self.lm_head {
+            LmHead::Separate(w) => w,
+            LmHead::Tied => &self.embed,
+        };
+        let mut logits = vec![0f32; rows * cfg.vocab_size];
+        head.matmul(&normed, &mut logits);
+        Tensor::from_vec(logits, (rows, cfg.vocab_size), dev)
     }
 }

@@ -99,75 +99,109 @@ impl CustomOp3 for PagedAttention<'_> {
                 kl.shape()
             );
         }
+        if dim > MAX_HEAD_DIM {
+            candle_core::bail!("paged attention: head_dim {dim} is over {MAX_HEAD_DIM}");
+        }
         let group = heads / kv_heads;
         let meta = self.meta;
+        let rows = key_rows(meta, kv_heads)?;
         let mut out = vec![0f32; tokens * heads * dim];
         out.par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
             let (t, h) = (i / heads, i % heads);
-            let table = &meta.tables[meta.token_table[t]];
-            let keys = meta.positions[t] + 1;
+            let keys = &rows[meta.token_table[t]][..meta.positions[t] + 1];
+            let q = &q[i * dim..(i + 1) * dim];
             let kvh = h / group;
-            // Positions 0..keys in order, block by block (no division per key).
-            let offsets = table[..keys.div_ceil(block_size)]
-                .iter()
-                .enumerate()
-                .flat_map(|(bi, &block)| {
-                    let base = block as usize * block_size;
-                    let n = block_size.min(keys - bi * block_size);
-                    (base..base + n).map(move |slot| (slot * kv_heads + kvh) * dim)
-                });
-            attend_one(&q[i * dim..(i + 1) * dim], offsets, k, v, self.scale, o);
+            match dim {
+                64 => attend::<64>(q, keys, kvh, k, v, self.scale, o),
+                128 => attend::<128>(q, keys, kvh, k, v, self.scale, o),
+                _ => attend::<0>(q, keys, kvh, k, v, self.scale, o),
+            }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, heads * dim))))
     }
+}
+
+/// Largest head dimension the kernel's stack buffers hold.
+const MAX_HEAD_DIM: usize = 256;
+
+/// For each sequence of the batch, the cache row (`slot * kv_heads`) of each of its key
+/// positions, as far as its furthest query in this batch looks; computed once per call so that
+/// the inner loops do no division.
+fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Vec<usize>>> {
+    let mut keys = vec![0usize; meta.tables.len()];
+    for (&table, &pos) in meta.token_table.iter().zip(&meta.positions) {
+        keys[table] = keys[table].max(pos + 1);
+    }
+    let bs = meta.block_size;
+    meta.tables
+        .iter()
+        .zip(keys)
+        .map(|(table, n)| {
+            if n.div_ceil(bs) > table.len() {
+                candle_core::bail!(
+                    "paged attention: {n} positions need {} blocks, the table has {}",
+                    n.div_ceil(bs),
+                    table.len()
+                );
+            }
+            Ok((0..n)
+                .map(|p| (table[p / bs] as usize * bs + p % bs) * kv_heads)
+                .collect())
+        })
+        .collect()
 }
 
 /// Keys per online-softmax tile. Tiles start at multiples of this position, whatever the cache's
 /// block size.
 const KEY_TILE: usize = 32;
 
-/// Online-softmax attention of one query over the K/V rows starting at `offsets`, in order.
-fn attend_one(
+/// Online-softmax attention of one query over the keys whose cache rows are `keys` (in position
+/// order), reading KV head `kvh`. `D` is the head dimension when known at compile time (so that
+/// the accumulator stays in registers), or 0.
+fn attend<const D: usize>(
     q: &[f32],
-    offsets: impl Iterator<Item = usize>,
+    keys: &[usize],
+    kvh: usize,
     k: &[f32],
     v: &[f32],
     scale: f32,
     out: &mut [f32],
 ) {
-    let dim = q.len();
+    let dim = if D == 0 { q.len() } else { D };
+    let q = &q[..dim];
+    let mut acc_buf = [0f32; MAX_HEAD_DIM];
+    let acc = &mut acc_buf[..dim];
     let mut max = f32::NEG_INFINITY;
     let mut denom = 0f32;
-    out.fill(0.0);
-    let mut offs = [0usize; KEY_TILE];
     let mut w = [0f32; KEY_TILE];
-    let mut offsets = offsets.peekable();
-    while offsets.peek().is_some() {
-        let mut len = 0;
-        for off in offsets.by_ref().take(KEY_TILE) {
-            offs[len] = off;
-            w[len] = dot(q, &k[off..off + dim]) * scale;
-            len += 1;
+    for tile in keys.chunks(KEY_TILE) {
+        let w = &mut w[..tile.len()];
+        for (s, &row) in w.iter_mut().zip(tile) {
+            let off = (row + kvh) * dim;
+            *s = dot(q, &k[off..off + dim]) * scale;
         }
-        let tile_max = w[..len].iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let tile_max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         if tile_max > max {
             let rescale = (max - tile_max).exp();
             denom *= rescale;
-            out.iter_mut().for_each(|o| *o *= rescale);
+            acc.iter_mut().for_each(|o| *o *= rescale);
             max = tile_max;
         }
-        for s in &mut w[..len] {
+        for s in w.iter_mut() {
             *s = exp(*s - max);
         }
-        for (&wj, &off) in w[..len].iter().zip(&offs[..len]) {
+        for (&wj, &row) in w.iter().zip(tile) {
             denom += wj;
-            for (o, &x) in out.iter_mut().zip(&v[off..off + dim]) {
+            let off = (row + kvh) * dim;
+            for (o, &x) in acc.iter_mut().zip(&v[off..off + dim]) {
                 *o += wj * x;
             }
         }
     }
     let inv = 1.0 / denom;
-    out.iter_mut().for_each(|o| *o *= inv);
+    for (o, a) in out.iter_mut().zip(acc.iter()) {
+        *o = a * inv;
+    }
 }
 
 /// `e^x` for `x <= 0` (softmax weights), branch-free so that a loop over a tile vectorises:
@@ -216,7 +250,7 @@ mod tests {
         let k = [0.5, 0.5];
         let v = [3.0, -2.0];
         let mut out = [0f32; 2];
-        attend_one(&q, std::iter::once(0), &k, &v, 1.0, &mut out);
+        attend::<0>(&q, &[0], 0, &k, &v, 1.0, &mut out);
         assert_eq!(out, [3.0, -2.0]);
     }
 
@@ -227,7 +261,7 @@ mod tests {
         let k = [0.0, 3f32.ln()];
         let v = [4.0, 8.0];
         let mut out = [0f32; 1];
-        attend_one(&q, [0usize, 1].into_iter(), &k, &v, 1.0, &mut out);
+        attend::<0>(&q, &[0, 1], 0, &k, &v, 1.0, &mut out);
         assert!((out[0] - 7.0).abs() < 1e-5, "{}", out[0]);
     }
 
@@ -257,7 +291,8 @@ mod tests {
             .collect();
         let q: Vec<f32> = (0..dim).map(|i| i as f32 / 4.0 - 1.0).collect();
         let mut out = vec![0f32; dim];
-        attend_one(&q, (0..70).map(|p| p * dim), &k, &v, 0.5, &mut out);
+        let rows: Vec<usize> = (0..70).collect();
+        attend::<8>(&q, &rows, 0, &k, &v, 0.5, &mut out);
         let scores: Vec<f64> = (0..70)
             .map(|p| {
                 (0..dim)

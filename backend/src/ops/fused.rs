@@ -1,0 +1,160 @@
+//! The small per-token operations of a decoder layer on plain row-major f32 buffers, in place
+//! where possible: RMSNorm, rotary embedding, SwiGLU, residual add. Each computes exactly the
+//! expressions of candle's CPU ops (`candle_nn::ops::rms_norm`, `rope_thd`, `silu` then `mul`,
+//! `add`), so the model's outputs keep their bits; unlike them, these split large inputs across
+//! the rayon pool the matmuls use (candle runs rope on one thread for a single sequence and hands
+//! large element-wise ops to a second, spinning thread pool), and allocate nothing.
+
+use rayon::prelude::*;
+
+/// Elements below which an element-wise op runs on the calling thread.
+const PAR_MIN: usize = 32 * 1024;
+
+/// Applies `f` to matching chunks of `rows`-aligned slices, in parallel when there is enough work.
+fn for_rows<F>(out: &mut [f32], row: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    if out.len() < PAR_MIN {
+        out.chunks_mut(row).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        out.par_chunks_mut(row)
+            .enumerate()
+            .for_each(|(i, r)| f(i, r));
+    }
+}
+
+/// `out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * alpha`, row by row.
+pub fn rms_norm(x: &[f32], alpha: &[f32], eps: f32, out: &mut [f32]) {
+    let n = alpha.len();
+    debug_assert_eq!(x.len(), out.len());
+    for_rows(out, n, |r, dst| {
+        let src = &x[r * n..(r + 1) * n];
+        let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
+        let m = (sum2 / n as f32 + eps).sqrt();
+        for ((d, &s), &a) in dst.iter_mut().zip(src).zip(alpha) {
+            *d = s / m * a;
+        }
+    });
+}
+
+/// Rotary embedding in place on `(tokens, heads, dim)` rows, rotating the pairs `(i, i + dim/2)`
+/// of token `t` by the angles whose cosines and sines are `cos[t]`, `sin[t]` (`dim / 2` each).
+pub fn rope(x: &mut [f32], heads: usize, dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = dim / 2;
+    for_rows(x, heads * dim, |t, row| {
+        let (c, s) = (
+            &cos[t * half..(t + 1) * half],
+            &sin[t * half..(t + 1) * half],
+        );
+        for head in row.chunks_exact_mut(dim) {
+            let (a, b) = head.split_at_mut(half);
+            for i in 0..half {
+                let (x1, x2) = (a[i], b[i]);
+                a[i] = x1 * c[i] - x2 * s[i];
+                b[i] = x1 * s[i] + x2 * c[i];
+            }
+        }
+    });
+}
+
+/// `gate = silu(gate) * up`, element-wise.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    let row = 4096;
+    for_rows(gate, row, |i, g| {
+        for (g, &u) in g.iter_mut().zip(&up[i * row..]) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
+}
+
+/// `x += y`, element-wise.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    let row = 4096;
+    for_rows(x, row, |i, x| {
+        for (x, &y) in x.iter_mut().zip(&y[i * row..]) {
+            *x += y;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    fn values(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect()
+    }
+
+    #[test]
+    fn ops_give_candles_bits() {
+        let dev = Device::Cpu;
+        let (t, heads, dim) = (40, 3, 8);
+        let x = values(t * heads * dim);
+        let xt = Tensor::from_vec(x.clone(), (t, heads * dim), &dev).unwrap();
+
+        let alpha = values(heads * dim);
+        let at = Tensor::from_vec(alpha.clone(), heads * dim, &dev).unwrap();
+        let want: Vec<f32> = candle_nn::ops::rms_norm(&xt, &at, 1e-5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut got = vec![0f32; x.len()];
+        rms_norm(&x, &alpha, 1e-5, &mut got);
+        assert_eq!(got, want);
+
+        let cos: Vec<f32> = (0..t * dim / 2).map(|i| (i as f32 * 0.1).cos()).collect();
+        let sin: Vec<f32> = (0..t * dim / 2).map(|i| (i as f32 * 0.1).sin()).collect();
+        let ct = Tensor::from_vec(cos.clone(), (t, dim / 2), &dev).unwrap();
+        let st = Tensor::from_vec(sin.clone(), (t, dim / 2), &dev).unwrap();
+        let x4 = xt.reshape((1, t, heads, dim)).unwrap();
+        let want: Vec<f32> = candle_nn::rotary_emb::rope_thd(&x4, &ct, &st)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut got = x.clone();
+        rope(&mut got, heads, dim, &cos, &sin);
+        assert_eq!(got, want);
+
+        let up = values(x.len()).into_iter().rev().collect::<Vec<_>>();
+        let ut = Tensor::from_vec(up.clone(), x.len(), &dev).unwrap();
+        let g = xt.flatten_all().unwrap();
+        let want: Vec<f32> = (candle_nn::ops::silu(&g).unwrap() * &ut)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let mut got = x.clone();
+        silu_mul(&mut got, &up);
+        assert_eq!(got, want);
+
+        let want: Vec<f32> = (&g + &ut).unwrap().to_vec1().unwrap();
+        let mut got = x.clone();
+        add(&mut got, &up);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn large_inputs_split_without_changing_results() {
+        let n = PAR_MIN * 3 + 5;
+        let (x, y) = (values(n), values(n + 7)[7..].to_vec());
+        let mut par = x.clone();
+        add(&mut par, &y);
+        let seq: Vec<f32> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
+        assert_eq!(par, seq);
+        let mut par = x.clone();
+        silu_mul(&mut par, &y);
+        let seq: Vec<f32> = x
+            .iter()
+            .zip(&y)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        assert_eq!(par, seq);
+    }
+}
