@@ -176,9 +176,21 @@ fn attend<const D: usize>(
     let mut w = [0f32; KEY_TILE];
     for tile in keys.chunks(KEY_TILE) {
         let w = &mut w[..tile.len()];
-        for (s, &row) in w.iter_mut().zip(tile) {
+        // Four keys at a time: four independent accumulator chains (same bits as one by one).
+        let mut j = 0;
+        while j + 4 <= tile.len() {
+            let ks: [&[f32]; 4] = std::array::from_fn(|i| {
+                let off = (tile[j + i] + kvh) * dim;
+                &k[off..off + dim]
+            });
+            for (s, d) in w[j..j + 4].iter_mut().zip(dots(q, ks)) {
+                *s = d * scale;
+            }
+            j += 4;
+        }
+        for (s, &row) in w[j..].iter_mut().zip(&tile[j..]) {
             let off = (row + kvh) * dim;
-            *s = dot(q, &k[off..off + dim]) * scale;
+            *s = dots(q, [&k[off..off + dim]])[0] * scale;
         }
         let tile_max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         if tile_max > max {
@@ -222,22 +234,28 @@ fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Dot product with eight fixed accumulator lanes: vectorisable and always summed in one order.
+/// Dot products of `a` with each of `bs`, each with eight fixed accumulator lanes: vectorisable,
+/// always summed in one order, and several at once so that their add chains overlap.
 #[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
+fn dots<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
+    let mut acc = [[0f32; 8]; N];
     let (a8, a_tail) = a.as_chunks::<8>();
-    let (b8, b_tail) = b[..a.len()].as_chunks::<8>();
-    for (x, y) in a8.iter().zip(b8) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+    let b8: [&[[f32; 8]]; N] = std::array::from_fn(|i| bs[i][..a.len()].as_chunks::<8>().0);
+    for (c, x) in a8.iter().enumerate() {
+        for (acc, b) in acc.iter_mut().zip(&b8) {
+            for l in 0..8 {
+                acc[l] += x[l] * b[c][l];
+            }
         }
     }
-    let mut tail = 0f32;
-    for (x, y) in a_tail.iter().zip(b_tail) {
-        tail += x * y;
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    std::array::from_fn(|i| {
+        let acc = &acc[i];
+        let mut tail = 0f32;
+        for (x, y) in a_tail.iter().zip(&bs[i][a8.len() * 8..]) {
+            tail += x * y;
+        }
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    })
 }
 
 #[cfg(test)]
@@ -316,8 +334,16 @@ mod tests {
     }
 
     #[test]
-    fn dot_handles_tails() {
+    fn dot_handles_tails_and_groups_do_not_change_bits() {
         let a: Vec<f32> = (0..11).map(|i| i as f32).collect();
-        assert_eq!(dot(&a, &a), (0..11).map(|i| (i * i) as f32).sum::<f32>());
+        assert_eq!(dots(&a, [&a])[0], (0..11).map(|i| (i * i) as f32).sum::<f32>());
+        let bs: Vec<Vec<f32>> = (0..4)
+            .map(|j| (0..70).map(|i| ((i * 31 + j * 7) % 13) as f32 / 3.1 - 2.0).collect())
+            .collect();
+        let q: Vec<f32> = (0..70).map(|i| (i % 9) as f32 / 7.0 - 0.5).collect();
+        let four = dots(&q, std::array::from_fn::<_, 4, _>(|j| bs[j].as_slice()));
+        for j in 0..4 {
+            assert_eq!(four[j].to_bits(), dots(&q, [bs[j].as_slice()])[0].to_bits());
+        }
     }
 }
