@@ -22,7 +22,7 @@
 mod scalar;
 mod x86;
 
-use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0, GgmlType};
 use half::f16;
 use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -70,10 +70,9 @@ impl QActs {
         };
         let mut blocks = vec![empty; rows * kb];
         let quantize_rows = |(xs, out): (&[f32], &mut [ActBlock])| {
-            let mut q = [BlockQ8_1::zeros()];
-            for (chunk, b) in xs.chunks_exact(32).zip(out.iter_mut()) {
-                BlockQ8_1::from_float(chunk, &mut q);
-                *b = act_block(&q[0]);
+            let (chunks, _) = xs.as_chunks::<32>();
+            for (chunk, b) in chunks.iter().zip(out.iter_mut()) {
+                *b = quantize_block(chunk);
             }
         };
         if rows > QUANT_ROWS_PER_TASK {
@@ -91,23 +90,27 @@ impl QActs {
     }
 }
 
-/// The layout of candle's `BlockQ8_1` (its fields are private): scale, scaled sum, 32 values.
-#[repr(C)]
-struct RawQ8_1 {
-    d: f16,
-    s: f16,
-    qs: [i8; 32],
-}
-const _: () = assert!(std::mem::size_of::<RawQ8_1>() == std::mem::size_of::<BlockQ8_1>());
-
-fn act_block(q: &BlockQ8_1) -> ActBlock {
-    // SAFETY: `RawQ8_1` is candle's `repr(C)` layout of `BlockQ8_1` (size asserted above).
-    let q = unsafe { &*(q as *const BlockQ8_1 as *const RawQ8_1) };
+/// Candle's Q8_1 quantization of one block (`BlockQ8_1::from_float`: the same operations in the
+/// same order, so the same bits), written over fixed-size arrays so that it vectorises.
+fn quantize_block(x: &[f32; 32]) -> ActBlock {
+    let mut amax = 0f32;
+    for &v in x {
+        amax = amax.max(v.abs());
+    }
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; 32];
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    let isum: i32 = qs.iter().map(|&q| q as i32).sum();
+    let d = f16::from_f32(d);
+    let s = f16::from_f32(f16::from_f32(isum as f32).to_f32() * d.to_f32());
     ActBlock {
-        qs: q.qs,
-        d: q.d.to_f32(),
-        s: q.s.to_f32(),
-        isum: q.qs.iter().map(|&v| v as i32).sum(),
+        qs,
+        d: d.to_f32(),
+        s: s.to_f32(),
+        isum,
     }
 }
 

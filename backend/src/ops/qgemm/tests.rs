@@ -175,6 +175,32 @@ fn packing_round_trips_every_row() {
 }
 
 #[test]
+fn activation_quantization_is_candles_bit_for_bit() {
+    use candle_core::quantized::k_quants::BlockQ8_1;
+    #[repr(C)]
+    struct RawQ8_1 {
+        d: f16,
+        s: f16,
+        qs: [i8; 32],
+    }
+    // Random rows, a zero block, and a block of exact half-way values (amax 127: scale 1).
+    let mut x = values(32 * 40, 9);
+    x.extend(std::iter::repeat_n(0.0, 32));
+    x.extend((0..32).map(|i| if i == 0 { 127.0 } else { i as f32 - 16.5 }));
+    let ours = QActs::quantize(&x, 32);
+    let mut theirs: Vec<BlockQ8_1> = (0..x.len() / 32).map(|_| BlockQ8_1::zeros()).collect();
+    BlockQ8_1::from_float(&x, &mut theirs);
+    for (a, b) in ours.blocks.iter().zip(&theirs) {
+        // SAFETY: `RawQ8_1` mirrors candle's `repr(C)` block.
+        let b = unsafe { &*(b as *const BlockQ8_1 as *const RawQ8_1) };
+        assert_eq!(a.qs, b.qs);
+        assert_eq!(a.d.to_bits(), b.d.to_f32().to_bits());
+        assert_eq!(a.s.to_bits(), b.s.to_f32().to_bits());
+        assert_eq!(a.isum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+    }
+}
+
+#[test]
 fn kernel_names_round_trip_and_scalar_is_always_there() {
     for k in Kernel::ALL {
         assert_eq!(Kernel::from_name(k.name()), Some(k));
