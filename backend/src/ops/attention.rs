@@ -336,9 +336,16 @@ mod tests {
     #[test]
     fn dot_handles_tails_and_groups_do_not_change_bits() {
         let a: Vec<f32> = (0..11).map(|i| i as f32).collect();
-        assert_eq!(dots(&a, [&a])[0], (0..11).map(|i| (i * i) as f32).sum::<f32>());
+        assert_eq!(
+            dots(&a, [&a])[0],
+            (0..11).map(|i| (i * i) as f32).sum::<f32>()
+        );
         let bs: Vec<Vec<f32>> = (0..4)
-            .map(|j| (0..70).map(|i| ((i * 31 + j * 7) % 13) as f32 / 3.1 - 2.0).collect())
+            .map(|j| {
+                (0..70)
+                    .map(|i| ((i * 31 + j * 7) % 13) as f32 / 3.1 - 2.0)
+                    .collect()
+            })
             .collect();
         let q: Vec<f32> = (0..70).map(|i| (i % 9) as f32 / 7.0 - 0.5).collect();
         let four = dots(&q, std::array::from_fn::<_, 4, _>(|j| bs[j].as_slice()));
