@@ -1,14 +1,52 @@
 //! The paged KV cache storage: per layer, one K and one V tensor of shape
-//! `[num_blocks, block_size, kv_heads, head_dim]` (f32).
+//! `[num_blocks, block_size, kv_heads, head_dim]`, in f32 or f16 ([`KvDType`]).
 //!
 //! The backend owns the storage only; which sequence owns which block is the router's business.
 //! Block tables arriving with a step are checked against `num_blocks` before use. Sizing: one block
-//! costs `2 * layers * block_size * kv_heads * head_dim * 4` bytes, and the cache takes as many
-//! blocks as fit the memory budget.
+//! costs `2 * layers * block_size * kv_heads * head_dim * (4 or 2)` bytes, and the cache takes as
+//! many blocks as fit the memory budget.
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
 use candle_core::{DType, Device, Tensor};
+
+/// The element type of the cache. f16 holds twice the tokens in the same memory; keys and values
+/// are rounded to f16 when written and widened to f32 when read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDType {
+    #[default]
+    F32,
+    F16,
+}
+
+impl KvDType {
+    fn dtype(self) -> DType {
+        match self {
+            KvDType::F32 => DType::F32,
+            KvDType::F16 => DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(KvDType::F32),
+            "f16" => Ok(KvDType::F16),
+            other => Err(format!("`{other}`: expected f32 or f16")),
+        }
+    }
+}
+
+impl std::fmt::Display for KvDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvDType::F32 => "f32",
+            KvDType::F16 => "f16",
+        })
+    }
+}
 
 pub struct KvCache {
     pub(crate) k: Vec<Tensor>,
@@ -19,8 +57,8 @@ pub struct KvCache {
 
 impl KvCache {
     /// Bytes one block takes across all layers, K and V.
-    pub fn block_bytes(cfg: &ModelConfig, block_size: usize) -> usize {
-        2 * cfg.num_layers * block_size * cfg.kv_dim() * DType::F32.size_in_bytes()
+    pub fn block_bytes(cfg: &ModelConfig, block_size: usize, dtype: KvDType) -> usize {
+        2 * cfg.num_layers * block_size * cfg.kv_dim() * dtype.dtype().size_in_bytes()
     }
 
     /// A cache of as many blocks as `budget_bytes` holds (at least one).
@@ -28,12 +66,13 @@ impl KvCache {
         cfg: &ModelConfig,
         block_size: usize,
         budget_bytes: usize,
+        dtype: KvDType,
         device: &Device,
     ) -> Result<Self, LoadError> {
         if block_size == 0 {
             return Err(LoadError::invalid("kv_block_size", "must be at least 1"));
         }
-        let num_blocks = budget_bytes / Self::block_bytes(cfg, block_size);
+        let num_blocks = budget_bytes / Self::block_bytes(cfg, block_size, dtype);
         if num_blocks == 0 {
             return Err(LoadError::KvBudget {
                 budget_bytes,
@@ -41,7 +80,7 @@ impl KvCache {
                 needed: 1,
             });
         }
-        Self::with_blocks(cfg, block_size, num_blocks, device)
+        Self::with_blocks(cfg, block_size, num_blocks, dtype, device)
     }
 
     /// A cache of exactly `num_blocks` blocks.
@@ -49,10 +88,11 @@ impl KvCache {
         cfg: &ModelConfig,
         block_size: usize,
         num_blocks: usize,
+        dtype: KvDType,
         device: &Device,
     ) -> Result<Self, LoadError> {
         let shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim);
-        let alloc = || Tensor::zeros(shape, DType::F32, device);
+        let alloc = || Tensor::zeros(shape, dtype.dtype(), device);
         let k = (0..cfg.num_layers)
             .map(|_| alloc())
             .collect::<Result<_, _>>()?;

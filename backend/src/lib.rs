@@ -25,4 +25,5 @@ pub mod worker;
 
 pub use engine::Engine;
 pub use error::{BackendError, LoadError};
+pub use kv::KvDType;
 pub use worker::{load_engine, Backend, BackendConfig, DeviceSpec};

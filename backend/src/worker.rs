@@ -9,7 +9,7 @@
 
 use crate::engine::Engine;
 use crate::error::{BackendError, LoadError};
-use crate::kv::KvCache;
+use crate::kv::{KvCache, KvDType};
 use crate::{loader, tokenizer};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -71,6 +71,8 @@ pub struct BackendConfig {
     pub kv_cache_bytes: usize,
     /// Tokens per KV block.
     pub block_size: usize,
+    /// Element type of the KV cache.
+    pub kv_dtype: KvDType,
     /// Compute threads; `None` uses every core.
     pub threads: Option<usize>,
     /// Dequantize every weight to f32 at load (reference runs).
@@ -84,6 +86,7 @@ impl BackendConfig {
             device: DeviceSpec::Cpu,
             kv_cache_bytes: 512 << 20,
             block_size: 16,
+            kv_dtype: KvDType::F32,
             threads: None,
             dequantize: false,
         }
@@ -100,7 +103,13 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
     if cfg.dequantize {
         model.dequantize();
     }
-    let kv = KvCache::with_budget(&model.cfg, cfg.block_size, cfg.kv_cache_bytes, &device)?;
+    let kv = KvCache::with_budget(
+        &model.cfg,
+        cfg.block_size,
+        cfg.kv_cache_bytes,
+        cfg.kv_dtype,
+        &device,
+    )?;
     let model_id = cfg
         .model_path
         .file_name()

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use wick_backend::tokenizer::load_tokenizer;
-use wick_backend::{Backend, BackendConfig, DeviceSpec, LoadError};
+use wick_backend::{Backend, BackendConfig, DeviceSpec, KvDType, LoadError};
 use wick_proto::SamplingParams;
 
 #[derive(Debug, Parser)]
@@ -52,6 +52,9 @@ pub struct ModelArgs {
     /// Tokens per KV cache block.
     #[arg(long, env = "WICK_BLOCK_SIZE", default_value_t = 16)]
     pub block_size: usize,
+    /// Element type of the KV cache: `f32`, or `f16` (twice the tokens in the same memory).
+    #[arg(long, env = "WICK_KV_CACHE_DTYPE", default_value = "f32")]
+    pub kv_cache_dtype: KvDType,
 }
 
 impl ModelArgs {
@@ -61,6 +64,7 @@ impl ModelArgs {
             threads: self.threads,
             kv_cache_bytes: self.kv_cache_memory << 20,
             block_size: self.block_size,
+            kv_dtype: self.kv_cache_dtype,
             ..BackendConfig::new(&self.model)
         }
     }

@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use wick_backend::sampling::argmax;
 use wick_backend::tokenizer::{load_tokenizer, TokenizerInfo};
-use wick_backend::{load_engine, Backend, BackendConfig, Engine};
+use wick_backend::{load_engine, Backend, BackendConfig, Engine, KvDType};
 use wick_proto::{ModelInfo, SamplingParams, Step, StepEntry};
 use wick_router::template::{ChatMessage, ChatTemplate};
 
@@ -137,8 +137,21 @@ fn chat_prompts_have_llama_cpp_lengths() {
 
 #[test]
 fn teacher_forced_logits_agree_with_llama_cpp() {
+    teacher_forced(KvDType::F32);
+}
+
+#[test]
+fn teacher_forced_logits_agree_with_llama_cpp_with_an_f16_kv_cache() {
+    teacher_forced(KvDType::F16);
+}
+
+fn teacher_forced(kv_dtype: KvDType) {
     let tok = load_tokenizer(&model_path()).unwrap();
-    let (mut engine, info) = load_engine(&config(16)).unwrap();
+    let cfg = BackendConfig {
+        kv_dtype,
+        ..config(16)
+    };
+    let (mut engine, info) = load_engine(&cfg).unwrap();
     let bs = info.kv_block_size;
     for (seq, case) in fixture("chat-ref.json")["cases"]
         .as_array()
@@ -176,7 +189,7 @@ fn teacher_forced_logits_agree_with_llama_cpp() {
             .take_while(|(l, &r)| argmax(l) == r)
             .count();
         eprintln!(
-            "{}: largest gap {worst:.3}; free-running greedy reproduces {same} of {} tokens",
+            "{kv_dtype} KV, {}: largest gap {worst:.3}; free-running greedy reproduces {same} of {} tokens",
             case["prompt"],
             reference.len()
         );
@@ -265,14 +278,23 @@ fn batching_and_chunking_do_not_change_logits() {
 #[test]
 fn block_sizes_give_bit_identical_logits() {
     let tok = load_tokenizer(&model_path()).unwrap();
-    let mut runs = Vec::new();
-    for bs in [1, 16, 64] {
-        let (mut engine, info) = load_engine(&config(bs)).unwrap();
-        let prompt = chat_prompt(&tok, &info, "Explain what a CPU does in one sentence.");
-        runs.push(run_alone(&mut engine, 0, &prompt, 6));
+    for kv_dtype in [KvDType::F32, KvDType::F16] {
+        let mut runs = Vec::new();
+        for bs in [1, 16, 64] {
+            let cfg = BackendConfig {
+                kv_dtype,
+                ..config(bs)
+            };
+            let (mut engine, info) = load_engine(&cfg).unwrap();
+            let prompt = chat_prompt(&tok, &info, "Explain what a CPU does in one sentence.");
+            runs.push(run_alone(&mut engine, 0, &prompt, 6));
+        }
+        assert!(runs[0] == runs[1], "{kv_dtype}: block size 1 and 16 differ");
+        assert!(
+            runs[1] == runs[2],
+            "{kv_dtype}: block size 16 and 64 differ"
+        );
     }
-    assert!(runs[0] == runs[1], "block size 1 and 16 differ");
-    assert!(runs[1] == runs[2], "block size 16 and 64 differ");
 }
 
 #[test]

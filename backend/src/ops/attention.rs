@@ -10,6 +10,8 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Where each packed token's attention looks: its absolute position and its sequence's table.
@@ -30,10 +32,43 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("paged attention: {what} must be f32, got {:?}", s.dtype());
     };
+    contiguous(v, l, what)
+}
+
+fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<&'a [T]> {
     let Some((a, b)) = l.contiguous_offsets() else {
         candle_core::bail!("paged attention: {what} must be contiguous");
     };
     Ok(&v[a..b])
+}
+
+/// An element type of the KV cache: f32, or f16 (half the memory, converted on read).
+pub trait KvElem: Copy + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+    /// `data[off..off + dim]` as f32: borrowed when already f32, else converted into `buf`.
+    fn row<'a>(data: &'a [Self], off: usize, dim: usize, buf: &'a mut [f32]) -> &'a [f32];
+}
+
+impl KvElem for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    #[inline]
+    fn row<'a>(data: &'a [f32], off: usize, dim: usize, _: &'a mut [f32]) -> &'a [f32] {
+        &data[off..off + dim]
+    }
+}
+
+impl KvElem for f16 {
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+    #[inline]
+    fn row<'a>(data: &'a [f16], off: usize, dim: usize, buf: &'a mut [f32]) -> &'a [f32] {
+        let buf = &mut buf[..dim];
+        data[off..off + dim].convert_to_f32_slice(buf);
+        buf
+    }
 }
 
 /// Writes `(tokens, kv_heads, head_dim)` rows into a `(blocks, block_size, kv_heads, head_dim)`
@@ -52,15 +87,21 @@ impl InplaceOp2 for KvWrite<'_> {
         src: &CpuStorage,
         sl: &Layout,
     ) -> candle_core::Result<()> {
+        fn write<T: KvElem>(cache: &mut [T], cl: &Layout, src: &[f32], slots: &[usize]) {
+            let row = cl.shape().dims()[2..].iter().product::<usize>();
+            let start = cl.start_offset();
+            for (t, &slot) in slots.iter().enumerate() {
+                let dst = start + slot * row;
+                for (d, &x) in cache[dst..dst + row].iter_mut().zip(&src[t * row..]) {
+                    *d = T::from_f32(x);
+                }
+            }
+        }
         let src = f32_slice(src, sl, "new K/V")?;
-        let CpuStorage::F32(cache) = cache else {
-            candle_core::bail!("paged attention: the cache must be f32");
-        };
-        let row = cl.shape().dims()[2..].iter().product::<usize>();
-        let start = cl.start_offset();
-        for (t, &slot) in self.0.slots.iter().enumerate() {
-            let dst = start + slot * row;
-            cache[dst..dst + row].copy_from_slice(&src[t * row..(t + 1) * row]);
+        match cache {
+            CpuStorage::F32(c) => write(c, cl, src, &self.0.slots),
+            CpuStorage::F16(c) => write(c, cl, src, &self.0.slots),
+            other => candle_core::bail!("paged attention: a {:?} cache", other.dtype()),
         }
         Ok(())
     }
@@ -88,8 +129,33 @@ impl CustomOp3 for PagedAttention<'_> {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let q = f32_slice(qs, ql, "queries")?;
-        let k = f32_slice(ks, kl, "key cache")?;
-        let v = f32_slice(vs, vl, "value cache")?;
+        match (ks, vs) {
+            (CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                let (k, v) = (contiguous(k, kl, "keys")?, contiguous(v, vl, "values")?);
+                self.run(q, ql, k, kl, v)
+            }
+            (CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                let (k, v) = (contiguous(k, kl, "keys")?, contiguous(v, vl, "values")?);
+                self.run(q, ql, k, kl, v)
+            }
+            _ => candle_core::bail!(
+                "paged attention: K/V caches of {:?} and {:?}",
+                ks.dtype(),
+                vs.dtype()
+            ),
+        }
+    }
+}
+
+impl PagedAttention<'_> {
+    fn run<T: KvElem>(
+        &self,
+        q: &[f32],
+        ql: &Layout,
+        k: &[T],
+        kl: &Layout,
+        v: &[T],
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (tokens, heads, dim) = ql.shape().dims3()?;
         let (_, block_size, kv_heads, kdim) = kl.shape().dims4()?;
         if kdim != dim || heads % kv_heads != 0 || block_size != self.meta.block_size {
@@ -112,9 +178,9 @@ impl CustomOp3 for PagedAttention<'_> {
             let q = &q[i * dim..(i + 1) * dim];
             let kvh = h / group;
             match dim {
-                64 => attend::<64>(q, keys, kvh, k, v, self.scale, o),
-                128 => attend::<128>(q, keys, kvh, k, v, self.scale, o),
-                _ => attend::<0>(q, keys, kvh, k, v, self.scale, o),
+                64 => attend::<T, 64>(q, keys, kvh, k, v, self.scale, o),
+                128 => attend::<T, 128>(q, keys, kvh, k, v, self.scale, o),
+                _ => attend::<T, 0>(q, keys, kvh, k, v, self.scale, o),
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, heads * dim))))
@@ -158,12 +224,12 @@ const KEY_TILE: usize = 32;
 /// Online-softmax attention of one query over the keys whose cache rows are `keys` (in position
 /// order), reading KV head `kvh`. `D` is the head dimension when known at compile time (so that
 /// the accumulator stays in registers), or 0.
-fn attend<const D: usize>(
+fn attend<T: KvElem, const D: usize>(
     q: &[f32],
     keys: &[usize],
     kvh: usize,
-    k: &[f32],
-    v: &[f32],
+    k: &[T],
+    v: &[T],
     scale: f32,
     out: &mut [f32],
 ) {
@@ -174,15 +240,21 @@ fn attend<const D: usize>(
     let mut max = f32::NEG_INFINITY;
     let mut denom = 0f32;
     let mut w = [0f32; KEY_TILE];
+    let mut kbuf = [[0f32; MAX_HEAD_DIM]; 4];
+    let mut vbuf = [0f32; MAX_HEAD_DIM];
     for tile in keys.chunks(KEY_TILE) {
         let w = &mut w[..tile.len()];
         // Four keys at a time: four independent accumulator chains (same bits as one by one).
         let mut j = 0;
         while j + 4 <= tile.len() {
-            let ks: [&[f32]; 4] = std::array::from_fn(|i| {
-                let off = (tile[j + i] + kvh) * dim;
-                &k[off..off + dim]
-            });
+            let [b0, b1, b2, b3] = &mut kbuf;
+            let off = |i: usize| (tile[j + i] + kvh) * dim;
+            let ks = [
+                T::row(k, off(0), dim, b0),
+                T::row(k, off(1), dim, b1),
+                T::row(k, off(2), dim, b2),
+                T::row(k, off(3), dim, b3),
+            ];
             for (s, d) in w[j..j + 4].iter_mut().zip(dots(q, ks)) {
                 *s = d * scale;
             }
@@ -190,7 +262,7 @@ fn attend<const D: usize>(
         }
         for (s, &row) in w[j..].iter_mut().zip(&tile[j..]) {
             let off = (row + kvh) * dim;
-            *s = dots(q, [&k[off..off + dim]])[0] * scale;
+            *s = dots(q, [T::row(k, off, dim, &mut kbuf[0])])[0] * scale;
         }
         let tile_max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         if tile_max > max {
@@ -205,7 +277,7 @@ fn attend<const D: usize>(
         for (&wj, &row) in w.iter().zip(tile) {
             denom += wj;
             let off = (row + kvh) * dim;
-            for (o, &x) in acc.iter_mut().zip(&v[off..off + dim]) {
+            for (o, &x) in acc.iter_mut().zip(T::row(v, off, dim, &mut vbuf)) {
                 *o += wj * x;
             }
         }
@@ -268,7 +340,7 @@ mod tests {
         let k = [0.5, 0.5];
         let v = [3.0, -2.0];
         let mut out = [0f32; 2];
-        attend::<0>(&q, &[0], 0, &k, &v, 1.0, &mut out);
+        attend::<f32, 0>(&q, &[0], 0, &k, &v, 1.0, &mut out);
         assert_eq!(out, [3.0, -2.0]);
     }
 
@@ -279,7 +351,7 @@ mod tests {
         let k = [0.0, 3f32.ln()];
         let v = [4.0, 8.0];
         let mut out = [0f32; 1];
-        attend::<0>(&q, &[0, 1], 0, &k, &v, 1.0, &mut out);
+        attend::<f32, 0>(&q, &[0, 1], 0, &k, &v, 1.0, &mut out);
         assert!((out[0] - 7.0).abs() < 1e-5, "{}", out[0]);
     }
 
@@ -310,7 +382,7 @@ mod tests {
         let q: Vec<f32> = (0..dim).map(|i| i as f32 / 4.0 - 1.0).collect();
         let mut out = vec![0f32; dim];
         let rows: Vec<usize> = (0..70).collect();
-        attend::<8>(&q, &rows, 0, &k, &v, 0.5, &mut out);
+        attend::<f32, 8>(&q, &rows, 0, &k, &v, 0.5, &mut out);
         let scores: Vec<f64> = (0..70)
             .map(|p| {
                 (0..dim)
