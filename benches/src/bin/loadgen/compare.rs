@@ -8,7 +8,7 @@
 //! - aggregate: 4, 16 and 64 clients, short prompts (~40 tokens), two requests each of 64 output
 //!   tokens; output (and prompt plus output) tokens per second of wall time;
 //! - mixed: 64 clients at once, alternately ~40- and ~500-token prompts, 64 output tokens each;
-//!   TTFT and inter-token latency p50/p99.
+//!   TTFT and inter-token latency p50/p90/p99, output tokens/s.
 //!
 //! Every prompt starts with a number no other request has, so neither server's prefix cache can
 //! help. Flags: `--llama-server PATH` (else Wick alone), `--bin`, `--model`, `--threads`,
@@ -163,8 +163,10 @@ async fn measure(base: &str) -> Value {
         "mixed": {
             "clients": 64,
             "ttft_p50_ms": ms(percentile(&ttfts, 0.5)),
+            "ttft_p90_ms": ms(percentile(&ttfts, 0.9)),
             "ttft_p99_ms": ms(percentile(&ttfts, 0.99)),
             "itl_p50_ms": ms(percentile(&gaps, 0.5)),
+            "itl_p90_ms": ms(percentile(&gaps, 0.9)),
             "itl_p99_ms": ms(percentile(&gaps, 0.99)),
             "output_tokens_per_s": out as f64 / wall.as_secs_f64(),
         },
@@ -172,7 +174,7 @@ async fn measure(base: &str) -> Value {
 }
 
 /// The rows of the table: (label, JSON pointer).
-const ROWS: [(&str, &str); 9] = [
+const ROWS: [(&str, &str); 12] = [
     ("single-stream decode (tokens/s)", "/decode_tokens_per_s"),
     (
         "prefill, ~500-token prompt (tokens/s)",
@@ -191,14 +193,23 @@ const ROWS: [(&str, &str); 9] = [
         "/aggregate/2/output_tokens_per_s",
     ),
     ("mixed, 64 clients: TTFT p50 (ms)", "/mixed/ttft_p50_ms"),
+    ("mixed, 64 clients: TTFT p90 (ms)", "/mixed/ttft_p90_ms"),
     ("mixed, 64 clients: TTFT p99 (ms)", "/mixed/ttft_p99_ms"),
     (
         "mixed, 64 clients: inter-token p50 (ms)",
         "/mixed/itl_p50_ms",
     ),
     (
+        "mixed, 64 clients: inter-token p90 (ms)",
+        "/mixed/itl_p90_ms",
+    ),
+    (
         "mixed, 64 clients: inter-token p99 (ms)",
         "/mixed/itl_p99_ms",
+    ),
+    (
+        "mixed, 64 clients: output (tokens/s)",
+        "/mixed/output_tokens_per_s",
     ),
 ];
 
