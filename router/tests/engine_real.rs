@@ -454,3 +454,40 @@ fn streamed_text_never_splits_a_utf8_character() {
         assert_eq!(streamed, text);
     }
 }
+
+#[test]
+fn every_matmul_kernel_gives_the_same_tokens_and_a_bad_choice_is_refused() {
+    use wick_backend::ops::qgemm::Kernel;
+    let case = &fixture("chat-ref.json")["cases"][2];
+    let run = |kernel: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+            .args(["generate", "--json", "--max-tokens", "12", "--chat"])
+            .arg(case["prompt"].as_str().unwrap())
+            .arg("--model")
+            .arg(model_path())
+            .env("WICK_KERNEL", kernel)
+            .output()
+            .unwrap()
+    };
+    let mut outputs = Vec::new();
+    for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+        let out = run(kernel.name());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        outputs.push((kernel, ids(&json["ids"])));
+    }
+    for (kernel, ids) in &outputs {
+        assert_eq!(
+            ids, &outputs[0].1,
+            "{kernel:?} differs from {:?}",
+            outputs[0].0
+        );
+    }
+    let bad = run("sse9");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("WICK_KERNEL=sse9"));
+}
