@@ -2,7 +2,7 @@
 //! CPU matmul that applies them to a batch of activation rows.
 //!
 //! Q4_0, Q4_1 and Q8_0 (the types of SmolLM2's GGUFs and the common 4/8-bit ones) are repacked at
-//! load for Wick's kernels in [`super::qgemm`]; [`QWeight::forward_many`] applies several of them
+//! load for Wick's kernels in [`super::qgemm`]; [`QWeight::matmul_many`] applies several of them
 //! to one input with a single activation quantization and one parallel pass. Other types go
 //! through candle's `vec_dot` per (row, column), the portable path.
 //!
@@ -288,23 +288,6 @@ impl QWeight {
     /// The matmul as a candle op on a `(m, cols)` f32 tensor, giving `(m, rows)`.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         x.apply_op1_no_bwd(&LinearOp(self))
-    }
-
-    /// Several matrices of the same width applied to one `(m, cols)` input (see
-    /// [`Self::matmul_many`]), giving one `(m, rows_j)` tensor each.
-    pub fn forward_many(ws: &[&QWeight], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
-        let (m, k) = x.dims2()?;
-        if let Some(w) = ws.iter().find(|w| w.cols != k) {
-            candle_core::bail!("wick-linear: input width {k}, weight expects {}", w.cols);
-        }
-        let xs = x.flatten_all()?.to_vec1::<f32>()?;
-        let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
-        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(|o| o.as_mut_slice()).collect();
-        Self::matmul_many(ws, &xs, &mut views);
-        ws.iter()
-            .zip(outs)
-            .map(|(w, o)| Tensor::from_vec(o, (m, w.rows), x.device()))
-            .collect()
     }
 }
 
