@@ -2,15 +2,22 @@
 //! penalties need. [`Engine::step`] checks a [`Step`], packs it, runs the forward pass and samples.
 //! The worker thread owns one `Engine`; tests and benchmarks may drive one directly.
 //!
+//! Constrained sequences: a [`Constraint`] registered with [`Engine::constrain`] gives a token
+//! mask before each of its sequence's samplings (computed for all constrained entries of a step
+//! in parallel, after the forward pass) and is advanced with the sampled token. Sequences
+//! without one pay nothing.
+//!
 //! Invariants: a step is checked whole before anything runs, so a bad entry (unknown block, short
 //! block table, token outside the vocabulary, context overflow) fails the step with a typed error
 //! and leaves the cache untouched.
 
 use crate::error::BackendError;
+use crate::grammar::{Constraint, TokenMask};
 use crate::kv::KvCache;
 use crate::model::{Model, PackedBatch};
 use crate::ops::AttentionMeta;
 use crate::sampling;
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 use wick_proto::{SeqId, Step, StepOutput};
@@ -20,6 +27,8 @@ pub struct Engine {
     kv: KvCache,
     /// Tokens seen so far by each sequence, by position (for penalties). Dropped on release.
     history: HashMap<SeqId, Vec<u32>>,
+    /// Grammar state of constrained sequences. Dropped on release.
+    constraints: HashMap<SeqId, Constraint>,
 }
 
 impl Engine {
@@ -28,6 +37,7 @@ impl Engine {
             model,
             kv,
             history: HashMap::new(),
+            constraints: HashMap::new(),
         }
     }
 
@@ -39,9 +49,33 @@ impl Engine {
         &self.kv
     }
 
-    /// Forgets a finished sequence's history.
+    /// Forgets a finished sequence's history and grammar state.
     pub fn release(&mut self, seq: SeqId) {
         self.history.remove(&seq);
+        self.constraints.remove(&seq);
+    }
+
+    /// Constrains every later sampling of `seq` to what `constraint` allows.
+    pub fn constrain(&mut self, seq: SeqId, constraint: Constraint) {
+        self.constraints.insert(seq, constraint);
+    }
+
+    /// The masks of the constrained sequences that sample in `step`, computed in parallel.
+    fn masks(&mut self, step: &Step) -> HashMap<SeqId, Result<TokenMask, String>> {
+        if self.constraints.is_empty() {
+            return HashMap::new();
+        }
+        let sampling: HashSet<SeqId> = step
+            .entries
+            .iter()
+            .filter(|e| e.sample.is_some())
+            .map(|e| e.seq)
+            .collect();
+        self.constraints
+            .par_iter_mut()
+            .filter(|(seq, _)| sampling.contains(seq))
+            .map(|(&seq, c)| (seq, c.mask().map_err(|e| e.0)))
+            .collect()
     }
 
     fn check(&self, step: &Step) -> Result<(), BackendError> {
@@ -137,18 +171,34 @@ impl Engine {
         let logits = self.model.forward(&batch, &mut self.kv)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         let t1 = Instant::now();
+        let masks = self.masks(step);
         let sampling_entries = step
             .entries
             .iter()
             .filter_map(|e| Some((e, e.sample.as_ref()?)));
-        let generations = sampling_entries
-            .zip(&logits)
-            .map(|((e, params), row)| {
-                let pos = e.start_pos + e.tokens.len();
-                let history = self.history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
-                sampling::sample(e.seq, row, params, history, pos)
-            })
-            .collect();
+        let mut generations = Vec::with_capacity(logits.len());
+        for ((e, params), row) in sampling_entries.zip(&logits) {
+            let pos = e.start_pos + e.tokens.len();
+            let history = self.history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
+            let mut g = match masks.get(&e.seq) {
+                None => sampling::sample(e.seq, row, params, history, pos, None),
+                Some(Ok(mask)) => sampling::sample(e.seq, row, params, history, pos, Some(mask)),
+                Some(Err(err)) => {
+                    // The token is meaningless: the router ends the sequence with the error.
+                    let mut g = sampling::sample(e.seq, row, params, history, pos, None);
+                    g.constraint_error = Some(err.clone());
+                    g
+                }
+            };
+            if g.constraint_error.is_none() {
+                if let Some(c) = self.constraints.get_mut(&e.seq) {
+                    if let Err(err) = c.advance(g.token) {
+                        g.constraint_error = Some(err.0);
+                    }
+                }
+            }
+            generations.push(g);
+        }
         Ok(StepOutput {
             generations,
             forward_us: (t1 - t0).as_micros() as u64,

@@ -73,6 +73,18 @@ pub fn apply_penalties(logits: &mut [f32], params: &SamplingParams, history: &[u
     }
 }
 
+/// Sets the logit of every token `mask` does not allow to minus infinity.
+pub fn apply_mask(logits: &mut [f32], mask: &[u32]) {
+    for (i, chunk) in logits.chunks_mut(32).enumerate() {
+        let word = mask.get(i).copied().unwrap_or(0);
+        for (bit, l) in chunk.iter_mut().enumerate() {
+            if word >> bit & 1 == 0 {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// Greedy choice: the highest logit, the lowest id among equals.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = (f32::NEG_INFINITY, 0u32);
@@ -150,17 +162,22 @@ fn sample_filtered(logits: &[f32], params: &SamplingParams, u: f64) -> u32 {
     cands[probs.len() - 1].1
 }
 
-/// Chooses the token for `seq` at `pos` from its raw `logits`.
+/// Chooses the token for `seq` at `pos` from its raw `logits`; with a `mask` (a grammar's
+/// allowed tokens, see [`crate::grammar::TokenMask`]) only among the tokens it allows.
 pub fn sample(
     seq: SeqId,
     logits: &[f32],
     params: &SamplingParams,
     history: &[u32],
     pos: usize,
+    mask: Option<&[u32]>,
 ) -> Generation {
     let logprobs = log_softmax(logits);
     let mut processed = logits.to_vec();
     apply_penalties(&mut processed, params, history);
+    if let Some(mask) = mask {
+        apply_mask(&mut processed, mask);
+    }
     let token = if params.temperature <= 0.0 {
         argmax(&processed)
     } else {
@@ -187,6 +204,7 @@ pub fn sample(
         token,
         logprob: logprobs[token as usize],
         top_logprobs,
+        constraint_error: None,
     }
 }
 
@@ -204,10 +222,30 @@ mod tests {
     }
 
     #[test]
+    fn a_mask_limits_the_choice_but_not_the_reported_logprobs() {
+        // Tokens 1 and 33 allowed, in a vocabulary spanning two mask words.
+        let mut logits = vec![0.0f32; 40];
+        logits[0] = 9.0;
+        logits[1] = 1.0;
+        logits[33] = 2.0;
+        let mask = [1u32 << 1, 1u32 << 1];
+        let g = sample(0, &logits, &params(), &[], 0, Some(&mask));
+        assert_eq!(g.token, 33);
+        let mut p = params();
+        p.temperature = 1.0;
+        for pos in 0..50 {
+            let t = sample(0, &logits, &p, &[], pos, Some(&mask)).token;
+            assert!(t == 1 || t == 33, "{t}");
+        }
+        // Log-probabilities stay the model's: token 33 is far below token 0.
+        assert!(g.logprob < -6.0);
+    }
+
+    #[test]
     fn logit_bias_can_force_a_token() {
         let mut p = params();
         p.logit_bias = vec![(3, 100.0)];
-        let g = sample(0, &[5.0, 1.0, 0.0, 0.0], &p, &[], 0);
+        let g = sample(0, &[5.0, 1.0, 0.0, 0.0], &p, &[], 0, None);
         assert_eq!(g.token, 3);
         // The reported log-probability is the model's, before the bias.
         assert!(g.logprob < -4.0);
@@ -241,7 +279,7 @@ mod tests {
         p.top_k = 1;
         for seed in 0..20 {
             p.seed = seed;
-            assert_eq!(sample(0, &[0.0, 1.0, 0.5], &p, &[], 3).token, 1);
+            assert_eq!(sample(0, &[0.0, 1.0, 0.5], &p, &[], 3, None).token, 1);
         }
     }
 
@@ -253,14 +291,14 @@ mod tests {
         // Token 1 has e^-3 of token 0's mass: never kept.
         for seed in 0..50 {
             p.seed = seed;
-            assert_eq!(sample(0, &[3.0, 0.0], &p, &[], 0).token, 0);
+            assert_eq!(sample(0, &[3.0, 0.0], &p, &[], 0, None).token, 0);
         }
         let mut p = params();
         p.temperature = 1.0;
         p.top_p = 0.5;
         for seed in 0..50 {
             p.seed = seed;
-            assert_eq!(sample(0, &[3.0, 0.0, 0.0], &p, &[], 0).token, 0);
+            assert_eq!(sample(0, &[3.0, 0.0, 0.0], &p, &[], 0, None).token, 0);
         }
     }
 
@@ -273,7 +311,7 @@ mod tests {
             let mut p = p.clone();
             p.seed = seed;
             (0..40)
-                .map(|pos| sample(0, &logits, &p, &[], pos).token)
+                .map(|pos| sample(0, &logits, &p, &[], pos, None).token)
                 .collect()
         };
         assert_eq!(run(7), run(7));
@@ -284,7 +322,7 @@ mod tests {
     fn top_logprobs_are_sorted_and_normalised() {
         let mut p = params();
         p.top_logprobs = 2;
-        let g = sample(0, &[0.0, 2.0, 1.0], &p, &[], 0);
+        let g = sample(0, &[0.0, 2.0, 1.0], &p, &[], 0, None);
         let toks: Vec<u32> = g.top_logprobs.iter().map(|t| t.token).collect();
         assert_eq!(toks, vec![1, 2]);
         let z: f32 = [0.0f32, 2.0, 1.0].iter().map(|l| l.exp()).sum();

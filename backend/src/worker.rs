@@ -9,6 +9,7 @@
 
 use crate::engine::Engine;
 use crate::error::{BackendError, LoadError};
+use crate::grammar::Constraint;
 use crate::kv::{KvCache, KvDType};
 use crate::{loader, tokenizer};
 use candle_core::Device;
@@ -135,6 +136,7 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
 
 enum Command {
     Step(Step, flume::Sender<Result<StepOutput, BackendError>>),
+    Constrain(SeqId, Box<Constraint>),
     Release(SeqId),
     Ping(flume::Sender<()>),
     Shutdown,
@@ -216,7 +218,20 @@ impl Backend {
             .map_err(|_| BackendError::WorkerGone)?
     }
 
-    /// Tells the worker a sequence is finished, so it can drop its sampling state.
+    /// Constrains the later samplings of `seq` (send before the first step that samples it;
+    /// commands are served in order).
+    pub async fn constrain_async(
+        &self,
+        seq: SeqId,
+        constraint: Constraint,
+    ) -> Result<(), BackendError> {
+        self.tx
+            .send_async(Command::Constrain(seq, Box::new(constraint)))
+            .await
+            .map_err(|_| BackendError::WorkerGone)
+    }
+
+    /// Tells the worker a sequence is finished, so it can drop its sampling and grammar state.
     pub fn release(&self, seq: SeqId) -> Result<(), BackendError> {
         self.tx
             .send(Command::Release(seq))
@@ -264,6 +279,7 @@ fn run(mut engine: Engine, rx: flume::Receiver<Command>) {
                     continue;
                 }
             }
+            Command::Constrain(seq, c) => engine.constrain(seq, *c),
             Command::Release(seq) => engine.release(seq),
             Command::Ping(reply) => drop(reply.send(())),
             Command::Shutdown => break,

@@ -98,6 +98,10 @@ pub struct Generation {
     pub logprob: f32,
     /// The most likely alternatives, best first, when `SamplingParams::top_logprobs > 0`.
     pub top_logprobs: Vec<TokenLogprob>,
+    /// Set when the sequence's grammar failed: the token is then not to be used, and the
+    /// sequence ends with this error.
+    #[serde(default)]
+    pub constraint_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -175,6 +179,8 @@ pub enum FinishReason {
     Cancelled,
     /// The backend failed.
     Error,
+    /// The output is a call of one of the request's tools.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -185,6 +191,7 @@ impl FinishReason {
             FinishReason::Length => "length",
             FinishReason::Cancelled => "cancelled",
             FinishReason::Error => "error",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 
@@ -196,6 +203,7 @@ impl FinishReason {
             FinishReason::StopSequence => "stop_sequence",
             FinishReason::Cancelled => "cancelled",
             FinishReason::Error => "error",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -210,6 +218,7 @@ mod tests {
         assert_eq!(FinishReason::StopSequence.as_openai(), "stop");
         assert_eq!(FinishReason::Length.as_openai(), "length");
         assert_eq!(FinishReason::StopSequence.as_label(), "stop_sequence");
+        assert_eq!(FinishReason::ToolCalls.as_openai(), "tool_calls");
     }
 
     #[test]

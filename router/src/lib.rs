@@ -7,6 +7,7 @@
 //! - [`validation`]: requests checked and tokenized into a `ValidRequest`.
 //! - [`scheduler`]: the task that owns the queue, the running set and KV blocks.
 //! - [`template`]: chat templates through minijinja.
+//! - [`tools`]: tool calling: tool prompt, call grammar, reading calls back (whole or streamed).
 //! - [`metrics`]: every Prometheus metric, registered in one place.
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON.
 //! - [`generate`]: one sequence start to finish on the backend (`wick generate`).
@@ -19,4 +20,5 @@ pub mod scheduler;
 pub mod serve;
 pub mod server;
 pub mod template;
+pub mod tools;
 pub mod validation;

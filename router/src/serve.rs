@@ -12,6 +12,7 @@ use crate::template::ChatTemplate;
 use crate::validation::{Limits, Validator};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use wick_backend::grammar::Grammars;
 use wick_backend::tokenizer::{load_tokenizer, TokenizerInfo};
 use wick_backend::Backend;
 use wick_proto::ModelInfo;
@@ -51,6 +52,7 @@ struct Loaded {
     backend: Backend,
     info: ModelInfo,
     tok: TokenizerInfo,
+    grammars: Result<Arc<Grammars>, String>,
 }
 
 async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
@@ -63,11 +65,34 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
     let (backend, info) = tokio::task::spawn_blocking(move || Backend::spawn(model_cfg))
         .await
         .map_err(blocking)??;
-    Ok(Loaded { backend, info, tok })
+    let (tokenizer, vocab, eos) = (
+        tok.tokenizer.clone(),
+        info.vocab_size,
+        info.eos_token_ids.clone(),
+    );
+    let grammars = tokio::task::spawn_blocking(move || Grammars::new(&tokenizer, vocab, &eos))
+        .await
+        .map_err(blocking)?
+        .map(Arc::new)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "structured output is unavailable for this tokenizer");
+            e.to_string()
+        });
+    Ok(Loaded {
+        backend,
+        info,
+        tok,
+        grammars,
+    })
 }
 
 fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<AppState, CliError> {
-    let Loaded { backend, info, tok } = loaded;
+    let Loaded {
+        backend,
+        info,
+        tok,
+        grammars,
+    } = loaded;
     let template_source = match &args.http.chat_template {
         Some(p) => Some(std::fs::read_to_string(p)?),
         None => info.chat_template.clone(),
@@ -106,7 +131,13 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
     let ops = &args.ops;
     let max_queue_time = ops.max_queue_time.map(Duration::from_secs_f64);
     Ok(AppState {
-        validator: Arc::new(Validator::new(tokenizer, template, info.clone(), limits)),
+        validator: Arc::new(Validator::new(
+            tokenizer,
+            template,
+            info.clone(),
+            limits,
+            grammars,
+        )),
         scheduler,
         backend,
         served_name: args

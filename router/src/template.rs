@@ -7,11 +7,16 @@
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::Serialize;
 
-/// One message of a conversation, as the template sees it.
+/// One message of a conversation, as the template sees it (OpenAI's fields; tool calls with
+/// their `arguments` as an object, as Hugging Face templates expect).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -19,6 +24,8 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
@@ -36,6 +43,8 @@ pub enum TemplateError {
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
+    /// Whether the template reads a `tools` variable (else tools go in a system message).
+    knows_tools: bool,
     bos_token: String,
     eos_token: String,
 }
@@ -66,10 +75,16 @@ impl ChatTemplate {
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Compile(e.to_string()))?;
         Ok(ChatTemplate {
+            knows_tools: source.contains("tools"),
             env,
             bos_token: bos_token.unwrap_or_default(),
             eos_token: eos_token.unwrap_or_default(),
         })
+    }
+
+    /// Whether the template renders tools itself.
+    pub fn knows_tools(&self) -> bool {
+        self.knows_tools
     }
 
     /// Renders a conversation; with `add_generation_prompt` the text ends where the assistant's
@@ -79,6 +94,17 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render`] with the request's tools (OpenAI's shape) in the `tools`
+    /// variable.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template(NAME)
@@ -86,6 +112,7 @@ impl ChatTemplate {
         tmpl.render(context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
         })
@@ -123,6 +150,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("first must be user"), "{err}");
+    }
+
+    #[test]
+    fn templates_that_read_tools_get_them() {
+        let src = "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% endif %}\
+                   {% for m in messages %}{{ m.role }}:{{ m.content }}\
+                   {% for c in m.tool_calls or [] %}{{ c.function.name }}{% endfor %}{% endfor %}";
+        let t = ChatTemplate::new(Some(src), None, None).unwrap();
+        assert!(t.knows_tools());
+        assert!(!ChatTemplate::new(Some(CHATML), None, None)
+            .unwrap()
+            .knows_tools());
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "add"}})];
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = Some(vec![serde_json::json!({"function": {"name": "add"}})]);
+        let out = t
+            .render_with_tools(&[ChatMessage::new("user", "hi"), call], Some(&tools), false)
+            .unwrap();
+        assert_eq!(out, "[add]user:hiassistant:add");
     }
 
     #[test]

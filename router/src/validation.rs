@@ -8,9 +8,11 @@
 use crate::error::ApiError;
 use crate::scheduler::StopCriteria;
 use crate::template::{ChatMessage, ChatTemplate};
+use crate::tools::{inline_message, Tools};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokenizers::Tokenizer;
+use wick_backend::grammar::{Constraint, GrammarSpec, Grammars};
 use wick_proto::{ModelInfo, SamplingParams};
 
 /// Caps on what one request may ask for.
@@ -25,12 +27,26 @@ pub struct Limits {
     pub max_top_logprobs: usize,
 }
 
-/// What to run: raw text, token ids, or a conversation for the chat template.
+/// What to run: raw text, token ids, or a conversation for the chat template (with the tools
+/// the model may call).
 #[derive(Debug, Clone)]
 pub enum PromptInput {
     Text(String),
     Tokens(Vec<u32>),
-    Chat(Vec<ChatMessage>),
+    Chat {
+        messages: Vec<ChatMessage>,
+        tools: Option<Tools>,
+    },
+}
+
+impl PromptInput {
+    /// A conversation without tools.
+    pub fn chat(messages: Vec<ChatMessage>) -> Self {
+        PromptInput::Chat {
+            messages,
+            tools: None,
+        }
+    }
 }
 
 /// Sampling and stopping parameters as they arrive (any API), before checks.
@@ -51,6 +67,8 @@ pub struct GenerationInput {
     pub logprobs: Option<u64>,
     pub logit_bias: Vec<(String, f32)>,
     pub ignore_eos: bool,
+    /// What the output must match, with the parameter that asked for it (named in errors).
+    pub grammar: Option<(&'static str, GrammarSpec)>,
 }
 
 /// A request that passed every check. Only [`Validator::validate`] builds one.
@@ -61,9 +79,14 @@ pub struct ValidRequest {
     criteria: StopCriteria,
     n: usize,
     logprobs: bool,
+    constraint: Option<Constraint>,
 }
 
 impl ValidRequest {
+    /// The compiled grammar the output must match, if any.
+    pub fn constraint(&self) -> Option<&Constraint> {
+        self.constraint.as_ref()
+    }
     pub fn prompt(&self) -> &[u32] {
         &self.prompt
     }
@@ -87,6 +110,8 @@ pub struct Validator {
     template: Option<ChatTemplate>,
     info: ModelInfo,
     limits: Limits,
+    /// The grammar compiler, or why this model cannot have one.
+    grammars: Result<Arc<Grammars>, String>,
 }
 
 fn range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -124,13 +149,29 @@ impl Validator {
         template: Option<ChatTemplate>,
         info: ModelInfo,
         limits: Limits,
+        grammars: Result<Arc<Grammars>, String>,
     ) -> Self {
         Validator {
             tokenizer,
             template,
             info,
             limits,
+            grammars,
         }
+    }
+
+    /// Compiles a request's grammar; a grammar that does not compile is a 400 naming `param`
+    /// with the compiler's message.
+    fn compile(&self, param: &'static str, spec: &GrammarSpec) -> Result<Constraint, ApiError> {
+        let grammars = self.grammars.as_ref().map_err(|why| {
+            ApiError::invalid(
+                param,
+                format!("structured output is not available for this model: {why}"),
+            )
+        })?;
+        grammars
+            .compile(spec)
+            .map_err(|e| ApiError::invalid(param, format!("`{param}` does not compile: {e}")))
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -157,13 +198,23 @@ impl Validator {
                 return Ok(ids.clone());
             }
             PromptInput::Text(t) => (t.clone(), false),
-            PromptInput::Chat(messages) => {
+            PromptInput::Chat { messages, tools } => {
                 let template = self.template.as_ref().ok_or_else(|| {
                     ApiError::invalid("messages", "the model has no chat template")
                 })?;
-                let text = template
-                    .render(messages, true)
-                    .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+                let rendered = match tools {
+                    Some(tools) if template.knows_tools() => {
+                        let listed: Vec<_> = tools.functions.iter().map(|f| f.as_json()).collect();
+                        template.render_with_tools(messages, Some(&listed), true)
+                    }
+                    Some(tools) => template.render(&tools.inline(messages), true),
+                    None if template.knows_tools() => template.render(messages, true),
+                    None => {
+                        let inlined: Vec<_> = messages.iter().map(inline_message).collect();
+                        template.render(&inlined, true)
+                    }
+                };
+                let text = rendered.map_err(|e| ApiError::invalid("messages", e.to_string()))?;
                 (text, true)
             }
         };
@@ -247,6 +298,19 @@ impl Validator {
             logit_bias.push((token, *bias));
         }
 
+        if g.ignore_eos {
+            if let Some((param, _)) = &g.grammar {
+                return Err(ApiError::invalid(
+                    "ignore_eos",
+                    format!("`ignore_eos` cannot be combined with `{param}`: a finished grammar ends with end-of-sequence"),
+                ));
+            }
+        }
+        let constraint = match &g.grammar {
+            Some((param, spec)) => Some(self.compile(param, spec)?),
+            None => None,
+        };
+
         let prompt = self.tokenize(prompt)?;
         if prompt.is_empty() {
             return Err(ApiError::invalid("prompt", "the prompt is empty"));
@@ -309,6 +373,7 @@ impl Validator {
             prompt,
             n,
             logprobs: top_logprobs.is_some(),
+            constraint,
         })
     }
 }

@@ -252,7 +252,7 @@ impl Task {
 
     async fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(sub, events) => self.admit(*sub, events),
+            Command::Submit(sub, events) => self.admit(*sub, events).await,
             Command::AbortAll => {
                 let all: Vec<SeqId> = self.live.keys().copied().collect();
                 for seq in all {
@@ -263,7 +263,7 @@ impl Task {
         }
     }
 
-    fn admit(&mut self, sub: Submission, events: mpsc::Sender<Event>) {
+    async fn admit(&mut self, sub: Submission, events: mpsc::Sender<Event>) {
         let req = &sub.request;
         METRICS.prompt_tokens.inc_by(req.prompt().len() as u64);
         let mut permit = sub.queue_permit;
@@ -272,6 +272,10 @@ impl Task {
             self.next_id += 1;
             let mut params = req.params().clone();
             params.seed = params.seed.wrapping_add(choice as u64);
+            if let Some(c) = req.constraint() {
+                // Sent before any step of this sequence; a worker that is gone fails that step.
+                let _gone = self.backend.constrain_async(id, c.clone()).await;
+            }
             self.batcher.add(id, req.prompt().to_vec(), params);
             let output = stop::OutputText::new(self.tokenizer.clone(), req.criteria().clone());
             self.live.insert(
@@ -343,6 +347,17 @@ impl Task {
     /// or its client is gone).
     fn on_token(&mut self, g: wick_proto::Generation, now: Instant) -> Option<SeqId> {
         let live = self.live.get_mut(&g.seq)?;
+        if let Some(error) = g.constraint_error {
+            tracing::warn!(request_id = %live.request_id, %error, "grammar failed");
+            let event = Event::Error {
+                choice: live.choice,
+                failure: Failure::Backend,
+                message: format!("the output grammar failed: {error}"),
+            };
+            // The sequence ends either way; a client that is gone has nothing to hear.
+            let _unheard = live.events.try_send(event);
+            return Some(g.seq);
+        }
         self.batcher.push_token(g.seq, g.token);
         live.on_token(now);
         let emit = live.output.push(g.token);

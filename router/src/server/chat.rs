@@ -11,6 +11,7 @@ use super::openai::*;
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::ApiError;
 use crate::scheduler::Event;
+use crate::tools::{parse_call, CallStream, Piece, Tools};
 use crate::validation::{GenerationInput, PromptInput};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -147,10 +148,15 @@ pub async fn chat_completions(
 ) -> Result<Response, ApiError> {
     let (stream, include_usage) = (req.stream, include_usage(&req.stream_options));
     let model = req.model.clone();
-    let (mut started, sid) = begin(&state, &rid, model, req.into_inputs(), "chatcmpl").await?;
+    let inputs = req.into_inputs();
+    let tools = match &inputs {
+        Ok((PromptInput::Chat { tools, .. }, _)) => tools.clone(),
+        _ => None,
+    };
+    let (mut started, sid) = begin(&state, &rid, model, inputs, "chatcmpl").await?;
     if stream {
         started.first().await?;
-        let format = ChatChunks(sid);
+        let format = ChatChunks::new(sid, tools, started.n);
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -163,24 +169,62 @@ pub async fn chat_completions(
         choices: choices
             .into_iter()
             .enumerate()
-            .map(|(index, c)| ChatChoice {
-                index,
-                logprobs: started.logprobs.then(|| ChatLogprobs {
+            .map(|(index, c)| {
+                let logprobs = started.logprobs.then(|| ChatLogprobs {
                     content: c
                         .tokens
                         .iter()
                         .map(|(t, lp, top)| chat_logprob(&state, *t, *lp, top))
                         .collect(),
-                }),
-                message: ChatMessageOut {
-                    role: "assistant",
-                    content: c.text,
-                },
-                finish_reason: c.finish.map(|f| f.as_openai().to_string()),
+                });
+                let (message, finish) = chat_answer(c.text, c.finish, tools.as_ref());
+                ChatChoice {
+                    index,
+                    logprobs,
+                    message,
+                    finish_reason: finish.map(|f| f.as_openai().to_string()),
+                }
             })
             .collect(),
     };
     Ok(axum::Json(response).into_response())
+}
+
+/// A finished answer as a message: a tool call when the request has tools and the answer is a
+/// complete call of one, else text.
+fn chat_answer(
+    text: String,
+    finish: Option<FinishReason>,
+    tools: Option<&Tools>,
+) -> (ChatMessageOut, Option<FinishReason>) {
+    let call = tools
+        .filter(|_| finish == Some(FinishReason::Stop))
+        .and_then(|t| parse_call(&text, t));
+    match call {
+        Some(call) => (
+            ChatMessageOut {
+                role: "assistant",
+                content: None,
+                tool_calls: vec![ToolCallOut {
+                    id: new_id("call"),
+                    r#type: "function",
+                    function: FunctionCall {
+                        name: call.name,
+                        arguments: call.arguments,
+                    },
+                }],
+            },
+            Some(FinishReason::ToolCalls),
+        ),
+        None => (
+            ChatMessageOut {
+                role: "assistant",
+                content: Some(text),
+                tool_calls: Vec::new(),
+            },
+            finish,
+        ),
+    }
 }
 
 #[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
@@ -229,14 +273,15 @@ trait ChunkFormat: Send + Sync + 'static {
     fn opening(&self, n: usize) -> Vec<SseEvent>;
     /// A token's chunk, or none (nothing to say: no text and no log-probabilities asked).
     fn token(
-        &self,
+        &mut self,
         choice: usize,
         token: u32,
         text: String,
         logprob: f32,
         top: &[TokenLogprob],
     ) -> Option<SseEvent>;
-    fn finish(&self, choice: usize, reason: FinishReason) -> SseEvent;
+    /// The chunks that end a choice (the last carries `finish_reason`).
+    fn finish(&mut self, choice: usize, reason: FinishReason) -> Vec<SseEvent>;
     fn usage(&self, usage: Usage) -> SseEvent;
 }
 
@@ -245,7 +290,7 @@ trait ChunkFormat: Send + Sync + 'static {
 fn openai_stream<F: ChunkFormat>(
     mut started: Started,
     include_usage: bool,
-    format: F,
+    mut format: F,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
         for event in format.opening(started.n) {
@@ -269,7 +314,9 @@ fn openai_stream<F: ChunkFormat>(
                     if choice == 0 {
                         cached_tokens = cached;
                     }
-                    yield Ok(format.finish(choice, reason));
+                    for chunk in format.finish(choice, reason) {
+                        yield Ok(chunk);
+                    }
                 }
                 Event::Error { failure, message, .. } => {
                     yield Ok(sse_error(started.failure(failure, message)));
@@ -292,11 +339,26 @@ struct StreamId {
     logprobs: bool,
 }
 
-struct ChatChunks(StreamId);
+/// Chat chunks; with tools, each choice's text goes through a [`CallStream`] so that a call
+/// streams as OpenAI's `tool_calls` deltas.
+struct ChatChunks {
+    sid: StreamId,
+    tools: Option<Tools>,
+    /// Per choice, when the request has tools.
+    calls: Vec<CallStream>,
+}
 
 impl ChatChunks {
+    fn new(sid: StreamId, tools: Option<Tools>, n: usize) -> Self {
+        let calls = match &tools {
+            Some(t) => (0..n).map(|_| CallStream::new(t)).collect(),
+            None => Vec::new(),
+        };
+        ChatChunks { sid, tools, calls }
+    }
+
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> SseEvent {
-        let s = &self.0;
+        let s = &self.sid;
         sse_json(&ChatCompletionChunk {
             id: s.id.clone(),
             object: "chat.completion.chunk",
@@ -305,6 +367,39 @@ impl ChatChunks {
             choices,
             usage,
         })
+    }
+
+    /// The delta of some streamed pieces (`None` when they say nothing).
+    fn delta(pieces: Vec<Piece>) -> Option<ChatDelta> {
+        let mut delta = ChatDelta::default();
+        for p in pieces {
+            match p {
+                Piece::Text(t) => delta.content.get_or_insert_with(String::new).push_str(&t),
+                Piece::CallStart(name) => {
+                    delta.tool_calls.get_or_insert_with(Vec::new).push(ToolCallDelta {
+                        index: 0,
+                        id: Some(new_id("call")),
+                        r#type: Some("function"),
+                        function: FunctionDelta {
+                            name: Some(name),
+                            arguments: Some(String::new()),
+                        },
+                    })
+                }
+                Piece::Arguments(a) => delta.tool_calls.get_or_insert_with(Vec::new).push(
+                    ToolCallDelta {
+                        index: 0,
+                        id: None,
+                        r#type: None,
+                        function: FunctionDelta {
+                            name: None,
+                            arguments: Some(a),
+                        },
+                    },
+                ),
+            }
+        }
+        (delta.content.is_some() || delta.tool_calls.is_some()).then_some(delta)
     }
 }
 
@@ -315,6 +410,7 @@ impl ChunkFormat for ChatChunks {
                 let delta = ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
+                    tool_calls: None,
                 };
                 let choice = ChatChunkChoice {
                     index,
@@ -328,41 +424,61 @@ impl ChunkFormat for ChatChunks {
     }
 
     fn token(
-        &self,
+        &mut self,
         choice: usize,
         token: u32,
         text: String,
         logprob: f32,
         top: &[TokenLogprob],
     ) -> Option<SseEvent> {
-        if text.is_empty() && !self.0.logprobs {
+        let delta = match self.calls.get_mut(choice) {
+            Some(calls) => Self::delta(calls.push(&text)),
+            None => (!text.is_empty()).then(|| ChatDelta {
+                content: Some(text),
+                ..ChatDelta::default()
+            }),
+        };
+        if delta.is_none() && !self.sid.logprobs {
             return None;
         }
-        let logprobs = self.0.logprobs.then(|| ChatLogprobs {
-            content: vec![chat_logprob(&self.0.state, token, logprob, top)],
+        let logprobs = self.sid.logprobs.then(|| ChatLogprobs {
+            content: vec![chat_logprob(&self.sid.state, token, logprob, top)],
         });
-        let delta = ChatDelta {
-            role: None,
-            content: Some(text),
-        };
         let choice = ChatChunkChoice {
             index: choice,
-            delta,
+            delta: delta.unwrap_or_default(),
             logprobs,
             finish_reason: None,
         };
         Some(self.chunk(vec![choice], None))
     }
 
-    fn finish(&self, choice: usize, reason: FinishReason) -> SseEvent {
-        let finish_reason = Some(reason.as_openai().to_string());
+    fn finish(&mut self, choice: usize, reason: FinishReason) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        let mut reason = reason;
+        if let Some(calls) = self.calls.get_mut(choice) {
+            let complete = reason == FinishReason::Stop;
+            if let Some(delta) = Self::delta(calls.finish(complete)) {
+                let rest = ChatChunkChoice {
+                    index: choice,
+                    delta,
+                    logprobs: None,
+                    finish_reason: None,
+                };
+                out.push(self.chunk(vec![rest], None));
+            }
+            if complete && self.calls[choice].is_call() && self.tools.is_some() {
+                reason = FinishReason::ToolCalls;
+            }
+        }
         let choice = ChatChunkChoice {
             index: choice,
             delta: ChatDelta::default(),
             logprobs: None,
-            finish_reason,
+            finish_reason: Some(reason.as_openai().to_string()),
         };
-        self.chunk(vec![choice], None)
+        out.push(self.chunk(vec![choice], None));
+        out
     }
 
     fn usage(&self, usage: Usage) -> SseEvent {
@@ -392,7 +508,7 @@ impl ChunkFormat for CompletionChunks {
     }
 
     fn token(
-        &self,
+        &mut self,
         choice: usize,
         token: u32,
         text: String,
@@ -415,7 +531,7 @@ impl ChunkFormat for CompletionChunks {
         Some(self.chunk(vec![c], None))
     }
 
-    fn finish(&self, choice: usize, reason: FinishReason) -> SseEvent {
+    fn finish(&mut self, choice: usize, reason: FinishReason) -> Vec<SseEvent> {
         let finish_reason = Some(reason.as_openai().to_string());
         let c = CompletionChoice {
             index: choice,
@@ -423,7 +539,7 @@ impl ChunkFormat for CompletionChunks {
             logprobs: None,
             finish_reason,
         };
-        self.chunk(vec![c], None)
+        vec![self.chunk(vec![c], None)]
     }
 
     fn usage(&self, usage: Usage) -> SseEvent {

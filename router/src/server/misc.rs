@@ -120,7 +120,7 @@ pub async fn tokenize(
     state.check_model(req.model.as_deref())?;
     let prompt = match (req.prompt, req.messages) {
         (Some(p), None) => PromptInput::Text(p),
-        (None, Some(m)) => PromptInput::Chat(
+        (None, Some(m)) => PromptInput::chat(
             m.into_iter()
                 .map(|m| ChatMessage::new(m.role, m.content))
                 .collect(),

@@ -4,8 +4,10 @@
 
 use crate::error::ApiError;
 use crate::template::ChatMessage;
+use crate::tools::{self, Choice, Tools};
 use crate::validation::{GenerationInput, PromptInput};
 use serde::{Deserialize, Serialize};
+use wick_backend::grammar::GrammarSpec;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -54,11 +56,209 @@ pub struct ContentPart {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"role": "user", "content": "What is 12 plus 30?"}))]
 pub struct ChatMessageIn {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     pub content: Option<MessageContent>,
     #[serde(default)]
     pub name: Option<String>,
+    /// Calls an assistant message made.
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCallIn>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ToolCallIn {
+    pub id: String,
+    /// Always `function`.
+    pub r#type: String,
+    pub function: FunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FunctionCall {
+    pub name: String,
+    /// The arguments object as JSON text.
+    pub arguments: String,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}))]
+pub struct ToolIn {
+    /// Always `function`.
+    pub r#type: String,
+    pub function: FunctionIn,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionIn {
+    /// 1 to 64 letters, digits, `_` or `-`.
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON schema of the arguments object; no arguments when absent.
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    /// Arguments always follow `parameters` exactly (objects admit no unlisted properties).
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or a named function.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ToolChoiceIn {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NamedToolChoice {
+    /// Always `function`.
+    pub r#type: String,
+    pub function: NamedFunction,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// `response_format`: what the answer must be. `regex` and `lark` are Wick extensions.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Free text (the default).
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against a schema.
+    JsonSchema { json_schema: JsonSchemaFormat },
+    /// Text matching a regular expression (Rust `regex` syntax).
+    Regex { regex: String },
+    /// Text in a grammar written in llguidance's Lark dialect.
+    Lark { lark: String },
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    pub description: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    /// Objects admit no properties beyond those listed unless they say otherwise, and
+    /// unsupported schema keywords are errors (otherwise they are ignored).
+    pub strict: Option<bool>,
+}
+
+impl ResponseFormat {
+    /// The grammar this format asks for; `None` for text.
+    pub fn grammar(&self) -> Option<GrammarSpec> {
+        match self {
+            ResponseFormat::Text => None,
+            ResponseFormat::JsonObject => Some(GrammarSpec::JsonSchema {
+                schema: serde_json::json!({"type": "object"}),
+                strict: false,
+            }),
+            ResponseFormat::JsonSchema { json_schema } => Some(GrammarSpec::JsonSchema {
+                schema: json_schema
+                    .schema
+                    .clone()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+                strict: json_schema.strict.unwrap_or(false),
+            }),
+            ResponseFormat::Regex { regex } => Some(GrammarSpec::Regex(regex.clone())),
+            ResponseFormat::Lark { lark } => Some(GrammarSpec::Lark(lark.clone())),
+        }
+    }
+}
+
+/// OpenAI's rule for function names.
+fn valid_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The checked tools and `tool_choice`; `None` when no tool may be called.
+fn check_tools(
+    tools: Option<Vec<ToolIn>>,
+    choice: Option<ToolChoiceIn>,
+) -> Result<Option<Tools>, ApiError> {
+    let tools = tools.unwrap_or_default();
+    let mut functions: Vec<tools::Function> = Vec::with_capacity(tools.len());
+    for (i, t) in tools.into_iter().enumerate() {
+        if t.r#type != "function" {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].type"),
+                format!("`tools[{i}].type` must be `function`, got `{}`", t.r#type),
+            ));
+        }
+        let f = t.function;
+        if !valid_function_name(&f.name) {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.name"),
+                format!("`tools[{i}].function.name` must be 1 to 64 letters, digits, `_` or `-`, got `{}`", f.name),
+            ));
+        }
+        if functions.iter().any(|g| g.name == f.name) {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.name"),
+                format!("two tools are named `{}`", f.name),
+            ));
+        }
+        let parameters = match f.parameters {
+            None => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p,
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    format!("tools[{i}].function.parameters"),
+                    format!("`tools[{i}].function.parameters` must be a JSON schema object"),
+                ))
+            }
+        };
+        functions.push(tools::Function {
+            name: f.name,
+            description: f.description,
+            parameters,
+        });
+    }
+    let choice = match choice {
+        None if functions.is_empty() => return Ok(None),
+        None => Choice::Auto,
+        Some(ToolChoiceIn::Mode(m)) => match m.as_str() {
+            "none" => return Ok(None),
+            "auto" => Choice::Auto,
+            "required" => Choice::Required,
+            _ => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("`tool_choice` must be `none`, `auto`, `required` or a named function, got `{m}`"),
+                ))
+            }
+        },
+        Some(ToolChoiceIn::Named(n)) => {
+            if !functions.iter().any(|f| f.name == n.function.name) {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!("`tool_choice` names `{}`, which is not in `tools`", n.function.name),
+                ));
+            }
+            Choice::Named(n.function.name)
+        }
+    };
+    if functions.is_empty() {
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice` other than `none` requires `tools`",
+        ));
+    }
+    Ok(Some(Tools { functions, choice }))
 }
 
 /// Rejects a field we do not implement when it is present.
@@ -118,6 +318,7 @@ macro_rules! with_sampling_fields {
                     logprobs,
                     logit_bias: self.logit_bias.clone().unwrap_or_default().into_iter().collect(),
                     ignore_eos: self.ignore_eos.unwrap_or(false),
+                    grammar: None,
                 }
             }
         }
@@ -138,12 +339,11 @@ pub struct ChatCompletionRequest {
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
     pub user: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    pub tools: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    pub tool_choice: Option<Value>,
-    #[schema(value_type = Option<Object>)]
-    pub response_format: Option<Value>,
+    pub tools: Option<Vec<ToolIn>>,
+    pub tool_choice: Option<ToolChoiceIn>,
+    /// At most one call per answer is made whatever this says.
+    pub parallel_tool_calls: Option<bool>,
+    pub response_format: Option<ResponseFormat>,
     #[schema(value_type = Option<Object>)]
     pub functions: Option<Value>,
     #[schema(value_type = Option<Object>)]
@@ -152,11 +352,9 @@ pub struct ChatCompletionRequest {
 }
 
 impl ChatCompletionRequest {
-    /// The conversation and generation parameters, or the first unsupported field.
+    /// The conversation and generation parameters (and the tools the answer may call), or the
+    /// first unsupported or invalid field.
     pub fn into_inputs(self) -> Result<(PromptInput, GenerationInput), ApiError> {
-        refuse("tools", &self.tools)?;
-        refuse("tool_choice", &self.tool_choice)?;
-        refuse("response_format", &self.response_format)?;
         refuse("functions", &self.functions)?;
         refuse("function_call", &self.function_call)?;
         let logprobs = match (self.logprobs.unwrap_or(false), self.top_logprobs) {
@@ -170,7 +368,20 @@ impl ChatCompletionRequest {
             }
         };
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
-        let input = self.generation_input(max_tokens, logprobs);
+        let mut input = self.generation_input(max_tokens, logprobs);
+        let tools = check_tools(self.tools, self.tool_choice)?;
+        let format = self.response_format.as_ref().and_then(ResponseFormat::grammar);
+        input.grammar = match (&tools, format) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid(
+                    "response_format",
+                    "`response_format` cannot be combined with `tools` unless `tool_choice` is `none`",
+                ))
+            }
+            (Some(t), None) => Some(("tools", t.grammar())),
+            (None, Some(g)) => Some(("response_format", g)),
+            (None, None) => None,
+        };
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",
@@ -179,38 +390,71 @@ impl ChatCompletionRequest {
         }
         let mut messages = Vec::with_capacity(self.messages.len());
         for (i, m) in self.messages.into_iter().enumerate() {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
-                return Err(ApiError::invalid(
-                    format!("messages[{i}].role"),
-                    format!(
-                        "`messages[{i}].role` must be system, user or assistant, got `{}`",
-                        m.role
-                    ),
-                ));
-            }
-            let content = match m.content {
-                None => String::new(),
-                Some(MessageContent::Text(t)) => t,
-                Some(MessageContent::Parts(parts)) => {
-                    let mut text = String::new();
-                    for (j, p) in parts.into_iter().enumerate() {
-                        match (p.r#type.as_str(), p.text) {
-                            ("text", Some(t)) => text.push_str(&t),
-                            (kind, _) => {
-                                return Err(ApiError::invalid(
-                                    format!("messages[{i}].content[{j}]"),
-                                    format!("content parts of type `{kind}` are not supported (only `text`)"),
-                                ))
-                            }
-                        }
-                    }
-                    text
-                }
-            };
-            messages.push(ChatMessage::new(m.role, content));
+            messages.push(chat_message(i, m)?);
         }
-        Ok((PromptInput::Chat(messages), input))
+        Ok((PromptInput::Chat { messages, tools }, input))
     }
+}
+
+/// One checked message of a conversation.
+fn chat_message(i: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
+    if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+        return Err(ApiError::invalid(
+            format!("messages[{i}].role"),
+            format!(
+                "`messages[{i}].role` must be system, user, assistant or tool, got `{}`",
+                m.role
+            ),
+        ));
+    }
+    let content = match m.content {
+        None => String::new(),
+        Some(MessageContent::Text(t)) => t,
+        Some(MessageContent::Parts(parts)) => {
+            let mut text = String::new();
+            for (j, p) in parts.into_iter().enumerate() {
+                match (p.r#type.as_str(), p.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    (kind, _) => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}].content[{j}]"),
+                            format!(
+                                "content parts of type `{kind}` are not supported (only `text`)"
+                            ),
+                        ))
+                    }
+                }
+            }
+            text
+        }
+    };
+    let mut message = ChatMessage::new(m.role, content);
+    if let Some(calls) = m.tool_calls {
+        if message.role != "assistant" {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].tool_calls"),
+                "only assistant messages carry `tool_calls`",
+            ));
+        }
+        // Templates expect the arguments as an object.
+        let calls = calls.into_iter().map(|c| {
+            let args = serde_json::from_str::<Value>(&c.function.arguments)
+                .unwrap_or(Value::String(c.function.arguments));
+            serde_json::json!({"id": c.id, "type": c.r#type,
+                               "function": {"name": c.function.name, "arguments": args}})
+        });
+        message.tool_calls = Some(calls.collect());
+    }
+    if message.role == "tool" {
+        let id = m.tool_call_id.ok_or_else(|| {
+            ApiError::invalid(
+                format!("messages[{i}].tool_call_id"),
+                format!("`messages[{i}].tool_call_id` is required for tool messages"),
+            )
+        })?;
+        message.tool_call_id = Some(id);
+    }
+    Ok(message)
 }
 
 /// `prompt` of a completion: text, or token ids (one prompt per request).
@@ -240,6 +484,8 @@ pub struct CompletionRequest {
     #[schema(value_type = Option<Object>)]
     pub suffix: Option<Value>,
     pub best_of: Option<u64>,
+    /// Wick extension (as vLLM): what the completion must match.
+    pub response_format: Option<ResponseFormat>,
 }
 }
 
@@ -256,7 +502,12 @@ impl CompletionRequest {
                 param: "best_of".into(),
             });
         }
-        let input = self.generation_input(self.max_tokens, self.logprobs);
+        let mut input = self.generation_input(self.max_tokens, self.logprobs);
+        input.grammar = self
+            .response_format
+            .as_ref()
+            .and_then(ResponseFormat::grammar)
+            .map(|g| ("response_format", g));
         let several = || ApiError::invalid("prompt", "only one prompt per request is supported");
         let prompt = match self.prompt {
             CompletionPrompt::Text(t) => PromptInput::Text(t),
@@ -286,7 +537,36 @@ pub struct PromptTokensDetails {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// The answer's text; `null` when it is a tool call.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ToolCallOut {
+    pub id: String,
+    pub r#type: &'static str,
+    pub function: FunctionCall,
+}
+
+/// A piece of a streamed tool call: the first carries its id and name, the rest arguments text.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ToolCallDelta {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<&'static str>,
+    pub function: FunctionDelta,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FunctionDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -334,6 +614,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -13,10 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use wick_backend::grammar::GrammarSpec;
 use wick_proto::FinishReason;
 
-/// Parameters Wick implements; any other (`typical_p`, `watermark`, `truncate`, `grammar`, ...)
-/// is refused by name.
+/// Parameters Wick implements; any other (`typical_p`, `watermark`, `truncate`, ...) is refused
+/// by name.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParameters {
@@ -41,6 +42,41 @@ pub struct GenerateParameters {
     pub return_full_text: bool,
     /// Alternatives to report with each token.
     pub top_n_tokens: Option<u64>,
+    /// What the generated text must match: `{"type": "json" | "json_schema" | "regex" |
+    /// "lark", "value": ...}`.
+    #[schema(value_type = Option<Object>, example = json!({"type": "json", "value": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}))]
+    pub grammar: Option<TgiGrammar>,
+}
+
+/// TGI's `grammar`: a JSON schema (`json`, or `json_schema` with the schema under `schema`), a
+/// regular expression, or (Wick extension) a Lark grammar.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "snake_case")]
+pub enum TgiGrammar {
+    Json(serde_json::Value),
+    JsonSchema(serde_json::Value),
+    Regex(String),
+    Lark(String),
+}
+
+impl TgiGrammar {
+    fn spec(self) -> GrammarSpec {
+        match self {
+            TgiGrammar::Json(schema) => GrammarSpec::JsonSchema {
+                schema,
+                strict: false,
+            },
+            TgiGrammar::JsonSchema(mut v) => GrammarSpec::JsonSchema {
+                schema: match v.get_mut("schema") {
+                    Some(schema) => schema.take(),
+                    None => v,
+                },
+                strict: false,
+            },
+            TgiGrammar::Regex(rx) => GrammarSpec::Regex(rx),
+            TgiGrammar::Lark(src) => GrammarSpec::Lark(src),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -94,6 +130,7 @@ fn tgi_finish(reason: FinishReason) -> &'static str {
         FinishReason::Stop => "eos_token",
         FinishReason::StopSequence => "stop_sequence",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "eos_token",
         FinishReason::Cancelled | FinishReason::Error => "error",
     }
 }
@@ -117,6 +154,7 @@ impl GenerateRequest {
             stop: p.stop,
             max_tokens: Some(p.max_new_tokens.unwrap_or(100)),
             logprobs: p.top_n_tokens.or(Some(0)),
+            grammar: p.grammar.map(|g| ("grammar", g.spec())),
             ..GenerationInput::default()
         };
         let prefix = if p.return_full_text {
