@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: fetches the real model if needed, runs every unit and integration test,
-# then drives the server with the `openai` Python SDK (metrics checked with a Prometheus parser)
-# and with schemathesis, installed in a virtualenv under target/.
+# then drives the server with the `openai` Python SDK (metrics checked with a Prometheus parser;
+# structured output and tool calls checked with `jsonschema` and Pydantic) and with schemathesis,
+# installed in a virtualenv under target/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(./scripts/fetch-model.sh)"
@@ -14,4 +15,5 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 cargo build --quiet -p wick-router --bin wick
 "$venv/bin/python" tests/python/test_openai_sdk.py target/debug/wick "$model"
+"$venv/bin/python" tests/python/test_structured.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_schemathesis.py target/debug/wick "$model"

@@ -386,17 +386,22 @@ impl ChatChunks {
                         },
                     })
                 }
-                Piece::Arguments(a) => delta.tool_calls.get_or_insert_with(Vec::new).push(
-                    ToolCallDelta {
-                        index: 0,
-                        id: None,
-                        r#type: None,
-                        function: FunctionDelta {
-                            name: None,
-                            arguments: Some(a),
-                        },
-                    },
-                ),
+                Piece::Arguments(a) => {
+                    let calls = delta.tool_calls.get_or_insert_with(Vec::new);
+                    match calls.last_mut().and_then(|c| c.function.arguments.as_mut()) {
+                        // One call per answer: more arguments extend this chunk's delta.
+                        Some(args) => args.push_str(&a),
+                        None => calls.push(ToolCallDelta {
+                            index: 0,
+                            id: None,
+                            r#type: None,
+                            function: FunctionDelta {
+                                name: None,
+                                arguments: Some(a),
+                            },
+                        }),
+                    }
+                }
             }
         }
         (delta.content.is_some() || delta.tool_calls.is_some()).then_some(delta)
