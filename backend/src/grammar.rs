@@ -370,7 +370,9 @@ mod tests {
     #[test]
     fn broken_grammars_fail_with_the_compilers_message() {
         let (g, _) = grammars();
-        let err = g.compile(&GrammarSpec::Regex("(unclosed".into())).unwrap_err();
+        let err = g
+            .compile(&GrammarSpec::Regex("(unclosed".into()))
+            .unwrap_err();
         assert!(!err.0.is_empty());
         let err = g
             .compile(&GrammarSpec::Lark("start: undefined_rule".into()))

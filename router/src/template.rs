@@ -154,7 +154,8 @@ mod tests {
 
     #[test]
     fn templates_that_read_tools_get_them() {
-        let src = "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% endif %}\
+        let src =
+            "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% endif %}\
                    {% for m in messages %}{{ m.role }}:{{ m.content }}\
                    {% for c in m.tool_calls or [] %}{{ c.function.name }}{% endfor %}{% endfor %}";
         let t = ChatTemplate::new(Some(src), None, None).unwrap();

@@ -18,14 +18,22 @@ use wick_backend::grammar::GrammarSpec;
 pub fn to_layout(v: &Value) -> String {
     struct Spaced;
     impl serde_json::ser::Formatter for Spaced {
-        fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        fn begin_array_value<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> io::Result<()> {
             if first {
                 Ok(())
             } else {
                 w.write_all(b", ")
             }
         }
-        fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        fn begin_object_key<W: ?Sized + Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> io::Result<()> {
             self.begin_array_value(w, first)
         }
         fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
@@ -225,7 +233,10 @@ enum Mode {
     Undecided,
     Text,
     /// Inside a call; `sent` bytes of its arguments have gone out.
-    Call { args_start: Option<usize>, sent: usize },
+    Call {
+        args_start: Option<usize>,
+        sent: usize,
+    },
 }
 
 /// Splits a streamed answer into text, or a call's name and argument fragments. The output's
@@ -450,7 +461,9 @@ mod tests {
         ];
         let out = t.inline(&msgs);
         assert_eq!(out.len(), 4);
-        assert!(out[0].content.starts_with("Be brief.\n\nYou can call functions."));
+        assert!(out[0]
+            .content
+            .starts_with("Be brief.\n\nYou can call functions."));
         assert!(out[0].content.contains("\"name\":\"get_weather\""));
         assert_eq!(
             out[2].content,

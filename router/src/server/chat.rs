@@ -376,15 +376,18 @@ impl ChatChunks {
             match p {
                 Piece::Text(t) => delta.content.get_or_insert_with(String::new).push_str(&t),
                 Piece::CallStart(name) => {
-                    delta.tool_calls.get_or_insert_with(Vec::new).push(ToolCallDelta {
-                        index: 0,
-                        id: Some(new_id("call")),
-                        r#type: Some("function"),
-                        function: FunctionDelta {
-                            name: Some(name),
-                            arguments: Some(String::new()),
-                        },
-                    })
+                    delta
+                        .tool_calls
+                        .get_or_insert_with(Vec::new)
+                        .push(ToolCallDelta {
+                            index: 0,
+                            id: Some(new_id("call")),
+                            r#type: Some("function"),
+                            function: FunctionDelta {
+                                name: Some(name),
+                                arguments: Some(String::new()),
+                            },
+                        })
                 }
                 Piece::Arguments(a) => {
                     let calls = delta.tool_calls.get_or_insert_with(Vec::new);

@@ -7,10 +7,10 @@ use crate::template::ChatMessage;
 use crate::tools::{self, Choice, Tools};
 use crate::validation::{GenerationInput, PromptInput};
 use serde::{Deserialize, Serialize};
-use wick_backend::grammar::GrammarSpec;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+use wick_backend::grammar::GrammarSpec;
 
 /// `stop`: one string or several.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -370,14 +370,15 @@ impl ChatCompletionRequest {
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         let mut input = self.generation_input(max_tokens, logprobs);
         let tools = check_tools(self.tools, self.tool_choice)?;
-        let format = self.response_format.as_ref().and_then(ResponseFormat::grammar);
+        let format = self
+            .response_format
+            .as_ref()
+            .and_then(ResponseFormat::grammar);
         input.grammar = match (&tools, format) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(
-                    "response_format",
-                    "`response_format` cannot be combined with `tools` unless `tool_choice` is `none`",
-                ))
-            }
+            (Some(_), Some(_)) => return Err(ApiError::invalid(
+                "response_format",
+                "`response_format` cannot be combined with `tools` unless `tool_choice` is `none`",
+            )),
             (Some(t), None) => Some(("tools", t.grammar())),
             (None, Some(g)) => Some(("response_format", g)),
             (None, None) => None,
