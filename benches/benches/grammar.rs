@@ -83,7 +83,8 @@ fn snapshots(grammars: &Grammars, spec: &GrammarSpec, ids: &[u32]) -> Vec<Constr
     let mut c = grammars.compile(spec).expect("the bench grammars compile");
     let mut out = vec![c.clone()];
     for &t in ids {
-        c.advance(t).expect("the bench outputs follow their grammars");
+        c.advance(t)
+            .expect("the bench outputs follow their grammars");
         out.push(c.clone());
     }
     out.pop();
@@ -140,7 +141,12 @@ fn bench_grammar(c: &mut Criterion) {
     let cases: Vec<_> = cases()
         .into_iter()
         .map(|(name, spec, output)| {
-            let ids = tok.tokenizer.encode(output, false).unwrap().get_ids().to_vec();
+            let ids = tok
+                .tokenizer
+                .encode(output, false)
+                .unwrap()
+                .get_ids()
+                .to_vec();
             (name, snapshots(&grammars, &spec, &ids))
         })
         .collect();

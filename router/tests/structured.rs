@@ -28,7 +28,7 @@ async fn free_requests_batched_with_constrained_ones_get_the_tokens_they_get_alo
     let topics = ["the sea", "a cat", "CPUs", "rain", "music", "bread"];
     // Greedy and seeded sampling: both must be unaffected by their neighbours' masks.
     let free = |i: usize| {
-        let extra = if i % 2 == 0 {
+        let extra = if i.is_multiple_of(2) {
             json!({"max_tokens": 24, "logprobs": true})
         } else {
             json!({"max_tokens": 24, "logprobs": true, "temperature": 0.8, "seed": i})
