@@ -152,7 +152,7 @@ async fn errors_are_openai_shaped() {
     )
     .await;
     assert_eq!(status, 400);
-    assert_eq!(body["error"]["param"], "tools");
+    assert_eq!(body["error"]["param"], "tools[0].type", "{body}");
     let (status, body) = post(
         &s,
         "/v1/chat/completions",

@@ -127,17 +127,29 @@ where
     }
 }
 
-/// The field a JSON error message names: ``unknown field `x` ``, ``missing field `x` ``, or the
-/// path serde_path_to_error puts before the message (`max_tokens: invalid value ...`).
+/// The field a JSON error message names: the path serde_path_to_error puts before the message
+/// (`max_tokens: invalid value ...`), joined with the field of ``unknown field `x` `` or
+/// ``missing field `x` `` (`tools[0]: missing field `type`` names `tools[0].type`).
 fn field_named_in(message: &str) -> Option<String> {
-    if let Some(at) = message.find("field `") {
+    let body = match message.find("target type: ") {
+        Some(at) => &message[at + "target type: ".len()..],
+        None => message,
+    };
+    let (path, rest) = match body.find(": ") {
+        Some(at) if at > 0 && !body[..at].contains(' ') && &body[..at] != "." => {
+            (Some(&body[..at]), &body[at + 2..])
+        }
+        _ => (None, body),
+    };
+    let field = rest.find("field `").and_then(|at| {
         let at = at + "field `".len();
-        let len = message[at..].find('`')?;
-        return Some(message[at..at + len].to_string());
+        let len = rest[at..].find('`')?;
+        Some(&rest[at..at + len])
+    });
+    match (path, field) {
+        (Some(p), Some(f)) => Some(format!("{p}.{f}")),
+        (p, f) => p.or(f).map(str::to_string),
     }
-    let rest = &message[message.find("target type: ")? + "target type: ".len()..];
-    let path = &rest[..rest.find(": ")?];
-    (!path.is_empty() && !path.contains(' ') && path != ".").then(|| path.to_string())
 }
 
 /// Seconds since the Unix epoch.
@@ -359,6 +371,10 @@ mod tests {
         assert_eq!(
             field_named_in("Failed to deserialize the JSON body into the target type: messages[0].role: invalid type: integer `1`, expected a string"),
             Some("messages[0].role".into())
+        );
+        assert_eq!(
+            field_named_in("Failed to deserialize the JSON body into the target type: tools[0]: missing field `type` at line 1 column 60"),
+            Some("tools[0].type".into())
         );
     }
 }
