@@ -147,6 +147,8 @@ fn field_named_in(message: &str) -> Option<String> {
         Some(&rest[at..at + len])
     });
     match (path, field) {
+        // An unknown field is its own path; a missing one's path is its parent's.
+        (Some(p), Some(f)) if p == f || p.ends_with(&format!(".{f}")) => Some(p.to_string()),
         (Some(p), Some(f)) => Some(format!("{p}.{f}")),
         (p, f) => p.or(f).map(str::to_string),
     }
@@ -375,6 +377,10 @@ mod tests {
         assert_eq!(
             field_named_in("Failed to deserialize the JSON body into the target type: tools[0]: missing field `type` at line 1 column 60"),
             Some("tools[0].type".into())
+        );
+        assert_eq!(
+            field_named_in("Failed to deserialize the JSON body into the target type: frobnicate: unknown field `frobnicate`, expected one of `a`"),
+            Some("frobnicate".into())
         );
     }
 }
