@@ -8,23 +8,14 @@
 //! Throughput is reported in tokens per second (criterion's elements/s).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use std::path::PathBuf;
 use std::time::Duration;
 use wick_backend::ops::qgemm::{self, Kernel};
 use wick_backend::{load_engine, BackendConfig, Engine};
+use wick_benches::model_path;
 use wick_proto::{SamplingParams, Step, StepEntry};
 
 const CONTEXT: usize = 64;
 const BLOCK: usize = 16;
-
-fn model_path() -> PathBuf {
-    std::env::var_os("WICK_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
 
 fn tokens(n: usize, salt: usize) -> Vec<u32> {
     (0..n)

@@ -16,24 +16,15 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use rayon::prelude::*;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use wick_backend::grammar::{Constraint, GrammarSpec, Grammars};
 use wick_backend::tokenizer::load_tokenizer;
 use wick_backend::{load_engine, BackendConfig, Engine};
+use wick_benches::model_path;
 use wick_proto::{SamplingParams, Step, StepEntry};
 
 const CONTEXT: usize = 64;
 const BLOCK: usize = 16;
-
-fn model_path() -> PathBuf {
-    std::env::var_os("WICK_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
 
 /// A grammar and an output that follows it.
 fn cases() -> Vec<(&'static str, GrammarSpec, &'static str)> {
