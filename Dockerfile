@@ -54,11 +54,15 @@ COPY . .
 RUN cargo build --release -p wick-router --bin wick --features cuda \
     && install -m 0755 target/release/wick /usr/local/bin/wick
 
+# DL3006: `builder-cpu`/`builder-cuda` and `runtime-cpu`/`runtime-cuda` are stages, not images.
+# hadolint ignore=DL3006
 FROM builder-${VARIANT} AS builder
 
 FROM ${RUNTIME_IMAGE} AS runtime-cpu
 FROM ${CUDA_RUNTIME_IMAGE} AS runtime-cuda
 
+# DL3006: `runtime-${VARIANT}` is one of the two stages above, not an image.
+# hadolint ignore=DL3006
 FROM runtime-${VARIANT}
 # curl for the health check; python3 and pip for wick-fetch-model (an init container that fills
 # /models). DL3008: versions come from the base image's release, which the tag pins.
@@ -79,6 +83,8 @@ USER 10001:10001
 WORKDIR /home/wick
 VOLUME ["/models"]
 EXPOSE 8080
+# DL3025: the shell form is on purpose, to follow WICK_PORT when it is overridden.
+# hadolint ignore=DL3025
 HEALTHCHECK --interval=15s --timeout=3s --start-period=120s --retries=3 \
     CMD curl -fsS "http://127.0.0.1:${WICK_PORT}/health" || exit 1
 ENTRYPOINT ["wick", "serve"]

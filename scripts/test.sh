@@ -2,7 +2,8 @@
 # The whole test suite: fetches the real model if needed, runs every unit and integration test,
 # then drives the server with the `openai` Python SDK (metrics checked with a Prometheus parser;
 # structured output and tool calls checked with `jsonschema` and Pydantic) and with schemathesis,
-# installed in a virtualenv under target/.
+# installed in a virtualenv under target/; then the deployment files (kubectl kustomize,
+# kubernetes-validate --strict, hadolint, manifests checked against the server).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(./scripts/fetch-model.sh)"
@@ -17,3 +18,4 @@ cargo build --quiet -p wick-router --bin wick
 "$venv/bin/python" tests/python/test_openai_sdk.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_structured.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_schemathesis.py target/debug/wick "$model"
+"$venv/bin/python" tests/python/test_deploy.py target/debug/wick "$model"
