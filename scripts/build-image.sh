@@ -68,7 +68,7 @@ build_start=$(date +%s)
 # names no stage for it; build a copy with the variant written out (Docker/BuildKit need not).
 containerfile="$(mktemp)"
 sed 's/\${VARIANT}/cpu/g' Dockerfile >"$containerfile"
-podman build --isolation chroot --network host \
+podman build --isolation chroot --network host --format docker \
   --build-arg RUST_IMAGE="$RUST" --build-arg RUNTIME_IMAGE="$DEBIAN" \
   -t "$IMAGE" -f "$containerfile" . >&2
 rm -f "$containerfile"
@@ -85,7 +85,8 @@ cleanup() {
   rm -f "$log"
 }
 trap cleanup EXIT
-buildah run --isolation chroot --user "$user" -v "$(dirname "$model"):/models:ro" "$ctr" -- \
+buildah run --isolation chroot --user "$user" \
+  --mount "type=bind,src=$(dirname "$model"),dst=/models,ro" "$ctr" -- \
   sh -c 'WICK_HOST=127.0.0.1 WICK_PORT=0 WICK_LOG_FORMAT=text exec wick serve --served-model-name smol' \
   >"$log" 2>&1 &
 server=$!

@@ -8,6 +8,7 @@
 //! - [`ops`]: the CPU kernels (quantized matmul, paged attention) as candle custom ops.
 //! - [`kv`]: the paged KV cache tensors.
 //! - [`model`]: the forward pass over a packed batch.
+//! - [`generic`]: the same forward pass in candle ops only (CUDA; CPU on request).
 //! - [`grammar`]: constrained decoding (JSON schema, regex, Lark) with llguidance.
 //! - [`sampling`]: penalties, greedy and seeded sampling, log-probabilities.
 //! - [`engine`]: model + cache + per-sequence history; one `step` call per batch.
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod generic;
 pub mod grammar;
 pub mod kv;
 pub mod loader;

@@ -5,8 +5,12 @@
 //! the paged cache, paged attention, output projection, RMSNorm and a SwiGLU MLP; finally the norm
 //! and LM head on the rows that sample only. Weights are immutable (`&self`); the KV cache is
 //! passed in (`&mut KvCache`), so one model serves every sequence.
+//!
+//! Two paths: Wick's CPU kernels on plain buffers (below, the default on CPU), or the
+//! device-generic candle path of [`crate::generic`] (CUDA, or the CPU when asked).
 
 use crate::config::ModelConfig;
+use crate::generic::DeviceModel;
 use crate::kv::KvCache;
 use crate::ops::{fused, AttentionMeta, KvWrite, PagedAttention, QWeight};
 use candle_core::{Device, Tensor};
@@ -41,6 +45,8 @@ pub struct Model {
     pub device: Device,
     /// `1 / theta^(2i / head_dim)` for each rotated pair.
     inv_freq: Vec<f32>,
+    /// When set, [`Model::forward`] runs the device-generic path on its device.
+    generic: Option<DeviceModel>,
 }
 
 /// A batch in the form the forward pass takes: packed tokens, attention metadata, and the rows
@@ -72,6 +78,23 @@ impl Model {
             lm_head,
             device,
             inv_freq,
+            generic: None,
+        }
+    }
+
+    /// Runs every later forward pass through the device-generic path (candle ops) on `device`:
+    /// weights copied there dequantized; the KV cache must live there too.
+    pub fn use_generic_path(&mut self, device: &Device) -> candle_core::Result<()> {
+        self.generic = Some(DeviceModel::new(self, device)?);
+        Ok(())
+    }
+
+    /// Where the forward pass runs: `cpu-kernels` (Wick's CPU kernels) or `generic` (candle ops).
+    pub fn path_name(&self) -> &'static str {
+        if self.generic.is_some() {
+            "generic"
+        } else {
+            "cpu-kernels"
         }
     }
 
@@ -133,6 +156,9 @@ impl Model {
     /// The hidden state lives in a plain buffer; the per-token ops are [`fused`]'s, the matmuls
     /// [`QWeight`]'s, and only the paged-cache ops go through candle tensors.
     pub fn forward(&self, batch: &PackedBatch, kv: &mut KvCache) -> candle_core::Result<Tensor> {
+        if let Some(generic) = &self.generic {
+            return generic.forward(self, batch, kv);
+        }
         let cfg = &self.cfg;
         let (t, h, d) = (batch.tokens.len(), cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());

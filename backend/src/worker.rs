@@ -54,9 +54,14 @@ impl DeviceSpec {
     fn open(self) -> Result<Device, LoadError> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
+            DeviceSpec::Cuda(_) if !cfg!(feature = "cuda") => Err(LoadError::Device {
+                device: self.to_string(),
+                reason: "this binary was built without CUDA; build it with `--features cuda`"
+                    .into(),
+            }),
             DeviceSpec::Cuda(n) => Device::new_cuda(n).map_err(|e| LoadError::Device {
                 device: self.to_string(),
-                reason: e.to_string(),
+                reason: format!("no CUDA device answers: {e}"),
             }),
         }
     }
@@ -78,6 +83,8 @@ pub struct BackendConfig {
     pub threads: Option<usize>,
     /// Dequantize every weight to f32 at load (reference runs).
     pub dequantize: bool,
+    /// Run the device-generic forward path (candle ops) even on the CPU; always on CUDA.
+    pub generic: bool,
 }
 
 impl BackendConfig {
@@ -90,6 +97,7 @@ impl BackendConfig {
             kv_dtype: KvDType::F32,
             threads: None,
             dequantize: false,
+            generic: false,
         }
     }
 }
@@ -103,6 +111,9 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
     let mut model = loader::load_model(&cfg.model_path, &device)?;
     if cfg.dequantize {
         model.dequantize();
+    }
+    if cfg.generic || cfg.device != DeviceSpec::Cpu {
+        model.use_generic_path(&device)?;
     }
     let kv = KvCache::with_budget(
         &model.cfg,

@@ -55,6 +55,10 @@ pub struct ModelArgs {
     /// Element type of the KV cache: `f32`, or `f16` (twice the tokens in the same memory).
     #[arg(long, env = "WICK_KV_CACHE_DTYPE", default_value = "f32")]
     pub kv_cache_dtype: KvDType,
+    /// Run the device-generic forward path (candle ops, as on CUDA) on the CPU too, instead of
+    /// Wick's CPU kernels: to check the CUDA code path without a GPU.
+    #[arg(long, env = "WICK_GENERIC_PATH")]
+    pub generic_path: bool,
 }
 
 impl ModelArgs {
@@ -65,6 +69,7 @@ impl ModelArgs {
             kv_cache_bytes: self.kv_cache_memory << 20,
             block_size: self.block_size,
             kv_dtype: self.kv_cache_dtype,
+            generic: self.generic_path,
             ..BackendConfig::new(&self.model)
         }
     }

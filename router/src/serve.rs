@@ -214,6 +214,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     tracing::info!(
         model = %state.served_name,
         kv_blocks = state.info.num_kv_blocks,
+        device = %state.info.device,
+        generic_path = args.model.generic_path || state.info.device != "cpu",
         matmul_kernel = wick_backend::ops::qgemm::selected().name(),
         "ready"
     );

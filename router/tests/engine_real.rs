@@ -137,21 +137,33 @@ fn chat_prompts_have_llama_cpp_lengths() {
 
 #[test]
 fn teacher_forced_logits_agree_with_llama_cpp() {
-    teacher_forced(KvDType::F32);
+    teacher_forced(KvDType::F32, false);
 }
 
 #[test]
 fn teacher_forced_logits_agree_with_llama_cpp_with_an_f16_kv_cache() {
-    teacher_forced(KvDType::F16);
+    teacher_forced(KvDType::F16, false);
 }
 
-fn teacher_forced(kv_dtype: KvDType) {
+/// The candle-ops path that CUDA runs, here on the CPU.
+#[test]
+fn teacher_forced_logits_agree_with_llama_cpp_on_the_device_generic_path() {
+    teacher_forced(KvDType::F32, true);
+    teacher_forced(KvDType::F16, true);
+}
+
+fn teacher_forced(kv_dtype: KvDType, generic: bool) {
     let tok = load_tokenizer(&model_path()).unwrap();
     let cfg = BackendConfig {
         kv_dtype,
+        generic,
         ..config(16)
     };
     let (mut engine, info) = load_engine(&cfg).unwrap();
+    assert_eq!(
+        engine.model().path_name(),
+        if generic { "generic" } else { "cpu-kernels" }
+    );
     let bs = info.kv_block_size;
     for (seq, case) in fixture("chat-ref.json")["cases"]
         .as_array()
@@ -189,7 +201,8 @@ fn teacher_forced(kv_dtype: KvDType) {
             .take_while(|(l, &r)| argmax(l) == r)
             .count();
         eprintln!(
-            "{kv_dtype} KV, {}: largest gap {worst:.3}; free-running greedy reproduces {same} of {} tokens",
+            "{} path, {kv_dtype} KV, {}: largest gap {worst:.3}; free-running greedy reproduces {same} of {} tokens",
+            engine.model().path_name(),
             case["prompt"],
             reference.len()
         );
