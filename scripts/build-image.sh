@@ -79,19 +79,26 @@ ctr=$(buildah from "$IMAGE")
 user=$(podman image inspect "$IMAGE" --format '{{.Config.User}}')
 log="$(mktemp)"
 cleanup() {
-  [[ -n ${server:-} ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
-  tail -5 "$log" >&2 || true
+  local rc=$?
+  if [[ -n ${server:-} ]]; then
+    kill "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+  ((rc == 0)) || tail -5 "$log" >&2 || true
   buildah rm "$ctr" >/dev/null 2>&1 || true
   rm -f "$log"
+  exit "$rc"
 }
 trap cleanup EXIT
-buildah run --isolation chroot --user "$user" \
-  --mount "type=bind,src=$(dirname "$model"),dst=/models,ro" "$ctr" -- \
-  sh -c 'WICK_HOST=127.0.0.1 WICK_PORT=0 WICK_LOG_FORMAT=text exec wick serve --served-model-name smol' \
+# (buildah's chroot isolation leaves a mount over the image's VOLUME path empty, so the model
+# goes beside it and WICK_MODEL points there.)
+buildah run --isolation chroot --user "$user" -v "$(dirname "$model"):/mnt/models:ro" "$ctr" -- \
+  sh -c "WICK_MODEL=/mnt/models/$(basename "$model") WICK_HOST=127.0.0.1 WICK_PORT=0 WICK_LOG_FORMAT=text exec wick serve --served-model-name smol" \
   >"$log" 2>&1 &
 server=$!
 base=""
 for _ in $(seq 1 600); do
+  kill -0 "$server" 2>/dev/null || { say "the server exited"; exit 1; }
   base=$(sed -n 's/^wick: listening on //p' "$log" | head -1)
   [[ -n $base ]] && curl -fsS "$base/ready" >/dev/null 2>&1 && break
   sleep 0.5
@@ -99,7 +106,7 @@ done
 [[ -n $base ]] || { say "the server did not start"; exit 1; }
 say "ready on $base as user $(buildah run --isolation chroot --user "$user" "$ctr" -- id -u)"
 health_cmd=$(podman image inspect "$IMAGE" --format '{{join .Config.Healthcheck.Test " "}}' | sed 's/^CMD-SHELL //')
-buildah run --isolation chroot --user "$user" "$ctr" -- sh -c "WICK_PORT=${base##*:} $health_cmd" >/dev/null
+buildah run --isolation chroot --user "$user" "$ctr" -- sh -c "export WICK_PORT=${base##*:}; $health_cmd" >/dev/null
 say "HEALTHCHECK command passed: $health_cmd"
 answer=$(curl -fsS "$base/v1/chat/completions" -H 'content-type: application/json' \
   -d '{"model": "smol", "messages": [{"role": "user", "content": "What is 12 plus 30?"}], "temperature": 0, "max_tokens": 16}')

@@ -3,7 +3,8 @@
 # then drives the server with the `openai` Python SDK (metrics checked with a Prometheus parser;
 # structured output and tool calls checked with `jsonschema` and Pydantic) and with schemathesis,
 # installed in a virtualenv under target/; then the deployment files (kubectl kustomize,
-# kubernetes-validate --strict, hadolint, manifests checked against the server).
+# kubernetes-validate --strict, hadolint, manifests checked against the server), and the GPU
+# smoke script on the CPU.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(./scripts/fetch-model.sh)"
@@ -19,3 +20,6 @@ cargo build --quiet -p wick-router --bin wick
 "$venv/bin/python" tests/python/test_structured.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_schemathesis.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_deploy.py target/debug/wick "$model"
+# The GPU smoke script, on the CPU through the device-generic path (the code CUDA runs).
+PATH="$venv/bin:$PATH" ./scripts/gpu-smoke.sh --wick target/debug/wick --model "$model" \
+  --device cpu --generic-path --seconds 3 --max-tokens 16 --out target/smoke-report-cpu.json
