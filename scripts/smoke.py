@@ -16,17 +16,17 @@ Usage: python3 scripts/smoke.py --wick BIN --model GGUF --device cuda:0 --out re
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "python"))
+import wickserver  # noqa: E402 - the test suite's server start, shared
 GAP_LIMIT = 0.5
 
 
@@ -38,34 +38,10 @@ def post(base, path, body, timeout=600):
 
 
 def start(args):
-    cmd = [args.wick, "serve", "--host", "127.0.0.1", "--port", "0", "--model", args.model,
-           "--device", args.device, "--served-model-name", "smol",
-           "--kv-cache-memory", str(args.kv_cache_memory)]
+    extra = ["--device", args.device, "--kv-cache-memory", str(args.kv_cache_memory)]
     if args.generic_path:
-        cmd.append("--generic-path")
-    log = open(args.out + ".server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-    base = None
-    for line in proc.stdout:
-        if line.startswith("wick: listening on "):
-            base = line.strip().removeprefix("wick: listening on ")
-            break
-    if base is None:
-        raise SystemExit(f"the server exited before listening: see {log.name}")
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited while loading: see {log.name}")
-        try:
-            with urllib.request.urlopen(f"{base}/ready", timeout=5) as r:
-                if r.status == 200:
-                    return proc, base
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the server did not become ready in 10 minutes")
+        extra.append("--generic-path")
+    return wickserver.start(args.wick, args.model, *extra)
 
 
 def agreement(base):
