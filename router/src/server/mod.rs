@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`openai`]: OpenAI wire types; [`chat`]: chat and completions handlers, streamed or not.
+//! - [`structured`]: the wire types of tools and `response_format`, and their checks.
 //! - [`tgi`]: TGI's `/generate` and `/generate_stream`.
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
@@ -13,6 +14,7 @@ pub mod docs;
 pub mod lifecycle;
 pub mod misc;
 pub mod openai;
+pub mod structured;
 pub mod tgi;
 
 use crate::error::ApiError;
