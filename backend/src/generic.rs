@@ -40,10 +40,6 @@ pub struct DeviceModel {
     device: Device,
 }
 
-fn dense(w: &crate::ops::QWeight, device: &Device) -> candle_core::Result<Tensor> {
-    Tensor::from_vec(w.to_f32_vec(), (w.rows(), w.cols()), device)
-}
-
 impl DeviceModel {
     /// Copies `model`'s weights to `device`, dequantized.
     pub fn new(model: &Model, device: &Device) -> candle_core::Result<Self> {
@@ -54,24 +50,24 @@ impl DeviceModel {
             .map(|l| {
                 Ok(DenseLayer {
                     attn_norm: vec(&l.attn_norm)?,
-                    q: dense(&l.q, device)?,
-                    k: dense(&l.k, device)?,
-                    v: dense(&l.v, device)?,
+                    q: l.q.to_tensor(device)?,
+                    k: l.k.to_tensor(device)?,
+                    v: l.v.to_tensor(device)?,
                     qkv_bias: match &l.qkv_bias {
                         Some([a, b, c]) => Some([vec(a)?, vec(b)?, vec(c)?]),
                         None => None,
                     },
-                    o: dense(&l.o, device)?,
+                    o: l.o.to_tensor(device)?,
                     ffn_norm: vec(&l.ffn_norm)?,
-                    gate: dense(&l.gate, device)?,
-                    up: dense(&l.up, device)?,
-                    down: dense(&l.down, device)?,
+                    gate: l.gate.to_tensor(device)?,
+                    up: l.up.to_tensor(device)?,
+                    down: l.down.to_tensor(device)?,
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let embed = dense(&model.embed, device)?;
+        let embed = model.embed.to_tensor(device)?;
         let lm_head = match &model.lm_head {
-            LmHead::Separate(w) => dense(w, device)?,
+            LmHead::Separate(w) => w.to_tensor(device)?,
             LmHead::Tied => embed.clone(),
         };
         let d = model.cfg.head_dim;

@@ -297,14 +297,6 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Model, LoadError> {
     build_model(cfg, &mut src, &HF_NAMES, false, device)
 }
 
-fn dense(w: &QWeight) -> Result<Tensor, LoadError> {
-    Ok(Tensor::from_vec(
-        w.to_f32_vec(),
-        (w.rows(), w.cols()),
-        &Device::Cpu,
-    )?)
-}
-
 /// Writes a GGUF model as a Hugging Face directory: `config.json`, the weights dequantized to f32
 /// in `shards` safetensors files (with an index when more than one), `tokenizer.json`,
 /// `tokenizer_config.json` and `generation_config.json`.
@@ -313,11 +305,11 @@ pub fn export_hf_dir(gguf: &Path, out: &Path, shards: usize) -> Result<(), LoadE
     let tok = tokenizer::load_tokenizer(gguf)?;
     std::fs::create_dir_all(out).map_err(|e| LoadError::io(out, e))?;
     let mut tensors: Vec<(String, Tensor)> = vec![
-        (HF_NAMES.embed.into(), dense(&model.embed)?),
+        (HF_NAMES.embed.into(), model.embed.to_tensor(&Device::Cpu)?),
         (HF_NAMES.norm.into(), model.norm.to_device(&Device::Cpu)?),
     ];
     if let LmHead::Separate(w) = &model.lm_head {
-        tensors.push((HF_NAMES.lm_head.into(), dense(w)?));
+        tensors.push((HF_NAMES.lm_head.into(), w.to_tensor(&Device::Cpu)?));
     }
     for (i, l) in model.layers.iter().enumerate() {
         let n = |part: &str| (HF_NAMES.layer)(i, part);
@@ -330,7 +322,7 @@ pub fn export_hf_dir(gguf: &Path, out: &Path, shards: usize) -> Result<(), LoadE
             ("up", &l.up),
             ("down", &l.down),
         ] {
-            tensors.push((n(part), dense(w)?));
+            tensors.push((n(part), w.to_tensor(&Device::Cpu)?));
         }
         tensors.push((n("attn_norm"), l.attn_norm.to_device(&Device::Cpu)?));
         tensors.push((n("ffn_norm"), l.ffn_norm.to_device(&Device::Cpu)?));

@@ -206,6 +206,11 @@ impl QWeight {
         out
     }
 
+    /// The whole matrix as a dense `(rows, cols)` f32 tensor on `device`.
+    pub fn to_tensor(&self, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+        Tensor::from_vec(self.to_f32_vec(), (self.rows, self.cols), device)
+    }
+
     /// The same matrix dequantized to f32 (for reference runs).
     pub fn dequantized(&self) -> QWeight {
         QWeight {

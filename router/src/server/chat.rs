@@ -156,7 +156,7 @@ pub async fn chat_completions(
     let (mut started, sid) = begin(&state, &rid, model, inputs, "chatcmpl").await?;
     if stream {
         started.first().await?;
-        let format = ChatChunks::new(sid, tools, started.n);
+        let format = ChatChunks::new(sid, tools.as_ref(), started.n);
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -343,18 +343,17 @@ struct StreamId {
 /// streams as OpenAI's `tool_calls` deltas.
 struct ChatChunks {
     sid: StreamId,
-    tools: Option<Tools>,
-    /// Per choice, when the request has tools.
+    /// Per choice, when the request has tools (empty otherwise).
     calls: Vec<CallStream>,
 }
 
 impl ChatChunks {
-    fn new(sid: StreamId, tools: Option<Tools>, n: usize) -> Self {
-        let calls = match &tools {
+    fn new(sid: StreamId, tools: Option<&Tools>, n: usize) -> Self {
+        let calls = match tools {
             Some(t) => (0..n).map(|_| CallStream::new(t)).collect(),
             None => Vec::new(),
         };
-        ChatChunks { sid, tools, calls }
+        ChatChunks { sid, calls }
     }
 
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> SseEvent {
@@ -466,7 +465,11 @@ impl ChunkFormat for ChatChunks {
         let mut reason = reason;
         if let Some(calls) = self.calls.get_mut(choice) {
             let complete = reason == FinishReason::Stop;
-            if let Some(delta) = Self::delta(calls.finish(complete)) {
+            let rest = calls.finish(complete);
+            if complete && calls.is_call() {
+                reason = FinishReason::ToolCalls;
+            }
+            if let Some(delta) = Self::delta(rest) {
                 let rest = ChatChunkChoice {
                     index: choice,
                     delta,
@@ -474,9 +477,6 @@ impl ChunkFormat for ChatChunks {
                     finish_reason: None,
                 };
                 out.push(self.chunk(vec![rest], None));
-            }
-            if complete && self.calls[choice].is_call() && self.tools.is_some() {
-                reason = FinishReason::ToolCalls;
             }
         }
         let choice = ChatChunkChoice {
