@@ -180,16 +180,15 @@ impl Engine {
         for ((e, params), row) in sampling_entries.zip(&logits) {
             let pos = e.start_pos + e.tokens.len();
             let history = self.history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
-            let mut g = match masks.get(&e.seq) {
-                None => sampling::sample(e.seq, row, params, history, pos, None),
-                Some(Ok(mask)) => sampling::sample(e.seq, row, params, history, pos, Some(mask)),
-                Some(Err(err)) => {
-                    // The token is meaningless: the router ends the sequence with the error.
-                    let mut g = sampling::sample(e.seq, row, params, history, pos, None);
-                    g.constraint_error = Some(err.clone());
-                    g
-                }
+            // A failed mask leaves the token meaningless: the router ends the sequence with the
+            // error.
+            let (mask, error) = match masks.get(&e.seq) {
+                None => (None, None),
+                Some(Ok(mask)) => (Some(mask.as_slice()), None),
+                Some(Err(err)) => (None, Some(err.clone())),
             };
+            let mut g = sampling::sample(e.seq, row, params, history, pos, mask);
+            g.constraint_error = error;
             if g.constraint_error.is_none() {
                 if let Some(c) = self.constraints.get_mut(&e.seq) {
                     if let Err(err) = c.advance(g.token) {

@@ -88,6 +88,11 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// Whether the model runs the device-generic forward path: when asked, and on every GPU.
+    pub fn uses_generic_path(&self) -> bool {
+        self.generic || self.device != DeviceSpec::Cpu
+    }
+
     pub fn new(model_path: impl Into<PathBuf>) -> Self {
         BackendConfig {
             model_path: model_path.into(),
@@ -112,7 +117,7 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
     if cfg.dequantize {
         model.dequantize();
     }
-    if cfg.generic || cfg.device != DeviceSpec::Cpu {
+    if cfg.uses_generic_path() {
         model.use_generic_path(&device)?;
     }
     let kv = KvCache::with_budget(

@@ -215,7 +215,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         model = %state.served_name,
         kv_blocks = state.info.num_kv_blocks,
         device = %state.info.device,
-        generic_path = args.model.generic_path || state.info.device != "cpu",
+        generic_path = args.model.backend_config().uses_generic_path(),
         matmul_kernel = wick_backend::ops::qgemm::selected().name(),
         "ready"
     );
