@@ -74,7 +74,7 @@ impl Engine {
         self.constraints
             .par_iter_mut()
             .filter(|(seq, _)| sampling.contains(seq))
-            .map(|(&seq, c)| (seq, c.mask().map_err(|e| e.0)))
+            .map(|(&seq, c)| (seq, c.mask().map_err(|e| e.to_string())))
             .collect()
     }
 
@@ -192,7 +192,7 @@ impl Engine {
             if g.constraint_error.is_none() {
                 if let Some(c) = self.constraints.get_mut(&e.seq) {
                     if let Err(err) = c.advance(g.token) {
-                        g.constraint_error = Some(err.0);
+                        g.constraint_error = Some(err.to_string());
                     }
                 }
             }

@@ -191,10 +191,12 @@ pub fn sample(
             .collect();
         let n = params.top_logprobs.min(all.len());
         all.select_nth_unstable_by(n - 1, |a, b| better(*a, *b));
-        all.truncate(n);
-        all.sort_unstable_by(|a, b| better(*a, *b));
-        all.into_iter()
-            .map(|(logprob, token)| TokenLogprob { token, logprob })
+        let top = &mut all[..n];
+        top.sort_unstable_by(|a, b| better(*a, *b));
+        // A fresh allocation of `n` entries: collecting from `all` itself would reuse its
+        // vocabulary-sized buffer, and the router holds one of these per generated token.
+        top.iter()
+            .map(|&(logprob, token)| TokenLogprob { token, logprob })
             .collect()
     } else {
         Vec::new()
@@ -316,6 +318,16 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn top_logprobs_hold_only_the_entries_asked_for() {
+        let mut p = params();
+        p.top_logprobs = 3;
+        let logits: Vec<f32> = (0..50_000).map(|i| (i % 97) as f32 * 0.01).collect();
+        let g = sample(1, &logits, &p, &[], 0, None);
+        assert_eq!(g.top_logprobs.len(), 3);
+        assert!(g.top_logprobs.capacity() <= 3, "{}", g.top_logprobs.capacity());
     }
 
     #[test]

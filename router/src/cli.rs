@@ -161,7 +161,8 @@ pub struct ServeArgs {
 /// Overload, security and lifecycle settings.
 #[derive(Debug, Args)]
 pub struct OpsArgs {
-    /// Most generation requests in flight; past it, 429 with Retry-After.
+    /// Most sequences in flight (a request with `n` choices counts `n`); past it, 429 with
+    /// Retry-After.
     #[arg(long, env = "WICK_MAX_CONCURRENT_REQUESTS", default_value_t = 128)]
     pub max_concurrent_requests: usize,
     /// Most requests waiting for admission to the running batch; past it, 429 with Retry-After.
@@ -182,9 +183,22 @@ pub struct OpsArgs {
     /// Seconds in-flight streams get to finish after SIGTERM before they end with an error.
     #[arg(long, env = "WICK_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
-    /// Largest request body, in bytes (413 past it).
+    /// Largest request body, in bytes (413 past it, from `Content-Length` when declared).
     #[arg(long, env = "WICK_MAX_BODY_BYTES", default_value_t = 2_000_000)]
     pub max_body_bytes: usize,
+    /// Seconds a request body may take to arrive (408 and the connection closed past it).
+    #[arg(long, env = "WICK_BODY_READ_TIMEOUT", default_value_t = 30.0)]
+    pub body_read_timeout: f64,
+    /// Seconds a client may take to send a request's headers (the connection is closed past it).
+    #[arg(long, env = "WICK_HEADER_READ_TIMEOUT", default_value_t = 10.0)]
+    pub header_read_timeout: f64,
+    /// Seconds a kept-alive connection may sit with no request in flight before it is closed.
+    #[arg(long, env = "WICK_KEEP_ALIVE_TIMEOUT", default_value_t = 5.0)]
+    pub keep_alive_timeout: f64,
+    /// Most open HTTP connections; past it, new ones get a 503 and are closed at once. Keep it
+    /// below the process's file-descriptor limit.
+    #[arg(long, env = "WICK_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -208,6 +222,11 @@ pub struct HttpArgs {
     /// A Jinja chat template file to use instead of the model's.
     #[arg(long, env = "WICK_CHAT_TEMPLATE")]
     pub chat_template: Option<PathBuf>,
+    /// Read control-token text in chat message content (`<|im_start|>`, ...) as control tokens,
+    /// as the template's own are. Only for trusted clients: it lets a message forge turns. By
+    /// default such text stays text.
+    #[arg(long, env = "WICK_SPECIAL_TOKENS_IN_CONTENT")]
+    pub special_tokens_in_content: bool,
 }
 
 /// What one request and one step may hold.
@@ -239,6 +258,36 @@ pub struct LimitArgs {
     /// Largest `top_logprobs`.
     #[arg(long, env = "WICK_MAX_TOP_LOGPROBS", default_value_t = 20)]
     pub max_top_logprobs: usize,
+    /// Most log-probability entries one request may ask for: `n` x `max_tokens` x
+    /// (1 + `top_logprobs`) when it asks for log-probabilities (each entry costs ~100 bytes
+    /// until the reply is sent).
+    #[arg(long, env = "WICK_MAX_LOGPROB_ENTRIES", default_value_t = 1 << 20)]
+    pub max_logprob_entries: usize,
+    /// Largest grammar (`response_format`, tools, TGI `grammar`), in bytes of Lark or regex
+    /// text or compact JSON schema.
+    #[arg(long, env = "WICK_MAX_GRAMMAR_BYTES", default_value_t = 64 << 10)]
+    pub max_grammar_bytes: usize,
+    /// Deepest grammar nesting: JSON schema levels (following `$ref`s), Lark rule chains and
+    /// brackets, regex groups.
+    #[arg(long, env = "WICK_MAX_GRAMMAR_DEPTH", default_value_t = 128)]
+    pub max_grammar_depth: usize,
+    /// Seconds a grammar may take to compile before the request is refused.
+    #[arg(long, env = "WICK_GRAMMAR_COMPILE_TIMEOUT", default_value_t = 5.0)]
+    pub grammar_compile_timeout: f64,
+}
+
+impl LimitArgs {
+    /// The grammar limits these flags set (checked by `serve`).
+    pub fn grammar_limits(&self) -> wick_backend::grammar::GrammarLimits {
+        wick_backend::grammar::GrammarLimits {
+            source: wick_backend::grammar::bounds::SourceLimits {
+                max_bytes: self.max_grammar_bytes,
+                max_depth: self.max_grammar_depth,
+            },
+            compile_timeout: std::time::Duration::from_secs_f64(self.grammar_compile_timeout),
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

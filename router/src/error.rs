@@ -28,6 +28,10 @@ pub enum ApiError {
     RouteNotFound { path: String },
     #[error("the backend failed: {0}")]
     Backend(String),
+    /// The output grammar could not be followed at generation time (it needs more work per
+    /// token than a step allows, or it rejects every continuation).
+    #[error("the output grammar failed during generation: {message}")]
+    GrammarFailed { message: String },
     #[error("the server is shutting down")]
     Unavailable,
     #[error("the model is still loading")]
@@ -40,6 +44,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive within the limit of {limit_s} s")]
+    BodyTimeout { limit_s: f64 },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
 }
@@ -60,7 +66,8 @@ impl ApiError {
             ApiError::InvalidParam { .. }
             | ApiError::Unsupported { .. }
             | ApiError::InvalidBody { .. }
-            | ApiError::ContextLength { .. } => StatusCode::BAD_REQUEST,
+            | ApiError::ContextLength { .. }
+            | ApiError::GrammarFailed { .. } => StatusCode::BAD_REQUEST,
             ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
@@ -71,6 +78,7 @@ impl ApiError {
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
@@ -83,10 +91,12 @@ impl ApiError {
             | ApiError::InvalidBody { .. }
             | ApiError::ContextLength { .. }
             | ApiError::PayloadTooLarge { .. } => "validation",
+            ApiError::BodyTimeout { .. } => "timeout",
             ApiError::ModelNotFound { .. }
             | ApiError::RouteNotFound { .. }
             | ApiError::MethodNotAllowed { .. } => "not_found",
             ApiError::Backend(_) => "backend",
+            ApiError::GrammarFailed { .. } => "grammar",
             ApiError::Unavailable | ApiError::Loading => "unavailable",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::QueueTimeout { .. } => "queue_timeout",
@@ -118,6 +128,9 @@ impl ApiError {
             ),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", None, Some("not_found")),
             ApiError::Backend(_) => ("server_error", None, None),
+            ApiError::GrammarFailed { .. } => {
+                ("invalid_request_error", None, Some("grammar_failed"))
+            }
             ApiError::Unavailable | ApiError::Loading => {
                 ("server_error", None, Some("unavailable"))
             }
@@ -126,6 +139,9 @@ impl ApiError {
             ApiError::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
             ApiError::PayloadTooLarge { .. } => {
                 ("invalid_request_error", None, Some("payload_too_large"))
+            }
+            ApiError::BodyTimeout { .. } => {
+                ("invalid_request_error", None, Some("request_timeout"))
             }
             ApiError::MethodNotAllowed { .. } => {
                 ("invalid_request_error", None, Some("method_not_allowed"))

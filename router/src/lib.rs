@@ -3,15 +3,18 @@
 //!
 //! # Layout
 //! - [`cli`]: the `wick` command line (`serve`, `generate`).
-//! - [`server`]: axum routes, OpenAI and TGI wire types, SSE streaming.
+//! - [`server`]: axum routes, OpenAI and TGI wire types, SSE streaming, the connection
+//!   listener and its limits.
 //! - [`validation`]: requests checked and tokenized into a `ValidRequest`.
 //! - [`scheduler`]: the task that owns the queue, the running set and KV blocks.
 //! - [`template`]: chat templates through minijinja.
+//! - [`chat_tokens`]: message content tokenized as text, never as control tokens.
 //! - [`tools`]: tool calling: tool prompt, call grammar, reading calls back (whole or streamed).
 //! - [`metrics`]: every Prometheus metric, registered in one place.
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON.
 //! - [`generate`]: one sequence start to finish on the backend (`wick generate`).
 
+pub mod chat_tokens;
 pub mod cli;
 pub mod error;
 pub mod generate;

@@ -3,7 +3,7 @@
 //!
 //! Figures are updated where the event happens: the scheduler sets the gauges each step and
 //! observes TTFT and inter-token latency when the worker returns the token, queue time at
-//! admission; the error mapping counts failures by reason.
+//! admission; the error mapping counts failures by reason; the listener counts connections.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -28,6 +28,8 @@ pub const E2E_REQUEST_LATENCY: &str = "wick_e2e_request_latency_seconds";
 pub const REQUEST_QUEUE_TIME: &str = "wick_request_queue_time_seconds";
 pub const BATCH_SIZE: &str = "wick_batch_size";
 pub const STEP_DURATION: &str = "wick_step_duration_seconds";
+pub const HTTP_CONNECTIONS: &str = "wick_http_connections";
+pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "wick_http_connections_refused_total";
 
 /// Latency buckets in seconds (vLLM's TTFT range, extended for slow CPU prefill).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -55,6 +57,8 @@ pub struct Metrics {
     pub request_queue_time: Histogram,
     pub batch_size: Histogram,
     pub step_duration: Histogram,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounter,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -95,12 +99,12 @@ impl Metrics {
             requests_running: gauge(
                 &r,
                 REQUESTS_RUNNING,
-                "Requests with a sequence in the running batch.",
+                "Sequences in the running batch (a request with `n` choices has `n`).",
             ),
             requests_waiting: gauge(
                 &r,
                 REQUESTS_WAITING,
-                "Requests waiting to be admitted to the running batch.",
+                "Sequences waiting to be admitted to the running batch (a request with `n` choices has `n`).",
             ),
             kv_cache_usage_ratio: kv_usage,
             kv_cache_blocks_total: gauge(
@@ -177,6 +181,12 @@ impl Metrics {
                 "Wall time of one forward step and its sampling.",
                 LATENCY_BUCKETS,
             ),
+            connections_open: gauge(&r, HTTP_CONNECTIONS, "Open HTTP connections."),
+            connections_refused: counter(
+                &r,
+                HTTP_CONNECTIONS_REFUSED_TOTAL,
+                "HTTP connections closed at once because --max-connections were open.",
+            ),
             registry: r,
         }
     }
@@ -228,6 +238,8 @@ mod tests {
             REQUEST_QUEUE_TIME,
             BATCH_SIZE,
             STEP_DURATION,
+            HTTP_CONNECTIONS,
+            HTTP_CONNECTIONS_REFUSED_TOTAL,
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
         }

@@ -6,7 +6,8 @@
 use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs};
 use crate::scheduler::batcher::BatchConfig;
 use crate::scheduler::Scheduler;
-use crate::server::lifecycle::{outer, ApiKeys, LateRouter, Phase};
+use crate::server::lifecycle::{outer, ApiKeys, BodyLimits, LateRouter, Phase};
+use crate::server::listener::{ConnLimits, Listener};
 use crate::server::{app, Admission, AppState};
 use crate::template::ChatTemplate;
 use crate::validation::{Limits, Validator};
@@ -34,17 +35,19 @@ fn api_keys(ops: &OpsArgs) -> Result<ApiKeys, CliError> {
     let mut keys: Vec<String> = ops.api_key.iter().cloned().collect();
     if let Some(path) = &ops.api_key_file {
         let text = std::fs::read_to_string(path)?;
-        keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(String::from),
-        );
+        keys.extend(text.lines().filter_map(key_in_line).map(String::from));
     }
     if ops.api_key_file.is_some() && keys.is_empty() {
         return Err(CliError::Config("--api-key-file holds no key".into()));
     }
     Ok(ApiKeys(keys))
+}
+
+/// The key on one line of a key file: what precedes a `#` comment, trimmed; `None` for blank
+/// and comment lines. Keys hold no whitespace or `#`.
+fn key_in_line(line: &str) -> Option<&str> {
+    let key = line.split('#').next().unwrap_or("").trim();
+    (!key.is_empty()).then_some(key)
 }
 
 /// Everything loading produces.
@@ -70,7 +73,8 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
         info.vocab_size,
         info.eos_token_ids.clone(),
     );
-    let grammars = tokio::task::spawn_blocking(move || Grammars::new(&tokenizer, vocab, &eos))
+    let limits = args.limits.grammar_limits();
+    let grammars = tokio::task::spawn_blocking(move || Grammars::new(&tokenizer, vocab, &eos, limits))
         .await
         .map_err(blocking)?
         .map(Arc::new)
@@ -115,6 +119,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
         max_n: l.max_n,
         max_stop: l.max_stop_sequences,
         max_top_logprobs: l.max_top_logprobs,
+        max_logprob_entries: l.max_logprob_entries,
     };
     let tokenizer = Arc::new(tok.tokenizer);
     let scheduler = Scheduler::start(
@@ -137,6 +142,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
             info.clone(),
             limits,
             grammars,
+            args.http.special_tokens_in_content,
         )),
         scheduler,
         backend,
@@ -163,10 +169,32 @@ fn check(args: &ServeArgs) -> Result<(), CliError> {
         ("--max-running-sequences", l.max_running_sequences),
         ("--max-concurrent-requests", ops.max_concurrent_requests),
         ("--max-queued-requests", ops.max_queued_requests),
+        ("--max-connections", ops.max_connections),
         ("--max-n", l.max_n),
+        ("--max-grammar-depth", l.max_grammar_depth),
     ];
     if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
         return Err(CliError::Config(format!("{flag} must be at least 1")));
+    }
+    if !(l.grammar_compile_timeout > 0.0 && l.grammar_compile_timeout < 1e6) {
+        return Err(CliError::Config(
+            "--grammar-compile-timeout must be a positive number of seconds".into(),
+        ));
+    }
+    let seconds = [
+        ("--body-read-timeout", ops.body_read_timeout),
+        ("--header-read-timeout", ops.header_read_timeout),
+        ("--keep-alive-timeout", ops.keep_alive_timeout),
+    ];
+    if let Some((flag, _)) = seconds.iter().find(|(_, v)| !(*v > 0.0 && *v < 1e6)) {
+        return Err(CliError::Config(format!(
+            "{flag} must be a positive number of seconds"
+        )));
+    }
+    if ops.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        return Err(CliError::Config(
+            "--api-key is empty: give a key, or leave the flag out to serve without one".into(),
+        ));
     }
     if ops
         .max_queue_time
@@ -189,15 +217,27 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let listener = tokio::net::TcpListener::bind((args.http.host, args.http.port)).await?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
+    let ops = &args.ops;
+    let router = outer(
+        phase.clone(),
+        late.clone(),
+        BodyLimits {
+            max_bytes: ops.max_body_bytes,
+            timeout: Duration::from_secs_f64(ops.body_read_timeout),
+        },
+    );
+    let listener = Listener::new(
         listener,
-        outer(phase.clone(), late.clone(), args.ops.max_body_bytes),
-    )
-    .with_graceful_shutdown(async {
+        ConnLimits {
+            max_connections: ops.max_connections,
+            header_timeout: Duration::from_secs_f64(ops.header_read_timeout),
+            keep_alive: Duration::from_secs_f64(ops.keep_alive_timeout),
+        },
+    );
+    let server = tokio::spawn(listener.serve(router, async {
         // A dropped sender also means stop.
         let _ = stop_rx.await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    }));
     // The one line scripts and tests read to find the server.
     println!("wick: listening on http://{addr}");
 
@@ -277,5 +317,18 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_files_drop_comments_and_blank_lines() {
+        assert_eq!(key_in_line("  sk-one  "), Some("sk-one"));
+        assert_eq!(key_in_line("sk-two # the batch team"), Some("sk-two"));
+        assert_eq!(key_in_line("# a comment"), None);
+        assert_eq!(key_in_line("   "), None);
     }
 }

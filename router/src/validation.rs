@@ -5,6 +5,7 @@
 //! Runs on a blocking thread (tokenization is CPU work). Messages name the field, the limit and the
 //! value received.
 
+use crate::chat_tokens::ContentGuard;
 use crate::error::ApiError;
 use crate::scheduler::StopCriteria;
 use crate::template::{ChatMessage, ChatTemplate};
@@ -12,7 +13,7 @@ use crate::tools::{inline_message, Tools};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokenizers::Tokenizer;
-use wick_backend::grammar::{Constraint, GrammarSpec, Grammars};
+use wick_backend::grammar::{Constraint, GrammarError, GrammarSpec, Grammars};
 use wick_proto::{ModelInfo, SamplingParams};
 
 /// Caps on what one request may ask for.
@@ -25,6 +26,9 @@ pub struct Limits {
     pub max_n: usize,
     pub max_stop: usize,
     pub max_top_logprobs: usize,
+    /// Most log-probability entries (`n` x `max_tokens` x (1 + `top_logprobs`)) one request
+    /// may ask for: they are held until the reply is sent.
+    pub max_logprob_entries: usize,
 }
 
 /// What to run: raw text, token ids, or a conversation for the chat template (with the tools
@@ -112,6 +116,8 @@ pub struct Validator {
     limits: Limits,
     /// The grammar compiler, or why this model cannot have one.
     grammars: Result<Arc<Grammars>, String>,
+    /// Keeps message content from becoming control tokens; `None` when content is trusted.
+    content_guard: Option<ContentGuard>,
 }
 
 fn range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -150,8 +156,10 @@ impl Validator {
         info: ModelInfo,
         limits: Limits,
         grammars: Result<Arc<Grammars>, String>,
+        trust_content: bool,
     ) -> Self {
         Validator {
+            content_guard: (!trust_content).then(|| ContentGuard::new(&tokenizer)),
             tokenizer,
             template,
             info,
@@ -169,9 +177,13 @@ impl Validator {
                 format!("structured output is not available for this model: {why}"),
             )
         })?;
-        grammars
-            .compile(spec)
-            .map_err(|e| ApiError::invalid(param, format!("`{param}` does not compile: {e}")))
+        grammars.compile(spec).map_err(|e| match e {
+            GrammarError::Busy { limit } => ApiError::Overloaded {
+                what: "grammar compile slots",
+                limit,
+            },
+            e => ApiError::invalid(param, format!("`{param}` does not compile: {e}")),
+        })
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
@@ -199,22 +211,10 @@ impl Validator {
             }
             PromptInput::Text(t) => (t.clone(), false),
             PromptInput::Chat { messages, tools } => {
-                let template = self.template.as_ref().ok_or_else(|| {
-                    ApiError::invalid("messages", "the model has no chat template")
-                })?;
-                let rendered = match tools {
-                    Some(tools) if template.knows_tools() => {
-                        let listed: Vec<_> = tools.functions.iter().map(|f| f.as_json()).collect();
-                        template.render_with_tools(messages, Some(&listed), true)
-                    }
-                    Some(tools) => template.render(&tools.inline(messages), true),
-                    None if template.knows_tools() => template.render(messages, true),
-                    None => {
-                        let inlined: Vec<_> = messages.iter().map(inline_message).collect();
-                        template.render(&inlined, true)
-                    }
-                };
-                let text = rendered.map_err(|e| ApiError::invalid("messages", e.to_string()))?;
+                let text = self.render(messages, tools.as_ref())?;
+                if let Some(ids) = self.content_as_text(messages, tools.as_ref(), &text)? {
+                    return Ok(ids);
+                }
                 (text, true)
             }
         };
@@ -228,6 +228,60 @@ impl Validator {
             ids.splice(0..0, self.info.bos_token_id);
         }
         Ok(ids)
+    }
+
+    /// The conversation through the chat template (tools listed the template's way, or inlined
+    /// into the messages when it knows none).
+    fn render(&self, messages: &[ChatMessage], tools: Option<&Tools>) -> Result<String, ApiError> {
+        let template = self
+            .template
+            .as_ref()
+            .ok_or_else(|| ApiError::invalid("messages", "the model has no chat template"))?;
+        let rendered = match tools {
+            Some(tools) if template.knows_tools() => {
+                let listed: Vec<_> = tools.functions.iter().map(|f| f.as_json()).collect();
+                template.render_with_tools(messages, Some(&listed), true)
+            }
+            Some(tools) => template.render(&tools.inline(messages), true),
+            None if template.knows_tools() => template.render(messages, true),
+            None => {
+                let inlined: Vec<_> = messages.iter().map(inline_message).collect();
+                template.render(&inlined, true)
+            }
+        };
+        rendered.map_err(|e| ApiError::invalid("messages", e.to_string()))
+    }
+
+    /// The prompt's ids when a message's content holds control-token text, tokenized so that
+    /// it stays text ([`crate::chat_tokens`]); `None` when no content holds any (or content is
+    /// trusted), and the whole rendering tokenizes as usual.
+    fn content_as_text(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&Tools>,
+        plain: &str,
+    ) -> Result<Option<Vec<u32>>, ApiError> {
+        let Some(guard) = &self.content_guard else {
+            return Ok(None);
+        };
+        let Some(token) = messages.iter().find_map(|m| guard.special_in(&m.content)) else {
+            return Ok(None);
+        };
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| match guard.special_in(&m.content) {
+                Some(_) => ChatMessage {
+                    content: ContentGuard::wrap(&m.content),
+                    ..m.clone()
+                },
+                None => m.clone(),
+            })
+            .collect();
+        let marked = self.render(&marked, tools)?;
+        guard
+            .encode_marked(&self.tokenizer, plain, &marked, token)
+            .map(Some)
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))
     }
 
     pub fn validate(
@@ -350,6 +404,20 @@ impl Validator {
             }
             None => room,
         };
+        if let Some(top) = top_logprobs {
+            let entries = (n as u64)
+                .saturating_mul(max_tokens as u64)
+                .saturating_mul(top + 1);
+            if entries > l.max_logprob_entries as u64 {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    format!(
+                        "log-probabilities for n={n} x max_tokens={max_tokens} x (1 + top_logprobs={top}) = {entries} entries are over the limit of {} entries per request; lower `max_tokens`, `n` or `top_logprobs`",
+                        l.max_logprob_entries
+                    ),
+                ));
+            }
+        }
         Ok(ValidRequest {
             params: SamplingParams {
                 temperature,

@@ -39,6 +39,8 @@ pub enum Failure {
     ShuttingDown,
     /// The backend failed the step.
     Backend,
+    /// The sequence's output grammar failed (its message is short and holds no parser state).
+    Grammar,
 }
 
 /// What a request hears about its choices.
@@ -351,8 +353,8 @@ impl Task {
             tracing::warn!(request_id = %live.request_id, %error, "grammar failed");
             let event = Event::Error {
                 choice: live.choice,
-                failure: Failure::Backend,
-                message: format!("the output grammar failed: {error}"),
+                failure: Failure::Grammar,
+                message: error,
             };
             // The sequence ends either way; a client that is gone has nothing to hear.
             let _unheard = live.events.try_send(event);

@@ -1,5 +1,6 @@
 //! The server around the API routes: readiness phases (loading, ready, draining), the API router
-//! bound late (once the model has loaded), request ids, API keys, `/ready` and `/metrics`.
+//! bound late (once the model has loaded), request ids, API keys, request bodies read within
+//! their size and time limits, `/ready` and `/metrics`.
 //!
 //! The listener is bound before the model loads, so that `/ready` can answer 503 while loading;
 //! until then every other route answers 503 too.
@@ -18,6 +19,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tower::ServiceExt;
 
 const LOADING: u8 = 0;
@@ -93,8 +95,7 @@ pub async fn require_api_key(
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         // Compare every key in full so timing does not reveal a matching prefix.
         Some(g) if keys.0.iter().fold(false, |hit, k| hit | constant_eq(k, g)) => {
@@ -104,12 +105,92 @@ pub async fn require_api_key(
     }
 }
 
+/// The credentials of a `Bearer` authorization (the scheme is case-insensitive, RFC 9110).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 fn constant_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
+}
+
+/// Bounds on reading a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_bytes: usize,
+    /// The whole body must arrive within this long of the handler asking for it.
+    pub timeout: Duration,
+}
+
+/// Reads the whole request body before routing, within its limits: a declared `Content-Length`
+/// over the limit is a 413 before a byte of the body is read; a body that grows past it is a 413
+/// when it does; a body still arriving after `timeout` (stalled, trickled, or endless chunked)
+/// is a 408, and the connection is closed.
+pub async fn read_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
+    let too_large = || ApiError::PayloadTooLarge {
+        limit: limits.max_bytes,
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_bytes as u64) {
+        return close(too_large().into_response());
+    }
+    let (parts, body) = req.into_parts();
+    let read = axum::body::to_bytes(body, limits.max_bytes);
+    let bytes = match tokio::time::timeout(limits.timeout, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) if is_length_limit(&e) => return close(too_large().into_response()),
+        Ok(Err(e)) => {
+            return close(
+                ApiError::InvalidBody {
+                    param: None,
+                    message: format!("the body could not be read: {e}"),
+                }
+                .into_response(),
+            )
+        }
+        Err(_) => {
+            return close(
+                ApiError::BodyTimeout {
+                    limit_s: limits.timeout.as_secs_f64(),
+                }
+                .into_response(),
+            )
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// Asks the client to close the connection: the rest of its body will not be read.
+fn close(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
+    response
 }
 
 static BODY_LIMIT: AtomicUsize = AtomicUsize::new(2_000_000);
@@ -162,14 +243,15 @@ async fn metrics() -> impl IntoResponse {
 
 /// The whole server: `/ready` and `/metrics` always answer; everything else goes to the API
 /// router once it is set.
-pub fn outer(phase: Arc<Phase>, late: LateRouter, body_limit: usize) -> Router {
-    BODY_LIMIT.store(body_limit, Ordering::Relaxed);
+pub fn outer(phase: Arc<Phase>, late: LateRouter, body: BodyLimits) -> Router {
+    BODY_LIMIT.store(body.max_bytes, Ordering::Relaxed);
     Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(phase)
         .fallback_service(late)
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
+        .layer(axum::middleware::from_fn_with_state(body, read_body))
         .layer(axum::middleware::from_fn(request_id))
 }
 
@@ -188,6 +270,16 @@ mod tests {
             sane_id(&HeaderValue::from_str(&"x".repeat(200)).unwrap()),
             None
         );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer sk-1"), Some("sk-1"));
+        assert_eq!(bearer_token("bearer sk-1"), Some("sk-1"));
+        assert_eq!(bearer_token("BEARER   sk-1 "), Some("sk-1"));
+        assert_eq!(bearer_token("Basic sk-1"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearersk-1"), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod chat;
 pub mod docs;
 pub mod lifecycle;
+pub mod listener;
 pub mod misc;
 pub mod openai;
 pub mod structured;
@@ -66,9 +67,39 @@ impl Admission {
         }
     }
 
-    /// Generation requests in flight (holding a concurrency permit).
+    /// Sequences in flight (a request holds one concurrency permit per choice).
     pub fn in_flight(&self) -> usize {
         self.max_concurrent - self.concurrency.available_permits()
+    }
+
+    /// Grows the request's one permit (taken at the door, before validation knew `n`) to one
+    /// per choice: every choice is a sequence that costs as much as a request.
+    fn choices_permit(
+        &self,
+        mut permit: OwnedSemaphorePermit,
+        n: usize,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        if n > self.max_concurrent {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "`n` is {n}, more than the server's {} concurrent sequences",
+                    self.max_concurrent
+                ),
+            ));
+        }
+        if n > 1 {
+            let more = self
+                .concurrency
+                .clone()
+                .try_acquire_many_owned((n - 1) as u32)
+                .map_err(|_| ApiError::Overloaded {
+                    what: "concurrent sequence slots",
+                    limit: self.max_concurrent,
+                })?;
+            permit.merge(more);
+        }
+        Ok(permit)
     }
 }
 
@@ -196,6 +227,7 @@ impl Started {
             },
             Failure::ShuttingDown => ApiError::Unavailable,
             Failure::Backend => ApiError::Backend(message),
+            Failure::Grammar => ApiError::GrammarFailed { message },
         }
     }
 
@@ -268,6 +300,7 @@ impl AppState {
             valid.logprobs(),
             valid.params().seed,
         );
+        let permit = a.choices_permit(permit, n)?;
         let queue_permit =
             a.queue
                 .clone()

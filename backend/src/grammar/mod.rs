@@ -7,14 +7,26 @@
 //! trie built from the tokenizer's byte strings, and llguidance's parser factory. Nothing here
 //! touches candle or HTTP.
 //!
+//! Bounds ([`GrammarLimits`]): a grammar's source is checked for size and nesting depth first
+//! ([`bounds`]); it then compiles on a thread of its own whose stack
+//! ([`COMPILE_STACK_BYTES`]) is sized far above what that depth needs, at most
+//! `max_concurrent` at once, and the caller waits at most `compile_timeout` (llguidance's
+//! compile fuel ends a runaway compile soon after). Each mask computation is bounded by
+//! llguidance's step fuel and the lexer's states (its memory) by [`MAX_LEXER_STATES`]; past
+//! them the sequence fails with a short error, never the step. Errors carry no parser state.
+//!
 //! JSON output is laid out in one fixed way (`", "` between items, `": "` after keys, no other
 //! whitespace): a small model given free whitespace may emit it forever.
+
+pub mod bounds;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokenizers::Tokenizer;
 
 /// What a sequence's output must match.
@@ -30,10 +42,70 @@ pub enum GrammarSpec {
     Lark(String),
 }
 
-/// A grammar that cannot be compiled; the message is the compiler's.
+/// Why a grammar cannot be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct GrammarError(pub String);
+pub enum GrammarError {
+    /// The compiler (or the matcher, at generation time) refused it; the message is its own,
+    /// without parser state.
+    #[error("{0}")]
+    Invalid(String),
+    /// The source is over one of [`GrammarLimits`].
+    #[error("the {what} is over the limit of {limit}")]
+    TooLarge { what: &'static str, limit: usize },
+    /// It did not compile within `compile_timeout`.
+    #[error("it did not compile within the limit of {} ms", limit.as_millis())]
+    Timeout { limit: Duration },
+    /// Every compile slot is taken; retry later.
+    #[error("all {limit} grammar compile slots are taken")]
+    Busy { limit: usize },
+}
+
+impl GrammarError {
+    /// llguidance's message cut to its first line and 200 bytes (its messages can quote the
+    /// whole grammar).
+    fn short(e: impl std::fmt::Display) -> Self {
+        let text = e.to_string();
+        let line = text.lines().next().unwrap_or("").trim();
+        let mut end = line.len().min(200);
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        let cut = if end < line.len() { "..." } else { "" };
+        GrammarError::Invalid(format!("{}{cut}", &line[..end]))
+    }
+}
+
+/// What one grammar may cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrammarLimits {
+    /// Size and depth of the source.
+    pub source: bounds::SourceLimits,
+    /// Longest the caller waits for a compile.
+    pub compile_timeout: Duration,
+    /// Compiles running at once (a compile that timed out keeps its slot until it ends).
+    pub max_concurrent: usize,
+}
+
+impl Default for GrammarLimits {
+    fn default() -> Self {
+        GrammarLimits {
+            source: bounds::SourceLimits {
+                max_bytes: 64 << 10,
+                max_depth: 128,
+            },
+            compile_timeout: Duration::from_secs(5),
+            max_concurrent: 4,
+        }
+    }
+}
+
+/// Stack of a compile thread. llguidance needs a few kB per level of nesting (its JSON schema
+/// code says ~2.5 kB); 64 MiB is hundreds of times what [`GrammarLimits`]' default depth needs,
+/// and only the pages a compile touches are ever committed.
+pub const COMPILE_STACK_BYTES: usize = 64 << 20;
+
+/// Lexer states one matcher may build (llguidance: 1-2 kB each, so at most ~32 MiB).
+pub const MAX_LEXER_STATES: usize = 20_000;
 
 /// The tokenizer as llguidance sees it: every token's bytes in a trie, and canonical
 /// tokenization through the model's own tokenizer.
@@ -63,8 +135,11 @@ impl TokenizerEnv for TokenizerBytes {
 
 /// Compiles grammars for one tokenizer. Cheap to share behind an `Arc`.
 pub struct Grammars {
-    factory: ParserFactory,
+    factory: Arc<ParserFactory>,
     vocab_size: usize,
+    limits: GrammarLimits,
+    /// Compiles running now, counting those whose caller gave up.
+    compiling: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Grammars {
@@ -82,13 +157,14 @@ impl Grammars {
         tokenizer: &Tokenizer,
         vocab_size: usize,
         eos_token_ids: &[u32],
+        limits: GrammarLimits,
     ) -> Result<Self, GrammarError> {
-        let err = |e: &dyn std::fmt::Display| GrammarError(format!("token trie: {e}"));
+        let err = |e: &dyn std::fmt::Display| GrammarError::Invalid(format!("token trie: {e}"));
         let json: Value = serde_json::from_str(&tokenizer.to_string(false).map_err(|e| err(&e))?)
             .map_err(|e| err(&e))?;
         let mut words = llguidance::token_bytes_from_tokenizer_json(&json).map_err(|e| err(&e))?;
         if words.len() > vocab_size {
-            return Err(GrammarError(format!(
+            return Err(GrammarError::Invalid(format!(
                 "the tokenizer has {} tokens, more than the model's {vocab_size}",
                 words.len()
             )));
@@ -96,9 +172,9 @@ impl Grammars {
         words.resize(vocab_size, Vec::new());
         let eos = *eos_token_ids
             .first()
-            .ok_or_else(|| GrammarError("the model has no end-of-sequence token".into()))?;
+            .ok_or_else(|| GrammarError::Invalid("the model has no end-of-sequence token".into()))?;
         if let Some(&bad) = eos_token_ids.iter().find(|&&t| t as usize >= vocab_size) {
-            return Err(GrammarError(format!(
+            return Err(GrammarError::Invalid(format!(
                 "end-of-sequence token {bad} is outside the vocabulary"
             )));
         }
@@ -110,9 +186,15 @@ impl Grammars {
         });
         let mut factory = ParserFactory::new_simple(&env).map_err(|e| err(&e))?;
         factory.quiet();
+        let l = factory.limits_mut();
+        // Errors must not quote parser state or the grammar back to the client.
+        l.verbose_errors = false;
+        l.max_lexer_states = MAX_LEXER_STATES;
         Ok(Grammars {
-            factory,
+            factory: Arc::new(factory),
             vocab_size,
+            limits,
+            compiling: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -120,32 +202,86 @@ impl Grammars {
         self.vocab_size
     }
 
-    /// Compiles `spec`; errors carry the compiler's message.
-    pub fn compile(&self, spec: &GrammarSpec) -> Result<Constraint, GrammarError> {
-        let grammar = match spec {
-            GrammarSpec::JsonSchema { schema, strict } => {
-                TopLevelGrammar::from_json_schema(json_layout(schema, *strict)?)
-            }
-            GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
-            GrammarSpec::Lark(src) => TopLevelGrammar::from_lark(src.clone()),
-        };
-        let parser = self
-            .factory
-            .create_parser(grammar)
-            .map_err(|e| GrammarError(e.to_string()))?;
-        let matcher = Matcher::new(Ok(parser));
-        if let Some(e) = matcher.get_error() {
-            return Err(GrammarError(e));
-        }
-        Ok(Constraint { matcher })
+    pub fn limits(&self) -> &GrammarLimits {
+        &self.limits
     }
+
+    /// Checks `spec` against the limits and compiles it on a compile thread (see the module
+    /// doc); errors carry the compiler's message.
+    pub fn compile(&self, spec: &GrammarSpec) -> Result<Constraint, GrammarError> {
+        bounds::check(spec, self.limits.source)?;
+        let slot = Slot::take(&self.compiling, self.limits.max_concurrent).ok_or(
+            GrammarError::Busy {
+                limit: self.limits.max_concurrent,
+            },
+        )?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let (factory, spec) = (self.factory.clone(), spec.clone());
+        std::thread::Builder::new()
+            .name("wick-grammar".into())
+            .stack_size(COMPILE_STACK_BYTES)
+            .spawn(move || {
+                let _slot = slot;
+                // A caller that gave up hears nothing; the result is dropped here.
+                let _unheard = tx.send(compile_here(&factory, &spec));
+            })
+            .map_err(|e| GrammarError::Invalid(format!("no compile thread: {e}")))?;
+        match rx.recv_timeout(self.limits.compile_timeout) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(GrammarError::Timeout {
+                limit: self.limits.compile_timeout,
+            }),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(GrammarError::Invalid(
+                "the grammar compiler failed".into(),
+            )),
+        }
+    }
+}
+
+/// One of the `max_concurrent` compile slots, given back when dropped.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(count.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Compiles on the calling thread (a compile thread: see [`COMPILE_STACK_BYTES`]).
+fn compile_here(factory: &ParserFactory, spec: &GrammarSpec) -> Result<Constraint, GrammarError> {
+    let grammar = match spec {
+        GrammarSpec::JsonSchema { schema, strict } => {
+            TopLevelGrammar::from_json_schema(json_layout(schema, *strict)?)
+        }
+        GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
+        GrammarSpec::Lark(src) => TopLevelGrammar::from_lark(src.clone()),
+    };
+    let parser = factory
+        .create_parser(grammar)
+        .map_err(GrammarError::short)?;
+    let matcher = Matcher::new(Ok(parser));
+    if let Some(e) = matcher.get_error() {
+        return Err(GrammarError::short(e));
+    }
+    Ok(Constraint { matcher })
 }
 
 /// The schema with Wick's fixed JSON layout (and, when strict, closed objects).
 fn json_layout(schema: &Value, strict: bool) -> Result<Value, GrammarError> {
     let Value::Object(_) = schema else {
         // `true` and `false` are schemas too, but not ones worth constraining output with.
-        return Err(GrammarError("the JSON schema must be an object".into()));
+        return Err(GrammarError::Invalid(
+            "the JSON schema must be an object".into(),
+        ));
     };
     let mut schema = schema.clone();
     if strict {
@@ -214,7 +350,7 @@ impl Constraint {
         self.matcher
             .compute_mask_or_eos()
             .map(|m| m.as_slice().to_vec())
-            .map_err(|e| GrammarError(e.to_string()))
+            .map_err(GrammarError::short)
     }
 
     /// Advances past a sampled token.
@@ -225,7 +361,7 @@ impl Constraint {
         }
         self.matcher
             .consume_token(token)
-            .map_err(|e| GrammarError(e.to_string()))
+            .map_err(GrammarError::short)
     }
 
     /// Whether the output so far is a complete match.
@@ -283,7 +419,10 @@ mod tests {
     fn grammars() -> (Grammars, Tokenizer) {
         let tok = tiny_tokenizer();
         let vocab = tok.get_vocab_size(true) + 3;
-        (Grammars::new(&tok, vocab, &[0]).unwrap(), tok)
+        (
+            Grammars::new(&tok, vocab, &[0], GrammarLimits::default()).unwrap(),
+            tok,
+        )
     }
 
     /// Greedy decoding of the lowest allowed id: whatever the grammar permits.
@@ -373,11 +512,11 @@ mod tests {
         let err = g
             .compile(&GrammarSpec::Regex("(unclosed".into()))
             .unwrap_err();
-        assert!(!err.0.is_empty());
+        assert!(!err.to_string().is_empty());
         let err = g
             .compile(&GrammarSpec::Lark("start: undefined_rule".into()))
             .unwrap_err();
-        assert!(err.0.contains("undefined_rule"), "{err}");
+        assert!(err.to_string().contains("undefined_rule"), "{err}");
         let schema = json!({"type": "object", "oneOf": 3});
         let err = g
             .compile(&GrammarSpec::JsonSchema {
@@ -385,13 +524,48 @@ mod tests {
                 strict: true,
             })
             .unwrap_err();
-        assert!(!err.0.is_empty());
+        assert!(!err.to_string().is_empty());
         let err = g
             .compile(&GrammarSpec::JsonSchema {
                 schema: json!(true),
                 strict: false,
             })
             .unwrap_err();
-        assert!(err.0.contains("object"), "{err}");
+        assert!(err.to_string().contains("object"), "{err}");
+    }
+
+    /// A reference chain as deep as the default limit allows compiles on a compile thread;
+    /// one past it is refused before the compiler sees it.
+    #[test]
+    fn the_deepest_allowed_reference_chain_compiles() {
+        let (g, _) = grammars();
+        let chain = |n: usize| {
+            let mut defs = serde_json::Map::new();
+            for i in 0..n {
+                defs.insert(format!("d{i}"), json!({"$ref": format!("#/$defs/d{}", i + 1)}));
+            }
+            defs.insert(format!("d{n}"), json!({"type": "integer"}));
+            GrammarSpec::JsonSchema {
+                schema: json!({"$ref": "#/$defs/d0", "$defs": defs}),
+                strict: false,
+            }
+        };
+        let max = g.limits().source.max_depth;
+        // Reached through `$defs`: the root, `$defs`, each link, the target's keyword.
+        g.compile(&chain(max - 3)).unwrap();
+        let err = g.compile(&chain(max + 10)).unwrap_err();
+        assert!(matches!(err, GrammarError::TooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn compiles_past_the_concurrency_limit_are_refused() {
+        let tok = tiny_tokenizer();
+        let limits = GrammarLimits {
+            max_concurrent: 0,
+            ..GrammarLimits::default()
+        };
+        let g = Grammars::new(&tok, tok.get_vocab_size(true), &[0], limits).unwrap();
+        let err = g.compile(&GrammarSpec::Regex("a".into())).unwrap_err();
+        assert_eq!(err, GrammarError::Busy { limit: 0 });
     }
 }
