@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: fetches the real model if needed, runs every unit and integration test,
 # then drives the server with the `openai` Python SDK (metrics checked with a Prometheus parser;
-# structured output and tool calls checked with `jsonschema` and Pydantic) and with schemathesis,
+# structured output and tool calls checked with `jsonschema` and Pydantic), with hostile inputs
+# (tests/python/test_hostile.py) and with schemathesis,
 # installed in a virtualenv under target/; then the deployment files (kubectl kustomize,
 # kubernetes-validate --strict, hadolint, manifests checked against the server), and the GPU
 # smoke script on the CPU.
@@ -18,6 +19,7 @@ fi
 cargo build --quiet -p wick-router --bin wick
 "$venv/bin/python" tests/python/test_openai_sdk.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_structured.py target/debug/wick "$model"
+"$venv/bin/python" tests/python/test_hostile.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_schemathesis.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_deploy.py target/debug/wick "$model"
 # The GPU smoke script, on the CPU through the device-generic path (the code CUDA runs).

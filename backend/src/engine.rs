@@ -4,7 +4,8 @@
 //!
 //! Constrained sequences: a [`Constraint`] registered with [`Engine::constrain`] gives a token
 //! mask before each of its sequence's samplings (computed for all constrained entries of a step
-//! in parallel, after the forward pass) and is advanced with the sampled token. Sequences
+//! in parallel, after the forward pass, each timed into `Generation::mask_us`) and is advanced
+//! with the sampled token. Sequences
 //! without one pay nothing.
 //!
 //! Invariants: a step is checked whole before anything runs, so a bad entry (unknown block, short
@@ -61,7 +62,7 @@ impl Engine {
     }
 
     /// The masks of the constrained sequences that sample in `step`, computed in parallel.
-    fn masks(&mut self, step: &Step) -> HashMap<SeqId, Result<TokenMask, String>> {
+    fn masks(&mut self, step: &Step) -> HashMap<SeqId, (Result<TokenMask, String>, u64)> {
         if self.constraints.is_empty() {
             return HashMap::new();
         }
@@ -74,7 +75,11 @@ impl Engine {
         self.constraints
             .par_iter_mut()
             .filter(|(seq, _)| sampling.contains(seq))
-            .map(|(&seq, c)| (seq, c.mask().map_err(|e| e.to_string())))
+            .map(|(&seq, c)| {
+                let t = Instant::now();
+                let mask = c.mask().map_err(|e| e.to_string());
+                (seq, (mask, t.elapsed().as_micros() as u64))
+            })
             .collect()
     }
 
@@ -182,13 +187,14 @@ impl Engine {
             let history = self.history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
             // A failed mask leaves the token meaningless: the router ends the sequence with the
             // error.
-            let (mask, error) = match masks.get(&e.seq) {
-                None => (None, None),
-                Some(Ok(mask)) => (Some(mask.as_slice()), None),
-                Some(Err(err)) => (None, Some(err.clone())),
+            let (mask, error, mask_us) = match masks.get(&e.seq) {
+                None => (None, None, 0),
+                Some((Ok(mask), us)) => (Some(mask.as_slice()), None, *us),
+                Some((Err(err), us)) => (None, Some(err.clone()), *us),
             };
             let mut g = sampling::sample(e.seq, row, params, history, pos, mask);
             g.constraint_error = error;
+            g.mask_us = mask_us;
             if g.constraint_error.is_none() {
                 if let Some(c) = self.constraints.get_mut(&e.seq) {
                     if let Err(err) = c.advance(g.token) {

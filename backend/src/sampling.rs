@@ -207,6 +207,7 @@ pub fn sample(
         logprob: logprobs[token as usize],
         top_logprobs,
         constraint_error: None,
+        mask_us: 0,
     }
 }
 
@@ -327,7 +328,11 @@ mod tests {
         let logits: Vec<f32> = (0..50_000).map(|i| (i % 97) as f32 * 0.01).collect();
         let g = sample(1, &logits, &p, &[], 0, None);
         assert_eq!(g.top_logprobs.len(), 3);
-        assert!(g.top_logprobs.capacity() <= 3, "{}", g.top_logprobs.capacity());
+        assert!(
+            g.top_logprobs.capacity() <= 3,
+            "{}",
+            g.top_logprobs.capacity()
+        );
     }
 
     #[test]

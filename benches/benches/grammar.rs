@@ -128,7 +128,13 @@ fn bench_grammar(c: &mut Criterion) {
     let tok = load_tokenizer(&path).expect("run scripts/fetch-model.sh first");
     let mut engine = prefilled(16);
     let vocab = engine.model().cfg.vocab_size;
-    let grammars = Grammars::new(&tok.tokenizer, vocab, &tok.eos_token_ids, Default::default()).unwrap();
+    let grammars = Grammars::new(
+        &tok.tokenizer,
+        vocab,
+        &tok.eos_token_ids,
+        Default::default(),
+    )
+    .unwrap();
     let cases: Vec<_> = cases()
         .into_iter()
         .map(|(name, spec, output)| {

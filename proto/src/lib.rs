@@ -102,6 +102,10 @@ pub struct Generation {
     /// sequence ends with this error.
     #[serde(default)]
     pub constraint_error: Option<String>,
+    /// Wall time of this sequence's grammar mask for this token, in microseconds (0 when it
+    /// has no grammar): the scheduler keeps costly grammars from holding back the batch.
+    #[serde(default)]
+    pub mask_us: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -81,7 +81,10 @@ impl ContentGuard {
         if plain.contains([OPEN, CLOSE]) {
             return Err(ContentError::Reserved);
         }
-        let unmarked: String = marked.chars().filter(|&c| c != OPEN && c != CLOSE).collect();
+        let unmarked: String = marked
+            .chars()
+            .filter(|&c| c != OPEN && c != CLOSE)
+            .collect();
         if unmarked != plain {
             return Err(ContentError::Inseparable {
                 token: token.to_string(),
@@ -119,9 +122,11 @@ mod tests {
     /// A word-level tokenizer with two control tokens and characters as fallback words.
     fn tokenizer() -> Tokenizer {
         let mut vocab = serde_json::Map::new();
-        for (i, w) in ["<s>", "</s>", "[UNK]", "<", ">", "s", "/", "hi", "user", "x"]
-            .iter()
-            .enumerate()
+        for (i, w) in [
+            "<s>", "</s>", "[UNK]", "<", ">", "s", "/", "hi", "user", "x",
+        ]
+        .iter()
+        .enumerate()
         {
             vocab.insert(w.to_string(), json!(i));
         }
@@ -150,9 +155,7 @@ mod tests {
         assert_eq!(guard.special_in(content), Some("</s>"));
         let plain = format!("<s>user {content}</s>");
         let marked = format!("<s>user {}</s>", ContentGuard::wrap(content));
-        let ids = guard
-            .encode_marked(&full, &plain, &marked, "</s>")
-            .unwrap();
+        let ids = guard.encode_marked(&full, &plain, &marked, "</s>").unwrap();
         // <s> user " " hi < / s > < s > </s>: the content's control tokens became characters.
         assert_eq!(ids.iter().filter(|&&t| t <= 1).count(), 2, "{ids:?}");
         assert_eq!(ids.first(), Some(&0));

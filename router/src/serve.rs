@@ -74,14 +74,15 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
         info.eos_token_ids.clone(),
     );
     let limits = args.limits.grammar_limits();
-    let grammars = tokio::task::spawn_blocking(move || Grammars::new(&tokenizer, vocab, &eos, limits))
-        .await
-        .map_err(blocking)?
-        .map(Arc::new)
-        .map_err(|e| {
-            tracing::warn!(error = %e, "structured output is unavailable for this tokenizer");
-            e.to_string()
-        });
+    let grammars =
+        tokio::task::spawn_blocking(move || Grammars::new(&tokenizer, vocab, &eos, limits))
+            .await
+            .map_err(blocking)?
+            .map(Arc::new)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "structured output is unavailable for this tokenizer");
+                e.to_string()
+            });
     Ok(Loaded {
         backend,
         info,

@@ -314,7 +314,10 @@ mod tests {
     fn ref_chain(n: usize) -> Value {
         let mut defs = serde_json::Map::new();
         for i in 0..n {
-            defs.insert(format!("d{i}"), json!({"$ref": format!("#/$defs/d{}", i + 1)}));
+            defs.insert(
+                format!("d{i}"),
+                json!({"$ref": format!("#/$defs/d{}", i + 1)}),
+            );
         }
         defs.insert(format!("d{n}"), json!({"type": "string"}));
         json!({"$ref": "#/$defs/d0", "$defs": defs})

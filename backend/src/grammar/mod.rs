@@ -170,9 +170,9 @@ impl Grammars {
             )));
         }
         words.resize(vocab_size, Vec::new());
-        let eos = *eos_token_ids
-            .first()
-            .ok_or_else(|| GrammarError::Invalid("the model has no end-of-sequence token".into()))?;
+        let eos = *eos_token_ids.first().ok_or_else(|| {
+            GrammarError::Invalid("the model has no end-of-sequence token".into())
+        })?;
         if let Some(&bad) = eos_token_ids.iter().find(|&&t| t as usize >= vocab_size) {
             return Err(GrammarError::Invalid(format!(
                 "end-of-sequence token {bad} is outside the vocabulary"
@@ -210,11 +210,10 @@ impl Grammars {
     /// doc); errors carry the compiler's message.
     pub fn compile(&self, spec: &GrammarSpec) -> Result<Constraint, GrammarError> {
         bounds::check(spec, self.limits.source)?;
-        let slot = Slot::take(&self.compiling, self.limits.max_concurrent).ok_or(
-            GrammarError::Busy {
+        let slot =
+            Slot::take(&self.compiling, self.limits.max_concurrent).ok_or(GrammarError::Busy {
                 limit: self.limits.max_concurrent,
-            },
-        )?;
+            })?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let (factory, spec) = (self.factory.clone(), spec.clone());
         std::thread::Builder::new()
@@ -231,9 +230,9 @@ impl Grammars {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(GrammarError::Timeout {
                 limit: self.limits.compile_timeout,
             }),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(GrammarError::Invalid(
-                "the grammar compiler failed".into(),
-            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(GrammarError::Invalid("the grammar compiler failed".into()))
+            }
         }
     }
 }
@@ -244,7 +243,9 @@ struct Slot(Arc<AtomicUsize>);
 impl Slot {
     fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
         count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| Slot(count.clone()))
     }
@@ -542,7 +543,10 @@ mod tests {
         let chain = |n: usize| {
             let mut defs = serde_json::Map::new();
             for i in 0..n {
-                defs.insert(format!("d{i}"), json!({"$ref": format!("#/$defs/d{}", i + 1)}));
+                defs.insert(
+                    format!("d{i}"),
+                    json!({"$ref": format!("#/$defs/d{}", i + 1)}),
+                );
             }
             defs.insert(format!("d{n}"), json!({"type": "integer"}));
             GrammarSpec::JsonSchema {

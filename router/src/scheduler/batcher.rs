@@ -1,7 +1,7 @@
 //! Continuous-batching policy: which sequences run in the next step, with how many tokens, and
 //! which blocks they hold. A plain synchronous struct; the scheduler task calls it.
 //!
-//! Each step: every running sequence that is decoding gets its one token (allocating a block when
+//! Each step: every running sequence that is decoding (and not held) gets its one token (allocating a block when
 //! it crosses a block boundary, preempting the newest running sequence by recompute when none is
 //! free); the rest of the token budget goes to prefill chunks, first to running sequences still
 //! prefilling, then to waiting sequences admitted first come, first served while blocks last.
@@ -12,7 +12,7 @@
 //! admitted * prompt blocks).
 
 use super::blocks::{chain_hash, BlockPool};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use wick_proto::{BlockId, SamplingParams, SeqId, Step, StepEntry};
 
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +58,8 @@ pub struct Batcher {
     /// In admission order: the last is the newest.
     running: Vec<SeqId>,
     seqs: HashMap<SeqId, Seq>,
+    /// Running sequences that sit out the next steps' decodes (see `mask_budget`).
+    held: HashSet<SeqId>,
 }
 
 impl Batcher {
@@ -68,6 +70,7 @@ impl Batcher {
             waiting: VecDeque::new(),
             running: Vec::new(),
             seqs: HashMap::new(),
+            held: HashSet::new(),
         }
     }
 
@@ -180,6 +183,11 @@ impl Batcher {
     }
 
     /// Chooses the next step's work and reserves its blocks.
+    /// Sequences whose decodes wait out the next plans (until set again).
+    pub fn hold(&mut self, held: HashSet<SeqId>) {
+        self.held = held;
+    }
+
     pub fn plan(&mut self) -> Plan {
         let mut plan = Plan::default();
         let mut budget = self.cfg.max_batch_tokens;
@@ -189,7 +197,7 @@ impl Batcher {
         while i < self.running.len() {
             let id = self.running[i];
             let seq = &self.seqs[&id];
-            if seq.tokens.len() - seq.computed != 1 {
+            if seq.tokens.len() - seq.computed != 1 || self.held.contains(&id) {
                 i += 1;
                 continue;
             }

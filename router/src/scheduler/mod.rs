@@ -7,12 +7,14 @@
 //! channel before the next step and frees the sequence's blocks.
 //!
 //! Each iteration: take new commands -> drop sequences whose client is gone or whose queue
-//! deadline passed -> plan a step -> run it on the backend -> hand out tokens, check stops, free
-//! finished sequences. Metrics are updated here, where the events happen.
+//! deadline passed -> hold costly grammars back ([`mask_budget::MaskBudget`]) -> plan a step ->
+//! run it on the backend -> hand out tokens, check stops, free finished sequences. Metrics are
+//! updated here, where the events happen.
 
 pub mod batcher;
 pub mod blocks;
 mod live;
+pub mod mask_budget;
 pub mod stop;
 
 pub use stop::StopCriteria;
@@ -21,6 +23,7 @@ use crate::metrics::METRICS;
 use crate::validation::ValidRequest;
 use batcher::{BatchConfig, Batcher};
 use live::Live;
+use mask_budget::MaskBudget;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -132,6 +135,7 @@ impl Scheduler {
             backend,
             tokenizer,
             batcher: Batcher::new(cfg, num_blocks),
+            masks: MaskBudget::default(),
             live: HashMap::new(),
             next_id: 1,
             stats: stats.clone(),
@@ -168,6 +172,8 @@ struct Task {
     backend: Backend,
     tokenizer: Arc<Tokenizer>,
     batcher: Batcher,
+    /// Which costly constrained sequences sit out the next step.
+    masks: MaskBudget,
     live: HashMap<SeqId, Live>,
     next_id: SeqId,
     stats: Arc<SchedulerStats>,
@@ -186,6 +192,7 @@ impl Task {
                 self.command(cmd).await;
             }
             self.drop_cancelled_and_expired().await;
+            self.batcher.hold(self.masks.held());
             let plan = self.batcher.plan();
             let preempted = plan.preempted.len() as u64;
             self.stats
@@ -234,6 +241,8 @@ impl Task {
                         .step_duration
                         .observe(started.elapsed().as_secs_f64());
                     let now = Instant::now();
+                    let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
+                    self.masks.observe(out.forward_us, masks);
                     for g in out.generations {
                         if let Some(done) = self.on_token(g, now) {
                             self.finish(done).await;
@@ -303,6 +312,7 @@ impl Task {
 
     async fn finish(&mut self, seq: SeqId) {
         self.batcher.remove(seq);
+        self.masks.forget(seq);
         self.live.remove(&seq);
         // A worker that is gone fails the next step, which reports it.
         let _gone = self.backend.release_async(seq).await;

@@ -177,12 +177,9 @@ async fn connection(
             let router = router.clone();
             async move {
                 let response = router.oneshot(req.map(Body::new)).await?;
-                Ok::<_, std::convert::Infallible>(response.map(|inner| {
-                    Body::new(Tracked {
-                        inner,
-                        _busy: busy,
-                    })
-                }))
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|inner| Body::new(Tracked { inner, _busy: busy })),
+                )
             }
         })
     };
