@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`config`]: architecture hyper-parameters from GGUF metadata or `config.json`.
+//! - [`gguf`]: a GGUF header checked against the file's size before candle reads it.
 //! - [`loader`]: weights from GGUF or a Hugging Face directory; GGUF to safetensors export.
 //! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, chat template, special ids.
 //! - [`ops`]: the CPU kernels (quantized matmul, paged attention) as candle custom ops.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod generic;
+pub mod gguf;
 pub mod grammar;
 pub mod kv;
 pub mod loader;

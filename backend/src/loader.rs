@@ -230,7 +230,7 @@ fn build_model(
 /// Loads a GGUF file, keeping every matrix in its stored type.
 pub fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
     let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
-    let content = gguf_file::Content::read(&mut file)?;
+    let content = crate::gguf::read_content(&mut file, &path.display().to_string())?;
     let vocab_len = content
         .metadata
         .get("tokenizer.ggml.tokens")

@@ -51,7 +51,7 @@ pub fn load_tokenizer(path: &Path) -> Result<TokenizerInfo, LoadError> {
         from_hf_dir(path)
     } else {
         let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
-        let ct = gguf_file::Content::read(&mut file)?;
+        let ct = crate::gguf::read_content(&mut file, &path.display().to_string())?;
         from_gguf(&ct)
     }
 }
@@ -115,7 +115,8 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, LoadError> {
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-pub(crate) fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadError> {
+/// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+pub fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadError> {
     let model = gguf_str(ct, "tokenizer.ggml.model")?;
     if model != "gpt2" {
         return Err(tok_err(format!(

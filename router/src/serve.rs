@@ -1,7 +1,8 @@
 //! `wick serve`: binds first (so `/ready` answers 503 while loading), loads the model, starts the
-//! scheduler, sets the API router, and serves. On SIGTERM or Ctrl-C: readiness goes 503, new
-//! generation requests get 503, in-flight streams get `--shutdown-timeout` to finish (then end with
-//! an error event), the listener closes, the worker shuts down, and the process exits 0.
+//! scheduler, sets the API router, and serves through [`crate::server::listener`] (connection
+//! cap and timeouts). On SIGTERM or Ctrl-C: readiness goes 503, new generation requests get 503,
+//! in-flight streams get `--shutdown-timeout` to finish (then end with an error event), the
+//! listener closes, the worker shuts down, and the process exits 0.
 
 use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs};
 use crate::scheduler::batcher::BatchConfig;

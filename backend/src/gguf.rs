@@ -1,0 +1,212 @@
+//! Reading a GGUF file's header safely. candle's reader trusts the lengths it reads (a string
+//! of 2^40 bytes is allocated before a byte is read), so a truncated or hostile file aborts the
+//! process instead of failing to load. [`read_content`] first walks the header itself, checking
+//! that every string, array and dimension count fits in the bytes that remain and that arrays
+//! nest at most [`MAX_ARRAY_DEPTH`] deep, and only then hands the file to candle.
+//!
+//! Cost: one pass over the header (metadata and tensor infos), no allocation beyond a small
+//! buffer; the tensor data is never read here.
+
+use crate::error::LoadError;
+use candle_core::quantized::gguf_file;
+use std::io::{Read, Seek, SeekFrom};
+
+/// Arrays of arrays deeper than this are refused (real files nest none).
+pub const MAX_ARRAY_DEPTH: usize = 4;
+/// Most dimensions of one tensor (ggml's limit).
+pub const MAX_DIMS: u32 = 4;
+
+/// Checks the header of the GGUF in `reader`, then reads it with candle. `name` names the
+/// file in errors.
+pub fn read_content<R: Read + Seek>(
+    reader: &mut R,
+    name: &str,
+) -> Result<gguf_file::Content, LoadError> {
+    let len = reader
+        .seek(SeekFrom::End(0))
+        .map_err(|e| LoadError::io(name, e))?;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| LoadError::io(name, e))?;
+    Header { reader, len }
+        .check()
+        .map_err(|reason| LoadError::invalid(name, format!("not a valid GGUF file: {reason}")))?;
+    reader
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| LoadError::io(name, e))?;
+    Ok(gguf_file::Content::read(reader)?)
+}
+
+struct Header<'a, R> {
+    reader: &'a mut R,
+    len: u64,
+}
+
+impl<R: Read + Seek> Header<'_, R> {
+    fn remaining(&mut self) -> Result<u64, String> {
+        let pos = self.reader.stream_position().map_err(|e| e.to_string())?;
+        Ok(self.len.saturating_sub(pos))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let mut b = [0u8; 4];
+        self.reader
+            .read_exact(&mut b)
+            .map_err(|_| "the header ends early".to_string())?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut b = [0u8; 8];
+        self.reader
+            .read_exact(&mut b)
+            .map_err(|_| "the header ends early".to_string())?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// A length or count: 32 bits in version 1, 64 after.
+    fn count(&mut self, v1: bool) -> Result<u64, String> {
+        if v1 {
+            self.u32().map(u64::from)
+        } else {
+            self.u64()
+        }
+    }
+
+    /// Skips `n` items of `size` bytes, refusing counts the file cannot hold.
+    fn skip(&mut self, n: u64, size: u64, what: &str) -> Result<(), String> {
+        let bytes = n
+            .checked_mul(size)
+            .filter(|&b| b <= self.remaining().unwrap_or(0))
+            .ok_or_else(|| format!("{what} of {n} items does not fit in the file"))?;
+        self.reader
+            .seek(SeekFrom::Current(bytes as i64))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    fn string(&mut self, v1: bool) -> Result<(), String> {
+        let n = self.count(v1)?;
+        self.skip(n, 1, "a string")
+    }
+
+    fn value(&mut self, ty: u32, v1: bool, depth: usize) -> Result<(), String> {
+        match ty {
+            0 | 1 | 7 => self.skip(1, 1, "a value"),
+            2 | 3 => self.skip(1, 2, "a value"),
+            4..=6 => self.skip(1, 4, "a value"),
+            10..=12 => self.skip(1, 8, "a value"),
+            8 => self.string(v1),
+            9 => {
+                if depth >= MAX_ARRAY_DEPTH {
+                    return Err(format!("arrays nest deeper than {MAX_ARRAY_DEPTH}"));
+                }
+                let elem = self.u32()?;
+                let n = self.count(v1)?;
+                // Every element takes at least one byte: a count past the file is a lie.
+                if n > self.remaining()? {
+                    return Err(format!("an array of {n} items does not fit in the file"));
+                }
+                for _ in 0..n {
+                    self.value(elem, v1, depth + 1)?;
+                }
+                Ok(())
+            }
+            other => Err(format!("unknown value type {other}")),
+        }
+    }
+
+    fn check(&mut self) -> Result<(), String> {
+        let magic = self.u32()?;
+        if magic != u32::from_le_bytes(*b"GGUF") {
+            return Err("the magic number is not GGUF".into());
+        }
+        let version = self.u32()?;
+        if !(1..=3).contains(&version) {
+            return Err(format!("unsupported version {version}"));
+        }
+        let v1 = version == 1;
+        let tensors = self.count(v1)?;
+        let keys = self.count(v1)?;
+        // A key is at least a length, a type and one byte of value.
+        let least = if v1 { 9 } else { 13 };
+        if keys.saturating_mul(least) > self.remaining()? {
+            return Err(format!("{keys} metadata keys do not fit in the file"));
+        }
+        for _ in 0..keys {
+            self.string(v1)?;
+            let ty = self.u32()?;
+            self.value(ty, v1, 0)?;
+        }
+        if tensors.saturating_mul(least) > self.remaining()? {
+            return Err(format!("{tensors} tensors do not fit in the file"));
+        }
+        for _ in 0..tensors {
+            self.string(v1)?;
+            let dims = self.u32()?;
+            if dims > MAX_DIMS {
+                return Err(format!(
+                    "a tensor has {dims} dimensions, more than {MAX_DIMS}"
+                ));
+            }
+            self.skip(u64::from(dims), if v1 { 4 } else { 8 }, "a shape")?;
+            self.skip(1, 12, "a tensor type and offset")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn header(keys: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend((keys.len() as u64).to_le_bytes());
+        for (k, ty, v) in keys {
+            b.extend((k.len() as u64).to_le_bytes());
+            b.extend(k.as_bytes());
+            b.extend(ty.to_le_bytes());
+            b.extend(v);
+        }
+        b
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend(s.as_bytes());
+        v
+    }
+
+    #[test]
+    fn a_sound_header_reads() {
+        let bytes = header(&[("general.architecture", 8, string("llama"))]);
+        let ct = read_content(&mut Cursor::new(bytes), "t.gguf").unwrap();
+        assert_eq!(ct.metadata.len(), 1);
+    }
+
+    #[test]
+    fn lengths_past_the_end_are_refused_before_allocating() {
+        let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+        huge.extend(b"abc");
+        let bytes = header(&[("general.name", 8, huge)]);
+        let err = read_content(&mut Cursor::new(bytes), "t.gguf").unwrap_err();
+        assert!(err.to_string().contains("does not fit"), "{err}");
+        let mut array = 4u32.to_le_bytes().to_vec();
+        array.extend(u64::MAX.to_le_bytes());
+        let bytes = header(&[("tokenizer.ggml.scores", 9, array)]);
+        assert!(read_content(&mut Cursor::new(bytes), "t.gguf").is_err());
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_load_errors() {
+        let bytes = header(&[("general.architecture", 8, string("llama"))]);
+        for cut in 0..bytes.len() {
+            assert!(read_content(&mut Cursor::new(&bytes[..cut]), "t.gguf").is_err());
+        }
+        assert!(read_content(&mut Cursor::new(b"PK\x03\x04zip".to_vec()), "t.gguf").is_err());
+    }
+}
