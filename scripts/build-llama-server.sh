@@ -7,13 +7,17 @@
 #   WICK_PEER_CACHE=/some/dir scripts/...    # another cache folder
 #
 # CMake and Ninja come from PyPI into a private virtual environment; only the server target is
-# built, with GGML_NATIVE so that the peer uses every instruction this machine has (it is built
-# and run here, unlike our image).
+# built. Not with GGML_NATIVE: on a Xeon with AMX, llama.cpp's native build runs tile instructions
+# without asking the kernel for the tile permission and dies with "Illegal instruction" at the
+# first request. Instead every x86 extension this CPU reports (/proc/cpuinfo) is named for the
+# build (AVX2, FMA, F16C, BMI2, AVX-VNNI, AVX-512 and its VNNI, VBMI and BF16 parts), and AMX is
+# always off, so the peer uses what the machine has and runs anywhere it was built.
 set -euo pipefail
 
 VERSION=0.3.36
 CACHE="${WICK_PEER_CACHE:-$HOME/.cache/wick/llama-cpp-python-$VERSION}"
-BIN="$CACHE/build/bin/llama-server"
+BUILD="$CACHE/build-named-isa"
+BIN="$BUILD/bin/llama-server"
 log() { echo "build-llama-server: $*" >&2; }
 
 if [ -x "$BIN" ]; then
@@ -34,10 +38,19 @@ if [ ! -d "$SRC" ]; then
     tar -xzf "$CACHE/dist/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
 fi
 export PATH="$CACHE/venv/bin:$PATH"
-log "configuring $SRC"
-cmake -S "$SRC" -B "$CACHE/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DGGML_NATIVE=ON \
+# ON when the CPU reports flag $1.
+has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+ISA=(
+    -DGGML_AVX="$(has avx)" -DGGML_AVX2="$(has avx2)" -DGGML_FMA="$(has fma)"
+    -DGGML_F16C="$(has f16c)" -DGGML_BMI2="$(has bmi2)" -DGGML_AVX_VNNI="$(has avx_vnni)"
+    -DGGML_AVX512="$(has avx512f)" -DGGML_AVX512_VNNI="$(has avx512_vnni)"
+    -DGGML_AVX512_VBMI="$(has avx512vbmi)" -DGGML_AVX512_BF16="$(has avx512_bf16)"
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+)
+log "configuring $SRC with ${ISA[*]}"
+cmake -S "$SRC" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF -DGGML_NATIVE=OFF "${ISA[@]}" \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >&2
 log "building llama-server with $(nproc) jobs"
-cmake --build "$CACHE/build" --target llama-server -j "$(nproc)" >&2
+cmake --build "$BUILD" --target llama-server -j "$(nproc)" >&2
 echo "$BIN"

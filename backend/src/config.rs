@@ -66,6 +66,7 @@ impl ModelConfig {
     pub fn from_gguf(ct: &gguf_file::Content, vocab_len: usize) -> Result<Self, LoadError> {
         let arch_name = gguf_str(ct, "general.architecture")?;
         let architecture = Architecture::parse(&arch_name)?;
+        refuse_unimplemented(ct, &arch_name)?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let num_heads = gguf_usize(ct, &key("attention.head_count"))?;
         let hidden_size = gguf_usize(ct, &key("embedding_length"))?;
@@ -184,6 +185,49 @@ impl ModelConfig {
     }
 }
 
+/// Refuses a GGUF whose metadata or tensors ask for computation Wick does not implement, so
+/// that it fails at load with the key named instead of answering wrongly: RoPE scaling (the
+/// `rope.scaling.*` keys other than `none` or a factor of 1, `rope.freq_scale`, Llama 3.1's
+/// `rope_freqs` tensor), logit soft-capping, and mixtures of experts.
+fn refuse_unimplemented(ct: &gguf_file::Content, arch: &str) -> Result<(), LoadError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let unsupported = |k: String, what: String| Err(LoadError::invalid(k, what));
+    if let Ok(kind) = gguf_str(ct, &key("rope.scaling.type")) {
+        if kind != "none" {
+            return unsupported(
+                key("rope.scaling.type"),
+                format!("RoPE scaling `{kind}` is not supported"),
+            );
+        }
+    }
+    let scaling_off = gguf_str(ct, &key("rope.scaling.type")).is_ok_and(|t| t == "none");
+    for k in ["rope.scaling.factor", "rope.freq_scale"] {
+        if let Ok(f) = gguf_f32(ct, &key(k)) {
+            if f != 0.0 && f != 1.0 && !scaling_off {
+                return unsupported(key(k), format!("RoPE scaling by {f} is not supported"));
+            }
+        }
+    }
+    if ct.tensor_infos.contains_key("rope_freqs.weight") {
+        return unsupported(
+            "rope_freqs.weight".into(),
+            "per-frequency RoPE factors (Llama 3.1 scaling) are not supported".into(),
+        );
+    }
+    for k in ["attn_logit_softcapping", "final_logit_softcapping"] {
+        if gguf_f32(ct, &key(k)).is_ok_and(|v| v != 0.0) {
+            return unsupported(key(k), "logit soft-capping is not supported".into());
+        }
+    }
+    if gguf_usize(ct, &key("expert_count")).is_ok_and(|n| n > 0) {
+        return unsupported(
+            key("expert_count"),
+            "mixture-of-experts models are not supported".into(),
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn gguf_value<'a>(
     ct: &'a gguf_file::Content,
     key: &str,
@@ -265,6 +309,54 @@ mod tests {
             "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "vocab_size": 49152,
             "rope_scaling": null
         })
+    }
+
+    /// A GGUF header with string and f32 keys.
+    fn gguf(strings: &[(&str, &str)], floats: &[(&str, f32)]) -> gguf_file::Content {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(((strings.len() + floats.len()) as u64).to_le_bytes());
+        let key = |b: &mut Vec<u8>, k: &str, ty: u32| {
+            b.extend((k.len() as u64).to_le_bytes());
+            b.extend(k.as_bytes());
+            b.extend(ty.to_le_bytes());
+        };
+        for (k, v) in strings {
+            key(&mut b, k, 8);
+            b.extend((v.len() as u64).to_le_bytes());
+            b.extend(v.as_bytes());
+        }
+        for (k, v) in floats {
+            key(&mut b, k, 6);
+            b.extend(v.to_le_bytes());
+        }
+        crate::gguf::read_content(&mut std::io::Cursor::new(b), "t.gguf").unwrap()
+    }
+
+    #[test]
+    fn gguf_computation_wick_lacks_is_a_load_error_naming_the_key() {
+        let arch = ("general.architecture", "llama");
+        let cases = [
+            gguf(&[arch, ("llama.rope.scaling.type", "yarn")], &[]),
+            gguf(&[arch], &[("llama.rope.scaling.factor", 4.0)]),
+            gguf(&[arch], &[("llama.final_logit_softcapping", 30.0)]),
+        ];
+        for (ct, key) in cases.iter().zip([
+            "llama.rope.scaling.type",
+            "llama.rope.scaling.factor",
+            "llama.final_logit_softcapping",
+        ]) {
+            let err = ModelConfig::from_gguf(ct, 10).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        // `none`, or a factor of 1, changes nothing: the next missing key is what fails.
+        let ct = gguf(
+            &[arch, ("llama.rope.scaling.type", "none")],
+            &[("llama.rope.scaling.factor", 4.0)],
+        );
+        let err = ModelConfig::from_gguf(&ct, 10).unwrap_err().to_string();
+        assert!(!err.contains("scaling"), "{err}");
     }
 
     #[test]
