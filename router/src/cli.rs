@@ -33,7 +33,9 @@ pub enum Command {
 /// Which model to load and where.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// GGUF file, or a directory with config.json, *.safetensors and tokenizer.json.
+    /// GGUF file, a directory with config.json, *.safetensors and tokenizer.json, or a name from
+    /// `scripts/fetch-model.sh`'s catalogue (`smollm2-135m`, `gemma3-270m`,
+    /// `qwen2.5-coder-0.5b`, `qwen2.5-coder-1.5b`), found in `models/` (or `WICK_MODELS_DIR`).
     #[arg(
         long,
         env = "WICK_MODEL",
@@ -61,7 +63,58 @@ pub struct ModelArgs {
     pub generic_path: bool,
 }
 
+/// `scripts/fetch-model.sh`'s catalogue: each name and the GGUF file it fetches.
+pub const CATALOGUE: &[(&str, &str)] = &[
+    ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    ("gemma3-270m", "gemma-3-270m-q4_k_m.gguf"),
+    (
+        "qwen2.5-coder-0.5b",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ),
+    (
+        "qwen2.5-coder-1.5b",
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+    ),
+];
+
+/// Where a catalogue model lives once fetched: `name`'s file in `models_dir`.
+pub fn catalogue_path(name: &str, models_dir: &std::path::Path) -> Option<PathBuf> {
+    CATALOGUE
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, file)| models_dir.join(file))
+}
+
 impl ModelArgs {
+    /// `--model` as a path: a catalogue name (that is not also a path here) resolves to its
+    /// file in `WICK_MODELS_DIR` or `models/`.
+    pub fn model_path(&self) -> PathBuf {
+        if self.model.exists() {
+            return self.model.clone();
+        }
+        let dir = std::env::var_os("WICK_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("models"));
+        self.model
+            .to_str()
+            .and_then(|name| catalogue_path(name, &dir))
+            .unwrap_or_else(|| self.model.clone())
+    }
+
+    /// A clear error for a catalogue model that has not been fetched.
+    pub fn check_fetched(&self) -> Result<(), CliError> {
+        let path = self.model_path();
+        match self.model.to_str() {
+            Some(name) if !path.exists() && CATALOGUE.iter().any(|(n, _)| *n == name) => {
+                Err(CliError::Config(format!(
+                    "model `{name}` is not fetched yet ({} is missing); run scripts/fetch-model.sh {name}",
+                    path.display()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub fn backend_config(&self) -> BackendConfig {
         BackendConfig {
             device: self.device,
@@ -70,7 +123,7 @@ impl ModelArgs {
             block_size: self.block_size,
             kv_dtype: self.kv_cache_dtype,
             generic: self.generic_path,
-            ..BackendConfig::new(&self.model)
+            ..BackendConfig::new(self.model_path())
         }
     }
 }
@@ -314,7 +367,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
-    let tok = load_tokenizer(&args.model.model)?;
+    args.model.check_fetched()?;
+    let tok = load_tokenizer(&args.model.model_path())?;
     let (backend, info) = Backend::spawn(args.model.backend_config())?;
     let (text, special) = match (&args.prompt, &args.chat) {
         (Some(p), _) => (p.clone(), false),
@@ -391,4 +445,30 @@ fn run_serve(args: ServeArgs) -> Result<(), CliError> {
         .thread_name("wick-http")
         .build()?;
     runtime.block_on(crate::serve::serve(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_names_resolve_to_their_files() {
+        let dir = std::path::Path::new("/srv/models");
+        assert_eq!(
+            catalogue_path("qwen2.5-coder-0.5b", dir),
+            Some(dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+        );
+        assert_eq!(catalogue_path("gpt-5", dir), None);
+    }
+
+    #[test]
+    fn an_unfetched_catalogue_model_names_the_fetch_command() {
+        let cli = Cli::parse_from(["wick", "serve", "--model", "gemma3-270m"]);
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        std::env::set_var("WICK_MODELS_DIR", "/nonexistent/models");
+        let err = args.model.check_fetched().unwrap_err().to_string();
+        assert!(err.contains("scripts/fetch-model.sh gemma3-270m"), "{err}");
+    }
 }

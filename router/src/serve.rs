@@ -165,6 +165,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
 }
 
 fn check(args: &ServeArgs) -> Result<(), CliError> {
+    args.model.check_fetched()?;
     let (l, ops) = (&args.limits, &args.ops);
     let positive = [
         ("--max-batch-tokens", l.max_batch_tokens),
