@@ -2,9 +2,10 @@
 //! CPU matmul that applies them to a batch of activation rows.
 //!
 //! Q4_0, Q4_1 and Q8_0 (the types of SmolLM2's GGUFs and the common 4/8-bit ones) are repacked at
-//! load for Wick's kernels in [`super::qgemm`]; [`QWeight::matmul_many`] applies several of them
-//! to one input with a single activation quantization and one parallel pass. Other types go
-//! through candle's `vec_dot` per (row, column), the portable path.
+//! load for Wick's kernels in [`super::qgemm`], and so is Q5_0, widened to Q8_0 (the same
+//! results as candle's Q5_0, bit for bit; 1.5x its bytes). [`QWeight::matmul_many`] applies
+//! several of them to one input with a single activation quantization and one parallel pass.
+//! Other types go through candle's `vec_dot` per (row, column), the portable path.
 //!
 //! Batch invariance: every output element is one dot product of one activation row against one
 //! weight row, computed in a fixed order whatever the number of rows, the tiling or the thread
@@ -28,7 +29,6 @@ enum Blocks {
     BF16(Vec<bf16>),
     Q4_0(Packed<Q4_0x8>),
     Q4_1(Packed<Q4_1x8>),
-    Q5_0(Vec<BlockQ5_0>),
     Q5_1(Vec<BlockQ5_1>),
     Q8_0(Packed<Q8_0x8>),
     Q2K(Vec<BlockQ2K>),
@@ -46,7 +46,6 @@ macro_rules! with_blocks {
             Blocks::F32($v) => $body,
             Blocks::F16($v) => $body,
             Blocks::BF16($v) => $body,
-            Blocks::Q5_0($v) => $body,
             Blocks::Q5_1($v) => $body,
             Blocks::Q2K($v) => $body,
             Blocks::Q3K($v) => $body,
@@ -120,7 +119,13 @@ impl QWeight {
             GgmlDType::BF16 => Blocks::BF16(typed_blocks(&data)),
             GgmlDType::Q4_0 => Blocks::Q4_0(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q4_1 => Blocks::Q4_1(Packed::pack(&typed_blocks(&data), rows, kb)),
-            GgmlDType::Q5_0 => Blocks::Q5_0(typed_blocks(&data)),
+            GgmlDType::Q5_0 => {
+                let widened: Vec<_> = typed_blocks::<BlockQ5_0>(&data)
+                    .iter()
+                    .map(qgemm::q5_0_as_q8_0)
+                    .collect();
+                Blocks::Q8_0(Packed::pack(&widened, rows, kb))
+            }
             GgmlDType::Q5_1 => Blocks::Q5_1(typed_blocks(&data)),
             GgmlDType::Q8_0 => Blocks::Q8_0(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q2K => Blocks::Q2K(typed_blocks(&data)),
@@ -178,7 +183,6 @@ impl QWeight {
             Blocks::BF16(_) => "bf16",
             Blocks::Q4_0(_) => "q4_0",
             Blocks::Q4_1(_) => "q4_1",
-            Blocks::Q5_0(_) => "q5_0",
             Blocks::Q5_1(_) => "q5_1",
             Blocks::Q8_0(_) => "q8_0",
             Blocks::Q2K(_) => "q2_k",
@@ -241,7 +245,6 @@ impl QWeight {
             Blocks::BF16(v) => Blocks::BF16(apply(v, perm)),
             Blocks::Q4_0(p) => Blocks::Q4_0(repack(p, perm)),
             Blocks::Q4_1(p) => Blocks::Q4_1(repack(p, perm)),
-            Blocks::Q5_0(v) => Blocks::Q5_0(apply(v, perm)),
             Blocks::Q5_1(v) => Blocks::Q5_1(apply(v, perm)),
             Blocks::Q8_0(p) => Blocks::Q8_0(repack(p, perm)),
             Blocks::Q2K(v) => Blocks::Q2K(apply(v, perm)),
