@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(./scripts/fetch-model.sh)"
+# The tokenizer fixtures of other catalogue models (router/tests/tokenizers.rs) need them.
+./scripts/fetch-model.sh qwen2.5-coder-0.5b >/dev/null
 cargo test --workspace "$@"
 
 venv=target/py-venv
