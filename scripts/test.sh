@@ -12,6 +12,13 @@ model="$(./scripts/fetch-model.sh)"
 # The tokenizer fixtures of other catalogue models (router/tests/tokenizers.rs) need them.
 ./scripts/fetch-model.sh qwen2.5-coder-0.5b >/dev/null
 cargo test --workspace "$@"
+# The chat-prompt engine tests again on Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q4_K/Q6_K weights, biases):
+# prompt lengths and teacher-forced agreement with llama.cpp, batch and block-size invariance.
+WICK_TEST_MODEL="$(./scripts/fetch-model.sh qwen2.5-coder-0.5b)" \
+  WICK_TEST_CHAT_FIXTURE=chat-qwen2.5-coder-0.5b.json \
+  cargo test -p wick-router --test engine_real "$@" -- --exact chat_prompts_have_llama_cpp_lengths \
+  teacher_forced_logits_agree_with_llama_cpp batching_and_chunking_do_not_change_logits \
+  block_sizes_give_bit_identical_logits
 
 venv=target/py-venv
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -1,6 +1,8 @@
 //! The engine on the real SmolLM2-135M-Instruct Q4_1 GGUF (fetched by `scripts/fetch-model.sh`):
 //! tokenizer exactness against llama.cpp, teacher-forced agreement with llama.cpp's greedy output,
 //! batch, chunking and block-size invariance, seeded sampling, and the GGUF-to-safetensors round trip.
+//! `WICK_TEST_MODEL` and `WICK_TEST_CHAT_FIXTURE` point the chat-prompt tests (prompt lengths,
+//! teacher forcing, batching and block sizes) at another model and its llama.cpp outputs.
 
 use serde_json::Value;
 use std::path::PathBuf;
@@ -24,6 +26,13 @@ fn model_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// llama.cpp's greedy chat outputs for the model under test: `WICK_TEST_CHAT_FIXTURE` (with
+/// `WICK_TEST_MODEL`, scripts/test.sh runs the model-agnostic tests on Qwen2.5-Coder-0.5B too),
+/// else SmolLM2's `chat-ref.json`.
+fn chat_fixture() -> String {
+    std::env::var("WICK_TEST_CHAT_FIXTURE").unwrap_or_else(|_| "chat-ref.json".into())
 }
 
 fn fixture(name: &str) -> Value {
@@ -124,7 +133,7 @@ fn tokenizer_matches_llama_cpp_ids_and_round_trips() {
 fn chat_prompts_have_llama_cpp_lengths() {
     let tok = load_tokenizer(&model_path()).unwrap();
     let (_, info) = load_engine(&config(16)).unwrap();
-    for case in fixture("chat-ref.json")["cases"].as_array().unwrap() {
+    for case in fixture(&chat_fixture())["cases"].as_array().unwrap() {
         let prompt = chat_prompt(&tok, &info, case["prompt"].as_str().unwrap());
         assert_eq!(
             prompt.len() as u64,
@@ -165,7 +174,7 @@ fn teacher_forced(kv_dtype: KvDType, generic: bool) {
         if generic { "generic" } else { "cpu-kernels" }
     );
     let bs = info.kv_block_size;
-    for (seq, case) in fixture("chat-ref.json")["cases"]
+    for (seq, case) in fixture(&chat_fixture())["cases"]
         .as_array()
         .unwrap()
         .iter()
@@ -214,7 +223,7 @@ fn batching_and_chunking_do_not_change_logits() {
     let tok = load_tokenizer(&model_path()).unwrap();
     let (mut engine, info) = load_engine(&config(16)).unwrap();
     let bs = info.kv_block_size;
-    let prompts: Vec<Vec<u32>> = fixture("chat-ref.json")["cases"]
+    let prompts: Vec<Vec<u32>> = fixture(&chat_fixture())["cases"]
         .as_array()
         .unwrap()
         .iter()
