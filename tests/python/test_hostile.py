@@ -365,8 +365,9 @@ def test_grammar_failures_are_short():
     props = {f"p{i}": {"type": "string", "maxLength": 3} for i in range(1000)}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "object", "properties": props}}}
-    body = {"messages": [{"role": "user", "content": "Fill it."}], "max_tokens": 24,
-            "response_format": fmt}
+    # Greedy, and a prompt that leads into a key: a sampled `{}` would be a valid empty answer.
+    body = {"messages": [{"role": "user", "content": "Give a JSON object with the key p0 set to abc."}],
+            "max_tokens": 24, "temperature": 0, "response_format": fmt}
     status, text = post("/v1/chat/completions", body)
     assert status == 400, (status, text[:300])
     error = json.loads(text)["error"]
