@@ -10,8 +10,9 @@
 //! Bounds ([`GrammarLimits`]): a grammar's source is checked for size and nesting depth first
 //! ([`bounds`]); it then compiles on a thread of its own whose stack
 //! ([`COMPILE_STACK_BYTES`]) is sized far above what that depth needs, at most
-//! `max_concurrent` at once, and the caller waits at most `compile_timeout` (llguidance's
-//! compile fuel ends a runaway compile soon after). Each mask computation is bounded by
+//! `max_concurrent` at once (a burst waits up to `compile_timeout` for a slot), and the caller
+//! waits at most `compile_timeout` for the compile (llguidance's compile fuel ends a runaway
+//! compile soon after). Each mask computation is bounded by
 //! llguidance's step fuel and the lexer's states (its memory) by [`MAX_LEXER_STATES`]; past
 //! them the sequence fails with a short error, never the step. Errors carry no parser state.
 //!
@@ -24,9 +25,8 @@ use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use tokenizers::Tokenizer;
 
 /// What a sequence's output must match.
@@ -82,7 +82,8 @@ pub struct GrammarLimits {
     pub source: bounds::SourceLimits,
     /// Longest the caller waits for a compile.
     pub compile_timeout: Duration,
-    /// Compiles running at once (a compile that timed out keeps its slot until it ends).
+    /// Compiles running at once (a compile that timed out keeps its slot until it ends); a
+    /// compile waits up to `compile_timeout` for a slot before it is refused as busy.
     pub max_concurrent: usize,
 }
 
@@ -139,7 +140,7 @@ pub struct Grammars {
     vocab_size: usize,
     limits: GrammarLimits,
     /// Compiles running now, counting those whose caller gave up.
-    compiling: Arc<AtomicUsize>,
+    slots: Arc<Slots>,
 }
 
 impl std::fmt::Debug for Grammars {
@@ -194,7 +195,11 @@ impl Grammars {
             factory: Arc::new(factory),
             vocab_size,
             limits,
-            compiling: Arc::new(AtomicUsize::new(0)),
+            slots: Arc::new(Slots {
+                running: Mutex::new(0),
+                freed: Condvar::new(),
+                max: limits.max_concurrent,
+            }),
         })
     }
 
@@ -210,8 +215,10 @@ impl Grammars {
     /// doc); errors carry the compiler's message.
     pub fn compile(&self, spec: &GrammarSpec) -> Result<Constraint, GrammarError> {
         bounds::check(spec, self.limits.source)?;
-        let slot =
-            Slot::take(&self.compiling, self.limits.max_concurrent).ok_or(GrammarError::Busy {
+        let slot = self
+            .slots
+            .take(self.limits.compile_timeout)
+            .ok_or(GrammarError::Busy {
                 limit: self.limits.max_concurrent,
             })?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -237,23 +244,42 @@ impl Grammars {
     }
 }
 
-/// One of the `max_concurrent` compile slots, given back when dropped.
-struct Slot(Arc<AtomicUsize>);
+/// The compile slots: at most `max` compiles run at once.
+struct Slots {
+    running: Mutex<usize>,
+    freed: Condvar,
+    max: usize,
+}
 
-impl Slot {
-    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Slot> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Slot(count.clone()))
+impl Slots {
+    /// Takes a slot, waiting up to `wait` for one to free up.
+    fn take(self: &Arc<Self>, wait: Duration) -> Option<Slot> {
+        let deadline = Instant::now() + wait;
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        while *running >= self.max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            running = self
+                .freed
+                .wait_timeout(running, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *running += 1;
+        Some(Slot(self.clone()))
     }
 }
 
+/// One compile slot, given back when dropped (by the compile thread, when it ends).
+struct Slot(Arc<Slots>);
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        *running -= 1;
+        self.0.freed.notify_one();
     }
 }
 
@@ -562,10 +588,30 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_past_the_slots_waits_its_turn() {
+        let tok = tiny_tokenizer();
+        let limits = GrammarLimits {
+            max_concurrent: 1,
+            ..GrammarLimits::default()
+        };
+        let g = Arc::new(Grammars::new(&tok, tok.get_vocab_size(true), &[0], limits).unwrap());
+        let burst: Vec<_> = (0..6)
+            .map(|i| {
+                let g = g.clone();
+                std::thread::spawn(move || g.compile(&GrammarSpec::Regex(format!("a{{{i}}}b"))))
+            })
+            .collect();
+        for t in burst {
+            assert!(t.join().unwrap().is_ok());
+        }
+    }
+
+    #[test]
     fn compiles_past_the_concurrency_limit_are_refused() {
         let tok = tiny_tokenizer();
         let limits = GrammarLimits {
             max_concurrent: 0,
+            compile_timeout: Duration::from_millis(50),
             ..GrammarLimits::default()
         };
         let g = Grammars::new(&tok, tok.get_vocab_size(true), &[0], limits).unwrap();
