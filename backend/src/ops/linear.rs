@@ -2,8 +2,8 @@
 //! CPU matmul that applies them to a batch of activation rows.
 //!
 //! Q4_0, Q4_1 and Q8_0 (the types of SmolLM2's GGUFs and the common 4/8-bit ones) are repacked at
-//! load for Wick's kernels in [`super::qgemm`], and so is Q5_0, widened to Q8_0 (the same
-//! results as candle's Q5_0, bit for bit; 1.5x its bytes). [`QWeight::matmul_many`] applies
+//! load for Wick's kernels in [`super::qgemm`], and so is Q5_0 (Qwen2.5's GGUFs are mostly Q5_0).
+//! [`QWeight::matmul_many`] applies
 //! several of them to one input with a single activation quantization and one parallel pass.
 //! Other types go through candle's `vec_dot` per (row, column), the portable path.
 //!
@@ -11,11 +11,11 @@
 //! weight row, computed in a fixed order whatever the number of rows, the tiling or the thread
 //! that runs it. So a row's result never depends on what else is in the batch.
 
-use super::qgemm::{self, Format, Packed, PackedRef, Q4_0x8, Q4_1x8, Q8_0x8, QActs};
+use super::qgemm::{self, Format, Packed, PackedRef, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, QActs};
 use crate::error::LoadError;
 use candle_core::backend::BackendStorage;
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_1, BlockQ6K, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
@@ -29,6 +29,7 @@ enum Blocks {
     BF16(Vec<bf16>),
     Q4_0(Packed<Q4_0x8>),
     Q4_1(Packed<Q4_1x8>),
+    Q5_0(Packed<Q5_0x8>),
     Q5_1(Vec<BlockQ5_1>),
     Q8_0(Packed<Q8_0x8>),
     Q2K(Vec<BlockQ2K>),
@@ -54,6 +55,7 @@ macro_rules! with_blocks {
             Blocks::Q6K($v) => $body,
             Blocks::Q4_0($p) => $packed,
             Blocks::Q4_1($p) => $packed,
+            Blocks::Q5_0($p) => $packed,
             Blocks::Q8_0($p) => $packed,
         }
     };
@@ -119,13 +121,7 @@ impl QWeight {
             GgmlDType::BF16 => Blocks::BF16(typed_blocks(&data)),
             GgmlDType::Q4_0 => Blocks::Q4_0(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q4_1 => Blocks::Q4_1(Packed::pack(&typed_blocks(&data), rows, kb)),
-            GgmlDType::Q5_0 => {
-                let widened: Vec<_> = typed_blocks::<BlockQ5_0>(&data)
-                    .iter()
-                    .map(qgemm::q5_0_as_q8_0)
-                    .collect();
-                Blocks::Q8_0(Packed::pack(&widened, rows, kb))
-            }
+            GgmlDType::Q5_0 => Blocks::Q5_0(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q5_1 => Blocks::Q5_1(typed_blocks(&data)),
             GgmlDType::Q8_0 => Blocks::Q8_0(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q2K => Blocks::Q2K(typed_blocks(&data)),
@@ -184,6 +180,7 @@ impl QWeight {
             Blocks::Q4_0(_) => "q4_0",
             Blocks::Q4_1(_) => "q4_1",
             Blocks::Q5_1(_) => "q5_1",
+            Blocks::Q5_0(_) => "q5_0",
             Blocks::Q8_0(_) => "q8_0",
             Blocks::Q2K(_) => "q2_k",
             Blocks::Q3K(_) => "q3_k",
@@ -246,6 +243,7 @@ impl QWeight {
             Blocks::Q4_0(p) => Blocks::Q4_0(repack(p, perm)),
             Blocks::Q4_1(p) => Blocks::Q4_1(repack(p, perm)),
             Blocks::Q5_1(v) => Blocks::Q5_1(apply(v, perm)),
+            Blocks::Q5_0(p) => Blocks::Q5_0(repack(p, perm)),
             Blocks::Q8_0(p) => Blocks::Q8_0(repack(p, perm)),
             Blocks::Q2K(v) => Blocks::Q2K(apply(v, perm)),
             Blocks::Q3K(v) => Blocks::Q3K(apply(v, perm)),
@@ -261,6 +259,7 @@ impl QWeight {
         match &self.blocks {
             Blocks::Q4_0(p) => Some(PackedRef::Q4_0(p)),
             Blocks::Q4_1(p) => Some(PackedRef::Q4_1(p)),
+            Blocks::Q5_0(p) => Some(PackedRef::Q5_0(p)),
             Blocks::Q8_0(p) => Some(PackedRef::Q8_0(p)),
             _ => None,
         }

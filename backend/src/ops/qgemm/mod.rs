@@ -1,5 +1,5 @@
-//! Wick's quantized matmul for the GGUF types Q4_0, Q4_1 and Q8_0 (and Q5_0, widened to Q8_0 at
-//! load: [`q5_0_as_q8_0`]): weights repacked at load into
+//! Wick's quantized matmul for the GGUF types Q4_0, Q4_1, Q5_0 ([`q5_0`]) and Q8_0: weights
+//! repacked at load into
 //! groups of eight interleaved rows, activations quantized to 8 bits once per matmul input
 //! ([`QActs`], shareable by every matrix that reads the same input), integer dot products, and a
 //! GEMM-style tiling in which each weight block is unpacked once and applied to several activation
@@ -20,8 +20,11 @@
 //! One 256-bit load thus holds four consecutive elements of each of the eight rows, and a dot
 //! product step against four broadcast activation bytes leaves one row's partial sum per lane.
 
+pub mod q5_0;
 mod scalar;
 mod x86;
+
+pub use q5_0::Q5_0x8;
 
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlType};
 use half::f16;
@@ -294,23 +297,6 @@ fn unraw<R, S>(r: R) -> S {
     unsafe { std::ptr::read_unaligned(&r as *const R as *const S) }
 }
 
-/// A Q5_0 block as the Q8_0 block of the same values: its 5-bit values less 16 (in -16..=15)
-/// as bytes, the same f16 scale. Candle's Q5_0 and Q8_0 dot products are the same formula (the
-/// block's exact integer sum times the two scales, in that order), so a Q5_0 matrix run through
-/// the Q8_0 kernels gives candle's Q5_0 results bit for bit, at 34 bytes per block instead of 22.
-pub fn q5_0_as_q8_0(b: &BlockQ5_0) -> BlockQ8_0 {
-    let b: RawQ5_0 = raw(b);
-    let qh = u32::from_le_bytes(b.qh);
-    let mut qs = [0i8; 32];
-    for j in 0..16 {
-        let lo = (b.qs[j] & 0x0F) | (((qh >> j) & 1) << 4) as u8;
-        let hi = (b.qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4) as u8;
-        qs[j] = lo as i8 - 16;
-        qs[j + 16] = hi as i8 - 16;
-    }
-    unraw(RawQ8_0 { d: b.d, qs })
-}
-
 /// Interleaves 16 bytes of 4-bit values per row into the group layout.
 fn interleave_nibbles(rows: [Option<[u8; 16]>; GROUP]) -> [u8; 128] {
     let mut qs = [0u8; 128];
@@ -536,6 +522,7 @@ impl<F: Format> Packed<F> {
 pub enum PackedRef<'a> {
     Q4_0(&'a Packed<Q4_0x8>),
     Q4_1(&'a Packed<Q4_1x8>),
+    Q5_0(&'a Packed<Q5_0x8>),
     Q8_0(&'a Packed<Q8_0x8>),
 }
 
@@ -544,6 +531,7 @@ impl PackedRef<'_> {
         match self {
             PackedRef::Q4_0(p) => p.rows,
             PackedRef::Q4_1(p) => p.rows,
+            PackedRef::Q5_0(p) => p.rows,
             PackedRef::Q8_0(p) => p.rows,
         }
     }
@@ -552,6 +540,7 @@ impl PackedRef<'_> {
         match self {
             PackedRef::Q4_0(p) => p.kb,
             PackedRef::Q4_1(p) => p.kb,
+            PackedRef::Q5_0(p) => p.kb,
             PackedRef::Q8_0(p) => p.kb,
         }
     }
@@ -560,6 +549,7 @@ impl PackedRef<'_> {
         match self {
             PackedRef::Q4_0(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q4_1(p) => p.run_groups(kernel, gs, x, out),
+            PackedRef::Q5_0(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q8_0(p) => p.run_groups(kernel, gs, x, out),
         }
     }

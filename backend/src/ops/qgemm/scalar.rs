@@ -3,6 +3,8 @@
 
 use super::{ActBlock, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
 
+pub(super) use super::q5_0::scalar as q5_0;
+
 /// Integer dot product of group row `r`'s 4-bit values (unsigned nibbles) with an activation block.
 fn nibble_dot(qs: &[u8; 128], r: usize, x: &ActBlock) -> i32 {
     let mut sum = 0i32;

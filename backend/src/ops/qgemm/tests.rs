@@ -210,43 +210,26 @@ fn kernel_names_round_trip_and_scalar_is_always_there() {
     assert_eq!(Kernel::from_name("sse"), None);
 }
 
-/// Q5_0 widened to Q8_0: the same dequantized values, and through every kernel the bits of
-/// candle's own Q5_0 dot product, on Qwen2.5-0.5B's widths (896, 4864) and others.
+/// Q5_0 in its own group layout: every kernel against the scalar one and candle's Q5_0 dot
+/// product, on odd shapes and Qwen2.5-0.5B's widths (896, 4864).
 #[test]
-fn q5_0_widened_to_q8_0_gives_candles_q5_0_results() {
-    use candle_core::quantized::k_quants::BlockQ5_0;
-    for (s, (rows, k)) in [(13, 96), (9, 896), (17, 4864)].into_iter().enumerate() {
-        let src = quantize_weight::<BlockQ5_0>(rows, k, 30 + s as u32);
-        let widened: Vec<BlockQ8_0> = src.iter().map(q5_0_as_q8_0).collect();
-        let (mut a, mut b) = (vec![0f32; rows * k], vec![0f32; rows * k]);
-        BlockQ5_0::to_float(&src, &mut a);
-        BlockQ8_0::to_float(&widened, &mut b);
-        assert_eq!(a, b, "dequantized values differ");
-        let kb = k / 32;
-        let packed = Packed::<Q8_0x8>::pack(&widened, rows, kb);
-        for batch in [1, 3, 16] {
-            let x = values(batch * k, 40 + s as u32);
-            let acts = QActs::quantize(&x, k);
-            let mut xq: Vec<BlockQ8_0> = (0..batch * kb).map(|_| BlockQ8_0::zeros()).collect();
-            BlockQ8_0::from_float(&x, &mut xq);
-            for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
-                let mut got = vec![0f32; batch * rows];
-                packed.matmul(kernel, &acts, &mut got);
-                for i in 0..batch {
-                    for c in 0..rows {
-                        let candle = BlockQ5_0::vec_dot_unopt(
-                            k,
-                            &src[c * kb..(c + 1) * kb],
-                            &xq[i * kb..(i + 1) * kb],
-                        );
-                        assert_eq!(
-                            got[i * rows + c].to_bits(),
-                            candle.to_bits(),
-                            "{kernel:?} {rows}x{k} batch {batch} at ({i}, {c})"
-                        );
-                    }
-                }
-            }
+fn q5_0_kernels_agree_and_match_the_reference() {
+    let shapes = SHAPES.into_iter().chain([(9, 896), (17, 4864)]);
+    for (s, (rows, k)) in shapes.enumerate() {
+        for m in BATCHES {
+            check::<Q5_0x8>(rows, k, m, 30 + s as u32, no_mins);
         }
     }
+}
+
+#[test]
+fn q5_0_packing_round_trips_every_row() {
+    use candle_core::quantized::k_quants::BlockQ5_0;
+    let (rows, k) = (11, 64);
+    let src = quantize_weight::<BlockQ5_0>(rows, k, 8);
+    let packed = Packed::<Q5_0x8>::pack(&src, rows, k / 32);
+    let (mut a, mut b) = (vec![0f32; rows * k], vec![0f32; rows * k]);
+    BlockQ5_0::to_float(&src, &mut a);
+    BlockQ5_0::to_float(&packed.unpack(), &mut b);
+    assert_eq!(a, b);
 }

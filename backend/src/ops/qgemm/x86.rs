@@ -7,11 +7,11 @@
 //! multiplied by four broadcast activation bytes, so each 32-bit lane accumulates one row's
 //! integer sum (no horizontal reductions). The float step is vectorised across the eight rows
 //! with separate multiplies and adds in the scalar kernel's order, so the bits are the same.
-//! Products cannot overflow: 15 x 127 (4-bit) and 128 x 127 (8-bit, signs moved onto the
-//! activations) summed in pairs stay within i16 for `vpmaddubsw`.
+//! Products cannot overflow: 15 x 127 (4-bit), 31 x 127 (Q5_0) and 128 x 127 (8-bit, signs moved
+//! onto the activations) summed in pairs stay within i16 for `vpmaddubsw`.
 
 #[cfg(target_arch = "x86_64")]
-use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, GROUP};
 
 #[cfg(target_arch = "x86_64")]
 pub(super) fn avx2_available() -> bool {
@@ -28,17 +28,45 @@ pub(super) fn vnni_available() -> bool {
         && is_x86_feature_detected!("avx512vnni")
 }
 
-/// The two 4-bit group layouts, seen alike by the kernel body.
+/// The nibble group layouts (Q4_0, Q4_1, Q5_0), seen alike by the kernel body.
 #[cfg(target_arch = "x86_64")]
 trait Nibbles {
+    /// What is subtracted from every value (Q4_0: 8, Q5_0: 16; Q4_1 has minimums instead).
+    const OFFSET: i32;
     fn qs(&self) -> &[u8; 128];
     fn d(&self) -> &[half::f16; GROUP];
-    /// Q4_1's minimums; `None` for Q4_0 (values offset by 8).
+    /// Q4_1's minimums; `None` for the others (values offset by `OFFSET`).
     fn m(&self) -> Option<&[half::f16; GROUP]>;
+    /// Q5_0's fifth bits, one `u32` per nibble half of each load; `None` for 4-bit types.
+    fn qh(&self) -> Option<&[u32; 8]> {
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Nibbles for Q5_0x8 {
+    const OFFSET: i32 = 16;
+    #[inline(always)]
+    fn qs(&self) -> &[u8; 128] {
+        &self.qs
+    }
+    #[inline(always)]
+    fn d(&self) -> &[half::f16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> Option<&[half::f16; GROUP]> {
+        None
+    }
+    #[inline(always)]
+    fn qh(&self) -> Option<&[u32; 8]> {
+        Some(&self.qh)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Nibbles for Q4_0x8 {
+    const OFFSET: i32 = 8;
     #[inline(always)]
     fn qs(&self) -> &[u8; 128] {
         &self.qs
@@ -55,6 +83,7 @@ impl Nibbles for Q4_0x8 {
 
 #[cfg(target_arch = "x86_64")]
 impl Nibbles for Q4_1x8 {
+    const OFFSET: i32 = 0;
     #[inline(always)]
     fn qs(&self) -> &[u8; 128] {
         &self.qs
@@ -97,6 +126,8 @@ dispatch!(q4_0, Q4_0x8);
 #[cfg(target_arch = "x86_64")]
 dispatch!(q4_1, Q4_1x8);
 #[cfg(target_arch = "x86_64")]
+dispatch!(q5_0, Q5_0x8);
+#[cfg(target_arch = "x86_64")]
 dispatch!(q8_0, Q8_0x8);
 
 /// The kernel bodies for one instruction set. `$dp` defines `dp(acc, u, s)`: `acc` plus, per
@@ -109,7 +140,7 @@ macro_rules! kernels {
         mod $module {
             // With one chain (AVX2) `l % CHAINS` is 0 and `1..CHAINS` empty, as intended.
             #![allow(clippy::modulo_one, clippy::reversed_empty_ranges)]
-            use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+            use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, GROUP};
             use super::Nibbles;
             use std::arch::x86_64::*;
 
@@ -153,8 +184,24 @@ macro_rules! kernels {
                 out
             }
 
-            /// Both 4-bit types in one body (kept whole so that the compiler keeps every
-            /// accumulator in registers): Q4_0 subtracts 8 per value, Q4_1 adds `m * s`.
+            /// 32 fifth bits as bytes: byte `b` is `0x10` when bit `b` of `h` is set.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn fifth_bits(h: u32) -> __m256i {
+                let v = _mm256_set1_epi32(h as i32);
+                let pick = _mm256_setr_epi8(
+                    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                    3, 3, 3, 3, 3, 3,
+                );
+                let bytes = _mm256_shuffle_epi8(v, pick);
+                let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+                let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+                _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+            }
+
+            /// The nibble types in one body (kept whole so that the compiler keeps every
+            /// accumulator in registers): Q4_0 and Q5_0 subtract their offset per value
+            /// (Q5_0 ORs its fifth bits in first), Q4_1 adds `m * s`.
             /// Partial sums run in `2 * CHAINS` independent accumulators per row, so that an
             /// accumulating dot-product instruction's latency does not serialise a row.
             #[target_feature(enable = $features)]
@@ -171,8 +218,12 @@ macro_rules! kernels {
                     let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
                     for l in 0..4 {
                         let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
-                        let vlo = _mm256_and_si256(v, mask);
-                        let vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                        let mut vlo = _mm256_and_si256(v, mask);
+                        let mut vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                        if let Some(qh) = wb.qh() {
+                            vlo = _mm256_or_si256(vlo, fifth_bits(qh[2 * l]));
+                            vhi = _mm256_or_si256(vhi, fifth_bits(qh[2 * l + 1]));
+                        }
                         // Four or more rows interleave enough independent work already.
                         let c = if MR >= 4 { 0 } else { l % CHAINS };
                         for i in 0..MR {
@@ -193,7 +244,8 @@ macro_rules! kernels {
                             let ms = _mm256_mul_ps(scales(m), _mm256_set1_ps(xs[i].s));
                             acc[i] = _mm256_add_ps(acc[i], _mm256_add_ps(t, ms));
                         } else {
-                            let sumi = _mm256_sub_epi32(sumi, _mm256_set1_epi32(8 * xs[i].isum));
+                            let offset = _mm256_set1_epi32(W::OFFSET * xs[i].isum);
+                            let sumi = _mm256_sub_epi32(sumi, offset);
                             let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
                             let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
                             acc[i] = _mm256_add_ps(acc[i], t);
@@ -212,6 +264,13 @@ macro_rules! kernels {
 
             pub(super) unsafe fn q4_1<const MR: usize>(
                 w: &[Q4_1x8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                nibbles(w, x)
+            }
+
+            pub(super) unsafe fn q5_0<const MR: usize>(
+                w: &[Q5_0x8],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
                 nibbles(w, x)
@@ -282,7 +341,7 @@ kernels!(
 /// Off x86-64 only the scalar kernels exist.
 #[cfg(not(target_arch = "x86_64"))]
 mod portable {
-    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q8_0x8, GROUP};
+    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, GROUP};
 
     pub(in super::super) fn avx2_available() -> bool {
         false
@@ -306,6 +365,14 @@ mod portable {
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
         scalar::q4_1(w, x)
+    }
+
+    pub(in super::super) fn q5_0<const MR: usize>(
+        _: Kernel,
+        w: &[Q5_0x8],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        scalar::q5_0(w, x)
     }
 
     pub(in super::super) fn q8_0<const MR: usize>(
