@@ -3,8 +3,8 @@
 //!
 //! Q4_0, Q4_1 and Q8_0 (the types of SmolLM2's GGUFs and the common 4/8-bit ones) are repacked at
 //! load for Wick's kernels in [`super::qgemm`], and so is Q5_0 (Qwen2.5's GGUFs are mostly Q5_0).
-//! [`QWeight::matmul_many`] applies
-//! several of them to one input with a single activation quantization and one parallel pass.
+//! [`QWeight::matmul_many`] applies several of them to one input with a single activation
+//! quantization and one parallel pass.
 //! Other types go through candle's `vec_dot` per (row, column), the portable path.
 //!
 //! Batch invariance: every output element is one dot product of one activation row against one
