@@ -192,15 +192,14 @@ impl ModelConfig {
 fn refuse_unimplemented(ct: &gguf_file::Content, arch: &str) -> Result<(), LoadError> {
     let key = |k: &str| format!("{arch}.{k}");
     let unsupported = |k: String, what: String| Err(LoadError::invalid(k, what));
-    if let Ok(kind) = gguf_str(ct, &key("rope.scaling.type")) {
-        if kind != "none" {
-            return unsupported(
-                key("rope.scaling.type"),
-                format!("RoPE scaling `{kind}` is not supported"),
-            );
-        }
+    let scaling = gguf_str(ct, &key("rope.scaling.type")).ok();
+    if let Some(kind) = scaling.as_deref().filter(|&k| k != "none") {
+        return unsupported(
+            key("rope.scaling.type"),
+            format!("RoPE scaling `{kind}` is not supported"),
+        );
     }
-    let scaling_off = gguf_str(ct, &key("rope.scaling.type")).is_ok_and(|t| t == "none");
+    let scaling_off = scaling.is_some();
     for k in ["rope.scaling.factor", "rope.freq_scale"] {
         if let Ok(f) = gguf_f32(ct, &key(k)) {
             if f != 0.0 && f != 1.0 && !scaling_off {

@@ -5,8 +5,7 @@
 //! Constrained sequences: a [`Constraint`] registered with [`Engine::constrain`] gives a token
 //! mask before each of its sequence's samplings (computed for all constrained entries of a step
 //! in parallel, after the forward pass, each timed into `Generation::mask_us`) and is advanced
-//! with the sampled token. Sequences
-//! without one pay nothing.
+//! with the sampled token. Sequences without one pay nothing.
 //!
 //! Invariants: a step is checked whole before anything runs, so a bad entry (unknown block, short
 //! block table, token outside the vocabulary, context overflow) fails the step with a typed error

@@ -48,20 +48,20 @@ impl<R: Read + Seek> Header<'_, R> {
         Ok(self.len.saturating_sub(pos))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
-        let mut b = [0u8; 4];
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut b = [0u8; N];
         self.reader
             .read_exact(&mut b)
             .map_err(|_| "the header ends early".to_string())?;
-        Ok(u32::from_le_bytes(b))
+        Ok(b)
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        self.bytes().map(u32::from_le_bytes)
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        let mut b = [0u8; 8];
-        self.reader
-            .read_exact(&mut b)
-            .map_err(|_| "the header ends early".to_string())?;
-        Ok(u64::from_le_bytes(b))
+        self.bytes().map(u64::from_le_bytes)
     }
 
     /// A length or count: 32 bits in version 1, 64 after.

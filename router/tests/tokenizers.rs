@@ -1,6 +1,7 @@
 //! Wick's tokenizers against llama.cpp's token ids on the catalogue models: every
-//! `fixtures/tokenize-<name>.json` (written by `scripts/make-tokenizer-fixture.py` from
-//! llama-server) must match id for id, and decoding must give the text back. The models come
+//! `fixtures/tokenize-<name>.json` (SmolLM2's included; the others written by
+//! `scripts/make-tokenizer-fixture.py` from llama-server) must match id for id, and decoding
+//! must give the text back. The models come
 //! from `scripts/fetch-model.sh <name>` (scripts/test.sh fetches them).
 
 use std::path::PathBuf;
@@ -23,7 +24,6 @@ fn catalogue_tokenizers_match_llama_cpp_ids_and_round_trip() {
         else {
             continue;
         };
-        // `tokenize-ref.json` is SmolLM2's, checked with the rest of its pins in engine_real.
         let Some(model) = catalogue_path(name, &root().join("models")) else {
             continue;
         };

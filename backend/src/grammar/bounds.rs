@@ -295,7 +295,7 @@ impl<'a> RuleChain<'a, '_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
@@ -311,7 +311,8 @@ mod tests {
         )
     }
 
-    fn ref_chain(n: usize) -> Value {
+    /// A schema whose root refers through `n` definitions to a string.
+    pub(in crate::grammar) fn ref_chain(n: usize) -> Value {
         let mut defs = serde_json::Map::new();
         for i in 0..n {
             defs.insert(

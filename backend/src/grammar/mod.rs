@@ -566,19 +566,9 @@ mod tests {
     #[test]
     fn the_deepest_allowed_reference_chain_compiles() {
         let (g, _) = grammars();
-        let chain = |n: usize| {
-            let mut defs = serde_json::Map::new();
-            for i in 0..n {
-                defs.insert(
-                    format!("d{i}"),
-                    json!({"$ref": format!("#/$defs/d{}", i + 1)}),
-                );
-            }
-            defs.insert(format!("d{n}"), json!({"type": "integer"}));
-            GrammarSpec::JsonSchema {
-                schema: json!({"$ref": "#/$defs/d0", "$defs": defs}),
-                strict: false,
-            }
+        let chain = |n: usize| GrammarSpec::JsonSchema {
+            schema: bounds::tests::ref_chain(n),
+            strict: false,
         };
         let max = g.limits().source.max_depth;
         // Reached through `$defs`: the root, `$defs`, each link, the target's keyword.

@@ -1,9 +1,9 @@
 //! Continuous-batching policy: which sequences run in the next step, with how many tokens, and
 //! which blocks they hold. A plain synchronous struct; the scheduler task calls it.
 //!
-//! Each step: every running sequence that is decoding (and not held) gets its one token (allocating a block when
-//! it crosses a block boundary, preempting the newest running sequence by recompute when none is
-//! free); the rest of the token budget goes to prefill chunks, first to running sequences still
+//! Each step: every running sequence that is decoding (and not held) gets its one token
+//! (allocating a block when it crosses a block boundary, preempting the newest running sequence
+//! by recompute when none is free); the rest of the token budget goes to prefill chunks, first to running sequences still
 //! prefilling, then to waiting sequences admitted first come, first served while blocks last.
 //! A preempted sequence frees its blocks and goes back to the front of the queue with its
 //! generated tokens, to be recomputed. With prefix caching, an admitted sequence first takes the
@@ -182,12 +182,12 @@ impl Batcher {
         }
     }
 
-    /// Chooses the next step's work and reserves its blocks.
     /// Sequences whose decodes wait out the next plans (until set again).
     pub fn hold(&mut self, held: HashSet<SeqId>) {
         self.held = held;
     }
 
+    /// Chooses the next step's work and reserves its blocks.
     pub fn plan(&mut self) -> Plan {
         let mut plan = Plan::default();
         let mut budget = self.cfg.max_batch_tokens;

@@ -4,7 +4,8 @@
 //! kernels expand to `0x10` bytes and OR in. A block's integer sum is
 //! `sum((q5 - 16) * x) = sum(q5 * x) - 16 * sum(x)`, scaled by candle's Q5_0 expression
 //! (`sumi * d_w * d_x`), so every kernel gives candle's Q5_0 bits; 22 bytes per row block, as
-//! stored.
+//! stored. The kernels are with the other types': the scalar reference in `scalar`, the SIMD
+//! ones in `x86`.
 
 use super::{interleave_nibbles, raw, row_nibbles, unraw, x86, ActBlock, Format, Kernel};
 use super::{Packed, PackedRef, RawQ5_0, GROUP};
@@ -72,30 +73,4 @@ impl Format for Q5_0x8 {
     ) -> [[f32; GROUP]; MR] {
         x86::q5_0(kernel, w, x)
     }
-}
-
-/// The portable kernel: the reference the SIMD ones match bit for bit.
-pub(super) fn scalar<const MR: usize>(w: &[Q5_0x8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
-    let mut acc = [[0f32; GROUP]; MR];
-    for (b, wb) in w.iter().enumerate() {
-        for (xr, acc) in x.iter().zip(acc.iter_mut()) {
-            let xb = &xr[b];
-            for (r, a) in acc.iter_mut().enumerate() {
-                let mut sum = 0i32;
-                for l in 0..4 {
-                    for j in 0..4 {
-                        let lane = 4 * r + j;
-                        let byte = wb.qs[32 * l + lane];
-                        let lo = (byte & 0x0F) as i32 | (((wb.qh[2 * l] >> lane) & 1) << 4) as i32;
-                        let hi =
-                            (byte >> 4) as i32 | (((wb.qh[2 * l + 1] >> lane) & 1) << 4) as i32;
-                        sum += lo * xb.qs[4 * l + j] as i32 + hi * xb.qs[16 + 4 * l + j] as i32;
-                    }
-                }
-                let sumi = sum - 16 * xb.isum;
-                *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
-            }
-        }
-    }
-    acc
 }
