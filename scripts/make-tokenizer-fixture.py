@@ -7,16 +7,9 @@ builds llama.cpp.
     scripts/make-tokenizer-fixture.py qwen2.5-coder-0.5b
 """
 
-import hashlib
-import json
-import pathlib
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from llama_peer import fetch, llama_server, post, write_fixture
 
 CASES = [
     "Hello world!",
@@ -50,49 +43,16 @@ CASES = [
 ]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main():
     name = sys.argv[1]
-    model = subprocess.run([ROOT / "scripts/fetch-model.sh", name], check=True,
-                           capture_output=True, text=True).stdout.strip()
-    server = subprocess.run([ROOT / "scripts/build-llama-server.sh"], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    digest = hashlib.sha256(pathlib.Path(model).read_bytes()).hexdigest()
-    port = free_port()
-    proc = subprocess.Popen([server, "-m", model, "--host", "127.0.0.1", "--port", str(port),
-                             "-c", "512", "-t", "2"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"{base}/health") as r:
-                    if r.status == 200:
-                        break
-            except Exception:
-                time.sleep(0.2)
-        cases = []
-        for text in CASES:
-            body = json.dumps({"content": text, "add_special": False}).encode()
-            req = urllib.request.Request(f"{base}/tokenize", data=body,
-                                         headers={"content-type": "application/json"})
-            with urllib.request.urlopen(req) as r:
-                cases.append({"text": text, "ids": json.load(r)["tokens"]})
-    finally:
-        proc.terminate()
-        proc.wait()
-    out = ROOT / "fixtures" / f"tokenize-{name}.json"
-    out.write_text(json.dumps({
-        "source": f"llama.cpp tokenizer (llama-server /tokenize, add_special false) on "
-                  f"{pathlib.Path(model).name}, sha256 {digest[:8]}...",
-        "cases": cases,
-    }, indent=1, ensure_ascii=False) + "\n")
-    print(out)
+    model, digest = fetch(name)
+    with llama_server(model, "-c", "512") as base:
+        cases = [{"text": text,
+                  "ids": post(base, "/tokenize", {"content": text, "add_special": False})["tokens"]}
+                 for text in CASES]
+    write_fixture("tokenize", name,
+                  f"llama.cpp tokenizer (llama-server /tokenize, add_special false) on "
+                  f"{model.rsplit('/', 1)[-1]}, sha256 {digest}...", cases)
 
 
 if __name__ == "__main__":
