@@ -40,6 +40,11 @@ CASES = [
     "a" * 64,
     "!!!???...,,,;;;",
     "'quoted' \"double\" `back` 's 't 're 've 'm 'll 'd",
+    "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n",
+    "<b>bold</b> and <table><tr><td>cell</td></tr></table>",
+    "\u0001\u0007 control bytes and a rare 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꙮ",
+    "aaaa bbbbbbbb ▁▁ already-escaped ▁spaces",
+    "\t\tdouble tab\n\n\ndouble newline  two  spaces",
 ]
 
 

@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(./scripts/fetch-model.sh)"
 # The tokenizer fixtures of other catalogue models (router/tests/tokenizers.rs) need them.
 ./scripts/fetch-model.sh qwen2.5-coder-0.5b >/dev/null
+./scripts/fetch-model.sh gemma3-270m >/dev/null
 cargo test --workspace "$@"
 # The chat-prompt engine tests again on Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q4_K/Q6_K weights, biases):
 # prompt lengths and teacher-forced agreement with llama.cpp, batch and block-size invariance.

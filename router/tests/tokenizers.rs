@@ -1,7 +1,8 @@
 //! Wick's tokenizers against llama.cpp's token ids on the catalogue models: every
 //! `fixtures/tokenize-<name>.json` (SmolLM2's included; the others written by
 //! `scripts/make-tokenizer-fixture.py` from llama-server) must match id for id, and decoding
-//! must give the text back. The models come
+//! must give the text back. Qwen2.5-Coder-1.5B has no fixture of its own: its vocabulary is the
+//! 0.5B's, and llama-server gives both the same ids on every case. The models come
 //! from `scripts/fetch-model.sh <name>` (scripts/test.sh fetches them).
 
 use std::path::PathBuf;
@@ -51,7 +52,13 @@ fn catalogue_tokenizers_match_llama_cpp_ids_and_round_trip() {
                 .to_vec();
             assert_eq!(got, want, "{name}: encoding {text:?}");
             let back = tok.tokenizer.decode(&want, false).unwrap();
-            assert_eq!(back, text, "{name}: decoding {want:?}");
+            // SentencePiece writes spaces as `▁`, so a `▁` in the text comes back as a space
+            // (in llama.cpp too).
+            let spaced = text.replace('\u{2581}', " ");
+            assert!(
+                back == text || back == spaced,
+                "{name}: decoding {want:?} gave {back:?}"
+            );
         }
         checked.push(name.to_string());
     }

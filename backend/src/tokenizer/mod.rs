@@ -1,10 +1,14 @@
 //! Tokenizers and chat-template metadata, from GGUF metadata or a Hugging Face directory.
 //!
-//! GGUF: a byte-level BPE built with the `tokenizers` crate from `tokenizer.ggml.tokens` and
-//! `tokenizer.ggml.merges`, with the pre-tokenizer that `tokenizer.ggml.pre` names, control tokens
-//! (`token_type` 3) as special added tokens, BOS/EOS ids and `tokenizer.chat_template`.
+//! GGUF: built with the `tokenizers` crate from `tokenizer.ggml.tokens`: a byte-level BPE from
+//! `tokenizer.ggml.merges` with the pre-tokenizer that `tokenizer.ggml.pre` names (`gpt2`), or a
+//! SentencePiece vocabulary from `tokenizer.ggml.scores` ([`spm`], `llama`); control tokens
+//! (`token_type` 3) as special added tokens, user-defined ones (4) as added tokens matched in the
+//! raw text, BOS/EOS ids and `tokenizer.chat_template`.
 //! Directory: `tokenizer.json`, with `tokenizer_config.json` (chat template, special tokens) and
 //! `generation_config.json` (EOS ids). The same [`TokenizerInfo`] comes out of both.
+
+mod spm;
 
 use crate::config::{gguf_str, gguf_usize, gguf_value};
 use crate::error::LoadError;
@@ -115,15 +119,9 @@ fn pre_tokenizer(pre: &str) -> Result<PreTokenizerWrapper, LoadError> {
 const TOKEN_TYPE_CONTROL: i64 = 3;
 const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 
-/// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
-pub fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadError> {
-    let model = gguf_str(ct, "tokenizer.ggml.model")?;
-    if model != "gpt2" {
-        return Err(tok_err(format!(
-            "tokenizer model `{model}` is not supported (only byte-level BPE, `gpt2`)"
-        )));
-    }
-    let tokens = gguf_strings(ct, "tokenizer.ggml.tokens")?;
+/// The byte-level BPE of a `gpt2` GGUF vocabulary: its merges and the pre-tokenizer that
+/// `tokenizer.ggml.pre` names.
+fn byte_level_bpe(ct: &gguf_file::Content, tokens: &[String]) -> Result<Tokenizer, LoadError> {
     let merges = gguf_strings(ct, "tokenizer.ggml.merges")?
         .into_iter()
         .map(|m| {
@@ -145,7 +143,25 @@ pub fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadError> {
     let pre = gguf_str(ct, "tokenizer.ggml.pre").unwrap_or_else(|_| "default".into());
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer(&pre)?));
     tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tokenizer)
+}
 
+fn gguf_f32s(ct: &gguf_file::Content, key: &str) -> Result<Vec<f32>, LoadError> {
+    gguf_value(ct, key)?
+        .to_vec()
+        .map_err(|e| LoadError::invalid(key, e.to_string()))?
+        .iter()
+        .map(|v| {
+            v.to_f32()
+                .map_err(|e| LoadError::invalid(key, e.to_string()))
+        })
+        .collect()
+}
+
+/// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+pub fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadError> {
+    let model = gguf_str(ct, "tokenizer.ggml.model")?;
+    let tokens = gguf_strings(ct, "tokenizer.ggml.tokens")?;
     let types: Vec<i64> = match ct.metadata.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .to_vec()
@@ -155,6 +171,30 @@ pub fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadError> {
             .collect(),
         None => vec![1; tokens.len()],
     };
+    let id_key = |k: &str| gguf_usize(ct, k).ok().map(|v| v as u32);
+    let flag = |k: &str, default: bool| match ct.metadata.get(k) {
+        Some(v) => v.to_bool().unwrap_or(default),
+        None => default,
+    };
+    let mut tokenizer = match model.as_str() {
+        "gpt2" => byte_level_bpe(ct, &tokens)?,
+        "llama" => {
+            let scores = gguf_f32s(ct, "tokenizer.ggml.scores")?;
+            spm::tokenizer(&spm::SpmVocab {
+                tokens: &tokens,
+                scores: &scores,
+                types: &types,
+                unknown: id_key("tokenizer.ggml.unknown_token_id"),
+                add_space_prefix: flag("tokenizer.ggml.add_space_prefix", true),
+            })?
+        }
+        other => {
+            return Err(tok_err(format!(
+                "tokenizer model `{other}` is not supported (supported: `gpt2` byte-level BPE, `llama` SentencePiece)"
+            )))
+        }
+    };
+
     let mut special_tokens = BTreeMap::new();
     let (mut control, mut user) = (Vec::new(), Vec::new());
     for (id, (text, &ty)) in tokens.iter().zip(&types).enumerate() {
@@ -163,24 +203,29 @@ pub fn from_gguf(ct: &gguf_file::Content) -> Result<TokenizerInfo, LoadError> {
                 special_tokens.insert(text.clone(), id as u32);
                 control.push(AddedToken::from(text.clone(), true));
             }
-            TOKEN_TYPE_USER_DEFINED => user.push(AddedToken::from(text.clone(), false)),
+            // Matched in the raw text, before any normalizer (SentencePiece's `▁`) sees it.
+            TOKEN_TYPE_USER_DEFINED => {
+                user.push(AddedToken::from(text.clone(), false).normalized(false))
+            }
             _ => {}
         }
     }
     tokenizer.add_special_tokens(control).map_err(tok_err)?;
     tokenizer.add_tokens(user).map_err(tok_err)?;
 
-    let id_key = |k: &str| gguf_usize(ct, k).ok().map(|v| v as u32);
     let mut eos_token_ids: Vec<u32> =
         ["tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"]
             .iter()
             .filter_map(|k| id_key(k))
             .collect();
+    // Gemma ends a chat turn with `<end_of_turn>` and declares no end-of-turn id (llama.cpp
+    // recognises it by its text too).
+    if let Some(&id) = special_tokens.get("<end_of_turn>") {
+        eos_token_ids.push(id);
+    }
     eos_token_ids.dedup();
-    let add_bos_token = match ct.metadata.get("tokenizer.ggml.add_bos_token") {
-        Some(v) => v.to_bool().unwrap_or(false),
-        None => false,
-    };
+    // llama.cpp's default: SentencePiece vocabularies start prompts with BOS, BPE ones do not.
+    let add_bos_token = flag("tokenizer.ggml.add_bos_token", model == "llama");
     Ok(TokenizerInfo {
         tokenizer,
         bos_token_id: id_key("tokenizer.ggml.bos_token_id"),
