@@ -5,7 +5,12 @@ user message with the generation prompt (`/apply-template`), then `/completion` 
 ids returned. The engine tests teacher-force Wick with these ids (router/tests/engine_real.rs);
 CI never builds llama.cpp.
 
+With `--raw` (base models without a chat template, such as Gemma 3 270M) the prompts are plain
+text instead, one of them longer than 512 tokens (Gemma's sliding window), and each case also
+keeps the prompt's ids as llama.cpp tokenizes them (`add_special`: BOS first).
+
     scripts/make-chat-fixture.py qwen2.5-coder-0.5b
+    scripts/make-chat-fixture.py --raw gemma3-270m
 """
 
 import sys
@@ -22,29 +27,54 @@ PROMPTS = [
 ]
 MAX_TOKENS = 40
 
+WORDS = ["heron", "lighthouse", "orchard", "glacier", "market", "violin", "comet", "bridge"]
+RAW_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):\n    ",
+    "Once upon a time, in a small village by the sea,",
+    "The three primary colors are",
+    "Water boils at a temperature of",
+    "import numpy as np\n\n# Compute the mean of a list of numbers\n",
+    # About 620 tokens: the last queries reach past the 512-token window.
+    " ".join(f"On day {i + 1}, the traveler walked {(i * 7) % 13 + 2} miles and wrote a note "
+             f"about the {WORDS[i % len(WORDS)]} she saw." for i in range(30))
+    + " At the end of the journey she read every note again and concluded that",
+]
+
 
 def main():
-    name = sys.argv[1]
+    raw = sys.argv[1] == "--raw"
+    name = sys.argv[-1]
     model, digest = fetch(name)
     cases = []
     with llama_server(model, "-c", "2048", "--jinja") as base:
-        for prompt in PROMPTS:
-            text = post(base, "/apply-template",
-                        {"messages": [{"role": "user", "content": prompt}]})["prompt"]
+        for prompt in RAW_PROMPTS if raw else PROMPTS:
+            if raw:
+                prompt_ids = post(base, "/tokenize",
+                                  {"content": prompt, "add_special": True})["tokens"]
+                body = {"prompt": prompt_ids}
+            else:
+                body = {"prompt": post(base, "/apply-template", {
+                    "messages": [{"role": "user", "content": prompt}]})["prompt"]}
             out = post(base, "/completion", {
-                "prompt": text, "n_predict": MAX_TOKENS, "temperature": 0, "top_k": 1,
+                **body, "n_predict": MAX_TOKENS, "temperature": 0, "top_k": 1,
                 "return_tokens": True, "cache_prompt": False, "seed": 0})
-            cases.append({
+            case = {
                 "prompt": prompt,
                 "ids": out["tokens"],
                 "text": out["content"],
                 "finish_reason": "length" if len(out["tokens"]) >= MAX_TOKENS else "stop",
                 "prompt_tokens": out["tokens_evaluated"],
-            })
+            }
+            if raw:
+                case["prompt_ids"] = prompt_ids
+            cases.append(case)
+    what = ("the plain text, tokenized with BOS (prompt_ids)" if raw else
+            "the GGUF chat template applied to one user message with add_generation_prompt "
+            "(llama-server --jinja)")
     write_fixture("chat", name,
                   f"llama.cpp greedy decoding (temperature 0) on {model.rsplit('/', 1)[-1]}, "
-                  f"sha256 {digest}...; prompt = the GGUF chat template applied to one user "
-                  f"message with add_generation_prompt (llama-server --jinja); ids = generated "
+                  f"sha256 {digest}...; prompt = {what}; ids = generated "
                   f"token ids, at most {MAX_TOKENS} (EOS included when it stopped)", cases)
 
 

@@ -3,6 +3,8 @@
 //!
 //! Invariants after construction: heads divide evenly into KV groups, `head_dim * heads` is the
 //! attention width, and RoPE rotates the whole head (partial rotary embeddings are rejected).
+//! Gemma 3 (GGUF only) adds [`LocalAttention`]: most layers attend within a sliding window with
+//! their own RoPE base, every `global_every`-th layer sees the whole context.
 
 use crate::error::LoadError;
 use candle_core::quantized::gguf_file;
@@ -16,6 +18,11 @@ pub enum Architecture {
     Mistral,
     /// Llama with biases on the Q, K and V projections.
     Qwen2,
+    /// Gemma 3: embeddings scaled by `sqrt(hidden)`, RMSNorm on each head's queries and keys,
+    /// norms after attention and after the feed-forward too, a GELU-gated feed-forward, and
+    /// sliding-window layers interleaved with global ones ([`LocalAttention`]). GGUF only: its
+    /// converter stores the norms with Gemma's `1 + w` already applied.
+    Gemma3,
 }
 
 impl Architecture {
@@ -24,6 +31,7 @@ impl Architecture {
             Architecture::Llama => "llama",
             Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Gemma3 => "gemma3",
         }
     }
 
@@ -32,6 +40,7 @@ impl Architecture {
             "llama" | "LlamaForCausalLM" => Ok(Architecture::Llama),
             "mistral" | "MistralForCausalLM" => Ok(Architecture::Mistral),
             "qwen2" | "Qwen2ForCausalLM" => Ok(Architecture::Qwen2),
+            "gemma3" => Ok(Architecture::Gemma3),
             other => Err(LoadError::UnsupportedArchitecture {
                 architecture: other.to_string(),
             }),
@@ -42,6 +51,28 @@ impl Architecture {
     pub fn qkv_bias(self) -> bool {
         matches!(self, Architecture::Qwen2)
     }
+
+    /// Whether the layers carry Gemma's extra norms (per-head Q/K, after attention, after the
+    /// feed-forward), scale the embeddings and gate the feed-forward with GELU instead of SiLU.
+    pub fn gemma(self) -> bool {
+        matches!(self, Architecture::Gemma3)
+    }
+
+    /// Whether llama.cpp stores the Q and K rows interleaved for its "normal" RoPE (put back in
+    /// half-split order at load); Qwen 2 and Gemma 3 use the half-split ("neox") order already.
+    pub fn interleaved_rope(self) -> bool {
+        matches!(self, Architecture::Llama | Architecture::Mistral)
+    }
+}
+
+/// Sliding-window attention on all layers but every `global_every`-th (Gemma 3: 5 of each 6).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LocalAttention {
+    /// Keys visible to a query at position `p`: positions `p + 1 - window ..= p`.
+    pub window: usize,
+    pub global_every: usize,
+    /// RoPE base of the windowed layers.
+    pub rope_theta: f32,
 }
 
 /// Checked hyper-parameters of one model.
@@ -56,6 +87,9 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub rope_theta: f32,
     pub rms_eps: f64,
+    /// Factor on the query-key dot products (`1 / sqrt(head_dim)` unless the model says else).
+    pub attention_scale: f32,
+    pub local_attention: Option<LocalAttention>,
     /// Longest sequence the model was trained for (capped by a sliding window, if any).
     pub max_context: usize,
     pub vocab_size: usize,
@@ -76,7 +110,19 @@ impl ModelConfig {
         };
         let rope_dim = gguf_usize(ct, &key("rope.dimension_count")).unwrap_or(head_dim);
         let mut max_context = gguf_usize(ct, &key("context_length"))?;
-        if let Ok(window) = gguf_usize(ct, &key("attention.sliding_window")) {
+        let window = gguf_usize(ct, &key("attention.sliding_window")).ok();
+        let mut local_attention = None;
+        if architecture == Architecture::Gemma3 {
+            // llama.cpp's Gemma 3 constants: 5 windowed layers then a global one, base 10,000.
+            local_attention = Some(LocalAttention {
+                window: window.ok_or_else(|| LoadError::MissingKey {
+                    key: key("attention.sliding_window"),
+                })?,
+                global_every: gguf_usize(ct, &key("attention.sliding_window_pattern"))
+                    .unwrap_or(6),
+                rope_theta: 10_000.0,
+            });
+        } else if let Some(window) = window {
             max_context = max_context.min(window);
         }
         let cfg = ModelConfig {
@@ -89,6 +135,14 @@ impl ModelConfig {
             head_dim,
             rope_theta: gguf_f32(ct, &key("rope.freq_base")).unwrap_or(10_000.0),
             rms_eps: gguf_f32(ct, &key("attention.layer_norm_rms_epsilon"))? as f64,
+            // llama.cpp's rule: Gemma 3 27B (62 layers) scales by its hidden size per head.
+            attention_scale: match gguf_usize(ct, &key("block_count"))? {
+                62 if architecture == Architecture::Gemma3 => {
+                    1.0 / ((hidden_size / num_heads.max(1)) as f32).sqrt()
+                }
+                _ => 1.0 / (head_dim as f32).sqrt(),
+            },
+            local_attention,
             max_context,
             vocab_size: gguf_usize(ct, &key("vocab_size")).unwrap_or(vocab_len),
         };
@@ -130,6 +184,8 @@ impl ModelConfig {
             head_dim,
             rope_theta: json_f64(json, "rope_theta").unwrap_or(10_000.0) as f32,
             rms_eps: json_f64(json, "rms_norm_eps")?,
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+            local_attention: None,
             max_context,
             vocab_size: json_usize(json, "vocab_size")?,
         };
@@ -165,6 +221,14 @@ impl ModelConfig {
                 ),
             ));
         }
+        if let Some(local) = self.local_attention {
+            if local.window == 0 || local.global_every == 0 {
+                return Err(LoadError::invalid(
+                    "attention.sliding_window",
+                    "the window and the layer pattern must be positive",
+                ));
+            }
+        }
         if self.num_layers == 0 || self.hidden_size == 0 || self.vocab_size == 0 {
             return Err(LoadError::invalid(
                 "num_hidden_layers",
@@ -172,6 +236,28 @@ impl ModelConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The sliding window of layer `layer`, if it has one.
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        let local = self.local_attention?;
+        ((layer + 1) % local.global_every != 0).then_some(local.window)
+    }
+
+    /// The RoPE base of layer `layer`.
+    pub fn layer_rope_theta(&self, layer: usize) -> f32 {
+        match self.layer_window(layer) {
+            Some(_) => self.local_attention.map_or(self.rope_theta, |l| l.rope_theta),
+            None => self.rope_theta,
+        }
+    }
+
+    /// `1 / theta^(2i / head_dim)` for each pair that RoPE rotates.
+    pub fn inv_freq(&self, theta: f32) -> Vec<f32> {
+        let d = self.head_dim;
+        (0..d / 2)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32))
+            .collect()
     }
 
     /// Width of the query projection.

@@ -11,6 +11,8 @@
 //!   grouped-query heads repeated. Correct for any batch mix; a paged-attention kernel that reads
 //!   blocks in place is the next step.
 //! - Only the sampled rows' logits leave the device.
+//! - Gemma 3's extra norms, GELU, scaled embeddings and sliding windows (a mask per window size)
+//!   are the same flags as in [`Model::forward`].
 
 use crate::kv::KvCache;
 use crate::model::{LmHead, Model, PackedBatch};
@@ -22,6 +24,8 @@ struct DenseLayer {
     k: Tensor,
     v: Tensor,
     qkv_bias: Option<[Tensor; 3]>,
+    /// Gemma's Q, K, post-attention and post-MLP norms.
+    gemma: Option<[Tensor; 4]>,
     o: Tensor,
     ffn_norm: Tensor,
     gate: Tensor,
@@ -37,6 +41,8 @@ pub struct DeviceModel {
     /// `(vocab, hidden)`; the embedding matrix when tied.
     lm_head: Tensor,
     inv_freq: Tensor,
+    /// The sliding-window layers' own frequencies, when they have their own RoPE base.
+    inv_freq_local: Option<Tensor>,
     device: Device,
 }
 
@@ -57,6 +63,15 @@ impl DeviceModel {
                         Some([a, b, c]) => Some([vec(a)?, vec(b)?, vec(c)?]),
                         None => None,
                     },
+                    gemma: match &l.gemma {
+                        Some(g) => Some([
+                            vec(&g.q)?,
+                            vec(&g.k)?,
+                            vec(&g.post_attn)?,
+                            vec(&g.post_ffn)?,
+                        ]),
+                        None => None,
+                    },
                     o: l.o.to_tensor(device)?,
                     ffn_norm: vec(&l.ffn_norm)?,
                     gate: l.gate.to_tensor(device)?,
@@ -70,16 +85,18 @@ impl DeviceModel {
             LmHead::Separate(w) => w.to_tensor(device)?,
             LmHead::Tied => embed.clone(),
         };
-        let d = model.cfg.head_dim;
-        let inv_freq: Vec<f32> = (0..d / 2)
-            .map(|i| 1.0 / model.cfg.rope_theta.powf((2 * i) as f32 / d as f32))
-            .collect();
+        let cfg = &model.cfg;
+        let inv_freq_local = match cfg.local_attention {
+            Some(l) => Some(Tensor::new(cfg.inv_freq(l.rope_theta), device)?),
+            None => None,
+        };
         Ok(DeviceModel {
             embed,
             layers,
             norm: vec(&model.norm)?,
             lm_head,
-            inv_freq: Tensor::new(inv_freq, device)?,
+            inv_freq: Tensor::new(cfg.inv_freq(cfg.rope_theta), device)?,
+            inv_freq_local,
             device: device.clone(),
         })
     }
@@ -101,20 +118,28 @@ impl DeviceModel {
 
         let tokens = Tensor::from_slice(&batch.tokens, t, dev)?;
         let positions: Vec<f32> = meta.positions.iter().map(|&p| p as f32).collect();
-        let angles = Tensor::from_vec(positions, (t, 1), dev)?
-            .broadcast_mul(&self.inv_freq.unsqueeze(0)?)?;
-        let (cos, sin) = (angles.cos()?, angles.sin()?);
+        let positions = Tensor::from_vec(positions, (t, 1), dev)?;
+        let tables = |inv_freq: &Tensor| -> candle_core::Result<(Tensor, Tensor)> {
+            let angles = positions.broadcast_mul(&inv_freq.unsqueeze(0)?)?;
+            Ok((angles.cos()?, angles.sin()?))
+        };
+        let global = tables(&self.inv_freq)?;
+        let local = self.inv_freq_local.as_ref().map(tables).transpose()?;
         let slots: Vec<u32> = meta.slots.iter().map(|&s| s as u32).collect();
         let slots = Tensor::from_vec(slots, (t, 1), dev)?
             .broadcast_as((t, kv_heads * d))?
             .contiguous()?;
         let spans = sequence_spans(meta);
+        let window = cfg.local_attention.map(|l| l.window);
         let gathers = spans
             .iter()
-            .map(|s| context_slots(meta, s, dev))
+            .map(|s| context_slots(meta, s, window, dev))
             .collect::<candle_core::Result<Vec<_>>>()?;
 
         let mut x = self.embed.index_select(&tokens, 0)?;
+        if cfg.architecture.gemma() {
+            x = (x * f64::from((cfg.hidden_size as f32).sqrt()))?;
+        }
         for (li, l) in self.layers.iter().enumerate() {
             let xn = candle_nn::ops::rms_norm(&x, &l.attn_norm, eps)?;
             let mut q = xn.matmul(&l.q.t()?)?;
@@ -125,8 +150,17 @@ impl DeviceModel {
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
             }
-            let q = rope(&q, heads, d, &cos, &sin)?;
-            let k = rope(&k, kv_heads, d, &cos, &sin)?;
+            if let Some([qn, kn, _, _]) = &l.gemma {
+                q = head_norm(&q, qn, d, eps)?;
+                k = head_norm(&k, kn, d, eps)?;
+            }
+            let windowed = cfg.layer_window(li).is_some();
+            let (cos, sin) = match (&local, windowed) {
+                (Some(local), true) => local,
+                _ => &global,
+            };
+            let q = rope(&q, heads, d, cos, sin)?;
+            let k = rope(&k, kv_heads, d, cos, sin)?;
             let (kc, vc) = (&kv.k[li], &kv.v[li]);
             let flat = |c: &Tensor| c.reshape(((), kv_heads * d));
             let (kflat, vflat) = (flat(kc)?, flat(vc)?);
@@ -134,19 +168,36 @@ impl DeviceModel {
             vflat.scatter_set(&slots, &v.to_dtype(vc.dtype())?, 0)?;
 
             let mut outs = Vec::with_capacity(spans.len());
-            for (span, (ctx, mask)) in spans.iter().zip(&gathers) {
+            for (span, ctx) in spans.iter().zip(&gathers) {
                 let qs = q.narrow(0, span.row, span.len)?;
-                let ks = kflat.index_select(ctx, 0)?.to_dtype(DType::F32)?;
-                let vs = vflat.index_select(ctx, 0)?.to_dtype(DType::F32)?;
-                outs.push(attend(&qs, &ks, &vs, mask, heads, kv_heads, d)?);
+                let ks = kflat.index_select(&ctx.slots, 0)?.to_dtype(DType::F32)?;
+                let vs = vflat.index_select(&ctx.slots, 0)?.to_dtype(DType::F32)?;
+                let mask = match (&ctx.windowed, windowed) {
+                    (Some(mask), true) => mask,
+                    _ => &ctx.causal,
+                };
+                let shape = (heads, kv_heads, d, cfg.attention_scale);
+                outs.push(attend(&qs, &ks, &vs, mask, shape)?);
             }
-            let attn = Tensor::cat(&outs, 0)?;
-            x = (x + attn.matmul(&l.o.t()?)?)?;
+            let mut attn = Tensor::cat(&outs, 0)?.matmul(&l.o.t()?)?;
+            if let Some([_, _, post_attn, _]) = &l.gemma {
+                attn = candle_nn::ops::rms_norm(&attn, post_attn, eps)?;
+            }
+            x = (x + attn)?;
 
             let xn = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&xn.matmul(&l.gate.t()?)?)?;
+            let gate = xn.matmul(&l.gate.t()?)?;
+            let gate = if l.gemma.is_some() {
+                gate.gelu()?
+            } else {
+                candle_nn::ops::silu(&gate)?
+            };
             let up = xn.matmul(&l.up.t()?)?;
-            x = (x + (gate * up)?.matmul(&l.down.t()?)?)?;
+            let mut mlp = (gate * up)?.matmul(&l.down.t()?)?;
+            if let Some([_, _, _, post_ffn]) = &l.gemma {
+                mlp = candle_nn::ops::rms_norm(&mlp, post_ffn, eps)?;
+            }
+            x = (x + mlp)?;
         }
         let rows: Vec<u32> = batch.sample_rows.iter().map(|&r| r as u32).collect();
         let rows = Tensor::from_vec(rows, batch.sample_rows.len(), dev)?;
@@ -202,44 +253,63 @@ fn sequence_spans(meta: &crate::ops::AttentionMeta) -> Vec<Span> {
     spans
 }
 
-/// The cache slots of positions `0..end` of a sequence, and its causal mask `(len, end)`.
+/// What one sequence's attention reads: the cache slots of its positions `0..end`, and its masks
+/// `(len, end)`: causal, and causal within the sliding window when the model has one.
+struct Context {
+    slots: Tensor,
+    causal: Tensor,
+    windowed: Option<Tensor>,
+}
+
 fn context_slots(
     meta: &crate::ops::AttentionMeta,
     s: &Span,
+    window: Option<usize>,
     dev: &Device,
-) -> candle_core::Result<(Tensor, Tensor)> {
+) -> candle_core::Result<Context> {
     let bs = meta.block_size;
     let end = s.start + s.len;
     let table = &meta.tables[s.table];
     let slots: Vec<u32> = (0..end)
         .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
         .collect();
-    let mask: Vec<f32> = (0..s.len)
-        .flat_map(|i| {
-            (0..end).map(move |p| {
-                if p > s.start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
+    // Query `i` (at position `start + i`) sees positions `lo..=start + i`.
+    let mask = |window: usize| -> candle_core::Result<Tensor> {
+        let mask: Vec<f32> = (0..s.len)
+            .flat_map(|i| {
+                let q = s.start + i;
+                (0..end).map(move |p| {
+                    if p > q || q - p >= window {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
             })
-        })
-        .collect();
-    Ok((
-        Tensor::from_vec(slots, end, dev)?,
-        Tensor::from_vec(mask, (s.len, end), dev)?,
-    ))
+            .collect();
+        Tensor::from_vec(mask, (s.len, end), dev)
+    };
+    Ok(Context {
+        slots: Tensor::from_vec(slots, end, dev)?,
+        causal: mask(usize::MAX)?,
+        windowed: window.map(mask).transpose()?,
+    })
 }
 
-/// Causal attention of `q` `(n, heads * d)` over `k`, `v` `(end, kv_heads * d)`.
+/// RMSNorm over each `d`-wide head of `(t, heads * d)` rows.
+fn head_norm(x: &Tensor, weight: &Tensor, d: usize, eps: f32) -> candle_core::Result<Tensor> {
+    let (t, width) = x.dims2()?;
+    candle_nn::ops::rms_norm(&x.reshape((t * width / d, d))?, weight, eps)?.reshape((t, width))
+}
+
+/// Masked attention of `q` `(n, heads * d)` over `k`, `v` `(end, kv_heads * d)`; `shape` is
+/// `(heads, kv_heads, d, scale)`.
 fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
-    heads: usize,
-    kv_heads: usize,
-    d: usize,
+    (heads, kv_heads, d, scale): (usize, usize, usize, f32),
 ) -> candle_core::Result<Tensor> {
     let (n, end) = (q.dim(0)?, k.dim(0)?);
     let group = heads / kv_heads;
@@ -253,7 +323,7 @@ fn attend(
             .contiguous()
     };
     let (k, v) = (expand(k)?, expand(v)?);
-    let scores = (q.matmul(&k.transpose(1, 2)?.contiguous()?)? * (1.0 / (d as f64).sqrt()))?;
+    let scores = (q.matmul(&k.transpose(1, 2)?.contiguous()?)? * f64::from(scale))?;
     let scores = scores.broadcast_add(&mask.unsqueeze(0)?)?;
     let probs = candle_nn::ops::softmax_last_dim(&scores)?;
     probs.matmul(&v)?.transpose(0, 1)?.reshape((n, heads * d))

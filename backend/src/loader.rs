@@ -8,7 +8,7 @@
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::LoadError;
-use crate::model::{Layer, LmHead, Model};
+use crate::model::{GemmaNorms, Layer, LmHead, Model};
 use crate::ops::QWeight;
 use crate::tokenizer::{self, TokenizerInfo};
 use candle_core::quantized::gguf_file;
@@ -130,6 +130,10 @@ const GGUF_NAMES: Names = Names {
             "v_bias" => "attn_v.bias",
             "o" => "attn_output.weight",
             "ffn_norm" => "ffn_norm.weight",
+            "q_norm" => "attn_q_norm.weight",
+            "k_norm" => "attn_k_norm.weight",
+            "post_attn_norm" => "post_attention_norm.weight",
+            "post_ffn_norm" => "post_ffw_norm.weight",
             "gate" => "ffn_gate.weight",
             "up" => "ffn_up.weight",
             _ => "ffn_down.weight",
@@ -195,6 +199,7 @@ fn build_model(
             attn_norm: Tensor::zeros(1, DType::F32, device)?,
             ffn_norm: Tensor::zeros(1, DType::F32, device)?,
             qkv_bias: None,
+            gemma: None,
         });
     }
     for (i, layer) in layers.iter_mut().enumerate() {
@@ -207,6 +212,14 @@ fn build_model(
                 src.vector(&n("k_bias"), device)?,
                 src.vector(&n("v_bias"), device)?,
             ]);
+        }
+        if cfg.architecture.gemma() {
+            layer.gemma = Some(GemmaNorms {
+                q: src.vector(&n("q_norm"), device)?,
+                k: src.vector(&n("k_norm"), device)?,
+                post_attn: src.vector(&n("post_attn_norm"), device)?,
+                post_ffn: src.vector(&n("post_ffn_norm"), device)?,
+            });
         }
     }
     let norm = src.vector(names.norm, device)?;
@@ -238,7 +251,7 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
         .map(|v| v.len())
         .unwrap_or(0);
     let cfg = ModelConfig::from_gguf(&content, vocab_len)?;
-    let permute = cfg.architecture != Architecture::Qwen2;
+    let permute = cfg.architecture.interleaved_rope();
     let mut src = GgufSource { file, content };
     build_model(cfg, &mut src, &GGUF_NAMES, permute, device)
 }
@@ -302,6 +315,13 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Model, LoadError> {
 /// `tokenizer_config.json` and `generation_config.json`.
 pub fn export_hf_dir(gguf: &Path, out: &Path, shards: usize) -> Result<(), LoadError> {
     let model = load_gguf(gguf, &Device::Cpu)?;
+    if model.cfg.architecture.gemma() {
+        // Hugging Face's Gemma stores `w` where the GGUF has `1 + w`, names its norms otherwise,
+        // and Wick reads no Gemma config.json: an export could not be loaded back.
+        return Err(LoadError::UnsupportedArchitecture {
+            architecture: format!("{} (export)", model.cfg.architecture.name()),
+        });
+    }
     let tok = tokenizer::load_tokenizer(gguf)?;
     std::fs::create_dir_all(out).map_err(|e| LoadError::io(out, e))?;
     let mut tensors: Vec<(String, Tensor)> = vec![
@@ -353,6 +373,7 @@ fn hf_config(model: &Model) -> Json {
         Architecture::Llama => "LlamaForCausalLM",
         Architecture::Mistral => "MistralForCausalLM",
         Architecture::Qwen2 => "Qwen2ForCausalLM",
+        Architecture::Gemma3 => "Gemma3ForCausalLM",
     };
     json!({
         "architectures": [arch],

@@ -3,7 +3,9 @@
 //! One call runs many sequences at once, each contributing any number of new tokens at its own
 //! absolute positions: embedding, then per layer RMSNorm, Q/K/V projections, RoPE, K/V written into
 //! the paged cache, paged attention, output projection, RMSNorm and a SwiGLU MLP; finally the norm
-//! and LM head on the rows that sample only. Weights are immutable (`&self`); the KV cache is
+//! and LM head on the rows that sample only. Gemma 3 adds, as flags of the same pass: scaled
+//! embeddings, per-head Q/K norms, norms after attention and after the MLP, GELU instead of SiLU,
+//! and per-layer sliding windows with their own RoPE base ([`ModelConfig::layer_window`]). Weights are immutable (`&self`); the KV cache is
 //! passed in (`&mut KvCache`), so one model serves every sequence.
 //!
 //! Two paths: Wick's CPU kernels on plain buffers (below, the default on CPU), or the
@@ -23,11 +25,23 @@ pub struct Layer {
     pub v: QWeight,
     /// Q, K, V biases (Qwen2).
     pub qkv_bias: Option<[Tensor; 3]>,
+    /// Gemma's extra norms.
+    pub gemma: Option<GemmaNorms>,
     pub o: QWeight,
     pub ffn_norm: Tensor,
     pub gate: QWeight,
     pub up: QWeight,
     pub down: QWeight,
+}
+
+/// Gemma's extra RMSNorm weights of one layer (with Gemma's `1 + w` applied, as GGUFs store them).
+pub struct GemmaNorms {
+    /// On each head's queries and keys (`head_dim` wide), before RoPE.
+    pub q: Tensor,
+    pub k: Tensor,
+    /// On the attention output and on the MLP output, before each residual add.
+    pub post_attn: Tensor,
+    pub post_ffn: Tensor,
 }
 
 /// The LM head: its own matrix, or the embedding matrix when the model ties them.
@@ -45,6 +59,8 @@ pub struct Model {
     pub device: Device,
     /// `1 / theta^(2i / head_dim)` for each rotated pair.
     inv_freq: Vec<f32>,
+    /// The same for the sliding-window layers' RoPE base, when they have their own.
+    inv_freq_local: Option<Vec<f32>>,
     /// When set, [`Model::forward`] runs the device-generic path on its device.
     generic: Option<DeviceModel>,
 }
@@ -66,10 +82,8 @@ impl Model {
         lm_head: LmHead,
         device: Device,
     ) -> Self {
-        let d = cfg.head_dim;
-        let inv_freq = (0..d / 2)
-            .map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / d as f32))
-            .collect();
+        let inv_freq = cfg.inv_freq(cfg.rope_theta);
+        let inv_freq_local = cfg.local_attention.map(|l| cfg.inv_freq(l.rope_theta));
         Model {
             cfg,
             embed,
@@ -78,6 +92,7 @@ impl Model {
             lm_head,
             device,
             inv_freq,
+            inv_freq_local,
             generic: None,
         }
     }
@@ -128,12 +143,12 @@ impl Model {
     }
 
     /// RoPE cos and sin tables `(tokens, head_dim / 2)` for the given positions.
-    fn rope_tables(&self, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
-        let half = self.inv_freq.len();
+    fn rope_tables(inv_freq: &[f32], positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
+        let half = inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
         for &p in positions {
-            for &f in &self.inv_freq {
+            for &f in inv_freq {
                 let angle = p as f32 * f;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
@@ -147,6 +162,10 @@ impl Model {
         let mut x = vec![0f32; tokens.len() * h];
         for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
             self.embed.row_to_f32(t as usize, row);
+        }
+        if self.cfg.architecture.gemma() {
+            let scale = (h as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
         }
         x
     }
@@ -163,11 +182,11 @@ impl Model {
         let (t, h, d) = (batch.tokens.len(), cfg.hidden_size, cfg.head_dim);
         let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
         let eps = cfg.rms_eps as f32;
-        let (cos, sin) = self.rope_tables(&batch.meta.positions);
-        let attention = PagedAttention {
-            meta: &batch.meta,
-            scale: 1.0 / (d as f32).sqrt(),
-        };
+        let global = Self::rope_tables(&self.inv_freq, &batch.meta.positions);
+        let local = self
+            .inv_freq_local
+            .as_ref()
+            .map(|f| Self::rope_tables(f, &batch.meta.positions));
         let dev = &self.device;
         let mut x = self.embed_tokens(&batch.tokens);
         let mut xn = vec![0f32; t * h];
@@ -189,23 +208,47 @@ impl Model {
                         .for_each(|row| fused::add(row, &b));
                 }
             }
-            fused::rope(&mut q, cfg.num_heads, d, &cos, &sin);
-            fused::rope(&mut k, cfg.num_kv_heads, d, &cos, &sin);
+            if let Some(g) = &layer.gemma {
+                norm_in_place(&mut q, &g.q, eps)?;
+                norm_in_place(&mut k, &g.k, eps)?;
+            }
+            let window = cfg.layer_window(li);
+            let (cos, sin) = match (&local, window) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
+            };
+            fused::rope(&mut q, cfg.num_heads, d, cos, sin);
+            fused::rope(&mut k, cfg.num_kv_heads, d, cos, sin);
             let kt = Tensor::from_slice(&k, (t, cfg.num_kv_heads, d), dev)?;
             let vt = Tensor::from_slice(&v, (t, cfg.num_kv_heads, d), dev)?;
             kv.k[li].inplace_op2(&kt, &KvWrite(&batch.meta))?;
             kv.v[li].inplace_op2(&vt, &KvWrite(&batch.meta))?;
             let qt = Tensor::from_slice(&q, (t, cfg.num_heads, d), dev)?;
+            let attention = PagedAttention {
+                meta: &batch.meta,
+                scale: cfg.attention_scale,
+                window,
+            };
             let attn = qt.apply_op3_no_bwd(&kv.k[li], &kv.v[li], &attention)?;
             layer
                 .o
                 .matmul(&attn.flatten_all()?.to_vec1::<f32>()?, &mut o);
+            if let Some(g) = &layer.gemma {
+                norm_in_place(&mut o, &g.post_attn, eps)?;
+            }
             fused::add(&mut x, &o);
 
             fused::rms_norm(&x, &layer.ffn_norm.to_vec1::<f32>()?, eps, &mut xn);
             QWeight::matmul_many(&[&layer.gate, &layer.up], &xn, &mut [&mut gate, &mut up]);
-            fused::silu_mul(&mut gate, &up);
+            if layer.gemma.is_some() {
+                fused::gelu_mul(&mut gate, &up);
+            } else {
+                fused::silu_mul(&mut gate, &up);
+            }
             layer.down.matmul(&gate, &mut o);
+            if let Some(g) = &layer.gemma {
+                norm_in_place(&mut o, &g.post_ffn, eps)?;
+            }
             fused::add(&mut x, &o);
         }
         let rows = batch.sample_rows.len();
@@ -223,4 +266,11 @@ impl Model {
         head.matmul(&normed, &mut logits);
         Tensor::from_vec(logits, (rows, cfg.vocab_size), dev)
     }
+}
+
+/// RMSNorm of each `weight.len()`-wide row of `x`, in place.
+fn norm_in_place(x: &mut [f32], weight: &Tensor, eps: f32) -> candle_core::Result<()> {
+    let src = x.to_vec();
+    fused::rms_norm(&src, &weight.to_vec1::<f32>()?, eps, x);
+    Ok(())
 }

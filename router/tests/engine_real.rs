@@ -74,6 +74,20 @@ fn chat_prompt(tok: &TokenizerInfo, info: &ModelInfo, user: &str) -> Vec<u32> {
         .to_vec()
 }
 
+/// The prompt of a fixture case: its `prompt_ids` for plain-text cases (base models, checked
+/// against Wick's own tokenization with BOS), else the chat template applied to its user message.
+fn case_prompt(tok: &TokenizerInfo, info: &ModelInfo, case: &Value) -> Vec<u32> {
+    let text = case["prompt"].as_str().unwrap();
+    if case.get("prompt_ids").is_none() {
+        return chat_prompt(tok, info, text);
+    }
+    let mut ours: Vec<u32> = tok.bos_token_id.filter(|_| tok.add_bos_token).into_iter().collect();
+    ours.extend(tok.tokenizer.encode(text, false).unwrap().get_ids());
+    let want = ids(&case["prompt_ids"]);
+    assert_eq!(ours, want, "{text:?}: Wick's prompt ids differ from llama.cpp's");
+    want
+}
+
 /// Blocks reserved for sequence `seq` in these tests: 48 blocks of its own.
 fn blocks(seq: u64, block_size: usize) -> Vec<u32> {
     let per_seq = 768 / block_size;
@@ -124,7 +138,7 @@ fn chat_prompts_have_llama_cpp_lengths() {
     let tok = load_tokenizer(&model_path()).unwrap();
     let (_, info) = load_engine(&config(16)).unwrap();
     for case in fixture(&chat_fixture())["cases"].as_array().unwrap() {
-        let prompt = chat_prompt(&tok, &info, case["prompt"].as_str().unwrap());
+        let prompt = case_prompt(&tok, &info, case);
         assert_eq!(
             prompt.len() as u64,
             case["prompt_tokens"].as_u64().unwrap(),
@@ -171,7 +185,7 @@ fn teacher_forced(kv_dtype: KvDType, generic: bool) {
         .enumerate()
     {
         let seq = seq as u64;
-        let prompt = chat_prompt(&tok, &info, case["prompt"].as_str().unwrap());
+        let prompt = case_prompt(&tok, &info, case);
         let reference = ids(&case["ids"]);
         let mut input = prompt.clone();
         let mut pos = 0;
@@ -217,7 +231,7 @@ fn batching_and_chunking_do_not_change_logits() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| chat_prompt(&tok, &info, c["prompt"].as_str().unwrap()))
+        .map(|c| case_prompt(&tok, &info, c))
         .collect();
     const STEPS: usize = 8;
     let alone: Vec<Vec<Vec<f32>>> = prompts
@@ -298,7 +312,9 @@ fn block_sizes_give_bit_identical_logits() {
                 ..config(bs)
             };
             let (mut engine, info) = load_engine(&cfg).unwrap();
-            let prompt = chat_prompt(&tok, &info, "Explain what a CPU does in one sentence.");
+            // The fixture's last case: the longest prompt of a base model's fixture.
+            let case = fixture(&chat_fixture())["cases"].as_array().unwrap().clone();
+            let prompt = case_prompt(&tok, &info, case.last().unwrap());
             runs.push(run_alone(&mut engine, 0, &prompt, 6));
         }
         assert!(runs[0] == runs[1], "{kv_dtype}: block size 1 and 16 differ");

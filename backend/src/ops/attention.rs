@@ -1,8 +1,9 @@
 //! Paged attention on the CPU: writing new K/V rows into the block-structured cache, and causal
 //! grouped-query attention that reads keys and values in place through each sequence's block table.
 //!
-//! Batch invariance: a query's output is an online softmax over its keys in position order, in
-//! tiles of [`KEY_TILE`] positions counted from position 0 (scores of a tile, one rescale per
+//! Batch invariance: a query's output is an online softmax over its keys in position order (all
+//! earlier positions, or the last `window` of them), in tiles of [`KEY_TILE`] positions counted
+//! from its first key (scores of a tile, one rescale per
 //! tile, a vectorisable exponential, then the weighted values in order), with fixed-order dot
 //! products; nothing depends on the KV block size, on the other sequences in the batch, or on how
 //! the prompt was chunked. Cost: `tokens * heads * context * head_dim` multiply-adds; no gather
@@ -112,6 +113,8 @@ impl InplaceOp2 for KvWrite<'_> {
 pub struct PagedAttention<'a> {
     pub meta: &'a AttentionMeta,
     pub scale: f32,
+    /// A sliding window: a query at position `p` sees keys `p + 1 - window ..= p` only.
+    pub window: Option<usize>,
 }
 
 impl CustomOp3 for PagedAttention<'_> {
@@ -171,15 +174,18 @@ impl PagedAttention<'_> {
         let group = heads / kv_heads;
         let meta = self.meta;
         let rows = key_rows(meta, kv_heads)?;
+        let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
         out.par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
             let (t, h) = (i / heads, i % heads);
-            let keys = &rows[meta.token_table[t]][..meta.positions[t] + 1];
+            let end = meta.positions[t] + 1;
+            let keys = &rows[meta.token_table[t]][end.saturating_sub(window)..end];
             let q = &q[i * dim..(i + 1) * dim];
             let kvh = h / group;
             match dim {
                 64 => attend::<T, 64>(q, keys, kvh, k, v, self.scale, o),
                 128 => attend::<T, 128>(q, keys, kvh, k, v, self.scale, o),
+                256 => attend::<T, 256>(q, keys, kvh, k, v, self.scale, o),
                 _ => attend::<T, 0>(q, keys, kvh, k, v, self.scale, o),
             }
         });
@@ -217,8 +223,8 @@ fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Ve
         .collect()
 }
 
-/// Keys per online-softmax tile. Tiles start at multiples of this position, whatever the cache's
-/// block size.
+/// Keys per online-softmax tile. Tiles start every this many keys from a query's first key,
+/// whatever the cache's block size.
 const KEY_TILE: usize = 32;
 
 /// Online-softmax attention of one query over the keys whose cache rows are `keys` (in position

@@ -1,5 +1,5 @@
 //! The small per-token operations of a decoder layer on plain row-major f32 buffers, in place
-//! where possible: RMSNorm, rotary embedding, SwiGLU, residual add. Each computes exactly the
+//! where possible: RMSNorm, rotary embedding, SwiGLU (and Gemma's GELU-gated form), residual add. Each computes exactly the
 //! expressions of candle's CPU ops (`candle_nn::ops::rms_norm`, `rope_thd`, `silu` then `mul`,
 //! `add`), so the model's outputs keep their bits; unlike them, these split large inputs across
 //! the rayon pool the matmuls use (candle runs rope on one thread for a single sequence and hands
@@ -64,6 +64,20 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for_rows(gate, row, |i, g| {
         for (g, &u) in g.iter_mut().zip(&up[i * row..]) {
             *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
+}
+
+/// `gate = gelu(gate) * up`, element-wise, with GELU's tanh form
+/// `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))` (the one Gemma and llama.cpp use).
+pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let row = 4096;
+    for_rows(gate, row, |i, g| {
+        for (g, &u) in g.iter_mut().zip(&up[i * row..]) {
+            let x = *g;
+            let inner = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
+            *g = 0.5 * x * (1.0 + inner.tanh()) * u;
         }
     });
 }
