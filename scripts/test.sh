@@ -20,6 +20,14 @@ WICK_TEST_MODEL="$(./scripts/fetch-model.sh qwen2.5-coder-0.5b)" \
   cargo test -p wick-router --test engine_real "$@" -- --exact chat_prompts_have_llama_cpp_lengths \
   teacher_forced_logits_agree_with_llama_cpp batching_and_chunking_do_not_change_logits \
   block_sizes_give_bit_identical_logits
+# And on Gemma 3 270M (SentencePiece, q/k and post norms, GELU, sliding windows; a base model, so
+# plain-text prompts, one of 677 tokens that runs past the 512-token window), on both paths.
+WICK_TEST_MODEL="$(./scripts/fetch-model.sh gemma3-270m)" \
+  WICK_TEST_CHAT_FIXTURE=chat-gemma3-270m.json \
+  cargo test -p wick-router --test engine_real "$@" -- --exact chat_prompts_have_llama_cpp_lengths \
+  teacher_forced_logits_agree_with_llama_cpp \
+  teacher_forced_logits_agree_with_llama_cpp_on_the_device_generic_path \
+  batching_and_chunking_do_not_change_logits block_sizes_give_bit_identical_logits
 
 venv=target/py-venv
 if [[ ! -x "$venv/bin/python" ]]; then

@@ -118,8 +118,7 @@ impl ModelConfig {
                 window: window.ok_or_else(|| LoadError::MissingKey {
                     key: key("attention.sliding_window"),
                 })?,
-                global_every: gguf_usize(ct, &key("attention.sliding_window_pattern"))
-                    .unwrap_or(6),
+                global_every: gguf_usize(ct, &key("attention.sliding_window_pattern")).unwrap_or(6),
                 rope_theta: 10_000.0,
             });
         } else if let Some(window) = window {
@@ -241,15 +240,7 @@ impl ModelConfig {
     /// The sliding window of layer `layer`, if it has one.
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
         let local = self.local_attention?;
-        ((layer + 1) % local.global_every != 0).then_some(local.window)
-    }
-
-    /// The RoPE base of layer `layer`.
-    pub fn layer_rope_theta(&self, layer: usize) -> f32 {
-        match self.layer_window(layer) {
-            Some(_) => self.local_attention.map_or(self.rope_theta, |l| l.rope_theta),
-            None => self.rope_theta,
-        }
+        (!(layer + 1).is_multiple_of(local.global_every)).then_some(local.window)
     }
 
     /// `1 / theta^(2i / head_dim)` for each pair that RoPE rotates.
@@ -478,6 +469,30 @@ mod tests {
             ModelConfig::from_hf_json(&json),
             Err(LoadError::UnsupportedArchitecture { .. })
         ));
+    }
+
+    #[test]
+    fn gemma_layers_alternate_five_windowed_and_one_global() {
+        let mut cfg = ModelConfig::from_hf_json(&smollm_like()).unwrap();
+        cfg.local_attention = Some(LocalAttention {
+            window: 512,
+            global_every: 6,
+            rope_theta: 10_000.0,
+        });
+        let windows: Vec<_> = (0..12).map(|l| cfg.layer_window(l)).collect();
+        assert_eq!(
+            windows[..6],
+            [Some(512); 5]
+                .iter()
+                .chain(&[None])
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(windows[6..], windows[..6]);
+        assert_eq!(
+            cfg.max_context, 8192,
+            "Gemma's window does not cap the context"
+        );
     }
 
     #[test]
