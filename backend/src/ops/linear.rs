@@ -2,7 +2,8 @@
 //! CPU matmul that applies them to a batch of activation rows.
 //!
 //! Q4_0, Q4_1 and Q8_0 (the types of SmolLM2's GGUFs and the common 4/8-bit ones) are repacked at
-//! load for Wick's kernels in [`super::qgemm`], and so is Q5_0 (Qwen2.5's GGUFs are mostly Q5_0).
+//! load for Wick's kernels in [`super::qgemm`], and so are Q5_0, Q4_K and Q6_K (what Q4_K_M
+//! GGUFs such as Qwen2.5's and Gemma 3's are made of).
 //! [`QWeight::matmul_many`] applies several of them to one input with a single activation
 //! quantization and one parallel pass.
 //! Other types go through candle's `vec_dot` per (row, column), the portable path.
@@ -11,12 +12,11 @@
 //! weight row, computed in a fixed order whatever the number of rows, the tiling or the thread
 //! that runs it. So a row's result never depends on what else is in the batch.
 
-use super::qgemm::{self, Format, Packed, PackedRef, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, QActs};
+use super::qgemm::{self, Format, Packed, PackedRef, QActs};
+use super::qgemm::{Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8};
 use crate::error::LoadError;
 use candle_core::backend::BackendStorage;
-use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_1, BlockQ6K, GgmlType,
-};
+use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ5K, BlockQ5_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
@@ -34,9 +34,9 @@ enum Blocks {
     Q8_0(Packed<Q8_0x8>),
     Q2K(Vec<BlockQ2K>),
     Q3K(Vec<BlockQ3K>),
-    Q4K(Vec<BlockQ4K>),
+    Q4K(Packed<Q4_Kx8>),
     Q5K(Vec<BlockQ5K>),
-    Q6K(Vec<BlockQ6K>),
+    Q6K(Packed<Q6_Kx8>),
 }
 
 /// Runs `$body` with `$v` bound to the typed row-major block slice of an unpacked `$blocks`,
@@ -50,9 +50,9 @@ macro_rules! with_blocks {
             Blocks::Q5_1($v) => $body,
             Blocks::Q2K($v) => $body,
             Blocks::Q3K($v) => $body,
-            Blocks::Q4K($v) => $body,
             Blocks::Q5K($v) => $body,
-            Blocks::Q6K($v) => $body,
+            Blocks::Q4K($p) => $packed,
+            Blocks::Q6K($p) => $packed,
             Blocks::Q4_0($p) => $packed,
             Blocks::Q4_1($p) => $packed,
             Blocks::Q5_0($p) => $packed,
@@ -126,9 +126,9 @@ impl QWeight {
             GgmlDType::Q8_0 => Blocks::Q8_0(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q2K => Blocks::Q2K(typed_blocks(&data)),
             GgmlDType::Q3K => Blocks::Q3K(typed_blocks(&data)),
-            GgmlDType::Q4K => Blocks::Q4K(typed_blocks(&data)),
+            GgmlDType::Q4K => Blocks::Q4K(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q5K => Blocks::Q5K(typed_blocks(&data)),
-            GgmlDType::Q6K => Blocks::Q6K(typed_blocks(&data)),
+            GgmlDType::Q6K => Blocks::Q6K(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q8_1 | GgmlDType::Q8K => {
                 return Err(LoadError::UnsupportedTensorType {
                     name: name.into(),
@@ -247,9 +247,9 @@ impl QWeight {
             Blocks::Q8_0(p) => Blocks::Q8_0(repack(p, perm)),
             Blocks::Q2K(v) => Blocks::Q2K(apply(v, perm)),
             Blocks::Q3K(v) => Blocks::Q3K(apply(v, perm)),
-            Blocks::Q4K(v) => Blocks::Q4K(apply(v, perm)),
+            Blocks::Q4K(p) => Blocks::Q4K(repack(p, perm)),
             Blocks::Q5K(v) => Blocks::Q5K(apply(v, perm)),
-            Blocks::Q6K(v) => Blocks::Q6K(apply(v, perm)),
+            Blocks::Q6K(p) => Blocks::Q6K(repack(p, perm)),
         };
         QWeight { blocks, ..self }
     }
@@ -261,6 +261,8 @@ impl QWeight {
             Blocks::Q4_1(p) => Some(PackedRef::Q4_1(p)),
             Blocks::Q5_0(p) => Some(PackedRef::Q5_0(p)),
             Blocks::Q8_0(p) => Some(PackedRef::Q8_0(p)),
+            Blocks::Q4K(p) => Some(PackedRef::Q4K(p)),
+            Blocks::Q6K(p) => Some(PackedRef::Q6K(p)),
             _ => None,
         }
     }

@@ -1,5 +1,6 @@
-//! Wick's quantized matmul for the GGUF types Q4_0, Q4_1, Q5_0 ([`q5_0`]) and Q8_0: weights
-//! repacked at load into
+//! Wick's quantized matmul for the GGUF types Q4_0, Q4_1, Q5_0 ([`q5_0`]), Q8_0, Q4_K and Q6_K
+//! ([`kquants`], 256-element superblocks seen as eight 32-element blocks): weights repacked at
+//! load into
 //! groups of eight interleaved rows, activations quantized to 8 bits once per matmul input
 //! ([`QActs`], shareable by every matrix that reads the same input), integer dot products, and a
 //! GEMM-style tiling in which each weight block is unpacked once and applied to several activation
@@ -10,9 +11,10 @@
 //! `.cargo/config.toml`), or forced with `WICK_KERNEL=scalar|avx2|avx512vnni`.
 //!
 //! Numerics: every (weight row, activation row) pair accumulates its blocks in order, each block's
-//! integer dot product computed exactly and then scaled in f32 with candle's portable formula, in
-//! its order and without fused multiply-adds. So all kernels give the same bits, equal to candle's
-//! `vec_dot_unopt`, and a row's result never depends on the batch it sits in or on the tile.
+//! integer dot product computed exactly and then scaled in f32 with one fixed formula, in its
+//! order and without fused multiply-adds. So all kernels give the same bits (for the 32-element
+//! types, candle's `vec_dot_unopt` bits; the K-quants' formulas are in [`kquants`]), and a row's
+//! result never depends on the batch it sits in or on the tile.
 //!
 //! Layout of a group block (eight rows `r`, one 32-element block): for 4-bit types, byte
 //! `32 * l + 4 * r + j` holds element `4 * l + j` of row `r` in its low nibble and element
@@ -20,10 +22,12 @@
 //! One 256-bit load thus holds four consecutive elements of each of the eight rows, and a dot
 //! product step against four broadcast activation bytes leaves one row's partial sum per lane.
 
+pub mod kquants;
 pub mod q5_0;
 mod scalar;
 mod x86;
 
+pub use kquants::{Q4_Kx8, Q6_Kx8};
 pub use q5_0::Q5_0x8;
 
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlType};
@@ -211,14 +215,16 @@ pub fn select(k: Kernel) -> Result<(), String> {
 
 /// A GGUF block type that Wick repacks into interleaved groups of [`GROUP`] rows.
 pub trait Format: Sized + Send + Sync + 'static {
-    /// Candle's block type for one row's 32 elements.
+    /// 32-element activation blocks per stored block (8 for the 256-element K-quants).
+    const SUB: usize = 1;
+    /// Candle's block type for one row's `32 * SUB` elements.
     type Src: GgmlType + Send + Sync;
     /// Interleaves one block of each of eight rows (missing rows are all-zero blocks).
     fn pack(rows: [Option<&Self::Src>; GROUP]) -> Self;
     /// Row `r`'s block back in candle's layout.
     fn unpack(&self, r: usize) -> Self::Src;
-    /// Dot products of one group (`kb` blocks) with `MR` activation rows: `out[i][r]` for
-    /// activation row `i` and group row `r`.
+    /// Dot products of one group (`kb` blocks) with `MR` activation rows (`kb * SUB` blocks
+    /// each): `out[i][r]` for activation row `i` and group row `r`.
     fn tile<const MR: usize>(
         kernel: Kernel,
         w: &[Self],
@@ -423,8 +429,8 @@ impl Format for Q8_0x8 {
     }
 }
 
-/// A `rows x (kb * 32)` matrix in groups of [`GROUP`] interleaved rows: group `g`'s blocks are
-/// `groups[g * kb..(g + 1) * kb]`.
+/// A `rows x (kb * 32 * F::SUB)` matrix in groups of [`GROUP`] interleaved rows: group `g`'s
+/// blocks are `groups[g * kb..(g + 1) * kb]`.
 pub struct Packed<F: Format> {
     pub rows: usize,
     pub kb: usize,
@@ -524,6 +530,8 @@ pub enum PackedRef<'a> {
     Q4_1(&'a Packed<Q4_1x8>),
     Q5_0(&'a Packed<Q5_0x8>),
     Q8_0(&'a Packed<Q8_0x8>),
+    Q4K(&'a Packed<Q4_Kx8>),
+    Q6K(&'a Packed<Q6_Kx8>),
 }
 
 impl PackedRef<'_> {
@@ -533,15 +541,20 @@ impl PackedRef<'_> {
             PackedRef::Q4_1(p) => p.rows,
             PackedRef::Q5_0(p) => p.rows,
             PackedRef::Q8_0(p) => p.rows,
+            PackedRef::Q4K(p) => p.rows,
+            PackedRef::Q6K(p) => p.rows,
         }
     }
 
-    fn kb(self) -> usize {
+    /// The 32-element activation blocks a row of the input must have.
+    fn act_blocks(self) -> usize {
         match self {
             PackedRef::Q4_0(p) => p.kb,
             PackedRef::Q4_1(p) => p.kb,
             PackedRef::Q5_0(p) => p.kb,
             PackedRef::Q8_0(p) => p.kb,
+            PackedRef::Q4K(p) => p.kb * Q4_Kx8::SUB,
+            PackedRef::Q6K(p) => p.kb * Q6_Kx8::SUB,
         }
     }
 
@@ -551,6 +564,8 @@ impl PackedRef<'_> {
             PackedRef::Q4_1(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q5_0(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q8_0(p) => p.run_groups(kernel, gs, x, out),
+            PackedRef::Q4K(p) => p.run_groups(kernel, gs, x, out),
+            PackedRef::Q6K(p) => p.run_groups(kernel, gs, x, out),
         }
     }
 }
@@ -561,7 +576,11 @@ impl PackedRef<'_> {
 pub fn matmul_many(kernel: Kernel, ws: &[PackedRef], x: &QActs, outs: &mut [&mut [f32]]) {
     assert_eq!(ws.len(), outs.len());
     for (w, out) in ws.iter().zip(outs.iter()) {
-        assert_eq!(w.kb(), x.kb, "activation width differs from the weight's");
+        assert_eq!(
+            w.act_blocks(),
+            x.kb,
+            "activation width differs from the weight's"
+        );
         assert_eq!(out.len(), x.rows * w.rows(), "output size");
     }
     if x.rows == 0 {

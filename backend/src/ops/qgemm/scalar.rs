@@ -1,7 +1,9 @@
 //! The portable kernels: plain loops over the interleaved group layout, the reference the SIMD
-//! kernels must match bit for bit. Each block's float step is candle's `vec_dot_unopt` expression.
+//! kernels must match bit for bit. Each block's float step is candle's `vec_dot_unopt` expression
+//! (the K-quants': `kquants`' formulas).
 
-use super::{ActBlock, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, GROUP};
+use super::kquants::SUBS;
+use super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8, GROUP};
 
 /// Integer dot product of group row `r`'s 4-bit values (unsigned nibbles) with an activation block.
 fn nibble_dot(qs: &[u8; 128], r: usize, x: &ActBlock) -> i32 {
@@ -87,6 +89,48 @@ pub(super) fn q8_0<const MR: usize>(w: &[Q8_0x8], x: [&[ActBlock]; MR]) -> [[f32
                     }
                 }
                 *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
+            }
+        }
+    }
+    acc
+}
+
+pub(super) fn q4_k<const MR: usize>(w: &[Q4_Kx8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+    let mut acc = [[0f32; GROUP]; MR];
+    for (b, wb) in w.iter().enumerate() {
+        for j in 0..SUBS {
+            for (xr, acc) in x.iter().zip(acc.iter_mut()) {
+                let xb = &xr[SUBS * b + j];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let sumi = nibble_dot(&wb.qs[j], r, xb);
+                    let scale = wb.d[r].to_f32() * wb.sc[j][r] as f32;
+                    let min = wb.dmin[r].to_f32() * wb.m[j][r] as f32;
+                    *a += (sumi as f32 * scale - xb.isum as f32 * min) * xb.d;
+                }
+            }
+        }
+    }
+    acc
+}
+
+pub(super) fn q6_k<const MR: usize>(w: &[Q6_Kx8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+    let mut acc = [[0f32; GROUP]; MR];
+    for (b, wb) in w.iter().enumerate() {
+        for j in 0..SUBS {
+            for (xr, acc) in x.iter().zip(acc.iter_mut()) {
+                let xb = &xr[SUBS * b + j];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let mut halves = [0i32; 2];
+                    for l in 0..8 {
+                        for i in 0..4 {
+                            halves[l / 4] +=
+                                wb.qs[j][32 * l + 4 * r + i] as i32 * xb.qs[4 * l + i] as i32;
+                        }
+                    }
+                    let sumi =
+                        halves[0] * wb.sc[2 * j][r] as i32 + halves[1] * wb.sc[2 * j + 1][r] as i32;
+                    *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
+                }
             }
         }
     }

@@ -21,7 +21,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 
 fn quantize_weight<T: GgmlType>(rows: usize, k: usize, seed: u32) -> Vec<T> {
     let w = values(rows * k, seed);
-    let mut q: Vec<T> = (0..rows * k / 32).map(|_| T::zeros()).collect();
+    let mut q: Vec<T> = (0..rows * k / T::BLCK_SIZE).map(|_| T::zeros()).collect();
     T::from_float(&w, &mut q);
     q
 }
@@ -51,7 +51,7 @@ fn check<F: Format>(
     seed: u32,
     mins: impl Fn(&[F::Src]) -> Vec<f32>,
 ) {
-    let kb = k / 32;
+    let kb = k / F::Src::BLCK_SIZE;
     let src = quantize_weight::<F::Src>(rows, k, seed);
     let packed = Packed::<F>::pack(&src, rows, kb);
     assert_eq!(packed.unpack().len(), src.len());
@@ -81,8 +81,9 @@ fn check<F: Format>(
         for c in 0..rows {
             let wrow = &src[c * kb..(c + 1) * kb];
             let ours = want[i * rows + c];
-            // candle's Q4_1 dot product asserts an even number of blocks.
-            if kb.is_multiple_of(2) {
+            // candle's Q4_1 dot product asserts an even number of blocks; the K-quants' formulas
+            // are Wick's own (activations quantized per 32, not per 256).
+            if kb.is_multiple_of(2) && F::SUB == 1 {
                 let candle = F::Src::vec_dot_unopt(k, wrow, &xq[i * kb..(i + 1) * kb]);
                 assert_eq!(
                     ours.to_bits(),
@@ -232,4 +233,56 @@ fn q5_0_packing_round_trips_every_row() {
     BlockQ5_0::to_float(&src, &mut a);
     BlockQ5_0::to_float(&packed.unpack(), &mut b);
     assert_eq!(a, b);
+}
+
+/// K-quant shapes: widths of 1 to 19 superblocks (Qwen2.5-1.5B's 1,536 and 8,960 are 6 and 35,
+/// Gemma 3's 1,024 and 2,048 are 4 and 8).
+const K_SHAPES: [(usize, usize); 5] = [(1, 256), (13, 512), (24, 1536), (37, 1024), (9, 4864)];
+
+/// Q4_K's minimum per 32-element block, `dmin * m`.
+fn q4_k_mins(blocks: &[candle_core::quantized::k_quants::BlockQ4K]) -> Vec<f32> {
+    let packed = Packed::<Q4_Kx8>::pack(blocks, 1, blocks.len());
+    packed
+        .groups
+        .iter()
+        .flat_map(|g| (0..8).map(move |j| g.dmin[0].to_f32() * g.m[j][0] as f32))
+        .collect()
+}
+
+#[test]
+fn q4_k_kernels_agree_and_match_the_reference() {
+    for (s, (rows, k)) in K_SHAPES.into_iter().enumerate() {
+        for m in BATCHES {
+            check::<Q4_Kx8>(rows, k, m, 40 + s as u32, q4_k_mins);
+        }
+    }
+}
+
+#[test]
+fn q6_k_kernels_agree_and_match_the_reference() {
+    for (s, (rows, k)) in K_SHAPES.into_iter().enumerate() {
+        for m in BATCHES {
+            check::<Q6_Kx8>(rows, k, m, 50 + s as u32, no_mins);
+        }
+    }
+}
+
+#[test]
+fn k_quant_packing_round_trips_every_row_bit_for_bit() {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K};
+    fn bytes<T>(v: &[T]) -> &[u8] {
+        // SAFETY: candle's blocks are plain-old-data `repr(C)` structs.
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+    }
+    let (rows, k) = (11, 512);
+    let q4 = quantize_weight::<BlockQ4K>(rows, k, 60);
+    assert_eq!(
+        bytes(&Packed::<Q4_Kx8>::pack(&q4, rows, 2).unpack()),
+        bytes(&q4)
+    );
+    let q6 = quantize_weight::<BlockQ6K>(rows, k, 61);
+    assert_eq!(
+        bytes(&Packed::<Q6_Kx8>::pack(&q6, rows, 2).unpack()),
+        bytes(&q6)
+    );
 }

@@ -7,11 +7,12 @@
 //! multiplied by four broadcast activation bytes, so each 32-bit lane accumulates one row's
 //! integer sum (no horizontal reductions). The float step is vectorised across the eight rows
 //! with separate multiplies and adds in the scalar kernel's order, so the bits are the same.
-//! Products cannot overflow: 15 x 127 (4-bit), 31 x 127 (Q5_0) and 128 x 127 (8-bit, signs moved
-//! onto the activations) summed in pairs stay within i16 for `vpmaddubsw`.
+//! Products cannot overflow: 15 x 127 (4-bit), 31 x 127 (Q5_0), 32 x 128 (Q6_K) and 128 x 127
+//! (8-bit, signs moved onto the activations) summed in pairs stay within i16 for `vpmaddubsw`.
+//! The K-quants (`kquants`) run eight 32-element sub-blocks per stored block with the same loads.
 
 #[cfg(target_arch = "x86_64")]
-use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, GROUP};
+use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8, GROUP};
 
 #[cfg(target_arch = "x86_64")]
 pub(super) fn avx2_available() -> bool {
@@ -108,7 +109,11 @@ macro_rules! dispatch {
             x: [&[ActBlock]; MR],
         ) -> [[f32; GROUP]; MR] {
             for row in &x {
-                assert_eq!(row.len(), w.len(), "activation and weight blocks differ");
+                assert_eq!(
+                    row.len(),
+                    w.len() * <$fmt as super::Format>::SUB,
+                    "activation and weight blocks differ"
+                );
             }
             match kernel {
                 // SAFETY: `Packed::matmul` replaces a kernel the CPU lacks by the scalar one, so
@@ -129,6 +134,10 @@ dispatch!(q4_1, Q4_1x8);
 dispatch!(q5_0, Q5_0x8);
 #[cfg(target_arch = "x86_64")]
 dispatch!(q8_0, Q8_0x8);
+#[cfg(target_arch = "x86_64")]
+dispatch!(q4_k, Q4_Kx8);
+#[cfg(target_arch = "x86_64")]
+dispatch!(q6_k, Q6_Kx8);
 
 /// The kernel bodies for one instruction set. `$dp` defines `dp(acc, u, s)`: `acc` plus, per
 /// 32-bit lane, the sum of four products of unsigned bytes `u` with signed bytes `s`. `$chains`
@@ -140,7 +149,8 @@ macro_rules! kernels {
         mod $module {
             // With one chain (AVX2) `l % CHAINS` is 0 and `1..CHAINS` empty, as intended.
             #![allow(clippy::modulo_one, clippy::reversed_empty_ranges)]
-            use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, GROUP};
+            use super::super::kquants::SUBS;
+            use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8, GROUP};
             use super::Nibbles;
             use std::arch::x86_64::*;
 
@@ -276,6 +286,109 @@ macro_rules! kernels {
                 nibbles(w, x)
             }
 
+            /// Eight per-row unsigned bytes as f32 lanes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn bytes_f32(v: &[u8; GROUP]) -> __m256 {
+                let b = _mm_loadl_epi64(v.as_ptr() as *const __m128i);
+                _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b))
+            }
+
+            /// Eight per-row signed bytes as i32 lanes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn sbytes_i32(v: &[i8; GROUP]) -> __m256i {
+                _mm256_cvtepi8_epi32(_mm_loadl_epi64(v.as_ptr() as *const __m128i))
+            }
+
+            /// Q4_K: per sub-block, the nibble dot of Q4_1, then
+            /// `(sumi * d * sc - isum * dmin * m) * x.d`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q4_k<const MR: usize>(
+                w: &[Q4_Kx8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                let mask = _mm256_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for (b, wb) in w.iter().enumerate() {
+                    let (d, dmin) = (scales(&wb.d), scales(&wb.dmin));
+                    for j in 0..SUBS {
+                        let xs = blocks_at(&x, SUBS * b + j);
+                        let qs = &wb.qs[j];
+                        let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
+                        let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
+                        for l in 0..4 {
+                            let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
+                            let vlo = _mm256_and_si256(v, mask);
+                            let vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                            let c = if MR >= 4 { 0 } else { l % CHAINS };
+                            for i in 0..MR {
+                                let q = xs[i].qs.as_ptr();
+                                lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
+                                hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
+                            }
+                        }
+                        let scale = _mm256_mul_ps(d, bytes_f32(&wb.sc[j]));
+                        let min = _mm256_mul_ps(dmin, bytes_f32(&wb.m[j]));
+                        for i in 0..MR {
+                            let mut sumi = _mm256_add_epi32(lo[0][i], hi[0][i]);
+                            for c in 1..CHAINS {
+                                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo[c][i], hi[c][i]));
+                            }
+                            let a = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale);
+                            let m = _mm256_mul_ps(_mm256_set1_ps(xs[i].isum as f32), min);
+                            let t = _mm256_mul_ps(_mm256_sub_ps(a, m), _mm256_set1_ps(xs[i].d));
+                            acc[i] = _mm256_add_ps(acc[i], t);
+                        }
+                    }
+                }
+                finish(acc)
+            }
+
+            /// Q6_K: per sub-block, Q8_0's signed dot on each 16-element half, the halves
+            /// scaled exactly in integers, then `sumi * d * x.d`.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn q6_k<const MR: usize>(
+                w: &[Q6_Kx8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                let mut acc = [_mm256_setzero_ps(); MR];
+                for (b, wb) in w.iter().enumerate() {
+                    let d = scales(&wb.d);
+                    for j in 0..SUBS {
+                        let xs = blocks_at(&x, SUBS * b + j);
+                        // Chains `0..CHAINS` sum the first half, `CHAINS..` the second.
+                        let mut chains = [[_mm256_setzero_si256(); MR]; 2 * CHAINS];
+                        for l in 0..8 {
+                            let v =
+                                _mm256_loadu_si256(wb.qs[j].as_ptr().add(32 * l) as *const __m256i);
+                            let u = _mm256_abs_epi8(v);
+                            let c = (l / 4) * CHAINS + if MR >= 4 { 0 } else { l % CHAINS };
+                            for i in 0..MR {
+                                let s = _mm256_sign_epi8(bcast(xs[i].qs.as_ptr().add(4 * l)), v);
+                                chains[c][i] = dp(chains[c][i], u, s);
+                            }
+                        }
+                        let (s0, s1) = (sbytes_i32(&wb.sc[2 * j]), sbytes_i32(&wb.sc[2 * j + 1]));
+                        for i in 0..MR {
+                            let (mut lo, mut hi) = (chains[0][i], chains[CHAINS][i]);
+                            for c in 1..CHAINS {
+                                lo = _mm256_add_epi32(lo, chains[c][i]);
+                                hi = _mm256_add_epi32(hi, chains[CHAINS + c][i]);
+                            }
+                            let sumi = _mm256_add_epi32(
+                                _mm256_mullo_epi32(lo, s0),
+                                _mm256_mullo_epi32(hi, s1),
+                            );
+                            let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), d);
+                            let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
+                            acc[i] = _mm256_add_ps(acc[i], t);
+                        }
+                    }
+                }
+                finish(acc)
+            }
+
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q8_0<const MR: usize>(
                 w: &[Q8_0x8],
@@ -341,7 +454,8 @@ kernels!(
 /// Off x86-64 only the scalar kernels exist.
 #[cfg(not(target_arch = "x86_64"))]
 mod portable {
-    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q5_0x8, Q8_0x8, GROUP};
+    use super::super::GROUP;
+    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8};
 
     pub(in super::super) fn avx2_available() -> bool {
         false
@@ -381,6 +495,22 @@ mod portable {
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
         scalar::q8_0(w, x)
+    }
+
+    pub(in super::super) fn q4_k<const MR: usize>(
+        _: Kernel,
+        w: &[Q4_Kx8],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        scalar::q4_k(w, x)
+    }
+
+    pub(in super::super) fn q6_k<const MR: usize>(
+        _: Kernel,
+        w: &[Q6_Kx8],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        scalar::q6_k(w, x)
     }
 }
 

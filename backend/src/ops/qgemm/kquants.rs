@@ -1,0 +1,235 @@
+//! Q4_K and Q6_K (the bulk of every Q4_K_M GGUF) in group layouts that reuse the 32-element
+//! kernels' loads: one stored superblock of 256 elements is eight 32-element sub-blocks, each
+//! laid out as Q4_0's nibbles (Q4_K) or Q8_0's bytes (Q6_K, its 6-bit values expanded to signed
+//! bytes `q - 32` at load), with the sub-block scales of the eight rows side by side.
+//!
+//! Numerics (the same in every kernel, so all give the scalar kernel's bits), per activation
+//! block `j` (its own 8-bit scale `x.d`):
+//! - Q4_K: value `d * sc_j * q - dmin * m_j` with `q` in 0..16. The integer dot `sumi` of the
+//!   nibbles with the activation bytes, then `((sumi * (d * sc_j)) - (isum * (dmin * m_j))) * x.d`
+//!   in f32 (`d * sc_j` and `dmin * m_j` are exact: an f16 times a 6-bit integer).
+//! - Q6_K: value `d * sc_h * (q - 32)` with one signed scale per 16 elements: the integer dots
+//!   of the two halves, combined exactly as `lo * sc_2j + hi * sc_2j+1`, then `sumi * d * x.d`.
+//!
+//! These are Wick's own formulas (candle and llama.cpp quantize the activations per 256 instead),
+//! so the results differ from theirs in the last bits and are within the bound that 8-bit
+//! activations allow of a dequantize-then-f64 reference (`tests`). Sizes: Q4_K 148 bytes per row
+//! superblock (stored: 144), Q6_K 274 (stored: 210; the bytes are unpacked once so that the
+//! kernel is Q8_0's).
+
+use super::{interleave_nibbles, raw, row_nibbles, unraw, x86, ActBlock, Format, Kernel};
+use super::{Packed, PackedRef, GROUP};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K};
+use half::f16;
+
+/// Elements per superblock.
+const QK: usize = 256;
+/// 32-element sub-blocks per superblock.
+pub const SUBS: usize = QK / 32;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawQ4K {
+    d: f16,
+    dmin: f16,
+    scales: [u8; 12],
+    qs: [u8; 128],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawQ6K {
+    ql: [u8; 128],
+    qh: [u8; 64],
+    scales: [i8; 16],
+    d: f16,
+}
+const _: () = assert!(std::mem::size_of::<RawQ4K>() == std::mem::size_of::<BlockQ4K>());
+const _: () = assert!(std::mem::size_of::<RawQ6K>() == std::mem::size_of::<BlockQ6K>());
+
+/// Eight Q4_K rows of one superblock: values `d * sc * q - dmin * m`.
+#[repr(C)]
+pub struct Q4_Kx8 {
+    /// Sub-block `j`'s nibbles, in Q4_0's group layout.
+    pub qs: [[u8; 128]; SUBS],
+    /// `sc[j][r]`, `m[j][r]`: sub-block `j`'s 6-bit scale and minimum in row `r`.
+    pub sc: [[u8; GROUP]; SUBS],
+    pub m: [[u8; GROUP]; SUBS],
+    pub d: [f16; GROUP],
+    pub dmin: [f16; GROUP],
+}
+
+/// Eight Q6_K rows of one superblock: values `d * sc * (q - 32)`.
+#[repr(C)]
+pub struct Q6_Kx8 {
+    /// Sub-block `j`'s values `q - 32`, in Q8_0's group layout (byte `32 l + 4 r + i` is element
+    /// `4 l + i` of row `r`: loads 0..4 are the first 16 elements, 4..8 the second).
+    pub qs: [[i8; 256]; SUBS],
+    /// `sc[h][r]`: the scale of 16-element half `h` (0..16) of the superblock in row `r`.
+    pub sc: [[i8; GROUP]; 2 * SUBS],
+    pub d: [f16; GROUP],
+}
+
+/// Q4_K's packed 6-bit scale and minimum of sub-block `j` (llama.cpp's `get_scale_min_k4`).
+fn scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// The inverse of [`scale_min`] over all eight sub-blocks.
+fn pack_scale_min(sc: [u8; SUBS], m: [u8; SUBS]) -> [u8; 12] {
+    let mut q = [0u8; 12];
+    for j in 0..4 {
+        q[j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6);
+        q[j + 4] = (m[j] & 63) | ((m[j + 4] >> 4) << 6);
+        q[j + 8] = (sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4);
+    }
+    q
+}
+
+/// Sub-block `j`'s 32 nibbles as Q4_0 stores them (byte `i`: element `i` low, `16 + i` high).
+fn q4k_sub_nibbles(qs: &[u8; 128], j: usize) -> [u8; 16] {
+    let src = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+    let value = |l: usize| {
+        if j % 2 == 0 {
+            src[l] & 0xF
+        } else {
+            src[l] >> 4
+        }
+    };
+    std::array::from_fn(|i| value(i) | (value(16 + i) << 4))
+}
+
+impl Format for Q4_Kx8 {
+    const SUB: usize = SUBS;
+    type Src = BlockQ4K;
+
+    fn erase(p: &Packed<Self>) -> PackedRef<'_> {
+        PackedRef::Q4K(p)
+    }
+
+    fn pack(rows: [Option<&BlockQ4K>; GROUP]) -> Self {
+        let raws: [Option<RawQ4K>; GROUP] = rows.map(|b| b.map(raw));
+        let mut sc = [[0u8; GROUP]; SUBS];
+        let mut m = [[0u8; GROUP]; SUBS];
+        for (r, b) in raws.iter().enumerate() {
+            if let Some(b) = b {
+                for j in 0..SUBS {
+                    (sc[j][r], m[j][r]) = scale_min(j, &b.scales);
+                }
+            }
+        }
+        Q4_Kx8 {
+            qs: std::array::from_fn(|j| {
+                interleave_nibbles(raws.map(|b| b.map(|b| q4k_sub_nibbles(&b.qs, j))))
+            }),
+            sc,
+            m,
+            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+            dmin: raws.map(|b| b.map_or(f16::ZERO, |b| b.dmin)),
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ4K {
+        let mut qs = [0u8; 128];
+        for j in 0..SUBS {
+            let nib = row_nibbles(&self.qs[j], r);
+            let dst = &mut qs[32 * (j / 2)..32 * (j / 2) + 32];
+            for i in 0..16 {
+                for (l, v) in [(i, nib[i] & 0xF), (16 + i, nib[i] >> 4)] {
+                    dst[l] |= if j % 2 == 0 { v } else { v << 4 };
+                }
+            }
+        }
+        unraw(RawQ4K {
+            d: self.d[r],
+            dmin: self.dmin[r],
+            scales: pack_scale_min(self.sc.map(|s| s[r]), self.m.map(|s| s[r])),
+            qs,
+        })
+    }
+
+    fn tile<const MR: usize>(
+        kernel: Kernel,
+        w: &[Self],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        x86::q4_k(kernel, w, x)
+    }
+}
+
+/// Element `e` (0..256) of a Q6_K block as `q - 32`.
+fn q6k_value(b: &RawQ6K, e: usize) -> i8 {
+    let (half, within) = (e / 128, e % 128);
+    let (part, l) = (within / 32, within % 32);
+    let ql = b.ql[64 * half + l + 32 * (part % 2)];
+    let low = if part < 2 { ql & 0xF } else { ql >> 4 };
+    let high = (b.qh[32 * half + l] >> (2 * part)) & 3;
+    (low | (high << 4)) as i8 - 32
+}
+
+impl Format for Q6_Kx8 {
+    const SUB: usize = SUBS;
+    type Src = BlockQ6K;
+
+    fn erase(p: &Packed<Self>) -> PackedRef<'_> {
+        PackedRef::Q6K(p)
+    }
+
+    fn pack(rows: [Option<&BlockQ6K>; GROUP]) -> Self {
+        let raws: [Option<RawQ6K>; GROUP] = rows.map(|b| b.map(raw));
+        let mut qs = [[0i8; 256]; SUBS];
+        let mut sc = [[0i8; GROUP]; 2 * SUBS];
+        for (r, b) in raws.iter().enumerate() {
+            let Some(b) = b else { continue };
+            for (j, sub) in qs.iter_mut().enumerate() {
+                for l in 0..8 {
+                    for i in 0..4 {
+                        sub[32 * l + 4 * r + i] = q6k_value(b, 32 * j + 4 * l + i);
+                    }
+                }
+            }
+            for (h, s) in sc.iter_mut().enumerate() {
+                s[r] = b.scales[h];
+            }
+        }
+        Q6_Kx8 {
+            qs,
+            sc,
+            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ6K {
+        let mut b = RawQ6K {
+            ql: [0; 128],
+            qh: [0; 64],
+            scales: self.sc.map(|s| s[r]),
+            d: self.d[r],
+        };
+        for e in 0..QK {
+            let (j, k) = (e / 32, e % 32);
+            let q = (self.qs[j][32 * (k / 4) + 4 * r + k % 4] + 32) as u8;
+            let (half, within) = (e / 128, e % 128);
+            let (part, l) = (within / 32, within % 32);
+            let low = q & 0xF;
+            b.ql[64 * half + l + 32 * (part % 2)] |= if part < 2 { low } else { low << 4 };
+            b.qh[32 * half + l] |= (q >> 4) << (2 * part);
+        }
+        unraw(b)
+    }
+
+    fn tile<const MR: usize>(
+        kernel: Kernel,
+        w: &[Self],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        x86::q6_k(kernel, w, x)
+    }
+}
