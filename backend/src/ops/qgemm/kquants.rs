@@ -141,9 +141,9 @@ impl Format for Q4_Kx8 {
         for j in 0..SUBS {
             let nib = row_nibbles(&self.qs[j], r);
             let dst = &mut qs[32 * (j / 2)..32 * (j / 2) + 32];
-            for i in 0..16 {
-                for (l, v) in [(i, nib[i] & 0xF), (16 + i, nib[i] >> 4)] {
-                    dst[l] |= if j % 2 == 0 { v } else { v << 4 };
+            for (i, &byte) in nib.iter().enumerate() {
+                for (l, v) in [(i, byte & 0xF), (16 + i, byte >> 4)] {
+                    dst[l] |= if j.is_multiple_of(2) { v } else { v << 4 };
                 }
             }
         }
