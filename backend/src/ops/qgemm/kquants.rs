@@ -97,7 +97,7 @@ fn pack_scale_min(sc: [u8; SUBS], m: [u8; SUBS]) -> [u8; 12] {
 fn q4k_sub_nibbles(qs: &[u8; 128], j: usize) -> [u8; 16] {
     let src = &qs[32 * (j / 2)..32 * (j / 2) + 32];
     let value = |l: usize| {
-        if j % 2 == 0 {
+        if j.is_multiple_of(2) {
             src[l] & 0xF
         } else {
             src[l] >> 4
