@@ -47,27 +47,28 @@ struct RawQ6K {
 const _: () = assert!(std::mem::size_of::<RawQ4K>() == std::mem::size_of::<BlockQ4K>());
 const _: () = assert!(std::mem::size_of::<RawQ6K>() == std::mem::size_of::<BlockQ6K>());
 
-/// Eight Q4_K rows of one superblock: values `d * sc * q - dmin * m`.
+/// Eight Q4_K rows of one superblock: values `d * sc * q - dmin * m`. The scales come first, so
+/// that a kernel reads the superblock front to back.
 #[repr(C)]
 pub struct Q4_Kx8 {
-    /// Sub-block `j`'s nibbles, in Q4_0's group layout.
-    pub qs: [[u8; 128]; SUBS],
+    pub d: [f16; GROUP],
+    pub dmin: [f16; GROUP],
     /// `sc[j][r]`, `m[j][r]`: sub-block `j`'s 6-bit scale and minimum in row `r`.
     pub sc: [[u8; GROUP]; SUBS],
     pub m: [[u8; GROUP]; SUBS],
-    pub d: [f16; GROUP],
-    pub dmin: [f16; GROUP],
+    /// Sub-block `j`'s nibbles, in Q4_0's group layout.
+    pub qs: [[u8; 128]; SUBS],
 }
 
 /// Eight Q6_K rows of one superblock: values `d * sc * (q - 32)`.
 #[repr(C)]
 pub struct Q6_Kx8 {
+    pub d: [f16; GROUP],
+    /// `sc[h][r]`: the scale of 16-element half `h` (0..16) of the superblock in row `r`.
+    pub sc: [[i8; GROUP]; 2 * SUBS],
     /// Sub-block `j`'s values `q - 32`, in Q8_0's group layout (byte `32 l + 4 r + i` is element
     /// `4 l + i` of row `r`: loads 0..4 are the first 16 elements, 4..8 the second).
     pub qs: [[i8; 256]; SUBS],
-    /// `sc[h][r]`: the scale of 16-element half `h` (0..16) of the superblock in row `r`.
-    pub sc: [[i8; GROUP]; 2 * SUBS],
-    pub d: [f16; GROUP],
 }
 
 /// Q4_K's packed 6-bit scale and minimum of sub-block `j` (llama.cpp's `get_scale_min_k4`).

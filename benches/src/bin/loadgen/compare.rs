@@ -11,8 +11,13 @@
 //!   TTFT and inter-token latency p50/p90/p99, output tokens/s.
 //!
 //! Every prompt starts with a number no other request has, so neither server's prefix cache can
-//! help. Flags: `--llama-server PATH` (else Wick alone), `--bin`, `--model`, `--threads`,
-//! `--json FILE` (the figures as JSON; the table goes to stdout).
+//! help. Each server's resident memory once ready (before any request) is reported too.
+//! Flags: `--llama-server PATH` (else Wick alone), `--bin`, `--model`, `--threads`,
+//! `--json FILE` (the figures as JSON; the table goes to stdout), `--quick` (decode, prefill and
+//! 16 clients only: the figures the real-models targets name, in a fraction of the time on
+//! larger models), `--wick-kv-mib` and `--wick-kv-dtype` (Wick's KV cache; give it the same
+//! 65,536 tokens llama-server holds in f16: SmolLM2's default 3,072 MiB of f32, 1,792 MiB of
+//! f16 for Qwen2.5-1.5B).
 
 use super::{arg, percentile, start, stream_chat, wait_ready, Server, Trace};
 use serde_json::{json, Value};
@@ -23,8 +28,22 @@ use std::time::{Duration, Instant};
 /// Context and slots for llama-server: 64 slots of 1,024 tokens (a long prompt plus its output).
 const LLAMA_SLOTS: usize = 64;
 const LLAMA_CONTEXT: usize = 64 * 1024;
-/// Wick's KV cache for the same 65,536 tokens (f32 K and V: 46 KiB per token for this model).
+/// Wick's KV cache for the same 65,536 tokens (f32 K and V: 46 KiB per token for SmolLM2).
 const WICK_KV_MIB: &str = "3072";
+
+/// Resident memory of process `pid` in MB (Linux `VmRSS`).
+fn rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1000.0)
+}
 
 /// Prompts never repeat (see the module doc).
 static NEXT_PROMPT: AtomicUsize = AtomicUsize::new(0);
@@ -120,8 +139,9 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
-/// Every workload against one server; the figures as JSON.
-async fn measure(base: &str) -> Value {
+/// Every workload against one server (the quick set: decode, prefill, 16 clients); the figures
+/// as JSON.
+async fn measure(base: &str, quick: bool) -> Value {
     // Warm-up (first-touch of the weights, thread pools).
     stream_chat(base, &body(prompt(SHORT), 8)).await;
 
@@ -138,7 +158,8 @@ async fn measure(base: &str) -> Value {
         prefill.push(t.prompt_tokens as f64 / t.ttft.as_secs_f64());
     }
     let mut aggregate = Vec::new();
-    for clients in [4, 16, 64] {
+    let client_counts: &[usize] = if quick { &[16] } else { &[4, 16, 64] };
+    for &clients in client_counts {
         let (traces, wall) = concurrent(base, clients, 2, |_| false).await;
         let out: u64 = traces.iter().map(|t| t.completion_tokens).sum();
         let all: u64 = out + traces.iter().map(|t| t.prompt_tokens).sum::<u64>();
@@ -149,18 +170,22 @@ async fn measure(base: &str) -> Value {
             "total_tokens_per_s": all as f64 / wall.as_secs_f64(),
         }));
     }
+    let mut report = json!({
+        "decode_tokens_per_s": median(decode),
+        "prefill_tokens_per_s": median(prefill),
+        "prefill_prompt_tokens": prompt_tokens,
+        "aggregate": aggregate,
+    });
+    if quick {
+        return report;
+    }
     let (traces, wall) = concurrent(base, 64, 1, |i| i % 2 == 1).await;
     let mut ttfts: Vec<Duration> = traces.iter().map(|t| t.ttft).collect();
     let mut gaps: Vec<Duration> = traces.iter().flat_map(|t| t.gaps.clone()).collect();
     ttfts.sort();
     gaps.sort();
     let out: u64 = traces.iter().map(|t| t.completion_tokens).sum();
-    json!({
-        "decode_tokens_per_s": median(decode),
-        "prefill_tokens_per_s": median(prefill),
-        "prefill_prompt_tokens": prompt_tokens,
-        "aggregate": aggregate,
-        "mixed": {
+    report["mixed"] = json!({
             "clients": 64,
             "ttft_p50_ms": ms(percentile(&ttfts, 0.5)),
             "ttft_p90_ms": ms(percentile(&ttfts, 0.9)),
@@ -169,12 +194,22 @@ async fn measure(base: &str) -> Value {
             "itl_p90_ms": ms(percentile(&gaps, 0.9)),
             "itl_p99_ms": ms(percentile(&gaps, 0.99)),
             "output_tokens_per_s": out as f64 / wall.as_secs_f64(),
-        },
-    })
+    });
+    report
 }
 
-/// The rows of the table: (label, JSON pointer).
-const ROWS: [(&str, &str); 12] = [
+/// The aggregate figure for `clients`, wherever the run put it.
+fn aggregate(results: &Value, clients: u64) -> Option<f64> {
+    results["aggregate"]
+        .as_array()?
+        .iter()
+        .find(|a| a["clients"].as_u64() == Some(clients))?["output_tokens_per_s"]
+        .as_f64()
+}
+
+/// The rows of the table: (label, JSON pointer, or `aggregate:N` for N clients' output).
+const ROWS: [(&str, &str); 13] = [
+    ("resident memory once ready (MB)", "/rss_mb"),
     ("single-stream decode (tokens/s)", "/decode_tokens_per_s"),
     (
         "prefill, ~500-token prompt (tokens/s)",
@@ -182,15 +217,15 @@ const ROWS: [(&str, &str); 12] = [
     ),
     (
         "aggregate output, 4 clients (tokens/s)",
-        "/aggregate/0/output_tokens_per_s",
+        "aggregate:4",
     ),
     (
         "aggregate output, 16 clients (tokens/s)",
-        "/aggregate/1/output_tokens_per_s",
+        "aggregate:16",
     ),
     (
         "aggregate output, 64 clients (tokens/s)",
-        "/aggregate/2/output_tokens_per_s",
+        "aggregate:64",
     ),
     ("mixed, 64 clients: TTFT p50 (ms)", "/mixed/ttft_p50_ms"),
     ("mixed, 64 clients: TTFT p90 (ms)", "/mixed/ttft_p90_ms"),
@@ -215,15 +250,32 @@ const ROWS: [(&str, &str); 12] = [
 
 pub async fn run(threads: &str) {
     let model = arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let quick = std::env::args().any(|a| a == "--quick");
+    let kv_mib = arg("--wick-kv-mib", WICK_KV_MIB);
+    let kv_dtype = arg("--wick-kv-dtype", "f32");
     let mut results = serde_json::Map::new();
     {
-        let wick = start(&["--threads", threads, "--kv-cache-memory", WICK_KV_MIB]).await;
-        results.insert("wick".into(), measure(&wick.base).await);
+        let wick = start(&[
+            "--threads",
+            threads,
+            "--kv-cache-memory",
+            &kv_mib,
+            "--kv-cache-dtype",
+            &kv_dtype,
+        ])
+        .await;
+        let rss = rss_mb(wick.child.id());
+        let mut figures = measure(&wick.base, quick).await;
+        figures["rss_mb"] = json!(rss);
+        results.insert("wick".into(), figures);
     }
     let llama = arg("--llama-server", "");
     if !llama.is_empty() {
         let server = start_llama(&llama, &model, threads).await;
-        results.insert("llama-server".into(), measure(&server.base).await);
+        let rss = rss_mb(server.child.id());
+        let mut figures = measure(&server.base, quick).await;
+        figures["rss_mb"] = json!(rss);
+        results.insert("llama-server".into(), figures);
     }
     let report = json!({"threads": threads, "model": model, "results": results});
     let json_path = arg("--json", "");
@@ -231,7 +283,10 @@ pub async fn run(threads: &str) {
         let text = serde_json::to_string_pretty(&report).expect("JSON");
         std::fs::write(&json_path, text).unwrap_or_else(|e| panic!("{json_path}: {e}"));
     }
-    let figure = |server: &str, ptr: &str| report["results"][server].pointer(ptr)?.as_f64();
+    let figure = |server: &str, ptr: &str| match ptr.strip_prefix("aggregate:") {
+        Some(n) => aggregate(&report["results"][server], n.parse().ok()?),
+        None => report["results"][server].pointer(ptr)?.as_f64(),
+    };
     println!("| measure | Wick | llama-server | Wick / llama-server |");
     println!("|---|---|---|---|");
     for (label, ptr) in ROWS {
