@@ -13,7 +13,8 @@
 //! Every prompt starts with a number no other request has, so neither server's prefix cache can
 //! help. Each server's resident memory once ready (before any request) is reported too.
 //! Flags: `--llama-server PATH` (else Wick alone), `--bin`, `--model`, `--threads`,
-//! `--json FILE` (the figures as JSON; the table goes to stdout), `--quick` (decode, prefill and
+//! `--json FILE` (the figures as JSON; the table goes to stdout), `--completions` (plain prompts
+//! on `/v1/completions`, for base models), `--quick` (decode, prefill and
 //! 16 clients only: the figures the real-models targets name, in a fraction of the time on
 //! larger models), `--wick-kv-mib` and `--wick-kv-dtype` (Wick's KV cache; give it the same
 //! 65,536 tokens llama-server holds in f16: SmolLM2's default 3,072 MiB of f32, 1,792 MiB of
@@ -65,9 +66,17 @@ fn prompt(words: usize) -> Value {
     json!([{"role": "user", "content": text}])
 }
 
+/// A streamed request for `messages`: chat, or with `--completions` the user message's text as
+/// a plain prompt (base models without a chat template, such as Gemma 3 270M).
 fn body(messages: Value, max_tokens: u64) -> Value {
-    json!({"messages": messages, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": true,
-           "stream": true, "stream_options": {"include_usage": true}})
+    let mut body = json!({"max_tokens": max_tokens, "temperature": 0, "ignore_eos": true,
+                          "stream": true, "stream_options": {"include_usage": true}});
+    if std::env::args().any(|a| a == "--completions") {
+        body["prompt"] = messages[0]["content"].clone();
+    } else {
+        body["messages"] = messages;
+    }
+    body
 }
 
 const SHORT: usize = 30;
@@ -215,18 +224,9 @@ const ROWS: [(&str, &str); 13] = [
         "prefill, ~500-token prompt (tokens/s)",
         "/prefill_tokens_per_s",
     ),
-    (
-        "aggregate output, 4 clients (tokens/s)",
-        "aggregate:4",
-    ),
-    (
-        "aggregate output, 16 clients (tokens/s)",
-        "aggregate:16",
-    ),
-    (
-        "aggregate output, 64 clients (tokens/s)",
-        "aggregate:64",
-    ),
+    ("aggregate output, 4 clients (tokens/s)", "aggregate:4"),
+    ("aggregate output, 16 clients (tokens/s)", "aggregate:16"),
+    ("aggregate output, 64 clients (tokens/s)", "aggregate:64"),
     ("mixed, 64 clients: TTFT p50 (ms)", "/mixed/ttft_p50_ms"),
     ("mixed, 64 clients: TTFT p90 (ms)", "/mixed/ttft_p90_ms"),
     ("mixed, 64 clients: TTFT p99 (ms)", "/mixed/ttft_p99_ms"),

@@ -114,8 +114,14 @@ fn chat_body(messages: &Value, max_tokens: u64) -> Value {
 /// Streams one chat request with `body` (a chat completion with `stream: true`).
 async fn stream_chat(base: &str, body: &Value) -> Trace {
     let start = Instant::now();
+    // A body with a `prompt` goes to the completions API (base models have no chat template).
+    let path = if body.get("prompt").is_some() {
+        "/v1/completions"
+    } else {
+        "/v1/chat/completions"
+    };
     let r = reqwest::Client::new()
-        .post(format!("{base}/v1/chat/completions"))
+        .post(format!("{base}{path}"))
         .timeout(Duration::from_secs(900))
         .json(body)
         .send()
@@ -139,7 +145,11 @@ async fn stream_chat(base: &str, body: &Value) -> Trace {
                 continue;
             }
             let v: Value = serde_json::from_str(data).expect("chunk JSON");
-            if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
+            let choice = &v["choices"][0];
+            if let Some(piece) = choice["delta"]["content"]
+                .as_str()
+                .or_else(|| choice["text"].as_str())
+            {
                 if !piece.is_empty() {
                     arrivals.push(start.elapsed());
                 }
