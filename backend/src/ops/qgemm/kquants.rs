@@ -1,7 +1,7 @@
 //! Q4_K and Q6_K (the bulk of every Q4_K_M GGUF) in group layouts that reuse the 32-element
 //! kernels' loads: one stored superblock of 256 elements is eight 32-element sub-blocks, each
-//! laid out as Q4_0's nibbles (Q4_K) or Q8_0's bytes (Q6_K, its 6-bit values expanded to signed
-//! bytes `q - 32` at load), with the sub-block scales of the eight rows side by side.
+//! laid out as Q4_0's nibbles (Q4_K; Q6_K with two high bits per value beside them), with the
+//! sub-block scales of the eight rows side by side.
 //!
 //! Numerics (the same in every kernel, so all give the scalar kernel's bits), per activation
 //! block `j` (its own 8-bit scale `x.d`):
@@ -9,13 +9,13 @@
 //!   nibbles with the activation bytes, then `((sumi * (d * sc_j)) - (isum * (dmin * m_j))) * x.d`
 //!   in f32 (`d * sc_j` and `dmin * m_j` are exact: an f16 times a 6-bit integer).
 //! - Q6_K: value `d * sc_h * (q - 32)` with one signed scale per 16 elements: the integer dots
-//!   of the two halves, combined exactly as `lo * sc_2j + hi * sc_2j+1`, then `sumi * d * x.d`.
+//!   of the two halves (`q` unsigned, then `32 * ` the half's activation sum subtracted), combined
+//!   exactly as `lo * sc_2j + hi * sc_2j+1`, then `sumi * d * x.d`.
 //!
 //! These are Wick's own formulas (candle and llama.cpp quantize the activations per 256 instead),
 //! so the results differ from theirs in the last bits and are within the bound that 8-bit
 //! activations allow of a dequantize-then-f64 reference (`tests`). Sizes: Q4_K 148 bytes per row
-//! superblock (stored: 144), Q6_K 274 (stored: 210; the bytes are unpacked once so that the
-//! kernel is Q8_0's).
+//! superblock (stored: 144), Q6_K 210 (as stored).
 
 use super::{interleave_nibbles, raw, row_nibbles, unraw, x86, ActBlock, Format, Kernel};
 use super::{Packed, PackedRef, GROUP};
@@ -60,15 +60,28 @@ pub struct Q4_Kx8 {
     pub qs: [[u8; 128]; SUBS],
 }
 
-/// Eight Q6_K rows of one superblock: values `d * sc * (q - 32)`.
+/// Eight Q6_K rows of one superblock: values `d * sc * (q - 32)`, `q` in 0..64 stored as its low
+/// four bits in Q4_0's nibble layout and its high two bits beside them, 6.6 bits per value as in
+/// the GGUF.
 #[repr(C)]
 pub struct Q6_Kx8 {
     pub d: [f16; GROUP],
     /// `sc[h][r]`: the scale of 16-element half `h` (0..16) of the superblock in row `r`.
     pub sc: [[i8; GROUP]; 2 * SUBS],
-    /// Sub-block `j`'s values `q - 32`, in Q8_0's group layout (byte `32 l + 4 r + i` is element
-    /// `4 l + i` of row `r`: loads 0..4 are the first 16 elements, 4..8 the second).
-    pub qs: [[i8; 256]; SUBS],
+    /// The sub-blocks, each read front to back.
+    pub subs: [Q6Sub; SUBS],
+}
+
+/// One 32-element sub-block of eight Q6_K rows.
+#[repr(C)]
+pub struct Q6Sub {
+    /// The low four bits, in Q4_0's group layout: load `l`'s low nibbles are elements
+    /// `4 l..4 l + 4` of each row (the first half), its high nibbles `16 + 4 l..`.
+    pub ql: [u8; 128],
+    /// The high two bits: nibble vector `n = 2 l + h` (load `l`, `h` 0 for its low nibbles, 1 for
+    /// its high ones) has its 32 values' high bits at bits `2 (n % 4)` of the 32 bytes
+    /// `qh[n / 4]`, byte for byte.
+    pub qh: [[u8; 32]; 2],
 }
 
 /// Q4_K's packed 6-bit scale and minimum of sub-block `j` (llama.cpp's `get_scale_min_k4`).
@@ -165,14 +178,20 @@ impl Format for Q4_Kx8 {
     }
 }
 
-/// Element `e` (0..256) of a Q6_K block as `q - 32`.
-fn q6k_value(b: &RawQ6K, e: usize) -> i8 {
+/// Element `e` (0..256) of a Q6_K block: `q`, 0..64.
+fn q6k_value(b: &RawQ6K, e: usize) -> u8 {
     let (half, within) = (e / 128, e % 128);
     let (part, l) = (within / 32, within % 32);
     let ql = b.ql[64 * half + l + 32 * (part % 2)];
     let low = if part < 2 { ql & 0xF } else { ql >> 4 };
     let high = (b.qh[32 * half + l] >> (2 * part)) & 3;
-    (low | (high << 4)) as i8 - 32
+    low | (high << 4)
+}
+
+/// For element `k` (0..32) of a sub-block in row `r`: its nibble vector `n` and byte `b` there.
+fn q6k_slot(r: usize, k: usize) -> (usize, usize) {
+    let (h, within) = (k / 16, k % 16);
+    (2 * (within / 4) + h, 4 * r + within % 4)
 }
 
 impl Format for Q6_Kx8 {
@@ -185,25 +204,37 @@ impl Format for Q6_Kx8 {
 
     fn pack(rows: [Option<&BlockQ6K>; GROUP]) -> Self {
         let raws: [Option<RawQ6K>; GROUP] = rows.map(|b| b.map(raw));
-        let mut qs = [[0i8; 256]; SUBS];
+        let mut qh = [[[0u8; 32]; 2]; SUBS];
         let mut sc = [[0i8; GROUP]; 2 * SUBS];
         for (r, b) in raws.iter().enumerate() {
             let Some(b) = b else { continue };
-            for (j, sub) in qs.iter_mut().enumerate() {
-                for l in 0..8 {
-                    for i in 0..4 {
-                        sub[32 * l + 4 * r + i] = q6k_value(b, 32 * j + 4 * l + i);
-                    }
+            for (j, bits) in qh.iter_mut().enumerate() {
+                for k in 0..32 {
+                    let (n, byte) = q6k_slot(r, k);
+                    bits[n / 4][byte] |= (q6k_value(b, 32 * j + k) >> 4) << (2 * (n % 4));
                 }
             }
             for (h, s) in sc.iter_mut().enumerate() {
                 s[r] = b.scales[h];
             }
         }
+        let nibbles = |j: usize| {
+            raws.map(|b| {
+                b.map(|b| {
+                    std::array::from_fn(|i| {
+                        let v = |k: usize| q6k_value(&b, 32 * j + k) & 0xF;
+                        v(i) | (v(16 + i) << 4)
+                    })
+                })
+            })
+        };
         Q6_Kx8 {
-            qs,
-            sc,
             d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+            sc,
+            subs: std::array::from_fn(|j| Q6Sub {
+                ql: interleave_nibbles(nibbles(j)),
+                qh: qh[j],
+            }),
         }
     }
 
@@ -216,7 +247,11 @@ impl Format for Q6_Kx8 {
         };
         for e in 0..QK {
             let (j, k) = (e / 32, e % 32);
-            let q = (self.qs[j][32 * (k / 4) + 4 * r + k % 4] + 32) as u8;
+            let (n, byte) = q6k_slot(r, k);
+            let sub = &self.subs[j];
+            let nib = sub.ql[32 * (n / 2) + byte];
+            let low = if n % 2 == 0 { nib & 0xF } else { nib >> 4 };
+            let q = low | (((sub.qh[n / 4][byte] >> (2 * (n % 4))) & 3) << 4);
             let (half, within) = (e / 128, e % 128);
             let (part, l) = (within / 32, within % 32);
             let low = q & 0xF;

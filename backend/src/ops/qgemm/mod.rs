@@ -51,6 +51,8 @@ pub struct ActBlock {
     pub s: f32,
     /// The sum of `qs`.
     pub isum: i32,
+    /// The sums of `qs[..16]` and `qs[16..]` (Q6_K's halves have their own scales).
+    pub hsum: [i32; 2],
 }
 
 /// A batch of activation rows quantized for the kernels: `rows * kb` blocks.
@@ -75,6 +77,7 @@ impl QActs {
             d: 0.0,
             s: 0.0,
             isum: 0,
+            hsum: [0; 2],
         };
         let mut blocks = vec![empty; rows * kb];
         let quantize_rows = |(xs, out): (&[f32], &mut [ActBlock])| {
@@ -111,7 +114,9 @@ fn quantize_block(x: &[f32; 32]) -> ActBlock {
     for (q, &v) in qs.iter_mut().zip(x) {
         *q = (v * id).round() as i8;
     }
-    let isum: i32 = qs.iter().map(|&q| q as i32).sum();
+    let half = |h: usize| qs[16 * h..16 * h + 16].iter().map(|&q| q as i32).sum::<i32>();
+    let hsum = [half(0), half(1)];
+    let isum = hsum[0] + hsum[1];
     let d = f16::from_f32(d);
     let s = f16::from_f32(f16::from_f32(isum as f32).to_f32() * d.to_f32());
     ActBlock {
@@ -119,6 +124,7 @@ fn quantize_block(x: &[f32; 32]) -> ActBlock {
         d: d.to_f32(),
         s: s.to_f32(),
         isum,
+        hsum,
     }
 }
 

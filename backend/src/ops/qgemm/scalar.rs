@@ -120,15 +120,23 @@ pub(super) fn q6_k<const MR: usize>(w: &[Q6_Kx8], x: [&[ActBlock]; MR]) -> [[f32
             for (xr, acc) in x.iter().zip(acc.iter_mut()) {
                 let xb = &xr[SUBS * b + j];
                 for (r, a) in acc.iter_mut().enumerate() {
+                    // Half `h` holds nibble vectors `2 l + h`, elements `16 h + 4 l + i`.
                     let mut halves = [0i32; 2];
-                    for l in 0..8 {
-                        for i in 0..4 {
-                            halves[l / 4] +=
-                                wb.qs[j][32 * l + 4 * r + i] as i32 * xb.qs[4 * l + i] as i32;
+                    for (h, half) in halves.iter_mut().enumerate() {
+                        for l in 0..4 {
+                            let n = 2 * l + h;
+                            for i in 0..4 {
+                                let byte = wb.subs[j].ql[32 * l + 4 * r + i];
+                                let low = if h == 0 { byte & 0xF } else { byte >> 4 };
+                                let high = (wb.subs[j].qh[n / 4][4 * r + i] >> (2 * (n % 4))) & 3;
+                                let q = (low | (high << 4)) as i32;
+                                *half += q * xb.qs[16 * h + 4 * l + i] as i32;
+                            }
                         }
+                        *half -= 32 * xb.hsum[h];
                     }
-                    let sumi =
-                        halves[0] * wb.sc[2 * j][r] as i32 + halves[1] * wb.sc[2 * j + 1][r] as i32;
+                    let sumi = halves[0] * wb.sc[2 * j][r] as i32
+                        + halves[1] * wb.sc[2 * j + 1][r] as i32;
                     *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
                 }
             }

@@ -7,7 +7,7 @@
 //! multiplied by four broadcast activation bytes, so each 32-bit lane accumulates one row's
 //! integer sum (no horizontal reductions). The float step is vectorised across the eight rows
 //! with separate multiplies and adds in the scalar kernel's order, so the bits are the same.
-//! Products cannot overflow: 15 x 127 (4-bit), 31 x 127 (Q5_0), 32 x 128 (Q6_K) and 128 x 127
+//! Products cannot overflow: 15 x 127 (4-bit), 31 x 127 (Q5_0), 63 x 127 (Q6_K) and 128 x 127
 //! (8-bit, signs moved onto the activations) summed in pairs stay within i16 for `vpmaddubsw`.
 //! The K-quants (`kquants`) run eight 32-element sub-blocks per stored block with the same loads.
 
@@ -345,40 +345,72 @@ macro_rules! kernels {
                 finish(acc)
             }
 
-            /// Q6_K: per sub-block, Q8_0's signed dot on each 16-element half, the halves
-            /// scaled exactly in integers, then `sumi * d * x.d`.
+            /// The high two bits of nibble vector `n` (`qh` holds vectors `4 (n / 4)..`) moved
+            /// to bits 4 and 5 of each byte.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn high_bits(qh: __m256i, n: usize) -> __m256i {
+                let moved = match n % 4 {
+                    0 => _mm256_slli_epi16(qh, 4),
+                    1 => _mm256_slli_epi16(qh, 2),
+                    2 => qh,
+                    _ => _mm256_srli_epi16(qh, 2),
+                };
+                _mm256_and_si256(moved, _mm256_set1_epi8(0x30))
+            }
+
+            /// Q6_K: per sub-block, Q5_0's unsigned dot with two high bits ORed in instead of
+            /// one, on each 16-element half, `32 *` the half's activation sum subtracted, the
+            /// halves scaled exactly in integers, then `sumi * d * x.d`.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn q6_k<const MR: usize>(
                 w: &[Q6_Kx8],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
+                let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
                     let d = scales(&wb.d);
                     for j in 0..SUBS {
                         let xs = blocks_at(&x, SUBS * b + j);
-                        // Chains `0..CHAINS` sum the first half, `CHAINS..` the second.
-                        let mut chains = [[_mm256_setzero_si256(); MR]; 2 * CHAINS];
-                        for l in 0..8 {
+                        let sub = &wb.subs[j];
+                        let qh = [
+                            _mm256_loadu_si256(sub.qh[0].as_ptr() as *const __m256i),
+                            _mm256_loadu_si256(sub.qh[1].as_ptr() as *const __m256i),
+                        ];
+                        let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
+                        let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
+                        for l in 0..4 {
                             let v =
-                                _mm256_loadu_si256(wb.qs[j].as_ptr().add(32 * l) as *const __m256i);
-                            let u = _mm256_abs_epi8(v);
-                            let c = (l / 4) * CHAINS + if MR >= 4 { 0 } else { l % CHAINS };
+                                _mm256_loadu_si256(sub.ql.as_ptr().add(32 * l) as *const __m256i);
+                            let (n0, n1) = (2 * l, 2 * l + 1);
+                            let vlo = _mm256_or_si256(
+                                _mm256_and_si256(v, mask),
+                                high_bits(qh[n0 / 4], n0),
+                            );
+                            let vhi = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                                high_bits(qh[n1 / 4], n1),
+                            );
+                            let c = if MR >= 4 { 0 } else { l % CHAINS };
                             for i in 0..MR {
-                                let s = _mm256_sign_epi8(bcast(xs[i].qs.as_ptr().add(4 * l)), v);
-                                chains[c][i] = dp(chains[c][i], u, s);
+                                let q = xs[i].qs.as_ptr();
+                                lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
+                                hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
                             }
                         }
                         let (s0, s1) = (sbytes_i32(&wb.sc[2 * j]), sbytes_i32(&wb.sc[2 * j + 1]));
                         for i in 0..MR {
-                            let (mut lo, mut hi) = (chains[0][i], chains[CHAINS][i]);
+                            let (mut l0, mut h0) = (lo[0][i], hi[0][i]);
                             for c in 1..CHAINS {
-                                lo = _mm256_add_epi32(lo, chains[c][i]);
-                                hi = _mm256_add_epi32(hi, chains[CHAINS + c][i]);
+                                l0 = _mm256_add_epi32(l0, lo[c][i]);
+                                h0 = _mm256_add_epi32(h0, hi[c][i]);
                             }
+                            let l0 = _mm256_sub_epi32(l0, _mm256_set1_epi32(32 * xs[i].hsum[0]));
+                            let h0 = _mm256_sub_epi32(h0, _mm256_set1_epi32(32 * xs[i].hsum[1]));
                             let sumi = _mm256_add_epi32(
-                                _mm256_mullo_epi32(lo, s0),
-                                _mm256_mullo_epi32(hi, s1),
+                                _mm256_mullo_epi32(l0, s0),
+                                _mm256_mullo_epi32(h0, s1),
                             );
                             let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), d);
                             let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
