@@ -46,10 +46,13 @@ struct RawQ6K {
 }
 const _: () = assert!(std::mem::size_of::<RawQ4K>() == std::mem::size_of::<BlockQ4K>());
 const _: () = assert!(std::mem::size_of::<RawQ6K>() == std::mem::size_of::<BlockQ6K>());
+const _: () =
+    assert!(std::mem::size_of::<Q4_Kx8>() == 1184 && std::mem::size_of::<Q6_Kx8>() == 1696);
 
 /// Eight Q4_K rows of one superblock: values `d * sc * q - dmin * m`. The scales come first, so
-/// that a kernel reads the superblock front to back.
-#[repr(C)]
+/// that a kernel reads the superblock front to back; every 32-byte load is aligned (1,184 bytes,
+/// the values at 160).
+#[repr(C, align(32))]
 pub struct Q4_Kx8 {
     pub d: [f16; GROUP],
     pub dmin: [f16; GROUP],
@@ -63,9 +66,11 @@ pub struct Q4_Kx8 {
 /// Eight Q6_K rows of one superblock: values `d * sc * (q - 32)`, `q` in 0..64 stored as its low
 /// four bits in Q4_0's nibble layout and its high two bits beside them, 6.6 bits per value as in
 /// the GGUF.
-#[repr(C)]
+/// Every 32-byte load is aligned (1,696 bytes, the sub-blocks at 160).
+#[repr(C, align(32))]
 pub struct Q6_Kx8 {
     pub d: [f16; GROUP],
+    _pad: [u8; 16],
     /// `sc[h][r]`: the scale of 16-element half `h` (0..16) of the superblock in row `r`.
     pub sc: [[i8; GROUP]; 2 * SUBS],
     /// The sub-blocks, each read front to back.
@@ -230,6 +235,7 @@ impl Format for Q6_Kx8 {
         };
         Q6_Kx8 {
             d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+            _pad: [0; 16],
             sc,
             subs: std::array::from_fn(|j| Q6Sub {
                 ql: interleave_nibbles(nibbles(j)),

@@ -114,7 +114,12 @@ fn quantize_block(x: &[f32; 32]) -> ActBlock {
     for (q, &v) in qs.iter_mut().zip(x) {
         *q = (v * id).round() as i8;
     }
-    let half = |h: usize| qs[16 * h..16 * h + 16].iter().map(|&q| q as i32).sum::<i32>();
+    let half = |h: usize| {
+        qs[16 * h..16 * h + 16]
+            .iter()
+            .map(|&q| q as i32)
+            .sum::<i32>()
+    };
     let hsum = [half(0), half(1)];
     let isum = hsum[0] + hsum[1];
     let d = f16::from_f32(d);

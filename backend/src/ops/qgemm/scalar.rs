@@ -135,8 +135,8 @@ pub(super) fn q6_k<const MR: usize>(w: &[Q6_Kx8], x: [&[ActBlock]; MR]) -> [[f32
                         }
                         *half -= 32 * xb.hsum[h];
                     }
-                    let sumi = halves[0] * wb.sc[2 * j][r] as i32
-                        + halves[1] * wb.sc[2 * j + 1][r] as i32;
+                    let sumi =
+                        halves[0] * wb.sc[2 * j][r] as i32 + halves[1] * wb.sc[2 * j + 1][r] as i32;
                     *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
                 }
             }
