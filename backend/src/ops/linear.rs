@@ -2,8 +2,8 @@
 //! CPU matmul that applies them to a batch of activation rows.
 //!
 //! Q4_0, Q4_1 and Q8_0 (the types of SmolLM2's GGUFs and the common 4/8-bit ones) are repacked at
-//! load for Wick's kernels in [`super::qgemm`], and so are Q5_0, Q4_K and Q6_K (what Q4_K_M
-//! GGUFs such as Qwen2.5's and Gemma 3's are made of).
+//! load for Wick's kernels in [`super::qgemm`], and so are Q5_0, Q4_K, Q5_K and Q6_K (what Q4_K_M
+//! and Q5_K_M GGUFs such as Qwen2.5's and Gemma 3's are made of).
 //! [`QWeight::matmul_many`] applies several of them to one input with a single activation
 //! quantization and one parallel pass.
 //! Other types go through candle's `vec_dot` per (row, column), the portable path.
@@ -13,10 +13,10 @@
 //! that runs it. So a row's result never depends on what else is in the batch.
 
 use super::qgemm::{self, Format, Packed, PackedRef, QActs};
-use super::qgemm::{Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8};
+use super::qgemm::{Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8};
 use crate::error::LoadError;
 use candle_core::backend::BackendStorage;
-use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ5K, BlockQ5_1, GgmlType};
+use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ5_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
@@ -35,7 +35,7 @@ enum Blocks {
     Q2K(Vec<BlockQ2K>),
     Q3K(Vec<BlockQ3K>),
     Q4K(Packed<Q4_Kx8>),
-    Q5K(Vec<BlockQ5K>),
+    Q5K(Packed<Q5_Kx8>),
     Q6K(Packed<Q6_Kx8>),
 }
 
@@ -50,8 +50,8 @@ macro_rules! with_blocks {
             Blocks::Q5_1($v) => $body,
             Blocks::Q2K($v) => $body,
             Blocks::Q3K($v) => $body,
-            Blocks::Q5K($v) => $body,
             Blocks::Q4K($p) => $packed,
+            Blocks::Q5K($p) => $packed,
             Blocks::Q6K($p) => $packed,
             Blocks::Q4_0($p) => $packed,
             Blocks::Q4_1($p) => $packed,
@@ -127,7 +127,7 @@ impl QWeight {
             GgmlDType::Q2K => Blocks::Q2K(typed_blocks(&data)),
             GgmlDType::Q3K => Blocks::Q3K(typed_blocks(&data)),
             GgmlDType::Q4K => Blocks::Q4K(Packed::pack(&typed_blocks(&data), rows, kb)),
-            GgmlDType::Q5K => Blocks::Q5K(typed_blocks(&data)),
+            GgmlDType::Q5K => Blocks::Q5K(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q6K => Blocks::Q6K(Packed::pack(&typed_blocks(&data), rows, kb)),
             GgmlDType::Q8_1 | GgmlDType::Q8K => {
                 return Err(LoadError::UnsupportedTensorType {
@@ -248,7 +248,7 @@ impl QWeight {
             Blocks::Q2K(v) => Blocks::Q2K(apply(v, perm)),
             Blocks::Q3K(v) => Blocks::Q3K(apply(v, perm)),
             Blocks::Q4K(p) => Blocks::Q4K(repack(p, perm)),
-            Blocks::Q5K(v) => Blocks::Q5K(apply(v, perm)),
+            Blocks::Q5K(p) => Blocks::Q5K(repack(p, perm)),
             Blocks::Q6K(p) => Blocks::Q6K(repack(p, perm)),
         };
         QWeight { blocks, ..self }
@@ -262,6 +262,7 @@ impl QWeight {
             Blocks::Q5_0(p) => Some(PackedRef::Q5_0(p)),
             Blocks::Q8_0(p) => Some(PackedRef::Q8_0(p)),
             Blocks::Q4K(p) => Some(PackedRef::Q4K(p)),
+            Blocks::Q5K(p) => Some(PackedRef::Q5K(p)),
             Blocks::Q6K(p) => Some(PackedRef::Q6K(p)),
             _ => None,
         }

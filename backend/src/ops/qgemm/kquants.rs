@@ -1,13 +1,14 @@
-//! Q4_K and Q6_K (the bulk of every Q4_K_M GGUF) in group layouts that reuse the 32-element
-//! kernels' loads: one stored superblock of 256 elements is eight 32-element sub-blocks, each
-//! laid out as Q4_0's nibbles (Q4_K; Q6_K with two high bits per value beside them), with the
-//! sub-block scales of the eight rows side by side.
+//! Q4_K, Q5_K and Q6_K (the bulk of every Q4_K_M and Q5_K_M GGUF) in group layouts that reuse the
+//! 32-element kernels' loads: one stored superblock of 256 elements is eight 32-element
+//! sub-blocks, each laid out as Q4_0's nibbles (Q4_K; Q5_K with Q5_0's fifth bits beside them,
+//! Q6_K with two high bits per value), with the sub-block scales of the eight rows side by side.
 //!
 //! Numerics (the same in every kernel, so all give the scalar kernel's bits), per activation
 //! block `j` (its own 8-bit scale `x.d`):
-//! - Q4_K: value `d * sc_j * q - dmin * m_j` with `q` in 0..16. The integer dot `sumi` of the
-//!   nibbles with the activation bytes, then `((sumi * (d * sc_j)) - (isum * (dmin * m_j))) * x.d`
-//!   in f32 (`d * sc_j` and `dmin * m_j` are exact: an f16 times a 6-bit integer).
+//! - Q4_K and Q5_K: value `d * sc_j * q - dmin * m_j` with `q` in 0..16 (0..32). The integer
+//!   dot `sumi` of the values with the activation bytes, then
+//!   `((sumi * (d * sc_j)) - (isum * (dmin * m_j))) * x.d` in f32 (`d * sc_j` and `dmin * m_j`
+//!   are exact: an f16 times a 6-bit integer).
 //! - Q6_K: value `d * sc_h * (q - 32)` with one signed scale per 16 elements: the integer dots
 //!   of the two halves (`q` unsigned, then `32 * ` the half's activation sum subtracted), combined
 //!   exactly as `lo * sc_2j + hi * sc_2j+1`, then `sumi * d * x.d`.
@@ -15,11 +16,11 @@
 //! These are Wick's own formulas (candle and llama.cpp quantize the activations per 256 instead),
 //! so the results differ from theirs in the last bits and are within the bound that 8-bit
 //! activations allow of a dequantize-then-f64 reference (`tests`). Sizes: Q4_K 148 bytes per row
-//! superblock (stored: 144), Q6_K 210 (as stored).
+//! superblock (stored: 144), Q5_K 180 (176), Q6_K 210 (as stored).
 
 use super::{interleave_nibbles, raw, row_nibbles, unraw, x86, ActBlock, Format, Kernel};
 use super::{Packed, PackedRef, GROUP};
-use candle_core::quantized::k_quants::{BlockQ4K, BlockQ6K};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
 use half::f16;
 
 /// Elements per superblock.
@@ -38,6 +39,16 @@ struct RawQ4K {
 
 #[repr(C)]
 #[derive(Clone, Copy)]
+struct RawQ5K {
+    d: f16,
+    dmin: f16,
+    scales: [u8; 12],
+    qh: [u8; 32],
+    qs: [u8; 128],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
 struct RawQ6K {
     ql: [u8; 128],
     qh: [u8; 64],
@@ -46,6 +57,8 @@ struct RawQ6K {
 }
 const _: () = assert!(std::mem::size_of::<RawQ4K>() == std::mem::size_of::<BlockQ4K>());
 const _: () = assert!(std::mem::size_of::<RawQ6K>() == std::mem::size_of::<BlockQ6K>());
+const _: () = assert!(std::mem::size_of::<RawQ5K>() == std::mem::size_of::<BlockQ5K>());
+const _: () = assert!(std::mem::size_of::<Q5_Kx8>() == 1440);
 const _: () =
     assert!(std::mem::size_of::<Q4_Kx8>() == 1184 && std::mem::size_of::<Q6_Kx8>() == 1696);
 
@@ -61,6 +74,91 @@ pub struct Q4_Kx8 {
     pub m: [[u8; GROUP]; SUBS],
     /// Sub-block `j`'s nibbles, in Q4_0's group layout.
     pub qs: [[u8; 128]; SUBS],
+}
+
+/// Eight Q5_K rows of one superblock: Q4_K's with a fifth bit per value, laid out per
+/// sub-block as Q5_0's ([`super::Q5_0x8`]), each sub-block's bytes together.
+#[repr(C, align(32))]
+pub struct Q5_Kx8 {
+    pub d: [f16; GROUP],
+    pub dmin: [f16; GROUP],
+    pub sc: [[u8; GROUP]; SUBS],
+    pub m: [[u8; GROUP]; SUBS],
+    pub subs: [Q5Sub; SUBS],
+}
+
+/// One 32-element sub-block of eight Q5_K rows.
+#[repr(C)]
+pub struct Q5Sub {
+    /// The low four bits, in Q4_0's group layout.
+    pub qs: [u8; 128],
+    /// The fifth bits, as [`super::Q5_0x8::qh`] lays them out.
+    pub qh: [u32; 8],
+}
+
+/// What the kernels read of a 4- or 5-bit K-quant group (Q4_K, Q5_K) alike.
+pub trait KNibbles {
+    fn d(&self) -> &[f16; GROUP];
+    fn dmin(&self) -> &[f16; GROUP];
+    fn sc(&self, j: usize) -> &[u8; GROUP];
+    fn m(&self, j: usize) -> &[u8; GROUP];
+    fn qs(&self, j: usize) -> &[u8; 128];
+    /// Sub-block `j`'s fifth bits (Q5_K), `None` for Q4_K.
+    fn qh(&self, j: usize) -> Option<&[u32; 8]>;
+}
+
+impl KNibbles for Q4_Kx8 {
+    #[inline(always)]
+    fn d(&self) -> &[f16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    fn dmin(&self) -> &[f16; GROUP] {
+        &self.dmin
+    }
+    #[inline(always)]
+    fn sc(&self, j: usize) -> &[u8; GROUP] {
+        &self.sc[j]
+    }
+    #[inline(always)]
+    fn m(&self, j: usize) -> &[u8; GROUP] {
+        &self.m[j]
+    }
+    #[inline(always)]
+    fn qs(&self, j: usize) -> &[u8; 128] {
+        &self.qs[j]
+    }
+    #[inline(always)]
+    fn qh(&self, _: usize) -> Option<&[u32; 8]> {
+        None
+    }
+}
+
+impl KNibbles for Q5_Kx8 {
+    #[inline(always)]
+    fn d(&self) -> &[f16; GROUP] {
+        &self.d
+    }
+    #[inline(always)]
+    fn dmin(&self) -> &[f16; GROUP] {
+        &self.dmin
+    }
+    #[inline(always)]
+    fn sc(&self, j: usize) -> &[u8; GROUP] {
+        &self.sc[j]
+    }
+    #[inline(always)]
+    fn m(&self, j: usize) -> &[u8; GROUP] {
+        &self.m[j]
+    }
+    #[inline(always)]
+    fn qs(&self, j: usize) -> &[u8; 128] {
+        &self.subs[j].qs
+    }
+    #[inline(always)]
+    fn qh(&self, j: usize) -> Option<&[u32; 8]> {
+        Some(&self.subs[j].qh)
+    }
 }
 
 /// Eight Q6_K rows of one superblock: values `d * sc * (q - 32)`, `q` in 0..64 stored as its low
@@ -180,6 +278,108 @@ impl Format for Q4_Kx8 {
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
         x86::q4_k(kernel, w, x)
+    }
+}
+
+/// Element `e` (0..256) of a Q5_K block: `q`, 0..32.
+fn q5k_value(b: &RawQ5K, e: usize) -> u8 {
+    let (j, l) = (e / 32, e % 32);
+    let byte = b.qs[32 * (j / 2) + l];
+    let low = if j.is_multiple_of(2) {
+        byte & 0xF
+    } else {
+        byte >> 4
+    };
+    low | (((b.qh[l] >> j) & 1) << 4)
+}
+
+impl Format for Q5_Kx8 {
+    const SUB: usize = SUBS;
+    type Src = BlockQ5K;
+
+    fn erase(p: &Packed<Self>) -> PackedRef<'_> {
+        PackedRef::Q5K(p)
+    }
+
+    fn pack(rows: [Option<&BlockQ5K>; GROUP]) -> Self {
+        let raws: [Option<RawQ5K>; GROUP] = rows.map(|b| b.map(raw));
+        let mut sc = [[0u8; GROUP]; SUBS];
+        let mut m = [[0u8; GROUP]; SUBS];
+        let mut qh = [[0u32; 8]; SUBS];
+        for (r, b) in raws.iter().enumerate() {
+            let Some(b) = b else { continue };
+            for j in 0..SUBS {
+                (sc[j][r], m[j][r]) = scale_min(j, &b.scales);
+                for l in 0..4 {
+                    for i in 0..4 {
+                        let lane = 4 * r + i;
+                        let fifth = |k: usize| (q5k_value(b, 32 * j + k) >> 4) as u32;
+                        qh[j][2 * l] |= fifth(4 * l + i) << lane;
+                        qh[j][2 * l + 1] |= fifth(16 + 4 * l + i) << lane;
+                    }
+                }
+            }
+        }
+        let nibbles = |j: usize| {
+            raws.map(|b| {
+                b.map(|b| {
+                    std::array::from_fn(|i| {
+                        let v = |k: usize| q5k_value(&b, 32 * j + k) & 0xF;
+                        v(i) | (v(16 + i) << 4)
+                    })
+                })
+            })
+        };
+        Q5_Kx8 {
+            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
+            dmin: raws.map(|b| b.map_or(f16::ZERO, |b| b.dmin)),
+            sc,
+            m,
+            subs: std::array::from_fn(|j| Q5Sub {
+                qs: interleave_nibbles(nibbles(j)),
+                qh: qh[j],
+            }),
+        }
+    }
+
+    fn unpack(&self, r: usize) -> BlockQ5K {
+        let mut b = RawQ5K {
+            d: self.d[r],
+            dmin: self.dmin[r],
+            scales: pack_scale_min(self.sc.map(|s| s[r]), self.m.map(|s| s[r])),
+            qh: [0; 32],
+            qs: [0; 128],
+        };
+        for (j, sub) in self.subs.iter().enumerate() {
+            let nib = row_nibbles(&sub.qs, r);
+            for k in 0..32 {
+                let (half, within) = (k / 16, k % 16);
+                let (l, i) = (within / 4, within % 4);
+                let low = if half == 0 {
+                    nib[within] & 0xF
+                } else {
+                    nib[within] >> 4
+                };
+                let fifth = (sub.qh[2 * l + half] >> (4 * r + i)) & 1;
+                let q = low | ((fifth as u8) << 4);
+                let byte = &mut b.qs[32 * (j / 2) + k];
+                *byte |= if j.is_multiple_of(2) {
+                    q & 0xF
+                } else {
+                    (q & 0xF) << 4
+                };
+                b.qh[k] |= (q >> 4) << j;
+            }
+        }
+        unraw(b)
+    }
+
+    fn tile<const MR: usize>(
+        kernel: Kernel,
+        w: &[Self],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        x86::q5_k(kernel, w, x)
     }
 }
 

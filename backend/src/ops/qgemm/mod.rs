@@ -1,5 +1,5 @@
-//! Wick's quantized matmul for the GGUF types Q4_0, Q4_1, Q5_0 ([`q5_0`]), Q8_0, Q4_K and Q6_K
-//! ([`kquants`], 256-element superblocks seen as eight 32-element blocks): weights repacked at
+//! Wick's quantized matmul for the GGUF types Q4_0, Q4_1, Q5_0 ([`q5_0`]), Q8_0, Q4_K, Q5_K and
+//! Q6_K ([`kquants`], 256-element superblocks seen as eight 32-element blocks): weights repacked at
 //! load into
 //! groups of eight interleaved rows, activations quantized to 8 bits once per matmul input
 //! ([`QActs`], shareable by every matrix that reads the same input), integer dot products, and a
@@ -27,7 +27,7 @@ pub mod q5_0;
 mod scalar;
 mod x86;
 
-pub use kquants::{Q4_Kx8, Q6_Kx8};
+pub use kquants::{Q4_Kx8, Q5_Kx8, Q6_Kx8};
 pub use q5_0::Q5_0x8;
 
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlType};
@@ -542,6 +542,7 @@ pub enum PackedRef<'a> {
     Q5_0(&'a Packed<Q5_0x8>),
     Q8_0(&'a Packed<Q8_0x8>),
     Q4K(&'a Packed<Q4_Kx8>),
+    Q5K(&'a Packed<Q5_Kx8>),
     Q6K(&'a Packed<Q6_Kx8>),
 }
 
@@ -553,6 +554,7 @@ impl PackedRef<'_> {
             PackedRef::Q5_0(p) => p.rows,
             PackedRef::Q8_0(p) => p.rows,
             PackedRef::Q4K(p) => p.rows,
+            PackedRef::Q5K(p) => p.rows,
             PackedRef::Q6K(p) => p.rows,
         }
     }
@@ -565,6 +567,7 @@ impl PackedRef<'_> {
             PackedRef::Q5_0(p) => p.kb,
             PackedRef::Q8_0(p) => p.kb,
             PackedRef::Q4K(p) => p.kb * Q4_Kx8::SUB,
+            PackedRef::Q5K(p) => p.kb * Q5_Kx8::SUB,
             PackedRef::Q6K(p) => p.kb * Q6_Kx8::SUB,
         }
     }
@@ -576,6 +579,7 @@ impl PackedRef<'_> {
             PackedRef::Q5_0(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q8_0(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q4K(p) => p.run_groups(kernel, gs, x, out),
+            PackedRef::Q5K(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q6K(p) => p.run_groups(kernel, gs, x, out),
         }
     }

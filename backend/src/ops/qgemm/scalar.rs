@@ -2,8 +2,8 @@
 //! kernels must match bit for bit. Each block's float step is candle's `vec_dot_unopt` expression
 //! (the K-quants': `kquants`' formulas).
 
-use super::kquants::SUBS;
-use super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8, GROUP};
+use super::kquants::{KNibbles, SUBS};
+use super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP};
 
 /// Integer dot product of group row `r`'s 4-bit values (unsigned nibbles) with an activation block.
 fn nibble_dot(qs: &[u8; 128], r: usize, x: &ActBlock) -> i32 {
@@ -32,16 +32,17 @@ pub(super) fn q4_0<const MR: usize>(w: &[Q4_0x8], x: [&[ActBlock]; MR]) -> [[f32
     acc
 }
 
-/// Integer dot product of group row `r`'s Q5_0 values (nibbles with their fifth bits ORed in,
-/// unsigned) with an activation block.
-fn five_bit_dot(w: &Q5_0x8, r: usize, x: &ActBlock) -> i32 {
+/// Integer dot product of group row `r`'s 4-bit values (unsigned nibbles, with their fifth bits
+/// ORed in when `qh` has them: Q5_0's and Q5_K's layout) with an activation block.
+fn nibble_dot5(qs: &[u8; 128], qh: Option<&[u32; 8]>, r: usize, x: &ActBlock) -> i32 {
     let mut sum = 0i32;
     for l in 0..4 {
         for j in 0..4 {
             let lane = 4 * r + j;
-            let byte = w.qs[32 * l + lane];
-            let lo = (byte & 0x0F) as i32 | (((w.qh[2 * l] >> lane) & 1) << 4) as i32;
-            let hi = (byte >> 4) as i32 | (((w.qh[2 * l + 1] >> lane) & 1) << 4) as i32;
+            let byte = qs[32 * l + lane];
+            let fifth = |h: usize| qh.map_or(0, |qh| ((qh[2 * l + h] >> lane) & 1) << 4) as i32;
+            let lo = (byte & 0x0F) as i32 | fifth(0);
+            let hi = (byte >> 4) as i32 | fifth(1);
             sum += lo * x.qs[4 * l + j] as i32 + hi * x.qs[16 + 4 * l + j] as i32;
         }
     }
@@ -54,7 +55,7 @@ pub(super) fn q5_0<const MR: usize>(w: &[Q5_0x8], x: [&[ActBlock]; MR]) -> [[f32
         for (xr, acc) in x.iter().zip(acc.iter_mut()) {
             let xb = &xr[b];
             for (r, a) in acc.iter_mut().enumerate() {
-                let sumi = five_bit_dot(wb, r, xb) - 16 * xb.isum;
+                let sumi = nibble_dot5(&wb.qs, Some(&wb.qh), r, xb) - 16 * xb.isum;
                 *a += sumi as f32 * wb.d[r].to_f32() * xb.d;
             }
         }
@@ -95,22 +96,34 @@ pub(super) fn q8_0<const MR: usize>(w: &[Q8_0x8], x: [&[ActBlock]; MR]) -> [[f32
     acc
 }
 
-pub(super) fn q4_k<const MR: usize>(w: &[Q4_Kx8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+/// Q4_K and Q5_K.
+pub(super) fn k_nibbles<W: KNibbles, const MR: usize>(
+    w: &[W],
+    x: [&[ActBlock]; MR],
+) -> [[f32; GROUP]; MR] {
     let mut acc = [[0f32; GROUP]; MR];
     for (b, wb) in w.iter().enumerate() {
         for j in 0..SUBS {
             for (xr, acc) in x.iter().zip(acc.iter_mut()) {
                 let xb = &xr[SUBS * b + j];
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let sumi = nibble_dot(&wb.qs[j], r, xb);
-                    let scale = wb.d[r].to_f32() * wb.sc[j][r] as f32;
-                    let min = wb.dmin[r].to_f32() * wb.m[j][r] as f32;
+                    let sumi = nibble_dot5(wb.qs(j), wb.qh(j), r, xb);
+                    let scale = wb.d()[r].to_f32() * wb.sc(j)[r] as f32;
+                    let min = wb.dmin()[r].to_f32() * wb.m(j)[r] as f32;
                     *a += (sumi as f32 * scale - xb.isum as f32 * min) * xb.d;
                 }
             }
         }
     }
     acc
+}
+
+pub(super) fn q4_k<const MR: usize>(w: &[Q4_Kx8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+    k_nibbles(w, x)
+}
+
+pub(super) fn q5_k<const MR: usize>(w: &[Q5_Kx8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {
+    k_nibbles(w, x)
 }
 
 pub(super) fn q6_k<const MR: usize>(w: &[Q6_Kx8], x: [&[ActBlock]; MR]) -> [[f32; GROUP]; MR] {

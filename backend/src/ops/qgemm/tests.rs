@@ -286,3 +286,22 @@ fn k_quant_packing_round_trips_every_row_bit_for_bit() {
         bytes(&q6)
     );
 }
+
+/// Q5_K's minimum per 32-element block, `dmin * m`.
+fn q5_k_mins(blocks: &[candle_core::quantized::k_quants::BlockQ5K]) -> Vec<f32> {
+    let packed = Packed::<Q5_Kx8>::pack(blocks, 1, blocks.len());
+    packed
+        .groups
+        .iter()
+        .flat_map(|g| (0..8).map(move |j| g.dmin[0].to_f32() * g.m[j][0] as f32))
+        .collect()
+}
+
+#[test]
+fn q5_k_kernels_agree_and_match_the_reference() {
+    for (s, (rows, k)) in K_SHAPES.into_iter().enumerate() {
+        for m in BATCHES {
+            check::<Q5_Kx8>(rows, k, m, 70 + s as u32, q5_k_mins);
+        }
+    }
+}

@@ -12,7 +12,7 @@
 //! The K-quants (`kquants`) run eight 32-element sub-blocks per stored block with the same loads.
 
 #[cfg(target_arch = "x86_64")]
-use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8, GROUP};
+use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP};
 
 #[cfg(target_arch = "x86_64")]
 pub(super) fn avx2_available() -> bool {
@@ -137,6 +137,8 @@ dispatch!(q8_0, Q8_0x8);
 #[cfg(target_arch = "x86_64")]
 dispatch!(q4_k, Q4_Kx8);
 #[cfg(target_arch = "x86_64")]
+dispatch!(q5_k, Q5_Kx8);
+#[cfg(target_arch = "x86_64")]
 dispatch!(q6_k, Q6_Kx8);
 
 /// The kernel bodies for one instruction set. `$dp` defines `dp(acc, u, s)`: `acc` plus, per
@@ -149,8 +151,9 @@ macro_rules! kernels {
         mod $module {
             // With one chain (AVX2) `l % CHAINS` is 0 and `1..CHAINS` empty, as intended.
             #![allow(clippy::modulo_one, clippy::reversed_empty_ranges)]
-            use super::super::kquants::SUBS;
-            use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8, GROUP};
+            use super::super::kquants::{KNibbles, SUBS};
+            use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8};
+            use super::super::GROUP;
             use super::Nibbles;
             use std::arch::x86_64::*;
 
@@ -301,26 +304,30 @@ macro_rules! kernels {
                 _mm256_cvtepi8_epi32(_mm_loadl_epi64(v.as_ptr() as *const __m128i))
             }
 
-            /// Q4_K: per sub-block, the nibble dot of Q4_1, then
-            /// `(sumi * d * sc - isum * dmin * m) * x.d`.
+            /// Q4_K and Q5_K: per sub-block, the nibble dot of Q4_1 (Q5_K ORs its fifth bits
+            /// in first, as Q5_0), then `(sumi * d * sc - isum * dmin * m) * x.d`.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn q4_k<const MR: usize>(
-                w: &[Q4_Kx8],
+            unsafe fn k_nibbles<W: KNibbles, const MR: usize>(
+                w: &[W],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
                 let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
-                    let (d, dmin) = (scales(&wb.d), scales(&wb.dmin));
+                    let (d, dmin) = (scales(wb.d()), scales(wb.dmin()));
                     for j in 0..SUBS {
                         let xs = blocks_at(&x, SUBS * b + j);
-                        let qs = &wb.qs[j];
+                        let qs = wb.qs(j);
                         let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
                         let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
                         for l in 0..4 {
                             let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
-                            let vlo = _mm256_and_si256(v, mask);
-                            let vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                            let mut vlo = _mm256_and_si256(v, mask);
+                            let mut vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                            if let Some(qh) = wb.qh(j) {
+                                vlo = _mm256_or_si256(vlo, fifth_bits(qh[2 * l]));
+                                vhi = _mm256_or_si256(vhi, fifth_bits(qh[2 * l + 1]));
+                            }
                             let c = if MR >= 4 { 0 } else { l % CHAINS };
                             for i in 0..MR {
                                 let q = xs[i].qs.as_ptr();
@@ -328,8 +335,8 @@ macro_rules! kernels {
                                 hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
                             }
                         }
-                        let scale = _mm256_mul_ps(d, bytes_f32(&wb.sc[j]));
-                        let min = _mm256_mul_ps(dmin, bytes_f32(&wb.m[j]));
+                        let scale = _mm256_mul_ps(d, bytes_f32(wb.sc(j)));
+                        let min = _mm256_mul_ps(dmin, bytes_f32(wb.m(j)));
                         for i in 0..MR {
                             let mut sumi = _mm256_add_epi32(lo[0][i], hi[0][i]);
                             for c in 1..CHAINS {
@@ -343,6 +350,20 @@ macro_rules! kernels {
                     }
                 }
                 finish(acc)
+            }
+
+            pub(super) unsafe fn q4_k<const MR: usize>(
+                w: &[Q4_Kx8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                k_nibbles(w, x)
+            }
+
+            pub(super) unsafe fn q5_k<const MR: usize>(
+                w: &[Q5_Kx8],
+                x: [&[ActBlock]; MR],
+            ) -> [[f32; GROUP]; MR] {
+                k_nibbles(w, x)
             }
 
             /// The high two bits of nibble vector `n` (`qh` holds vectors `4 (n / 4)..`) moved
@@ -486,8 +507,9 @@ kernels!(
 /// Off x86-64 only the scalar kernels exist.
 #[cfg(not(target_arch = "x86_64"))]
 mod portable {
+    use super::super::Q8_0x8;
     use super::super::GROUP;
-    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q6_Kx8, Q8_0x8};
+    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8};
 
     pub(in super::super) fn avx2_available() -> bool {
         false
@@ -535,6 +557,14 @@ mod portable {
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
         scalar::q4_k(w, x)
+    }
+
+    pub(in super::super) fn q5_k<const MR: usize>(
+        _: Kernel,
+        w: &[Q5_Kx8],
+        x: [&[ActBlock]; MR],
+    ) -> [[f32; GROUP]; MR] {
+        scalar::q5_k(w, x)
     }
 
     pub(in super::super) fn q6_k<const MR: usize>(
