@@ -28,6 +28,11 @@ WICK_TEST_MODEL="$(./scripts/fetch-model.sh gemma3-270m)" \
   teacher_forced_logits_agree_with_llama_cpp \
   teacher_forced_logits_agree_with_llama_cpp_on_the_device_generic_path \
   batching_and_chunking_do_not_change_logits block_sizes_give_bit_identical_logits
+# And Qwen2.5-Coder-1.5B (Q4_K and Q6_K only, 1.1 GB): prompt lengths and teacher forcing.
+WICK_TEST_MODEL="$(./scripts/fetch-model.sh qwen2.5-coder-1.5b)" \
+  WICK_TEST_CHAT_FIXTURE=chat-qwen2.5-coder-1.5b.json \
+  cargo test -p wick-router --test engine_real "$@" -- --exact chat_prompts_have_llama_cpp_lengths \
+  teacher_forced_logits_agree_with_llama_cpp
 
 venv=target/py-venv
 if [[ ! -x "$venv/bin/python" ]]; then
