@@ -4,8 +4,8 @@
 //! that every string, array and dimension count fits in the bytes that remain and that arrays
 //! nest at most [`MAX_ARRAY_DEPTH`] deep, and only then hands the file to candle.
 //!
-//! Cost: one pass over the header (metadata and tensor infos), no allocation beyond a small
-//! buffer; the tensor data is never read here.
+//! Cost: the header's bytes read once into memory (up to [`HEADER_WINDOW`]), one pass over them
+//! (metadata and tensor infos); the tensor data is never read here.
 
 use crate::error::LoadError;
 use candle_core::quantized::gguf_file;
@@ -16,25 +16,52 @@ pub const MAX_ARRAY_DEPTH: usize = 4;
 /// Most dimensions of one tensor (ggml's limit).
 pub const MAX_DIMS: u32 = 4;
 
+/// The header is parsed from memory: the file's first bytes, up to this many (real headers are a
+/// few MB: Gemma 3's 262,144-token vocabulary makes 6.5 MB). Parsing straight from the file costs
+/// a system call per value, seconds for a large vocabulary.
+const HEADER_WINDOW: u64 = 32 << 20;
+
 /// Checks the header of the GGUF in `reader`, then reads it with candle. `name` names the
 /// file in errors.
 pub fn read_content<R: Read + Seek>(
     reader: &mut R,
     name: &str,
 ) -> Result<gguf_file::Content, LoadError> {
-    let len = reader
-        .seek(SeekFrom::End(0))
-        .map_err(|e| LoadError::io(name, e))?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| LoadError::io(name, e))?;
-    Header { reader, len }
-        .check()
-        .map_err(|reason| LoadError::invalid(name, format!("not a valid GGUF file: {reason}")))?;
-    reader
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| LoadError::io(name, e))?;
-    Ok(gguf_file::Content::read(reader)?)
+    read_with_window(reader, name, HEADER_WINDOW)
+}
+
+fn read_with_window<R: Read + Seek>(
+    reader: &mut R,
+    name: &str,
+    window: u64,
+) -> Result<gguf_file::Content, LoadError> {
+    let io = |e| LoadError::io(name, e);
+    let len = reader.seek(SeekFrom::End(0)).map_err(io)?;
+    reader.seek(SeekFrom::Start(0)).map_err(io)?;
+    let window = len.min(window);
+    let mut head = Vec::with_capacity(window as usize);
+    reader.take(window).read_to_end(&mut head).map_err(io)?;
+    let mut head = std::io::Cursor::new(head);
+    let invalid = |reason| LoadError::invalid(name, format!("not a valid GGUF file: {reason}"));
+    match (Header {
+        reader: &mut head,
+        len,
+    })
+    .check()
+    {
+        Ok(()) => {
+            head.set_position(0);
+            Ok(gguf_file::Content::read(&mut head)?)
+        }
+        // A header longer than the window: from the file itself.
+        Err(_) if window < len => {
+            reader.seek(SeekFrom::Start(0)).map_err(io)?;
+            Header { reader, len }.check().map_err(invalid)?;
+            reader.seek(SeekFrom::Start(0)).map_err(io)?;
+            Ok(gguf_file::Content::read(reader)?)
+        }
+        Err(reason) => Err(invalid(reason)),
+    }
 }
 
 struct Header<'a, R> {
@@ -186,6 +213,19 @@ mod tests {
         let bytes = header(&[("general.architecture", 8, string("llama"))]);
         let ct = read_content(&mut Cursor::new(bytes), "t.gguf").unwrap();
         assert_eq!(ct.metadata.len(), 1);
+    }
+
+    #[test]
+    fn a_header_longer_than_the_window_is_read_from_the_file() {
+        let bytes = header(&[("general.architecture", 8, string("llama"))]);
+        for window in [0, 7, 30] {
+            let ct = read_with_window(&mut Cursor::new(bytes.clone()), "t.gguf", window).unwrap();
+            assert_eq!(ct.metadata.len(), 1);
+        }
+        let mut huge = (1u64 << 40).to_le_bytes().to_vec();
+        huge.extend(b"abc");
+        let bytes = header(&[("general.name", 8, huge)]);
+        assert!(read_with_window(&mut Cursor::new(bytes), "t.gguf", 8).is_err());
     }
 
     #[test]
