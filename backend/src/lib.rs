@@ -1,11 +1,13 @@
-//! Wick's backend: llama-family models on candle with a paged KV cache, sampling, and the worker
-//! thread that owns them. Knows nothing of HTTP; talks to the router in `wick_proto` messages.
+//! Wick's backend: llama-family models (Llama, Mistral, Qwen 2, Gemma 3) on candle with a paged
+//! KV cache, sampling, and the worker thread that owns them. Knows nothing of HTTP; talks to the router in `wick_proto` messages.
 //!
 //! # Layout
 //! - [`config`]: architecture hyper-parameters from GGUF metadata or `config.json`.
-//! - [`gguf`]: a GGUF header checked against the file's size before candle reads it.
+//! - [`gguf`]: a GGUF header read into memory and checked against the file's size before candle
+//!   reads it.
 //! - [`loader`]: weights from GGUF or a Hugging Face directory; GGUF to safetensors export.
-//! - [`tokenizer`]: tokenizers from GGUF metadata or `tokenizer.json`, chat template, special ids.
+//! - [`tokenizer`]: tokenizers (byte-level BPE, SentencePiece) from GGUF metadata or
+//!   `tokenizer.json`, chat template, special ids.
 //! - [`ops`]: the CPU kernels (quantized matmul, paged attention) as candle custom ops.
 //! - [`kv`]: the paged KV cache tensors.
 //! - [`model`]: the forward pass over a packed batch.
