@@ -389,10 +389,19 @@ mod tests {
 
     /// A GGUF header with string and f32 keys.
     fn gguf(strings: &[(&str, &str)], floats: &[(&str, f32)]) -> gguf_file::Content {
+        gguf_with_ints(strings, floats, &[])
+    }
+
+    /// A GGUF header with string, f32 and u32 keys.
+    fn gguf_with_ints(
+        strings: &[(&str, &str)],
+        floats: &[(&str, f32)],
+        ints: &[(&str, u32)],
+    ) -> gguf_file::Content {
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
         b.extend(0u64.to_le_bytes());
-        b.extend(((strings.len() + floats.len()) as u64).to_le_bytes());
+        b.extend(((strings.len() + floats.len() + ints.len()) as u64).to_le_bytes());
         let key = |b: &mut Vec<u8>, k: &str, ty: u32| {
             b.extend((k.len() as u64).to_le_bytes());
             b.extend(k.as_bytes());
@@ -405,6 +414,10 @@ mod tests {
         }
         for (k, v) in floats {
             key(&mut b, k, 6);
+            b.extend(v.to_le_bytes());
+        }
+        for (k, v) in ints {
+            key(&mut b, k, 4);
             b.extend(v.to_le_bytes());
         }
         crate::gguf::read_content(&mut std::io::Cursor::new(b), "t.gguf").unwrap()
@@ -433,6 +446,44 @@ mod tests {
         );
         let err = ModelConfig::from_gguf(&ct, 10).unwrap_err().to_string();
         assert!(!err.contains("scaling"), "{err}");
+    }
+
+    #[test]
+    fn gemma3_gguf_keys_give_windowed_layers_without_capping_the_context() {
+        let mut ints = vec![
+            ("gemma3.context_length", 32768),
+            ("gemma3.embedding_length", 640),
+            ("gemma3.block_count", 18),
+            ("gemma3.feed_forward_length", 2048),
+            ("gemma3.attention.head_count", 4),
+            ("gemma3.attention.head_count_kv", 1),
+            ("gemma3.attention.key_length", 256),
+        ];
+        let strings = [("general.architecture", "gemma3")];
+        let floats = [
+            ("gemma3.attention.layer_norm_rms_epsilon", 1e-6),
+            ("gemma3.rope.freq_base", 1e6),
+        ];
+        let missing = ModelConfig::from_gguf(&gguf_with_ints(&strings, &floats, &ints), 10);
+        let err = missing.unwrap_err().to_string();
+        assert!(err.contains("gemma3.attention.sliding_window"), "{err}");
+
+        ints.push(("gemma3.attention.sliding_window", 512));
+        let cfg = ModelConfig::from_gguf(&gguf_with_ints(&strings, &floats, &ints), 10).unwrap();
+        assert_eq!(cfg.architecture, Architecture::Gemma3);
+        assert_eq!(cfg.max_context, 32768);
+        assert_eq!(cfg.head_dim, 256);
+        assert_eq!(cfg.attention_scale, 1.0 / 16.0);
+        assert_eq!(
+            cfg.local_attention,
+            Some(LocalAttention {
+                window: 512,
+                global_every: 6,
+                rope_theta: 10_000.0
+            })
+        );
+        assert_eq!(cfg.layer_window(4), Some(512));
+        assert_eq!(cfg.layer_window(5), None);
     }
 
     #[test]

@@ -362,6 +362,67 @@ mod tests {
     }
 
     #[test]
+    fn a_window_limits_each_query_to_its_last_keys() {
+        use candle_core::{DType, Device, Tensor};
+        // One sequence of 6 positions in blocks of 2 (table [2, 0, 1]), one head of dim 2.
+        let (n, bs) = (6usize, 2usize);
+        let table = vec![2u32, 0, 1];
+        let slots = (0..n)
+            .map(|p| table[p / bs] as usize * bs + p % bs)
+            .collect();
+        let meta = AttentionMeta {
+            positions: (0..n).collect(),
+            token_table: vec![0; n],
+            tables: vec![table],
+            slots,
+            block_size: bs,
+        };
+        let row = |p: usize, a: f32, b: f32| [a + p as f32 * b, 1.0 - p as f32 * 0.2];
+        let keys: Vec<f32> = (0..n).flat_map(|p| row(p, 0.1, 0.3)).collect();
+        let vals: Vec<f32> = (0..n).flat_map(|p| [p as f32, -(p as f32) * 0.5]).collect();
+        let queries: Vec<f32> = (0..n).flat_map(|p| row(p, -0.4, 0.25)).collect();
+        let dev = Device::Cpu;
+        let (kc, vc) = (
+            Tensor::zeros((3, bs, 1, 2), DType::F32, &dev).unwrap(),
+            Tensor::zeros((3, bs, 1, 2), DType::F32, &dev).unwrap(),
+        );
+        for (cache, rows) in [(&kc, &keys), (&vc, &vals)] {
+            let src = Tensor::from_slice(rows, (n, 1, 2), &dev).unwrap();
+            cache.inplace_op2(&src, &KvWrite(&meta)).unwrap();
+        }
+        let q = Tensor::from_slice(&queries, (n, 1, 2), &dev).unwrap();
+        for window in [Some(1), Some(3), Some(6), Some(100), None] {
+            let op = PagedAttention {
+                meta: &meta,
+                scale: 0.7,
+                window,
+            };
+            let out = q.apply_op3_no_bwd(&kc, &vc, &op).unwrap();
+            let out = out.to_vec2::<f32>().unwrap();
+            for p in 0..n {
+                let lo = p + 1 - window.unwrap_or(usize::MAX).min(p + 1);
+                let score = |j: usize| {
+                    0.7 * (queries[2 * p] * keys[2 * j] + queries[2 * p + 1] * keys[2 * j + 1])
+                };
+                let weights: Vec<f64> = (lo..=p).map(|j| (score(j) as f64).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                for d in 0..2 {
+                    let want: f64 = (lo..=p)
+                        .zip(&weights)
+                        .map(|(j, w)| w * vals[2 * j + d] as f64)
+                        .sum::<f64>()
+                        / total;
+                    let got = out[p][d] as f64;
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "window {window:?}, position {p}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn exp_matches_the_standard_library() {
         for i in 0..=2000 {
             let x = -(i as f32) * 0.05;
