@@ -22,11 +22,13 @@
 //! One 256-bit load thus holds four consecutive elements of each of the eight rows, and a dot
 //! product step against four broadcast activation bytes leaves one row's partial sum per lane.
 
+mod acts;
 pub mod kquants;
 pub mod q5_0;
 mod scalar;
 mod x86;
 
+pub use acts::{ActBlock, QActs};
 pub use kquants::{Q4_Kx8, Q5_Kx8, Q6_Kx8};
 pub use q5_0::Q5_0x8;
 
@@ -37,101 +39,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Weight rows per interleaved group (eight f32 lanes of a 256-bit register).
 pub const GROUP: usize = 8;
-
-/// One 32-element block of a quantized activation row: candle's Q8_0/Q8_1 quantization (the two
-/// give the same values and scale), with the scale, the scaled sum and the integer sum kept as
-/// the kernels need them.
-#[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub struct ActBlock {
-    pub qs: [i8; 32],
-    /// The scale, as stored in f16 by candle (exact in f32).
-    pub d: f32,
-    /// Q8_1's `s`: f16 of the sum times the f16 scale, rounded to f16 (exact in f32).
-    pub s: f32,
-    /// The sum of `qs`.
-    pub isum: i32,
-    /// The sums of `qs[..16]` and `qs[16..]` (Q6_K's halves have their own scales).
-    pub hsum: [i32; 2],
-}
-
-/// A batch of activation rows quantized for the kernels: `rows * kb` blocks.
-pub struct QActs {
-    pub rows: usize,
-    pub kb: usize,
-    pub blocks: Vec<ActBlock>,
-}
-
-/// Rows per parallel task when quantizing activations.
-const QUANT_ROWS_PER_TASK: usize = 16;
-
-impl QActs {
-    /// Quantizes `x` (rows of `k` values, `k` a multiple of 32) block by block, in parallel
-    /// over rows when there are many.
-    pub fn quantize(x: &[f32], k: usize) -> QActs {
-        debug_assert_eq!(k % 32, 0);
-        let kb = k / 32;
-        let rows = x.len().checked_div(k).unwrap_or(0);
-        let empty = ActBlock {
-            qs: [0; 32],
-            d: 0.0,
-            s: 0.0,
-            isum: 0,
-            hsum: [0; 2],
-        };
-        let mut blocks = vec![empty; rows * kb];
-        let quantize_rows = |(xs, out): (&[f32], &mut [ActBlock])| {
-            let (chunks, _) = xs.as_chunks::<32>();
-            for (chunk, b) in chunks.iter().zip(out.iter_mut()) {
-                *b = quantize_block(chunk);
-            }
-        };
-        if rows > QUANT_ROWS_PER_TASK {
-            x.par_chunks(k * QUANT_ROWS_PER_TASK)
-                .zip(blocks.par_chunks_mut(kb * QUANT_ROWS_PER_TASK))
-                .for_each(quantize_rows);
-        } else {
-            quantize_rows((x, &mut blocks));
-        }
-        QActs { rows, kb, blocks }
-    }
-
-    fn row(&self, r: usize) -> &[ActBlock] {
-        &self.blocks[r * self.kb..(r + 1) * self.kb]
-    }
-}
-
-/// Candle's Q8_1 quantization of one block (`BlockQ8_1::from_float`: the same operations in the
-/// same order, so the same bits), written over fixed-size arrays so that it vectorises.
-fn quantize_block(x: &[f32; 32]) -> ActBlock {
-    let mut amax = 0f32;
-    for &v in x {
-        amax = amax.max(v.abs());
-    }
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    let mut qs = [0i8; 32];
-    for (q, &v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
-    }
-    let half = |h: usize| {
-        qs[16 * h..16 * h + 16]
-            .iter()
-            .map(|&q| q as i32)
-            .sum::<i32>()
-    };
-    let hsum = [half(0), half(1)];
-    let isum = hsum[0] + hsum[1];
-    let d = f16::from_f32(d);
-    let s = f16::from_f32(f16::from_f32(isum as f32).to_f32() * d.to_f32());
-    ActBlock {
-        qs,
-        d: d.to_f32(),
-        s: s.to_f32(),
-        isum,
-        hsum,
-    }
-}
 
 /// The kernel families. All give bit-identical results; they differ in speed only.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
