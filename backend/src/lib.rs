@@ -34,4 +34,4 @@ pub mod worker;
 pub use engine::Engine;
 pub use error::{BackendError, LoadError};
 pub use kv::KvDType;
-pub use worker::{load_engine, Backend, BackendConfig, DeviceSpec};
+pub use worker::{load_engine, release_free_heap, Backend, BackendConfig, DeviceSpec};

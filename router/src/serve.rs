@@ -253,6 +253,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     };
     let state = Arc::new(build_state(&args, loaded, phase.clone())?);
     let _ = late.0.set(app(state.clone(), keys));
+    // What loading freed goes back to the system before the server reports ready.
+    wick_backend::release_free_heap();
     phase.set_ready();
     tracing::info!(
         model = %state.served_name,
