@@ -62,16 +62,51 @@ const _: () = assert!(std::mem::size_of::<Q5_Kx8>() == 1440);
 const _: () =
     assert!(std::mem::size_of::<Q4_Kx8>() == 1184 && std::mem::size_of::<Q6_Kx8>() == 1696);
 
-/// Eight Q4_K rows of one superblock: values `d * sc * q - dmin * m`. The scales come first, so
-/// that a kernel reads the superblock front to back; every 32-byte load is aligned (1,184 bytes,
-/// the values at 160).
-#[repr(C, align(32))]
-pub struct Q4_Kx8 {
+/// The scales of eight Q4_K or Q5_K rows of one superblock, in front of their values so that a
+/// kernel reads the superblock front to back (160 bytes: the values start 32-byte aligned).
+#[repr(C)]
+pub struct KScales {
     pub d: [f16; GROUP],
     pub dmin: [f16; GROUP],
     /// `sc[j][r]`, `m[j][r]`: sub-block `j`'s 6-bit scale and minimum in row `r`.
     pub sc: [[u8; GROUP]; SUBS],
     pub m: [[u8; GROUP]; SUBS],
+}
+
+impl KScales {
+    /// From each row's `d`, `dmin` and packed 6-bit scales as the GGUF stores them (a missing
+    /// row: zeros).
+    fn pack(rows: [Option<(f16, f16, &[u8; 12])>; GROUP]) -> Self {
+        let mut s = KScales {
+            d: [f16::ZERO; GROUP],
+            dmin: [f16::ZERO; GROUP],
+            sc: [[0; GROUP]; SUBS],
+            m: [[0; GROUP]; SUBS],
+        };
+        for (r, row) in rows.iter().enumerate() {
+            let Some((d, dmin, packed)) = row else {
+                continue;
+            };
+            (s.d[r], s.dmin[r]) = (*d, *dmin);
+            for j in 0..SUBS {
+                (s.sc[j][r], s.m[j][r]) = scale_min(j, packed);
+            }
+        }
+        s
+    }
+
+    /// Row `r`'s `d`, `dmin` and packed scales, as the GGUF stores them.
+    fn row(&self, r: usize) -> (f16, f16, [u8; 12]) {
+        let packed = pack_scale_min(self.sc.map(|s| s[r]), self.m.map(|s| s[r]));
+        (self.d[r], self.dmin[r], packed)
+    }
+}
+
+/// Eight Q4_K rows of one superblock: values `d * sc * q - dmin * m`; every 32-byte load is
+/// aligned (1,184 bytes, the values at 160).
+#[repr(C, align(32))]
+pub struct Q4_Kx8 {
+    pub scales: KScales,
     /// Sub-block `j`'s nibbles, in Q4_0's group layout.
     pub qs: [[u8; 128]; SUBS],
 }
@@ -80,10 +115,7 @@ pub struct Q4_Kx8 {
 /// sub-block as Q5_0's ([`super::Q5_0x8`]), each sub-block's bytes together.
 #[repr(C, align(32))]
 pub struct Q5_Kx8 {
-    pub d: [f16; GROUP],
-    pub dmin: [f16; GROUP],
-    pub sc: [[u8; GROUP]; SUBS],
-    pub m: [[u8; GROUP]; SUBS],
+    pub scales: KScales,
     pub subs: [Q5Sub; SUBS],
 }
 
@@ -98,10 +130,7 @@ pub struct Q5Sub {
 
 /// What the kernels read of a 4- or 5-bit K-quant group (Q4_K, Q5_K) alike.
 pub trait KNibbles {
-    fn d(&self) -> &[f16; GROUP];
-    fn dmin(&self) -> &[f16; GROUP];
-    fn sc(&self, j: usize) -> &[u8; GROUP];
-    fn m(&self, j: usize) -> &[u8; GROUP];
+    fn scales(&self) -> &KScales;
     fn qs(&self, j: usize) -> &[u8; 128];
     /// Sub-block `j`'s fifth bits (Q5_K), `None` for Q4_K.
     fn qh(&self, j: usize) -> Option<&[u32; 8]>;
@@ -109,20 +138,8 @@ pub trait KNibbles {
 
 impl KNibbles for Q4_Kx8 {
     #[inline(always)]
-    fn d(&self) -> &[f16; GROUP] {
-        &self.d
-    }
-    #[inline(always)]
-    fn dmin(&self) -> &[f16; GROUP] {
-        &self.dmin
-    }
-    #[inline(always)]
-    fn sc(&self, j: usize) -> &[u8; GROUP] {
-        &self.sc[j]
-    }
-    #[inline(always)]
-    fn m(&self, j: usize) -> &[u8; GROUP] {
-        &self.m[j]
+    fn scales(&self) -> &KScales {
+        &self.scales
     }
     #[inline(always)]
     fn qs(&self, j: usize) -> &[u8; 128] {
@@ -136,20 +153,8 @@ impl KNibbles for Q4_Kx8 {
 
 impl KNibbles for Q5_Kx8 {
     #[inline(always)]
-    fn d(&self) -> &[f16; GROUP] {
-        &self.d
-    }
-    #[inline(always)]
-    fn dmin(&self) -> &[f16; GROUP] {
-        &self.dmin
-    }
-    #[inline(always)]
-    fn sc(&self, j: usize) -> &[u8; GROUP] {
-        &self.sc[j]
-    }
-    #[inline(always)]
-    fn m(&self, j: usize) -> &[u8; GROUP] {
-        &self.m[j]
+    fn scales(&self) -> &KScales {
+        &self.scales
     }
     #[inline(always)]
     fn qs(&self, j: usize) -> &[u8; 128] {
@@ -233,23 +238,13 @@ impl Format for Q4_Kx8 {
 
     fn pack(rows: [Option<&BlockQ4K>; GROUP]) -> Self {
         let raws: [Option<RawQ4K>; GROUP] = rows.map(|b| b.map(raw));
-        let mut sc = [[0u8; GROUP]; SUBS];
-        let mut m = [[0u8; GROUP]; SUBS];
-        for (r, b) in raws.iter().enumerate() {
-            if let Some(b) = b {
-                for j in 0..SUBS {
-                    (sc[j][r], m[j][r]) = scale_min(j, &b.scales);
-                }
-            }
-        }
         Q4_Kx8 {
+            scales: KScales::pack(std::array::from_fn(|r| {
+                raws[r].as_ref().map(|b| (b.d, b.dmin, &b.scales))
+            })),
             qs: std::array::from_fn(|j| {
                 interleave_nibbles(raws.map(|b| b.map(|b| q4k_sub_nibbles(&b.qs, j))))
             }),
-            sc,
-            m,
-            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
-            dmin: raws.map(|b| b.map_or(f16::ZERO, |b| b.dmin)),
         }
     }
 
@@ -264,10 +259,11 @@ impl Format for Q4_Kx8 {
                 }
             }
         }
+        let (d, dmin, scales) = self.scales.row(r);
         unraw(RawQ4K {
-            d: self.d[r],
-            dmin: self.dmin[r],
-            scales: pack_scale_min(self.sc.map(|s| s[r]), self.m.map(|s| s[r])),
+            d,
+            dmin,
+            scales,
             qs,
         })
     }
@@ -303,19 +299,16 @@ impl Format for Q5_Kx8 {
 
     fn pack(rows: [Option<&BlockQ5K>; GROUP]) -> Self {
         let raws: [Option<RawQ5K>; GROUP] = rows.map(|b| b.map(raw));
-        let mut sc = [[0u8; GROUP]; SUBS];
-        let mut m = [[0u8; GROUP]; SUBS];
         let mut qh = [[0u32; 8]; SUBS];
         for (r, b) in raws.iter().enumerate() {
             let Some(b) = b else { continue };
-            for j in 0..SUBS {
-                (sc[j][r], m[j][r]) = scale_min(j, &b.scales);
+            for (j, qh) in qh.iter_mut().enumerate() {
                 for l in 0..4 {
                     for i in 0..4 {
                         let lane = 4 * r + i;
                         let fifth = |k: usize| (q5k_value(b, 32 * j + k) >> 4) as u32;
-                        qh[j][2 * l] |= fifth(4 * l + i) << lane;
-                        qh[j][2 * l + 1] |= fifth(16 + 4 * l + i) << lane;
+                        qh[2 * l] |= fifth(4 * l + i) << lane;
+                        qh[2 * l + 1] |= fifth(16 + 4 * l + i) << lane;
                     }
                 }
             }
@@ -331,10 +324,9 @@ impl Format for Q5_Kx8 {
             })
         };
         Q5_Kx8 {
-            d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
-            dmin: raws.map(|b| b.map_or(f16::ZERO, |b| b.dmin)),
-            sc,
-            m,
+            scales: KScales::pack(std::array::from_fn(|r| {
+                raws[r].as_ref().map(|b| (b.d, b.dmin, &b.scales))
+            })),
             subs: std::array::from_fn(|j| Q5Sub {
                 qs: interleave_nibbles(nibbles(j)),
                 qh: qh[j],
@@ -343,10 +335,11 @@ impl Format for Q5_Kx8 {
     }
 
     fn unpack(&self, r: usize) -> BlockQ5K {
+        let (d, dmin, scales) = self.scales.row(r);
         let mut b = RawQ5K {
-            d: self.d[r],
-            dmin: self.dmin[r],
-            scales: pack_scale_min(self.sc.map(|s| s[r]), self.m.map(|s| s[r])),
+            d,
+            dmin,
+            scales,
             qh: [0; 32],
             qs: [0; 128],
         };

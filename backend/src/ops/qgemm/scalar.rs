@@ -108,8 +108,9 @@ pub(super) fn k_nibbles<W: KNibbles, const MR: usize>(
                 let xb = &xr[SUBS * b + j];
                 for (r, a) in acc.iter_mut().enumerate() {
                     let sumi = nibble_dot5(wb.qs(j), wb.qh(j), r, xb);
-                    let scale = wb.d()[r].to_f32() * wb.sc(j)[r] as f32;
-                    let min = wb.dmin()[r].to_f32() * wb.m(j)[r] as f32;
+                    let s = wb.scales();
+                    let scale = s.d[r].to_f32() * s.sc[j][r] as f32;
+                    let min = s.dmin[r].to_f32() * s.m[j][r] as f32;
                     *a += (sumi as f32 * scale - xb.isum as f32 * min) * xb.d;
                 }
             }

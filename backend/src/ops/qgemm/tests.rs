@@ -2,6 +2,7 @@
 //! `vec_dot_unopt` (bit for bit), and all against a dequantize-then-f64 reference within the
 //! bound that 8-bit activation quantization allows, on odd shapes and batches of 1 to 64.
 
+use super::kquants::KNibbles;
 use super::*;
 
 /// Deterministic values in [-1, 1) with a few larger outliers, as activations have.
@@ -239,13 +240,16 @@ fn q5_0_packing_round_trips_every_row() {
 /// Gemma 3's 1,024 and 2,048 are 4 and 8).
 const K_SHAPES: [(usize, usize); 5] = [(1, 256), (13, 512), (24, 1536), (37, 1024), (9, 4864)];
 
-/// Q4_K's minimum per 32-element block, `dmin * m`.
-fn q4_k_mins(blocks: &[candle_core::quantized::k_quants::BlockQ4K]) -> Vec<f32> {
-    let packed = Packed::<Q4_Kx8>::pack(blocks, 1, blocks.len());
+/// A Q4_K or Q5_K row's minimum per 32-element block, `dmin * m`.
+fn k_mins<F: Format + KNibbles>(blocks: &[F::Src]) -> Vec<f32> {
+    let packed = Packed::<F>::pack(blocks, 1, blocks.len());
     packed
         .groups
         .iter()
-        .flat_map(|g| (0..8).map(move |j| g.dmin[0].to_f32() * g.m[j][0] as f32))
+        .flat_map(|g| {
+            let s = g.scales();
+            (0..8).map(move |j| s.dmin[0].to_f32() * s.m[j][0] as f32)
+        })
         .collect()
 }
 
@@ -253,7 +257,7 @@ fn q4_k_mins(blocks: &[candle_core::quantized::k_quants::BlockQ4K]) -> Vec<f32> 
 fn q4_k_kernels_agree_and_match_the_reference() {
     for (s, (rows, k)) in K_SHAPES.into_iter().enumerate() {
         for m in BATCHES {
-            check::<Q4_Kx8>(rows, k, m, 40 + s as u32, q4_k_mins);
+            check::<Q4_Kx8>(rows, k, m, 40 + s as u32, k_mins::<Q4_Kx8>);
         }
     }
 }
@@ -287,21 +291,11 @@ fn k_quant_packing_round_trips_every_row_bit_for_bit() {
     );
 }
 
-/// Q5_K's minimum per 32-element block, `dmin * m`.
-fn q5_k_mins(blocks: &[candle_core::quantized::k_quants::BlockQ5K]) -> Vec<f32> {
-    let packed = Packed::<Q5_Kx8>::pack(blocks, 1, blocks.len());
-    packed
-        .groups
-        .iter()
-        .flat_map(|g| (0..8).map(move |j| g.dmin[0].to_f32() * g.m[j][0] as f32))
-        .collect()
-}
-
 #[test]
 fn q5_k_kernels_agree_and_match_the_reference() {
     for (s, (rows, k)) in K_SHAPES.into_iter().enumerate() {
         for m in BATCHES {
-            check::<Q5_Kx8>(rows, k, m, 70 + s as u32, q5_k_mins);
+            check::<Q5_Kx8>(rows, k, m, 70 + s as u32, k_mins::<Q5_Kx8>);
         }
     }
 }

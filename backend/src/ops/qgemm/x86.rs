@@ -99,6 +99,17 @@ impl Nibbles for Q4_1x8 {
     }
 }
 
+/// Bits a nibble block's values carry above their low four: none (Q4_0, Q4_1, Q4_K), Q5_0's and
+/// Q5_K's fifth bits (`u32` per nibble vector, bit `4 r + i`), or Q6_K's two high bits
+/// ([`super::kquants::Q6Sub::qh`]).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+enum High<'a> {
+    None,
+    Fifth(&'a [u32; 8]),
+    Two(&'a [[u8; 32]; 2]),
+}
+
 /// Dispatches one weight type's tile to the kernel family; `Scalar` never reaches here.
 #[cfg(target_arch = "x86_64")]
 macro_rules! dispatch {
@@ -154,7 +165,7 @@ macro_rules! kernels {
             use super::super::kquants::{KNibbles, SUBS};
             use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8};
             use super::super::GROUP;
-            use super::Nibbles;
+            use super::{High, Nibbles};
             use std::arch::x86_64::*;
 
             /// Independent accumulator chains per row and nibble half.
@@ -212,45 +223,93 @@ macro_rules! kernels {
                 _mm256_and_si256(set, _mm256_set1_epi8(0x10))
             }
 
-            /// The nibble types in one body (kept whole so that the compiler keeps every
-            /// accumulator in registers): Q4_0 and Q5_0 subtract their offset per value
+            /// The high two bits of nibble vector `n` (`qh` holds vectors `4 (n / 4)..`) moved
+            /// to bits 4 and 5 of each byte.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn high_bits(qh: __m256i, n: usize) -> __m256i {
+                let moved = match n % 4 {
+                    0 => _mm256_slli_epi16(qh, 4),
+                    1 => _mm256_slli_epi16(qh, 2),
+                    2 => qh,
+                    _ => _mm256_srli_epi16(qh, 2),
+                };
+                _mm256_and_si256(moved, _mm256_set1_epi8(0x30))
+            }
+
+            /// One 32-element block of eight rows in Q4_0's nibble layout (`qs`, with `high`
+            /// ORed in above the nibbles) against `MR` activation blocks: per row, the integer
+            /// dot of its first 16 elements (the low nibbles) and of its last 16 (the high
+            /// ones). Partial sums run in `CHAINS` independent accumulators per row and half, so
+            /// that an accumulating dot-product instruction's latency does not serialise a row.
+            ///
+            /// Always inlined, and so compiled with its caller's target features (it has none of
+            /// its own: `inline(always)` and `target_feature` do not go together).
+            #[inline(always)]
+            unsafe fn nibble_dots<const MR: usize>(
+                qs: &[u8; 128],
+                high: High,
+                xs: &[&ActBlock; MR],
+            ) -> ([__m256i; MR], [__m256i; MR]) {
+                let mask = _mm256_set1_epi8(0x0F);
+                let two = match high {
+                    High::Two(qh) => [
+                        _mm256_loadu_si256(qh[0].as_ptr() as *const __m256i),
+                        _mm256_loadu_si256(qh[1].as_ptr() as *const __m256i),
+                    ],
+                    _ => [_mm256_setzero_si256(); 2],
+                };
+                let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
+                let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
+                for l in 0..4 {
+                    let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
+                    let mut vlo = _mm256_and_si256(v, mask);
+                    let mut vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+                    match high {
+                        High::None => {}
+                        High::Fifth(qh) => {
+                            vlo = _mm256_or_si256(vlo, fifth_bits(qh[2 * l]));
+                            vhi = _mm256_or_si256(vhi, fifth_bits(qh[2 * l + 1]));
+                        }
+                        High::Two(_) => {
+                            let (n0, n1) = (2 * l, 2 * l + 1);
+                            vlo = _mm256_or_si256(vlo, high_bits(two[n0 / 4], n0));
+                            vhi = _mm256_or_si256(vhi, high_bits(two[n1 / 4], n1));
+                        }
+                    }
+                    // Four or more rows interleave enough independent work already.
+                    let c = if MR >= 4 { 0 } else { l % CHAINS };
+                    for i in 0..MR {
+                        let q = xs[i].qs.as_ptr();
+                        lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
+                        hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
+                    }
+                }
+                let (mut lo_sum, mut hi_sum) = (lo[0], hi[0]);
+                for c in 1..CHAINS {
+                    for i in 0..MR {
+                        lo_sum[i] = _mm256_add_epi32(lo_sum[i], lo[c][i]);
+                        hi_sum[i] = _mm256_add_epi32(hi_sum[i], hi[c][i]);
+                    }
+                }
+                (lo_sum, hi_sum)
+            }
+
+            /// The nibble types in one body: Q4_0 and Q5_0 subtract their offset per value
             /// (Q5_0 ORs its fifth bits in first), Q4_1 adds `m * s`.
-            /// Partial sums run in `2 * CHAINS` independent accumulators per row, so that an
-            /// accumulating dot-product instruction's latency does not serialise a row.
             #[target_feature(enable = $features)]
             unsafe fn nibbles<W: Nibbles, const MR: usize>(
                 w: &[W],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
-                let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
                     let xs = blocks_at(&x, b);
-                    let qs = wb.qs();
-                    let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
-                    let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
-                    for l in 0..4 {
-                        let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
-                        let mut vlo = _mm256_and_si256(v, mask);
-                        let mut vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                        if let Some(qh) = wb.qh() {
-                            vlo = _mm256_or_si256(vlo, fifth_bits(qh[2 * l]));
-                            vhi = _mm256_or_si256(vhi, fifth_bits(qh[2 * l + 1]));
-                        }
-                        // Four or more rows interleave enough independent work already.
-                        let c = if MR >= 4 { 0 } else { l % CHAINS };
-                        for i in 0..MR {
-                            let q = xs[i].qs.as_ptr();
-                            lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
-                            hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
-                        }
-                    }
+                    let high = wb.qh().map_or(High::None, High::Fifth);
+                    let (lo, hi) = nibble_dots(wb.qs(), high, &xs);
                     let dw = scales(wb.d());
                     for i in 0..MR {
-                        let mut sumi = _mm256_add_epi32(lo[0][i], hi[0][i]);
-                        for c in 1..CHAINS {
-                            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo[c][i], hi[c][i]));
-                        }
+                        let sumi = _mm256_add_epi32(lo[i], hi[i]);
                         if let Some(m) = wb.m() {
                             let t = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw);
                             let t = _mm256_mul_ps(t, _mm256_set1_ps(xs[i].d));
@@ -311,37 +370,18 @@ macro_rules! kernels {
                 w: &[W],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
-                let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
-                    let (d, dmin) = (scales(wb.d()), scales(wb.dmin()));
+                    let ks = wb.scales();
+                    let (d, dmin) = (scales(&ks.d), scales(&ks.dmin));
                     for j in 0..SUBS {
                         let xs = blocks_at(&x, SUBS * b + j);
-                        let qs = wb.qs(j);
-                        let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
-                        let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
-                        for l in 0..4 {
-                            let v = _mm256_loadu_si256(qs.as_ptr().add(32 * l) as *const __m256i);
-                            let mut vlo = _mm256_and_si256(v, mask);
-                            let mut vhi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
-                            if let Some(qh) = wb.qh(j) {
-                                vlo = _mm256_or_si256(vlo, fifth_bits(qh[2 * l]));
-                                vhi = _mm256_or_si256(vhi, fifth_bits(qh[2 * l + 1]));
-                            }
-                            let c = if MR >= 4 { 0 } else { l % CHAINS };
-                            for i in 0..MR {
-                                let q = xs[i].qs.as_ptr();
-                                lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
-                                hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
-                            }
-                        }
-                        let scale = _mm256_mul_ps(d, bytes_f32(wb.sc(j)));
-                        let min = _mm256_mul_ps(dmin, bytes_f32(wb.m(j)));
+                        let high = wb.qh(j).map_or(High::None, High::Fifth);
+                        let (lo, hi) = nibble_dots(wb.qs(j), high, &xs);
+                        let scale = _mm256_mul_ps(d, bytes_f32(&ks.sc[j]));
+                        let min = _mm256_mul_ps(dmin, bytes_f32(&ks.m[j]));
                         for i in 0..MR {
-                            let mut sumi = _mm256_add_epi32(lo[0][i], hi[0][i]);
-                            for c in 1..CHAINS {
-                                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(lo[c][i], hi[c][i]));
-                            }
+                            let sumi = _mm256_add_epi32(lo[i], hi[i]);
                             let a = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale);
                             let m = _mm256_mul_ps(_mm256_set1_ps(xs[i].isum as f32), min);
                             let t = _mm256_mul_ps(_mm256_sub_ps(a, m), _mm256_set1_ps(xs[i].d));
@@ -366,20 +406,6 @@ macro_rules! kernels {
                 k_nibbles(w, x)
             }
 
-            /// The high two bits of nibble vector `n` (`qh` holds vectors `4 (n / 4)..`) moved
-            /// to bits 4 and 5 of each byte.
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn high_bits(qh: __m256i, n: usize) -> __m256i {
-                let moved = match n % 4 {
-                    0 => _mm256_slli_epi16(qh, 4),
-                    1 => _mm256_slli_epi16(qh, 2),
-                    2 => qh,
-                    _ => _mm256_srli_epi16(qh, 2),
-                };
-                _mm256_and_si256(moved, _mm256_set1_epi8(0x30))
-            }
-
             /// Q6_K: per sub-block, Q5_0's unsigned dot with two high bits ORed in instead of
             /// one, on each 16-element half, `32 *` the half's activation sum subtracted, the
             /// halves scaled exactly in integers, then `sumi * d * x.d`.
@@ -388,47 +414,17 @@ macro_rules! kernels {
                 w: &[Q6_Kx8],
                 x: [&[ActBlock]; MR],
             ) -> [[f32; GROUP]; MR] {
-                let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
                     let d = scales(&wb.d);
                     for j in 0..SUBS {
                         let xs = blocks_at(&x, SUBS * b + j);
                         let sub = &wb.subs[j];
-                        let qh = [
-                            _mm256_loadu_si256(sub.qh[0].as_ptr() as *const __m256i),
-                            _mm256_loadu_si256(sub.qh[1].as_ptr() as *const __m256i),
-                        ];
-                        let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
-                        let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
-                        for l in 0..4 {
-                            let v =
-                                _mm256_loadu_si256(sub.ql.as_ptr().add(32 * l) as *const __m256i);
-                            let (n0, n1) = (2 * l, 2 * l + 1);
-                            let vlo = _mm256_or_si256(
-                                _mm256_and_si256(v, mask),
-                                high_bits(qh[n0 / 4], n0),
-                            );
-                            let vhi = _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
-                                high_bits(qh[n1 / 4], n1),
-                            );
-                            let c = if MR >= 4 { 0 } else { l % CHAINS };
-                            for i in 0..MR {
-                                let q = xs[i].qs.as_ptr();
-                                lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
-                                hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
-                            }
-                        }
+                        let (lo, hi) = nibble_dots(&sub.ql, High::Two(&sub.qh), &xs);
                         let (s0, s1) = (sbytes_i32(&wb.sc[2 * j]), sbytes_i32(&wb.sc[2 * j + 1]));
                         for i in 0..MR {
-                            let (mut l0, mut h0) = (lo[0][i], hi[0][i]);
-                            for c in 1..CHAINS {
-                                l0 = _mm256_add_epi32(l0, lo[c][i]);
-                                h0 = _mm256_add_epi32(h0, hi[c][i]);
-                            }
-                            let l0 = _mm256_sub_epi32(l0, _mm256_set1_epi32(32 * xs[i].hsum[0]));
-                            let h0 = _mm256_sub_epi32(h0, _mm256_set1_epi32(32 * xs[i].hsum[1]));
+                            let l0 = _mm256_sub_epi32(lo[i], _mm256_set1_epi32(32 * xs[i].hsum[0]));
+                            let h0 = _mm256_sub_epi32(hi[i], _mm256_set1_epi32(32 * xs[i].hsum[1]));
                             let sumi = _mm256_add_epi32(
                                 _mm256_mullo_epi32(l0, s0),
                                 _mm256_mullo_epi32(h0, s1),

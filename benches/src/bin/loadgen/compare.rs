@@ -202,12 +202,11 @@ async fn measure_interleaved(bases: &[&str]) -> Vec<Value> {
     for _ in 0..2 {
         for (i, base) in bases.iter().enumerate() {
             let sample = aggregate_sample(base, 16).await;
-            let rate = |v: &Option<Value>| {
-                v.as_ref()
-                    .and_then(|v| v["output_tokens_per_s"].as_f64())
-                    .unwrap_or(0.0)
-            };
-            if rate(&Some(sample.clone())) > rate(&aggregate[i]) {
+            let rate = |v: &Value| v["output_tokens_per_s"].as_f64().unwrap_or(0.0);
+            if aggregate[i]
+                .as_ref()
+                .is_none_or(|best| rate(&sample) > rate(best))
+            {
                 aggregate[i] = Some(sample);
             }
         }
