@@ -109,6 +109,39 @@ async fn chat_and_completions_whole_and_streamed() {
 }
 
 #[tokio::test]
+async fn streamed_completion_text_offsets_match_the_whole_answer() {
+    let s = start(&[]);
+    let request = json!({"prompt": "Once upon a time", "max_tokens": 8, "n": 2, "seed": 5,
+        "temperature": 0.8, "logprobs": 1});
+    let (status, body) = post(&s, "/v1/completions", request.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let events = sse(&s, "/v1/completions", streamed).await;
+    for choice in 0..2 {
+        let whole = &body["choices"][choice]["logprobs"];
+        let (mut offsets, mut tokens) = (Vec::new(), Vec::new());
+        for e in &events[..events.len() - 1] {
+            let chunk: Value = serde_json::from_str(e).unwrap();
+            let c = &chunk["choices"][0];
+            if c["index"] == choice && !c["logprobs"].is_null() {
+                offsets.extend(c["logprobs"]["text_offset"].as_array().unwrap().clone());
+                tokens.extend(c["logprobs"]["tokens"].as_array().unwrap().clone());
+            }
+        }
+        assert_eq!(tokens.len(), 8, "choice {choice}");
+        assert_eq!(&Value::from(tokens), &whole["tokens"], "choice {choice}");
+        assert_eq!(&Value::from(offsets.clone()), &whole["text_offset"]);
+        // Each offset is the bytes of the tokens before it: 0, then strictly growing.
+        assert_eq!(offsets[0], 0);
+        assert!(
+            offsets.windows(2).all(|w| w[0].as_u64() < w[1].as_u64()),
+            "{offsets:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn tgi_generate_and_generate_stream() {
     let s = start(&[]);
     let body = json!({"inputs": "The capital of France is", "parameters": {"max_new_tokens": 6, "details": true}});

@@ -85,16 +85,18 @@ fn chat_logprob(
     }
 }
 
+/// Completions' log-probabilities of `tokens`; `offset` is the text offset of the first one
+/// (the bytes of the choice's earlier tokens), advanced past them.
 fn completion_logprobs(
     state: &SharedState,
     tokens: &[(u32, f32, Vec<TokenLogprob>)],
+    offset: &mut usize,
 ) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
-    let mut offset = 0;
     for (token, logprob, top) in tokens {
         let text = state.token_text(*token);
-        out.text_offset.push(offset);
-        offset += text.len();
+        out.text_offset.push(*offset);
+        *offset += text.len();
         out.tokens.push(text);
         out.token_logprobs.push(*logprob);
         out.top_logprobs.push(
@@ -241,7 +243,10 @@ pub async fn completions(
     let (mut started, sid) = begin(&state, &rid, model, req.into_inputs(), "cmpl").await?;
     if stream {
         started.first().await?;
-        let format = CompletionChunks(sid);
+        let format = CompletionChunks {
+            sid,
+            offsets: vec![0; started.n],
+        };
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -258,7 +263,7 @@ pub async fn completions(
                 index,
                 logprobs: started
                     .logprobs
-                    .then(|| completion_logprobs(&state, &c.tokens)),
+                    .then(|| completion_logprobs(&state, &c.tokens, &mut 0)),
                 text: c.text,
                 finish_reason: c.finish.map(|f| f.as_openai().to_string()),
             })
@@ -494,11 +499,16 @@ impl ChunkFormat for ChatChunks {
     }
 }
 
-struct CompletionChunks(StreamId);
+/// Completion chunks; `offsets[choice]` is the `text_offset` of that choice's next token, so
+/// that streamed offsets count from the start of the choice's text, as whole answers do.
+struct CompletionChunks {
+    sid: StreamId,
+    offsets: Vec<usize>,
+}
 
 impl CompletionChunks {
     fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> SseEvent {
-        let s = &self.0;
+        let s = &self.sid;
         sse_json(&Completion {
             id: s.id.clone(),
             object: "text_completion",
@@ -523,13 +533,13 @@ impl ChunkFormat for CompletionChunks {
         logprob: f32,
         top: &[TokenLogprob],
     ) -> Option<SseEvent> {
-        if text.is_empty() && !self.0.logprobs {
+        if text.is_empty() && !self.sid.logprobs {
             return None;
         }
-        let logprobs = self
-            .0
-            .logprobs
-            .then(|| completion_logprobs(&self.0.state, &[(token, logprob, top.to_vec())]));
+        let logprobs = self.sid.logprobs.then(|| {
+            let offset = &mut self.offsets[choice];
+            completion_logprobs(&self.sid.state, &[(token, logprob, top.to_vec())], offset)
+        });
         let c = CompletionChoice {
             index: choice,
             text,
