@@ -2,20 +2,46 @@
 """Writes fixtures/chat-<name>.json: llama.cpp's greedy output (temperature 0) for a set of chat
 prompts on one catalogue model, as llama-server gives it: the GGUF's chat template applied to one
 user message with the generation prompt (`/apply-template`), then `/completion` with the token
-ids returned. The engine tests teacher-force Wick with these ids (router/tests/engine_real.rs);
+ids returned. The engine tests teacher-force Wick with these ids (backend/tests/engine_real.rs);
 CI never builds llama.cpp.
 
-With `--raw` (base models without a chat template, such as Gemma 3 270M) the prompts are plain
-text instead, one of them longer than 512 tokens (Gemma's sliding window), and each case also
-keeps the prompt's ids as llama.cpp tokenizes them (`add_special`: BOS first).
+Each case keeps the prompt's ids as llama.cpp tokenizes them (`prompt_ids`), so that the backend's
+engine tests need no chat template (backend/tests/engine_real.rs) while the router's checks its
+own rendering against them (router/tests/chat_prompts.rs). With `--raw` (base models without a
+chat template, such as Gemma 3 270M) the prompts are plain text instead, one of them longer than
+512 tokens (Gemma's sliding window), tokenized with `add_special` (BOS first).
+`--prompt-ids` adds the prompt ids to an existing chat fixture without generating again.
 
     scripts/make-chat-fixture.py qwen2.5-coder-0.5b
     scripts/make-chat-fixture.py --raw gemma3-270m
+    scripts/make-chat-fixture.py --prompt-ids smollm2-135m chat-ref.json
 """
 
+import json
 import sys
 
-from llama_peer import fetch, llama_server, post, write_fixture
+from llama_peer import ROOT, fetch, llama_server, post, write_fixture
+
+
+def templated_ids(base, prompt):
+    """The chat template applied to one user message, tokenized as `/completion` does."""
+    text = post(base, "/apply-template",
+                {"messages": [{"role": "user", "content": prompt}]})["prompt"]
+    return text, post(base, "/tokenize", {"content": text, "add_special": True,
+                                          "parse_special": True})["tokens"]
+
+
+def add_prompt_ids(name, fixture):
+    model, _ = fetch(name)
+    path = ROOT / "fixtures" / fixture
+    data = json.loads(path.read_text())
+    with llama_server(model, "-c", "2048", "--jinja") as base:
+        for case in data["cases"]:
+            ids = templated_ids(base, case["prompt"])[1]
+            assert len(ids) == case["prompt_tokens"], (case["prompt"], len(ids))
+            case["prompt_ids"] = ids
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    print(path)
 
 PROMPTS = [
     "Write a haiku about the sea.",
@@ -43,6 +69,8 @@ RAW_PROMPTS = [
 
 
 def main():
+    if sys.argv[1] == "--prompt-ids":
+        return add_prompt_ids(sys.argv[2], sys.argv[3])
     raw = sys.argv[1] == "--raw"
     name = sys.argv[-1]
     model, digest = fetch(name)
@@ -54,8 +82,8 @@ def main():
                                   {"content": prompt, "add_special": True})["tokens"]
                 body = {"prompt": prompt_ids}
             else:
-                body = {"prompt": post(base, "/apply-template", {
-                    "messages": [{"role": "user", "content": prompt}]})["prompt"]}
+                text, prompt_ids = templated_ids(base, prompt)
+                body = {"prompt": text}
             out = post(base, "/completion", {
                 **body, "n_predict": MAX_TOKENS, "temperature": 0, "top_k": 1,
                 "return_tokens": True, "cache_prompt": False, "seed": 0})
@@ -66,8 +94,7 @@ def main():
                 "finish_reason": "length" if len(out["tokens"]) >= MAX_TOKENS else "stop",
                 "prompt_tokens": out["tokens_evaluated"],
             }
-            if raw:
-                case["prompt_ids"] = prompt_ids
+            case["prompt_ids"] = prompt_ids
             cases.append(case)
     what = ("the plain text, tokenized with BOS (prompt_ids)" if raw else
             "the GGUF chat template applied to one user message with add_generation_prompt "

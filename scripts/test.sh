@@ -12,26 +12,30 @@ model="$(./scripts/fetch-model.sh)"
 # The tokenizer fixtures of other catalogue models (router/tests/tokenizers.rs) need them.
 ./scripts/fetch-model.sh qwen2.5-coder-0.5b >/dev/null
 ./scripts/fetch-model.sh gemma3-270m >/dev/null
+cargo_args=("$@")
 cargo test --workspace "$@"
-# The chat-prompt engine tests again on Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q4_K/Q6_K weights, biases):
-# prompt lengths and teacher-forced agreement with llama.cpp, batch and block-size invariance.
-WICK_TEST_MODEL="$(./scripts/fetch-model.sh qwen2.5-coder-0.5b)" \
-  WICK_TEST_CHAT_FIXTURE=chat-qwen2.5-coder-0.5b.json \
-  cargo test -p wick-router --test engine_real "$@" -- --exact chat_prompts_have_llama_cpp_lengths \
+# The fixture tests again on Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q4_K/Q6_K weights, biases): Wick's
+# chat prompts against llama.cpp's ids, teacher-forced agreement with llama.cpp, batch and
+# block-size invariance.
+fixture_tests() {
+  local name="$1" fixture="$2"
+  shift 2
+  WICK_TEST_MODEL="$(./scripts/fetch-model.sh "$name")" WICK_TEST_CHAT_FIXTURE="$fixture" \
+    cargo test -p wick-router --test chat_prompts "${cargo_args[@]}" -- --exact prompts_give_llama_cpp_ids
+  WICK_TEST_MODEL="$(./scripts/fetch-model.sh "$name")" WICK_TEST_CHAT_FIXTURE="$fixture" \
+    cargo test -p wick-backend --test engine_real "${cargo_args[@]}" -- --exact "$@"
+}
+fixture_tests qwen2.5-coder-0.5b chat-qwen2.5-coder-0.5b.json \
   teacher_forced_logits_agree_with_llama_cpp batching_and_chunking_do_not_change_logits \
   block_sizes_give_bit_identical_logits
 # And on Gemma 3 270M (SentencePiece, q/k and post norms, GELU, sliding windows; a base model, so
 # plain-text prompts, one of 677 tokens that runs past the 512-token window), on both paths.
-WICK_TEST_MODEL="$(./scripts/fetch-model.sh gemma3-270m)" \
-  WICK_TEST_CHAT_FIXTURE=chat-gemma3-270m.json \
-  cargo test -p wick-router --test engine_real "$@" -- --exact chat_prompts_have_llama_cpp_lengths \
+fixture_tests gemma3-270m chat-gemma3-270m.json \
   teacher_forced_logits_agree_with_llama_cpp \
   teacher_forced_logits_agree_with_llama_cpp_on_the_device_generic_path \
   batching_and_chunking_do_not_change_logits block_sizes_give_bit_identical_logits
-# And Qwen2.5-Coder-1.5B (Q4_K and Q6_K only, 1.1 GB): prompt lengths and teacher forcing.
-WICK_TEST_MODEL="$(./scripts/fetch-model.sh qwen2.5-coder-1.5b)" \
-  WICK_TEST_CHAT_FIXTURE=chat-qwen2.5-coder-1.5b.json \
-  cargo test -p wick-router --test engine_real "$@" -- --exact chat_prompts_have_llama_cpp_lengths \
+# And Qwen2.5-Coder-1.5B (Q4_K and Q6_K only, 1.1 GB): prompts and teacher forcing.
+fixture_tests qwen2.5-coder-1.5b chat-qwen2.5-coder-1.5b.json \
   teacher_forced_logits_agree_with_llama_cpp
 
 venv=target/py-venv

@@ -174,7 +174,7 @@ impl Engine {
         let t0 = Instant::now();
         let logits = self.model.forward(&batch, &mut self.kv)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
-        let t1 = Instant::now();
+        let forward_us = t0.elapsed().as_micros() as u64;
         let masks = self.masks(step);
         let sampling_entries = step
             .entries
@@ -205,8 +205,7 @@ impl Engine {
         }
         Ok(StepOutput {
             generations,
-            forward_us: (t1 - t0).as_micros() as u64,
-            sample_us: t1.elapsed().as_micros() as u64,
+            forward_us,
         })
     }
 

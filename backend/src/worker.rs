@@ -11,7 +11,7 @@ use crate::engine::Engine;
 use crate::error::{BackendError, LoadError};
 use crate::grammar::Constraint;
 use crate::kv::{KvCache, KvDType};
-use crate::{loader, tokenizer};
+use crate::loader;
 use candle_core::Device;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -88,6 +88,11 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// The KV cache's memory unless configured, in MiB (`wick --kv-cache-memory`).
+    pub const DEFAULT_KV_CACHE_MIB: usize = 512;
+    /// Tokens per KV block unless configured (`wick --block-size`).
+    pub const DEFAULT_BLOCK_SIZE: usize = 16;
+
     /// Whether the model runs the device-generic forward path: when asked, and on every GPU.
     pub fn uses_generic_path(&self) -> bool {
         self.generic || self.device != DeviceSpec::Cpu
@@ -97,8 +102,8 @@ impl BackendConfig {
         BackendConfig {
             model_path: model_path.into(),
             device: DeviceSpec::Cpu,
-            kv_cache_bytes: 512 << 20,
-            block_size: 16,
+            kv_cache_bytes: Self::DEFAULT_KV_CACHE_MIB << 20,
+            block_size: Self::DEFAULT_BLOCK_SIZE,
             kv_dtype: KvDType::F32,
             threads: None,
             dequantize: false,
@@ -124,7 +129,6 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
     let device = cfg.device.open()?;
     // A `WICK_KERNEL` this CPU cannot run is a configuration error, not a silent fallback.
     crate::ops::qgemm::kernel_from_env().map_err(|reason| LoadError::Kernel { reason })?;
-    let tok = tokenizer::load_tokenizer(&cfg.model_path)?;
     let mut model = loader::load_model(&cfg.model_path, &device)?;
     if cfg.dequantize {
         model.dequantize();
@@ -150,14 +154,9 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
         dtype: model.dtype_name().into(),
         device: cfg.device.to_string(),
         vocab_size: model.cfg.vocab_size,
-        bos_token_id: tok.bos_token_id,
-        add_bos_token: tok.add_bos_token,
-        eos_token_ids: tok.eos_token_ids.clone(),
         max_context: model.cfg.max_context,
         kv_block_size: kv.block_size(),
         num_kv_blocks: kv.num_blocks(),
-        chat_template: tok.chat_template.clone(),
-        special_tokens: tok.special_tokens.clone(),
     };
     Ok((Engine::new(model, kv), info))
 }

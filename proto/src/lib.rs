@@ -12,7 +12,6 @@
 //! - [`FinishReason`]: why a sequence ended, with its one mapping to OpenAI's strings.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Identifies a sequence for the lifetime of a request; chosen by the router, unique while live.
 pub type SeqId = u64;
@@ -20,33 +19,25 @@ pub type SeqId = u64;
 /// Index of a KV cache block, in `0..ModelInfo::num_kv_blocks`.
 pub type BlockId = u32;
 
-/// Model and cache facts the backend reports once loading succeeded.
+/// Model and cache facts the backend reports once loading succeeded. The tokenizer's facts (BOS,
+/// EOS, chat template) are not here: the router reads the tokenizer itself, once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// Name derived from the model file or directory.
     pub model_id: String,
-    /// Architecture as the model file names it (`llama`, `mistral`, `qwen2`).
+    /// Architecture as the model file names it (`llama`, `mistral`, `qwen2`, `gemma3`).
     pub architecture: String,
     /// Weight type as loaded, e.g. `q4_1` or `f32` (mixed files name their dominant type).
     pub dtype: String,
     /// Device the weights and KV cache live on (`cpu`, `cuda:0`).
     pub device: String,
     pub vocab_size: usize,
-    pub bos_token_id: Option<u32>,
-    /// Whether plain (non-chat) prompts start with BOS.
-    pub add_bos_token: bool,
-    /// Every token id that ends generation.
-    pub eos_token_ids: Vec<u32>,
     /// Longest sequence (prompt plus generation) the model supports.
     pub max_context: usize,
     /// Tokens per KV block.
     pub kv_block_size: usize,
     /// Blocks in the KV cache, sized at load time from the memory budget.
     pub num_kv_blocks: usize,
-    /// Jinja chat template from the model file, if it has one.
-    pub chat_template: Option<String>,
-    /// Special tokens by their text (BOS, EOS, chat markers).
-    pub special_tokens: BTreeMap<String, u32>,
 }
 
 impl ModelInfo {
@@ -83,10 +74,9 @@ pub struct StepEntry {
 pub struct StepOutput {
     /// One per entry that asked to sample, in the order of the step's entries.
     pub generations: Vec<Generation>,
-    /// Wall time of the forward pass, in microseconds.
+    /// Wall time of the forward pass, in microseconds (the scheduler sizes the grammar-mask
+    /// budget of a step from it).
     pub forward_us: u64,
-    /// Wall time of sampling, in microseconds.
-    pub sample_us: u64,
 }
 
 /// A token sampled for one sequence.

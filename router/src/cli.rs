@@ -1,18 +1,16 @@
 //! The `wick` command line: `wick generate` runs the engine from the terminal (like `llama-cli`);
-//! `wick serve` loads the model and reports it (the HTTP server arrives with the router issue).
+//! `wick serve` loads the model and serves the HTTP API ([`crate::serve`]).
 //!
 //! Every flag has a `WICK_*` environment variable. Flags are grouped into `Args` structs and
 //! checked once into the backend's typed configuration.
 
+use crate::backend::{load_tokenizer, Backend, BackendConfig, DeviceSpec, KvDType, LoadError};
 use crate::generate::{generate, GenerateError};
-use crate::scheduler::stop::OutputText;
-use crate::scheduler::StopCriteria;
+use crate::request::{OutputText, Vocab};
 use crate::template::{ChatMessage, ChatTemplate, TemplateError};
 use clap::{Args, Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
-use wick_backend::tokenizer::load_tokenizer;
-use wick_backend::{Backend, BackendConfig, DeviceSpec, KvDType, LoadError};
 use wick_proto::SamplingParams;
 
 #[derive(Debug, Parser)]
@@ -49,10 +47,10 @@ pub struct ModelArgs {
     #[arg(long, env = "WICK_THREADS")]
     pub threads: Option<usize>,
     /// Memory for the KV cache, in MiB.
-    #[arg(long, env = "WICK_KV_CACHE_MEMORY", default_value_t = 512)]
+    #[arg(long, env = "WICK_KV_CACHE_MEMORY", default_value_t = BackendConfig::DEFAULT_KV_CACHE_MIB)]
     pub kv_cache_memory: usize,
     /// Tokens per KV cache block.
-    #[arg(long, env = "WICK_BLOCK_SIZE", default_value_t = 16)]
+    #[arg(long, env = "WICK_BLOCK_SIZE", default_value_t = BackendConfig::DEFAULT_BLOCK_SIZE)]
     pub block_size: usize,
     /// Element type of the KV cache: `f32`, or `f16` (twice the tokens in the same memory).
     #[arg(long, env = "WICK_KV_CACHE_DTYPE", default_value = "f32")]
@@ -105,10 +103,10 @@ impl ModelArgs {
         let path = self.model_path();
         match self.model.to_str() {
             Some(name) if !path.exists() && catalogue().any(|(n, _)| n == name) => {
-                Err(CliError::Config(format!(
-                    "model `{name}` is not fetched yet ({} is missing); run scripts/fetch-model.sh {name}",
-                    path.display()
-                )))
+                Err(CliError::NotFetched {
+                    name: name.to_string(),
+                    path,
+                })
             }
             _ => Ok(()),
         }
@@ -236,7 +234,7 @@ pub struct OpsArgs {
     #[arg(long, env = "WICK_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
     pub shutdown_timeout: f64,
     /// Largest request body, in bytes (413 past it, from `Content-Length` when declared).
-    #[arg(long, env = "WICK_MAX_BODY_BYTES", default_value_t = 2_000_000)]
+    #[arg(long, env = "WICK_MAX_BODY_BYTES", default_value_t = crate::server::lifecycle::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Seconds a request body may take to arrive (408 and the connection closed past it).
     #[arg(long, env = "WICK_BODY_READ_TIMEOUT", default_value_t = 30.0)]
@@ -330,9 +328,9 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     /// The grammar limits these flags set (checked by `serve`).
-    pub fn grammar_limits(&self) -> wick_backend::grammar::GrammarLimits {
-        wick_backend::grammar::GrammarLimits {
-            source: wick_backend::grammar::bounds::SourceLimits {
+    pub fn grammar_limits(&self) -> crate::backend::GrammarLimits {
+        crate::backend::GrammarLimits {
+            source: crate::backend::SourceLimits {
                 max_bytes: self.max_grammar_bytes,
                 max_depth: self.max_grammar_depth,
             },
@@ -354,8 +352,22 @@ pub enum CliError {
     Tokenize(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Config(String),
+    /// A flag's value outside what it accepts.
+    #[error("{flag} must be {rule}")]
+    Flag {
+        flag: &'static str,
+        rule: &'static str,
+    },
+    #[error("--api-key-file {} holds no key", path.display())]
+    NoKeyInFile { path: PathBuf },
+    #[error("model `{name}` is not fetched yet ({} is missing); run scripts/fetch-model.sh {name}", path.display())]
+    NotFetched { name: String, path: PathBuf },
+    /// A start-up or shut-down task panicked or was cancelled.
+    #[error("a {task} task failed: {source}")]
+    Task {
+        task: &'static str,
+        source: tokio::task::JoinError,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -369,11 +381,11 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
     args.model.check_fetched()?;
     let tok = load_tokenizer(&args.model.model_path())?;
     let (backend, info) = Backend::spawn(args.model.backend_config())?;
-    let (text, special) = match (&args.prompt, &args.chat) {
+    let (text, templated) = match (&args.prompt, &args.chat) {
         (Some(p), _) => (p.clone(), false),
         (None, Some(user)) => {
             let template = ChatTemplate::new(
-                info.chat_template.as_deref(),
+                tok.chat_template.as_deref(),
                 tok.bos_token(),
                 tok.eos_token(),
             )?;
@@ -386,25 +398,11 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
         }
         (None, None) => unreachable!("clap requires --prompt or --chat"),
     };
-    let mut prompt: Vec<u32> = tok
-        .tokenizer
-        .encode(text.as_str(), false)
-        .map_err(|e| CliError::Tokenize(e.to_string()))?
-        .get_ids()
-        .to_vec();
-    if !special && info.add_bos_token {
-        prompt.splice(0..0, info.bos_token_id);
-    }
-    // The server's incremental detokenizer; `generate` itself decides when to stop.
-    let mut stream = OutputText::new(
-        std::sync::Arc::new(tok.tokenizer),
-        StopCriteria {
-            max_tokens: usize::MAX,
-            stop: Vec::new(),
-            eos_token_ids: info.eos_token_ids.clone(),
-            ignore_eos: args.ignore_eos,
-        },
-    );
+    let vocab = Vocab::from(tok);
+    let prompt = vocab.encode(&text, templated).map_err(CliError::Tokenize)?;
+    let criteria = vocab.criteria(args.max_tokens, Vec::new(), args.ignore_eos);
+    // The server's incremental detokenizer; `generate` decides when to stop by the same criteria.
+    let mut stream = OutputText::new(vocab.tokenizer.clone(), criteria.clone());
     let mut out = std::io::stdout().lock();
     let json = args.json;
     let result = generate(
@@ -412,8 +410,7 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
         &info,
         &prompt,
         &args.sampling.params(),
-        args.max_tokens,
-        args.ignore_eos,
+        &criteria,
         |token| {
             if !json {
                 let piece = stream.push(token).text;

@@ -19,21 +19,29 @@ pub enum ApiError {
         param: Option<String>,
         message: String,
     },
-    /// The prompt (plus the tokens to generate) does not fit.
+    /// The prompt (plus the tokens to generate) does not fit; `param` is the request's prompt
+    /// field (`messages`, `prompt`, `inputs`).
     #[error("{message}")]
-    ContextLength { message: String },
+    ContextLength {
+        param: &'static str,
+        message: String,
+    },
     #[error("the model `{model}` does not exist; this server serves `{served}`")]
     ModelNotFound { model: String, served: String },
     #[error("no route for {path}")]
     RouteNotFound { path: String },
-    #[error("the backend failed: {0}")]
-    Backend(String),
+    /// The backend worker failed a step this request was part of.
+    #[error("the backend failed: {message}")]
+    Backend { message: String },
+    /// A blocking task of this request (validation, tokenization) panicked or was cancelled.
+    #[error("the {task} task failed: {message}")]
+    TaskFailed { task: &'static str, message: String },
     /// The output grammar could not be followed at generation time (it needs more work per
     /// token than a step allows, or it rejects every continuation).
     #[error("the output grammar failed during generation: {message}")]
     GrammarFailed { message: String },
-    #[error("the server is shutting down")]
-    Unavailable,
+    #[error("{0}")]
+    Unavailable(Unavailable),
     #[error("the model is still loading")]
     Loading,
     #[error("the server is overloaded: all {limit} {what} are taken; retry later")]
@@ -48,6 +56,22 @@ pub enum ApiError {
     BodyTimeout { limit_s: f64 },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+}
+
+/// Why the server cannot serve a request now (503).
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The scheduler task has ended (the server is stopping).
+    #[error("the scheduler has stopped")]
+    SchedulerGone,
+    /// The backend worker did not answer a health ping in time (it may be stuck in a step).
+    #[error("the backend worker did not answer within {timeout_s} s")]
+    WorkerUnresponsive { timeout_s: f64 },
+    /// The backend worker thread has ended.
+    #[error("the backend worker has stopped")]
+    WorkerGone,
 }
 
 /// Seconds a client should wait before retrying an overloaded server.
@@ -71,8 +95,10 @@ impl ApiError {
             ApiError::ModelNotFound { .. } | ApiError::RouteNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable | ApiError::Loading | ApiError::QueueTimeout { .. } => {
+            ApiError::Backend { .. } | ApiError::TaskFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::Unavailable(_) | ApiError::Loading | ApiError::QueueTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -95,9 +121,10 @@ impl ApiError {
             ApiError::ModelNotFound { .. }
             | ApiError::RouteNotFound { .. }
             | ApiError::MethodNotAllowed { .. } => "not_found",
-            ApiError::Backend(_) => "backend",
+            ApiError::Backend { .. } => "backend",
+            ApiError::TaskFailed { .. } => "internal",
             ApiError::GrammarFailed { .. } => "grammar",
-            ApiError::Unavailable | ApiError::Loading => "unavailable",
+            ApiError::Unavailable(_) | ApiError::Loading => "unavailable",
             ApiError::Overloaded { .. } => "overloaded",
             ApiError::QueueTimeout { .. } => "queue_timeout",
             ApiError::Unauthorized => "unauthorized",
@@ -116,9 +143,9 @@ impl ApiError {
                 Some("unsupported_parameter"),
             ),
             ApiError::InvalidBody { param, .. } => ("invalid_request_error", param.clone(), None),
-            ApiError::ContextLength { .. } => (
+            ApiError::ContextLength { param, .. } => (
                 "invalid_request_error",
-                Some("messages".to_string()),
+                Some(param.to_string()),
                 Some("context_length_exceeded"),
             ),
             ApiError::ModelNotFound { .. } => (
@@ -127,11 +154,11 @@ impl ApiError {
                 Some("model_not_found"),
             ),
             ApiError::RouteNotFound { .. } => ("invalid_request_error", None, Some("not_found")),
-            ApiError::Backend(_) => ("server_error", None, None),
+            ApiError::Backend { .. } | ApiError::TaskFailed { .. } => ("server_error", None, None),
             ApiError::GrammarFailed { .. } => {
                 ("invalid_request_error", None, Some("grammar_failed"))
             }
-            ApiError::Unavailable | ApiError::Loading => {
+            ApiError::Unavailable(_) | ApiError::Loading => {
                 ("server_error", None, Some("unavailable"))
             }
             ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("overloaded")),
@@ -164,7 +191,7 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"message": "`temperature` must be between 0 and 2, got 3", "type": "invalid_request_error", "param": "temperature", "code": null}))]
+#[schema(example = json!({"message": "`temperature` must be in [0, 2], got 3", "type": "invalid_request_error", "param": "temperature", "code": null}))]
 pub struct ErrorDetail {
     pub message: String,
     pub r#type: String,
@@ -195,10 +222,7 @@ mod tests {
 
     #[test]
     fn errors_map_to_status_and_openai_shape() {
-        let e = ApiError::invalid(
-            "temperature",
-            "`temperature` must be between 0 and 2, got 3",
-        );
+        let e = ApiError::invalid("temperature", "`temperature` must be in [0, 2], got 3");
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         let body = serde_json::to_value(e.body()).unwrap();
         assert_eq!(body["error"]["param"], "temperature");
@@ -212,5 +236,36 @@ mod tests {
             serde_json::to_value(e.body()).unwrap()["error"]["code"],
             "model_not_found"
         );
+    }
+
+    #[test]
+    fn context_errors_name_the_prompt_field_of_their_api() {
+        for param in ["messages", "prompt", "inputs"] {
+            let e = ApiError::ContextLength {
+                param,
+                message: "too long".into(),
+            };
+            let body = serde_json::to_value(e.body()).unwrap();
+            assert_eq!(body["error"]["param"], param);
+            assert_eq!(body["error"]["code"], "context_length_exceeded");
+        }
+    }
+
+    #[test]
+    fn unavailability_says_why() {
+        let stuck = ApiError::Unavailable(Unavailable::WorkerUnresponsive { timeout_s: 10.0 });
+        assert_eq!(stuck.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            stuck.to_string(),
+            "the backend worker did not answer within 10 s"
+        );
+        let draining = ApiError::Unavailable(Unavailable::ShuttingDown);
+        assert_eq!(draining.to_string(), "the server is shutting down");
+        let failed = ApiError::TaskFailed {
+            task: "validation",
+            message: "panicked".into(),
+        };
+        assert_eq!(failed.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(failed.reason(), "internal");
     }
 }

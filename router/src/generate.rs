@@ -1,11 +1,12 @@
 //! One sequence, start to finish, on the backend: what `wick generate` runs.
 //!
 //! The sequence owns blocks `0..n` of the cache (nothing else runs), the prompt goes in chunks of
-//! at most [`PREFILL_CHUNK`] tokens, then one decode step per token until an EOS token, the token
-//! limit or the end of the context. Callers stream text with the scheduler's
-//! [`OutputText`](crate::scheduler::stop::OutputText), which never emits a partial UTF-8 character.
+//! at most [`PREFILL_CHUNK`] tokens, then one decode step per token until its [`StopCriteria`]
+//! stop it (EOS, the token limit) or the context ends. Callers stream text with
+//! [`OutputText`](crate::request::OutputText), which never emits a partial UTF-8 character.
 
-use wick_backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError};
+use crate::request::StopCriteria;
 use wick_proto::{FinishReason, ModelInfo, SamplingParams, Step, StepEntry};
 
 /// Prompt tokens per prefill step: bounds the activations of one forward pass.
@@ -41,8 +42,7 @@ pub fn generate(
     info: &ModelInfo,
     prompt: &[u32],
     params: &SamplingParams,
-    max_tokens: usize,
-    ignore_eos: bool,
+    criteria: &StopCriteria,
     mut on_token: impl FnMut(u32),
 ) -> Result<Generated, GenerateError> {
     if prompt.is_empty() {
@@ -86,16 +86,11 @@ pub fn generate(
         };
         tokens.push(g.token);
         on_token(g.token);
-        if !ignore_eos && info.eos_token_ids.contains(&g.token) {
+        let context_full = (pos + 1 >= max).then_some(FinishReason::Length);
+        if let Some(finish_reason) = criteria.finish(g.token, tokens.len()).or(context_full) {
             break Generated {
                 tokens,
-                finish_reason: FinishReason::Stop,
-            };
-        }
-        if tokens.len() >= max_tokens || pos + 1 >= max {
-            break Generated {
-                tokens,
-                finish_reason: FinishReason::Length,
+                finish_reason,
             };
         }
         next = vec![g.token];

@@ -6,6 +6,7 @@
 //! - [`server`]: axum routes, OpenAI and TGI wire types, SSE streaming, the connection
 //!   listener and its limits.
 //! - [`validation`]: requests checked and tokenized into a `ValidRequest`.
+//! - [`request`]: what a valid request carries: prompt encoding, stop criteria, output text.
 //! - [`scheduler`]: the task that owns the queue, the running set and KV blocks.
 //! - [`template`]: chat templates through minijinja.
 //! - [`chat_tokens`]: message content tokenized as text, never as control tokens.
@@ -14,11 +15,13 @@
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON.
 //! - [`generate`]: one sequence start to finish on the backend (`wick generate`).
 
+pub mod backend;
 pub mod chat_tokens;
 pub mod cli;
 pub mod error;
 pub mod generate;
 pub mod metrics;
+pub mod request;
 pub mod scheduler;
 pub mod serve;
 pub mod server;

@@ -4,7 +4,10 @@
 //! in-flight streams get `--shutdown-timeout` to finish (then end with an error event), the
 //! listener closes, the worker shuts down, and the process exits 0.
 
+use crate::backend::TokenizerInfo;
+use crate::backend::{load_tokenizer, matmul_kernel, release_free_heap, Backend, Grammars};
 use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs};
+use crate::request::Vocab;
 use crate::scheduler::batcher::BatchConfig;
 use crate::scheduler::Scheduler;
 use crate::server::lifecycle::{outer, ApiKeys, BodyLimits, LateRouter, Phase};
@@ -14,9 +17,6 @@ use crate::template::ChatTemplate;
 use crate::validation::{Limits, Validator};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wick_backend::grammar::Grammars;
-use wick_backend::tokenizer::{load_tokenizer, TokenizerInfo};
-use wick_backend::Backend;
 use wick_proto::ModelInfo;
 
 pub fn init_logging(format: LogFormat) {
@@ -38,8 +38,8 @@ fn api_keys(ops: &OpsArgs) -> Result<ApiKeys, CliError> {
         let text = std::fs::read_to_string(path)?;
         keys.extend(text.lines().filter_map(key_in_line).map(String::from));
     }
-    if ops.api_key_file.is_some() && keys.is_empty() {
-        return Err(CliError::Config("--api-key-file holds no key".into()));
+    if let (Some(path), true) = (&ops.api_key_file, keys.is_empty()) {
+        return Err(CliError::NoKeyInFile { path: path.clone() });
     }
     Ok(ApiKeys(keys))
 }
@@ -62,7 +62,10 @@ struct Loaded {
 async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
     let model_cfg = args.model.backend_config();
     let path = model_cfg.model_path.clone();
-    let blocking = |e: tokio::task::JoinError| CliError::Config(e.to_string());
+    let blocking = |source| CliError::Task {
+        task: "loading",
+        source,
+    };
     let tok = tokio::task::spawn_blocking(move || load_tokenizer(&path))
         .await
         .map_err(blocking)??;
@@ -72,7 +75,7 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
     let (tokenizer, vocab, eos) = (
         tok.tokenizer.clone(),
         info.vocab_size,
-        info.eos_token_ids.clone(),
+        tok.eos_token_ids.clone(),
     );
     let limits = args.limits.grammar_limits();
     let grammars =
@@ -101,7 +104,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
     } = loaded;
     let template_source = match &args.http.chat_template {
         Some(p) => Some(std::fs::read_to_string(p)?),
-        None => info.chat_template.clone(),
+        None => tok.chat_template.clone(),
     };
     let template =
         match ChatTemplate::new(template_source.as_deref(), tok.bos_token(), tok.eos_token()) {
@@ -123,10 +126,10 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
         max_top_logprobs: l.max_top_logprobs,
         max_logprob_entries: l.max_logprob_entries,
     };
-    let tokenizer = Arc::new(tok.tokenizer);
+    let vocab = Vocab::from(tok);
     let scheduler = Scheduler::start(
         backend.clone(),
-        tokenizer.clone(),
+        vocab.tokenizer.clone(),
         BatchConfig {
             max_batch_tokens: l.max_batch_tokens,
             max_running: l.max_running_sequences,
@@ -139,7 +142,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
     let max_queue_time = ops.max_queue_time.map(Duration::from_secs_f64);
     Ok(AppState {
         validator: Arc::new(Validator::new(
-            tokenizer,
+            vocab,
             template,
             info.clone(),
             limits,
@@ -177,36 +180,49 @@ fn check(args: &ServeArgs) -> Result<(), CliError> {
         ("--max-grammar-depth", l.max_grammar_depth),
     ];
     if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
-        return Err(CliError::Config(format!("{flag} must be at least 1")));
+        return Err(CliError::Flag {
+            flag,
+            rule: "at least 1",
+        });
     }
+    let seconds = "a positive number of seconds";
     if !(l.grammar_compile_timeout > 0.0 && l.grammar_compile_timeout < 1e6) {
-        return Err(CliError::Config(
-            "--grammar-compile-timeout must be a positive number of seconds".into(),
-        ));
+        return Err(CliError::Flag {
+            flag: "--grammar-compile-timeout",
+            rule: seconds,
+        });
     }
-    let seconds = [
+    let timeouts = [
         ("--body-read-timeout", ops.body_read_timeout),
         ("--header-read-timeout", ops.header_read_timeout),
         ("--keep-alive-timeout", ops.keep_alive_timeout),
     ];
-    if let Some((flag, _)) = seconds.iter().find(|(_, v)| !(*v > 0.0 && *v < 1e6)) {
-        return Err(CliError::Config(format!(
-            "{flag} must be a positive number of seconds"
-        )));
+    if let Some(&(flag, _)) = timeouts.iter().find(|(_, v)| !(*v > 0.0 && *v < 1e6)) {
+        return Err(CliError::Flag {
+            flag,
+            rule: seconds,
+        });
     }
     if ops.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
-        return Err(CliError::Config(
-            "--api-key is empty: give a key, or leave the flag out to serve without one".into(),
-        ));
+        return Err(CliError::Flag {
+            flag: "--api-key",
+            rule: "a key when given (leave the flag out to serve without one)",
+        });
     }
     if ops
         .max_queue_time
         .is_some_and(|t| !(t > 0.0 && t.is_finite()))
-        || !(ops.shutdown_timeout >= 0.0 && ops.shutdown_timeout.is_finite())
     {
-        return Err(CliError::Config(
-            "--max-queue-time must be positive and --shutdown-timeout not negative".into(),
-        ));
+        return Err(CliError::Flag {
+            flag: "--max-queue-time",
+            rule: seconds,
+        });
+    }
+    if !(ops.shutdown_timeout >= 0.0 && ops.shutdown_timeout.is_finite()) {
+        return Err(CliError::Flag {
+            flag: "--shutdown-timeout",
+            rule: "a number of seconds, 0 or more",
+        });
     }
     Ok(())
 }
@@ -254,14 +270,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let state = Arc::new(build_state(&args, loaded, phase.clone())?);
     let _ = late.0.set(app(state.clone(), keys));
     // What loading freed goes back to the system before the server reports ready.
-    wick_backend::release_free_heap();
+    release_free_heap();
     phase.set_ready();
     tracing::info!(
         model = %state.served_name,
         kv_blocks = state.info.num_kv_blocks,
         device = %state.info.device,
         generic_path = args.model.backend_config().uses_generic_path(),
-        matmul_kernel = wick_backend::ops::qgemm::selected().name(),
+        matmul_kernel = matmul_kernel(),
         "ready"
     );
 
@@ -287,7 +303,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let backend = state.backend.clone();
     tokio::task::spawn_blocking(move || backend.shutdown())
         .await
-        .map_err(|e| CliError::Config(e.to_string()))?;
+        .map_err(|source| CliError::Task {
+            task: "worker shut-down",
+            source,
+        })?;
     tracing::info!("stopped");
     Ok(())
 }
@@ -299,9 +318,10 @@ async fn stop(
 ) -> Result<(), CliError> {
     // The server may have ended on its own already.
     let _ = stop_tx.send(());
-    server
-        .await
-        .map_err(|e| CliError::Config(e.to_string()))??;
+    server.await.map_err(|source| CliError::Task {
+        task: "listener",
+        source,
+    })??;
     Ok(())
 }
 

@@ -3,15 +3,15 @@
 //! and the reading of the answer back into a call, whole or while it streams.
 //!
 //! A call is always written as one JSON object, `{"name": "<tool>", "arguments": {...}}`, in the
-//! fixed layout of [`wick_backend::grammar`]: with `tool_choice` `required` or a named function
+//! fixed layout of the backend's grammar compiler ([`crate::backend::Grammars`]): with `tool_choice` `required` or a named function
 //! the output is constrained to exactly that (arguments valid against the tool's parameter
 //! schema); with `auto` it is either such a call or text that does not start with `{`.
 
+use crate::backend::GrammarSpec;
 use crate::template::ChatMessage;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::{self, Write};
-use wick_backend::grammar::GrammarSpec;
 
 /// JSON text in the layout of constrained output: `", "` between items, `": "` after keys, no
 /// other whitespace.

@@ -5,15 +5,15 @@
 //! Runs on a blocking thread (tokenization is CPU work). Messages name the field, the limit and the
 //! value received.
 
+use crate::backend::{Constraint, GrammarError, GrammarSpec, Grammars};
 use crate::chat_tokens::ContentGuard;
 use crate::error::ApiError;
-use crate::scheduler::StopCriteria;
+use crate::request::{StopCriteria, Vocab};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tools::{inline_message, Tools};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokenizers::Tokenizer;
-use wick_backend::grammar::{Constraint, GrammarError, GrammarSpec, Grammars};
 use wick_proto::{ModelInfo, SamplingParams};
 
 /// Caps on what one request may ask for.
@@ -35,7 +35,11 @@ pub struct Limits {
 /// the model may call).
 #[derive(Debug, Clone)]
 pub enum PromptInput {
-    Text(String),
+    /// Plain text; `field` names it in errors (`prompt`, TGI's `inputs`).
+    Text {
+        field: &'static str,
+        text: String,
+    },
     Tokens(Vec<u32>),
     Chat {
         messages: Vec<ChatMessage>,
@@ -44,6 +48,22 @@ pub enum PromptInput {
 }
 
 impl PromptInput {
+    pub fn text(field: &'static str, text: impl Into<String>) -> Self {
+        PromptInput::Text {
+            field,
+            text: text.into(),
+        }
+    }
+
+    /// The request field the prompt came in, named by errors about it.
+    pub fn param(&self) -> &'static str {
+        match self {
+            PromptInput::Text { field, .. } => field,
+            PromptInput::Tokens(_) => "prompt",
+            PromptInput::Chat { .. } => "messages",
+        }
+    }
+
     /// A conversation without tools.
     pub fn chat(messages: Vec<ChatMessage>) -> Self {
         PromptInput::Chat {
@@ -110,7 +130,7 @@ impl ValidRequest {
 
 /// Everything validation needs, shared by the handlers.
 pub struct Validator {
-    tokenizer: Arc<Tokenizer>,
+    vocab: Vocab,
     template: Option<ChatTemplate>,
     info: ModelInfo,
     limits: Limits,
@@ -151,7 +171,7 @@ fn fresh_seed() -> u64 {
 
 impl Validator {
     pub fn new(
-        tokenizer: Arc<Tokenizer>,
+        vocab: Vocab,
         template: Option<ChatTemplate>,
         info: ModelInfo,
         limits: Limits,
@@ -159,8 +179,8 @@ impl Validator {
         trust_content: bool,
     ) -> Self {
         Validator {
-            content_guard: (!trust_content).then(|| ContentGuard::new(&tokenizer)),
-            tokenizer,
+            content_guard: (!trust_content).then(|| ContentGuard::new(&vocab.tokenizer)),
+            vocab,
             template,
             info,
             limits,
@@ -187,7 +207,11 @@ impl Validator {
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
-        &self.tokenizer
+        &self.vocab.tokenizer
+    }
+
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
     }
 
     pub fn limits(&self) -> &Limits {
@@ -196,7 +220,7 @@ impl Validator {
 
     /// Renders and tokenizes a prompt.
     pub fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, ApiError> {
-        let (text, special) = match prompt {
+        let (text, templated) = match prompt {
             PromptInput::Tokens(ids) => {
                 if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
                     return Err(ApiError::invalid(
@@ -209,7 +233,7 @@ impl Validator {
                 }
                 return Ok(ids.clone());
             }
-            PromptInput::Text(t) => (t.clone(), false),
+            PromptInput::Text { text, .. } => (text.clone(), false),
             PromptInput::Chat { messages, tools } => {
                 let text = self.render(messages, tools.as_ref())?;
                 if let Some(ids) = self.content_as_text(messages, tools.as_ref(), &text)? {
@@ -218,16 +242,9 @@ impl Validator {
                 (text, true)
             }
         };
-        let mut ids = self
-            .tokenizer
-            .encode(text.as_str(), false)
-            .map_err(|e| ApiError::invalid("prompt", format!("cannot tokenize: {e}")))?
-            .get_ids()
-            .to_vec();
-        if !special && self.info.add_bos_token {
-            ids.splice(0..0, self.info.bos_token_id);
-        }
-        Ok(ids)
+        self.vocab
+            .encode(&text, templated)
+            .map_err(|e| ApiError::invalid(prompt.param(), format!("cannot tokenize: {e}")))
     }
 
     /// The conversation through the chat template (tools listed the template's way, or inlined
@@ -279,19 +296,59 @@ impl Validator {
             .collect();
         let marked = self.render(&marked, tools)?;
         guard
-            .encode_marked(&self.tokenizer, plain, &marked, token)
+            .encode_marked(&self.vocab.tokenizer, plain, &marked, token)
             .map(Some)
             .map_err(|e| ApiError::invalid("messages", e.to_string()))
     }
 
+    /// Checks a request into a [`ValidRequest`]: parameter ranges first (cheap), then the
+    /// prompt is tokenized and its length checked, and only then is a grammar compiled, so that
+    /// an over-long prompt never pays for a compile.
     pub fn validate(
         &self,
         prompt: &PromptInput,
         g: GenerationInput,
     ) -> Result<ValidRequest, ApiError> {
-        let l = &self.limits;
-        let temperature = range("temperature", g.temperature, 0.0, 2.0, true)?.unwrap_or(1.0);
-        let top_p = range("top_p", g.top_p, 0.0, 1.0, false)?.unwrap_or(1.0);
+        let mut params = self.sampling(&g)?;
+        let n = range("n", g.n, 1, self.limits.max_n as u64, true)?.unwrap_or(1) as usize;
+        let top_logprobs = range(
+            "top_logprobs",
+            g.logprobs,
+            0,
+            self.limits.max_top_logprobs as u64,
+            true,
+        )?;
+        self.check_stop(&g.stop)?;
+        if let (true, Some((param, _))) = (g.ignore_eos, &g.grammar) {
+            return Err(ApiError::invalid(
+                "ignore_eos",
+                format!("`ignore_eos` cannot be combined with `{param}`: a finished grammar ends with end-of-sequence"),
+            ));
+        }
+        let ids = self.tokenize(prompt)?;
+        let max_tokens = self.max_tokens(prompt.param(), ids.len(), g.max_tokens)?;
+        if let Some(top) = top_logprobs {
+            self.check_logprob_entries(n, max_tokens, top)?;
+        }
+        let constraint = match &g.grammar {
+            Some((param, spec)) => Some(self.compile(param, spec)?),
+            None => None,
+        };
+        params.top_logprobs = top_logprobs.unwrap_or(0) as usize;
+        params.prompt_len = ids.len();
+        Ok(ValidRequest {
+            params,
+            criteria: self.vocab.criteria(max_tokens, g.stop, g.ignore_eos),
+            prompt: ids,
+            n,
+            logprobs: top_logprobs.is_some(),
+            constraint,
+        })
+    }
+
+    /// The sampling parameters, each checked against its range (the prompt-dependent fields,
+    /// `top_logprobs` and `prompt_len`, are filled in by [`Validator::validate`]).
+    fn sampling(&self, g: &GenerationInput) -> Result<SamplingParams, ApiError> {
         let top_k = match g.top_k {
             None | Some(-1) | Some(0) => 0,
             Some(k) if k > 0 => k as usize,
@@ -302,146 +359,405 @@ impl Validator {
                 ))
             }
         };
-        let min_p = range("min_p", g.min_p, 0.0, 1.0, true)?.unwrap_or(0.0);
-        let repetition_penalty =
-            range("repetition_penalty", g.repetition_penalty, 0.0, 10.0, false)?.unwrap_or(1.0);
-        let frequency_penalty =
-            range("frequency_penalty", g.frequency_penalty, -2.0, 2.0, true)?.unwrap_or(0.0);
-        let presence_penalty =
-            range("presence_penalty", g.presence_penalty, -2.0, 2.0, true)?.unwrap_or(0.0);
-        let n = range("n", g.n, 1, l.max_n as u64, true)?.unwrap_or(1) as usize;
-        let top_logprobs = range(
-            "top_logprobs",
-            g.logprobs,
-            0,
-            l.max_top_logprobs as u64,
-            true,
-        )?;
-        if g.stop.len() > l.max_stop {
+        Ok(SamplingParams {
+            temperature: range("temperature", g.temperature, 0.0, 2.0, true)?.unwrap_or(1.0),
+            top_k,
+            top_p: range("top_p", g.top_p, 0.0, 1.0, false)?.unwrap_or(1.0),
+            min_p: range("min_p", g.min_p, 0.0, 1.0, true)?.unwrap_or(0.0),
+            repetition_penalty: range(
+                "repetition_penalty",
+                g.repetition_penalty,
+                0.0,
+                10.0,
+                false,
+            )?
+            .unwrap_or(1.0),
+            frequency_penalty: range("frequency_penalty", g.frequency_penalty, -2.0, 2.0, true)?
+                .unwrap_or(0.0),
+            presence_penalty: range("presence_penalty", g.presence_penalty, -2.0, 2.0, true)?
+                .unwrap_or(0.0),
+            logit_bias: self.logit_bias(&g.logit_bias)?,
+            seed: g.seed.unwrap_or_else(fresh_seed),
+            top_logprobs: 0,
+            prompt_len: 0,
+        })
+    }
+
+    /// `logit_bias` keys as token ids of this vocabulary, each bias in [-100, 100].
+    fn logit_bias(&self, bias: &[(String, f32)]) -> Result<Vec<(u32, f32)>, ApiError> {
+        let vocab_size = self.info.vocab_size;
+        bias.iter()
+            .map(|(key, bias)| {
+                let token = key
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|&t| (t as usize) < vocab_size)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            "logit_bias",
+                            format!("`logit_bias` keys must be token ids below {vocab_size}, got `{key}`"),
+                        )
+                    })?;
+                range("logit_bias", Some(*bias), -100.0, 100.0, true)?;
+                Ok((token, *bias))
+            })
+            .collect()
+    }
+
+    fn check_stop(&self, stop: &[String]) -> Result<(), ApiError> {
+        let max = self.limits.max_stop;
+        if stop.len() > max {
             return Err(ApiError::invalid(
                 "stop",
-                format!(
-                    "`stop` supports up to {} sequences, got {}",
-                    l.max_stop,
-                    g.stop.len()
-                ),
+                format!("`stop` supports up to {max} sequences, got {}", stop.len()),
             ));
         }
-        if g.stop.iter().any(String::is_empty) {
+        if stop.iter().any(String::is_empty) {
             return Err(ApiError::invalid(
                 "stop",
                 "`stop` sequences must not be empty",
             ));
         }
-        let mut logit_bias = Vec::with_capacity(g.logit_bias.len());
-        for (key, bias) in &g.logit_bias {
-            let token = key
-                .parse::<u32>()
-                .ok()
-                .filter(|&t| (t as usize) < self.info.vocab_size)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "logit_bias",
-                        format!(
-                            "`logit_bias` keys must be token ids below {}, got `{key}`",
-                            self.info.vocab_size
-                        ),
-                    )
-                })?;
-            range("logit_bias", Some(*bias), -100.0, 100.0, true)?;
-            logit_bias.push((token, *bias));
-        }
+        Ok(())
+    }
 
-        if g.ignore_eos {
-            if let Some((param, _)) = &g.grammar {
-                return Err(ApiError::invalid(
-                    "ignore_eos",
-                    format!("`ignore_eos` cannot be combined with `{param}`: a finished grammar ends with end-of-sequence"),
-                ));
-            }
+    /// The prompt's length against the input limit, and the tokens left to generate: the
+    /// request's `max_tokens` if it fits, else all the room the context leaves.
+    fn max_tokens(
+        &self,
+        param: &'static str,
+        prompt: usize,
+        asked: Option<u64>,
+    ) -> Result<usize, ApiError> {
+        let l = &self.limits;
+        let too_long = |message: String| ApiError::ContextLength { param, message };
+        if prompt == 0 {
+            return Err(ApiError::invalid(param, "the prompt is empty"));
         }
-        let constraint = match &g.grammar {
-            Some((param, spec)) => Some(self.compile(param, spec)?),
-            None => None,
-        };
+        if prompt > l.max_input_tokens {
+            return Err(too_long(format!(
+                "the prompt has {prompt} tokens, more than the limit of {} input tokens",
+                l.max_input_tokens
+            )));
+        }
+        let room = l.max_total_tokens.saturating_sub(prompt);
+        match asked {
+            Some(0) => Err(ApiError::invalid(
+                "max_tokens",
+                "`max_tokens` must be at least 1, got 0",
+            )),
+            Some(m) if m as usize > room => Err(too_long(format!(
+                "this model's maximum context length is {} tokens; you requested {} tokens ({prompt} in the prompt, {m} to generate)",
+                l.max_total_tokens,
+                prompt + m as usize,
+            ))),
+            Some(m) => Ok(m as usize),
+            None if room == 0 => Err(too_long(format!(
+                "the prompt has {prompt} tokens and leaves no room to generate within {} tokens",
+                l.max_total_tokens
+            ))),
+            None => Ok(room),
+        }
+    }
 
-        let prompt = self.tokenize(prompt)?;
-        if prompt.is_empty() {
-            return Err(ApiError::invalid("prompt", "the prompt is empty"));
-        }
-        if prompt.len() > l.max_input_tokens {
-            return Err(ApiError::ContextLength {
-                message: format!(
-                    "the prompt has {} tokens, more than the limit of {} input tokens",
-                    prompt.len(),
-                    l.max_input_tokens
+    /// Log-probability entries are held until the reply is sent: `n` x `max_tokens` x
+    /// (1 + `top_logprobs`) must stay within the limit.
+    fn check_logprob_entries(&self, n: usize, max_tokens: usize, top: u64) -> Result<(), ApiError> {
+        let limit = self.limits.max_logprob_entries;
+        let entries = (n as u64)
+            .saturating_mul(max_tokens as u64)
+            .saturating_mul(top + 1);
+        if entries > limit as u64 {
+            return Err(ApiError::invalid(
+                "top_logprobs",
+                format!(
+                    "log-probabilities for n={n} x max_tokens={max_tokens} x (1 + top_logprobs={top}) = {entries} entries are over the limit of {limit} entries per request; lower `max_tokens`, `n` or `top_logprobs`"
                 ),
-            });
+            ));
         }
-        let room = l.max_total_tokens.saturating_sub(prompt.len());
-        let max_tokens = match g.max_tokens {
-            Some(0) => return Err(ApiError::invalid("max_tokens", "`max_tokens` must be at least 1, got 0")),
-            Some(m) if m as usize > room => {
-                return Err(ApiError::ContextLength {
-                    message: format!(
-                        "this model's maximum context length is {} tokens; you requested {} tokens ({} in the prompt, {} to generate)",
-                        l.max_total_tokens,
-                        prompt.len() + m as usize,
-                        prompt.len(),
-                        m
-                    ),
-                })
-            }
-            Some(m) => m as usize,
-            None if room == 0 => {
-                return Err(ApiError::ContextLength {
-                    message: format!(
-                        "the prompt has {} tokens and leaves no room to generate within {} tokens",
-                        prompt.len(),
-                        l.max_total_tokens
-                    ),
-                })
-            }
-            None => room,
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokenizers::models::wordlevel::WordLevel;
+    use tokenizers::pre_tokenizers::whitespace::Whitespace;
+
+    const WORDS: [&str; 6] = ["<unk>", "<s>", "</s>", "a", "b", "c"];
+
+    /// A validator over a six-word vocabulary (`<s>` is BOS, `</s>` EOS): 8 input tokens, 12 in
+    /// all, no chat template, no grammar compiler.
+    fn validator() -> Validator {
+        let vocab = WORDS
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.to_string(), i as u32))
+            .collect();
+        let model = WordLevel::builder()
+            .vocab(vocab)
+            .unk_token("<unk>".into())
+            .build()
+            .unwrap();
+        let mut tokenizer = Tokenizer::new(model);
+        tokenizer.with_pre_tokenizer(Some(Whitespace {}));
+        let info = ModelInfo {
+            model_id: "test".into(),
+            architecture: "llama".into(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            vocab_size: WORDS.len(),
+            max_context: 12,
+            kv_block_size: 4,
+            num_kv_blocks: 3,
         };
-        if let Some(top) = top_logprobs {
-            let entries = (n as u64)
-                .saturating_mul(max_tokens as u64)
-                .saturating_mul(top + 1);
-            if entries > l.max_logprob_entries as u64 {
-                return Err(ApiError::invalid(
-                    "top_logprobs",
-                    format!(
-                        "log-probabilities for n={n} x max_tokens={max_tokens} x (1 + top_logprobs={top}) = {entries} entries are over the limit of {} entries per request; lower `max_tokens`, `n` or `top_logprobs`",
-                        l.max_logprob_entries
-                    ),
-                ));
-            }
+        let limits = Limits {
+            max_input_tokens: 8,
+            max_total_tokens: 12,
+            max_n: 4,
+            max_stop: 2,
+            max_top_logprobs: 5,
+            max_logprob_entries: 40,
+        };
+        let vocab = Vocab {
+            tokenizer: Arc::new(tokenizer),
+            plain_bos: Some(1),
+            eos_token_ids: vec![2],
+        };
+        Validator::new(
+            vocab,
+            None,
+            info,
+            limits,
+            Err("no grammar here".into()),
+            true,
+        )
+    }
+
+    fn text(words: &str) -> PromptInput {
+        PromptInput::text("prompt", words)
+    }
+
+    /// The parameter an invalid request is refused for.
+    fn refused(prompt: &PromptInput, g: GenerationInput) -> (String, String) {
+        match validator().validate(prompt, g) {
+            Ok(_) => panic!("accepted"),
+            Err(ApiError::InvalidParam { param, message }) => (param, message),
+            Err(ApiError::ContextLength { param, message }) => (param.into(), message),
+            Err(e) => panic!("unexpected error {e:?}"),
         }
-        Ok(ValidRequest {
-            params: SamplingParams {
-                temperature,
-                top_k,
-                top_p,
-                min_p,
-                repetition_penalty,
-                frequency_penalty,
-                presence_penalty,
-                logit_bias,
-                seed: g.seed.unwrap_or_else(fresh_seed),
-                top_logprobs: top_logprobs.unwrap_or(0) as usize,
-                prompt_len: prompt.len(),
-            },
-            criteria: StopCriteria {
-                max_tokens,
-                stop: g.stop,
-                eos_token_ids: self.info.eos_token_ids.clone(),
-                ignore_eos: g.ignore_eos,
-            },
-            prompt,
-            n,
-            logprobs: top_logprobs.is_some(),
-            constraint,
-        })
+    }
+
+    #[test]
+    fn defaults_fill_in_and_plain_prompts_get_bos() {
+        let v = validator()
+            .validate(&text("a b c"), GenerationInput::default())
+            .unwrap();
+        assert_eq!(v.prompt(), &[1, 3, 4, 5]);
+        assert_eq!((v.params().temperature, v.params().top_p), (1.0, 1.0));
+        assert_eq!(v.params().prompt_len, 4);
+        // No max_tokens: all the room the context leaves.
+        assert_eq!(v.criteria().max_tokens, 8);
+        assert_eq!(v.criteria().eos_token_ids, vec![2]);
+        assert_eq!((v.n(), v.logprobs()), (1, false));
+    }
+
+    #[test]
+    fn each_range_names_its_parameter_and_bound() {
+        let cases: Vec<(GenerationInput, &str, &str)> = vec![
+            (
+                GenerationInput {
+                    temperature: Some(2.5),
+                    ..Default::default()
+                },
+                "temperature",
+                "[0, 2]",
+            ),
+            (
+                GenerationInput {
+                    top_p: Some(0.0),
+                    ..Default::default()
+                },
+                "top_p",
+                "(0, 1]",
+            ),
+            (
+                GenerationInput {
+                    top_k: Some(-2),
+                    ..Default::default()
+                },
+                "top_k",
+                "-1, 0",
+            ),
+            (
+                GenerationInput {
+                    min_p: Some(1.5),
+                    ..Default::default()
+                },
+                "min_p",
+                "[0, 1]",
+            ),
+            (
+                GenerationInput {
+                    repetition_penalty: Some(0.0),
+                    ..Default::default()
+                },
+                "repetition_penalty",
+                "(0, 10]",
+            ),
+            (
+                GenerationInput {
+                    frequency_penalty: Some(-3.0),
+                    ..Default::default()
+                },
+                "frequency_penalty",
+                "[-2, 2]",
+            ),
+            (
+                GenerationInput {
+                    presence_penalty: Some(2.5),
+                    ..Default::default()
+                },
+                "presence_penalty",
+                "[-2, 2]",
+            ),
+            (
+                GenerationInput {
+                    n: Some(5),
+                    ..Default::default()
+                },
+                "n",
+                "[1, 4]",
+            ),
+            (
+                GenerationInput {
+                    logprobs: Some(6),
+                    ..Default::default()
+                },
+                "top_logprobs",
+                "[0, 5]",
+            ),
+            (
+                GenerationInput {
+                    stop: vec!["x".into(); 3],
+                    ..Default::default()
+                },
+                "stop",
+                "up to 2",
+            ),
+            (
+                GenerationInput {
+                    stop: vec![String::new()],
+                    ..Default::default()
+                },
+                "stop",
+                "empty",
+            ),
+            (
+                GenerationInput {
+                    logit_bias: vec![("6".into(), 1.0)],
+                    ..Default::default()
+                },
+                "logit_bias",
+                "below 6",
+            ),
+            (
+                GenerationInput {
+                    logit_bias: vec![("3".into(), 101.0)],
+                    ..Default::default()
+                },
+                "logit_bias",
+                "[-100, 100]",
+            ),
+            (
+                GenerationInput {
+                    max_tokens: Some(0),
+                    ..Default::default()
+                },
+                "max_tokens",
+                "at least 1",
+            ),
+        ];
+        for (g, param, bound) in cases {
+            let (got, message) = refused(&text("a"), g);
+            assert_eq!(got, param, "{message}");
+            assert!(message.contains(bound), "{param}: {message}");
+        }
+    }
+
+    #[test]
+    fn limits_on_the_prompt_and_the_context_name_the_prompt_field() {
+        let nine = "a ".repeat(8);
+        let (param, message) = refused(&text(&nine), GenerationInput::default());
+        assert_eq!(param, "prompt");
+        assert!(
+            message.contains("9 tokens, more than the limit of 8"),
+            "{message}"
+        );
+        let tgi = PromptInput::text("inputs", "a b");
+        let g = GenerationInput {
+            max_tokens: Some(10),
+            ..Default::default()
+        };
+        let (param, message) = refused(&tgi, g);
+        assert_eq!(param, "inputs");
+        assert!(
+            message.contains("maximum context length is 12"),
+            "{message}"
+        );
+        let (param, _) = refused(&PromptInput::Tokens(vec![3, 9]), GenerationInput::default());
+        assert_eq!(param, "prompt");
+        let (param, message) = refused(&PromptInput::Tokens(vec![]), GenerationInput::default());
+        assert_eq!(
+            (param.as_str(), message.as_str()),
+            ("prompt", "the prompt is empty")
+        );
+    }
+
+    #[test]
+    fn logprob_entries_are_bounded_by_n_tokens_and_alternatives() {
+        // 2 x 4 x (1 + 4) = 40 entries: at the limit.
+        let g = |max_tokens| GenerationInput {
+            n: Some(2),
+            max_tokens: Some(max_tokens),
+            logprobs: Some(4),
+            ..Default::default()
+        };
+        assert!(validator().validate(&text("a"), g(4)).is_ok());
+        let (param, message) = refused(&text("a"), g(5));
+        assert_eq!(param, "top_logprobs");
+        assert!(message.contains("= 50 entries"), "{message}");
+    }
+
+    #[test]
+    fn an_over_long_prompt_is_refused_before_its_grammar_is_compiled() {
+        let grammar = Some(("response_format", GrammarSpec::Regex("a+".into())));
+        let long = GenerationInput {
+            grammar: grammar.clone(),
+            ..Default::default()
+        };
+        let (param, _) = refused(&text(&"a ".repeat(9)), long);
+        assert_eq!(param, "prompt");
+        // A prompt that fits reaches the compiler (here: none for this model).
+        let fits = GenerationInput {
+            grammar,
+            ..Default::default()
+        };
+        let (param, message) = refused(&text("a"), fits);
+        assert_eq!(param, "response_format");
+        assert!(message.contains("not available"), "{message}");
+    }
+
+    #[test]
+    fn ignore_eos_with_a_grammar_is_refused() {
+        let g = GenerationInput {
+            ignore_eos: true,
+            grammar: Some(("tools", GrammarSpec::Regex("a".into()))),
+            ..Default::default()
+        };
+        let (param, message) = refused(&text("a"), g);
+        assert_eq!(param, "ignore_eos");
+        assert!(message.contains("`tools`"), "{message}");
     }
 }

@@ -1,9 +1,9 @@
 //! One live sequence (a choice of a request) as the scheduler task tracks it: where its events go,
 //! its output text, and its timings for metrics and the per-request log line.
 
-use super::stop::OutputText;
 use super::Event;
 use crate::metrics::METRICS;
+use crate::request::OutputText;
 use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use wick_proto::FinishReason;

@@ -1,6 +1,6 @@
 //! The scheduler task: owns the waiting queue, the running set and the KV block accounting
 //! ([`batcher::Batcher`]), drives the backend one step at a time, and turns sampled tokens into
-//! per-request events ([`stop::OutputText`]).
+//! per-request events ([`OutputText`]).
 //!
 //! Handlers reach it through [`Scheduler`], a cheap clonable handle, and get back a bounded
 //! receiver of [`Event`]s. Dropping that receiver cancels the request: the task sees the closed
@@ -15,11 +15,9 @@ pub mod batcher;
 pub mod blocks;
 mod live;
 pub mod mask_budget;
-pub mod stop;
-
-pub use stop::StopCriteria;
-
+use crate::backend::Backend;
 use crate::metrics::METRICS;
+use crate::request::OutputText;
 use crate::validation::ValidRequest;
 use batcher::{BatchConfig, Batcher};
 use live::Live;
@@ -30,7 +28,6 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use wick_backend::Backend;
 use wick_proto::{FinishReason, SeqId, TokenLogprob};
 
 /// Why a request failed after it was queued.
@@ -45,6 +42,11 @@ pub enum Failure {
     /// The sequence's output grammar failed (its message is short and holds no parser state).
     Grammar,
 }
+
+/// The scheduler task has ended (every request is refused from then on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the scheduler has stopped")]
+pub struct SchedulerGone;
 
 /// What a request hears about its choices.
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +147,7 @@ impl Scheduler {
     }
 
     /// Queues a request; its events arrive on the returned receiver.
-    pub async fn submit(&self, sub: Submission) -> Result<mpsc::Receiver<Event>, ()> {
+    pub async fn submit(&self, sub: Submission) -> Result<mpsc::Receiver<Event>, SchedulerGone> {
         // Room for every event the request can produce (a token per step and a final event, per
         // choice), so the task never has to wait on a slow client.
         let capacity = sub.request.n() * (sub.request.criteria().max_tokens + 2);
@@ -153,7 +155,7 @@ impl Scheduler {
         self.tx
             .send(Command::Submit(Box::new(sub), events))
             .await
-            .map_err(|_| ())?;
+            .map_err(|_| SchedulerGone)?;
         Ok(rx)
     }
 
@@ -288,7 +290,7 @@ impl Task {
                 let _gone = self.backend.constrain_async(id, c.clone()).await;
             }
             self.batcher.add(id, req.prompt().to_vec(), params);
-            let output = stop::OutputText::new(self.tokenizer.clone(), req.criteria().clone());
+            let output = OutputText::new(self.tokenizer.clone(), req.criteria().clone());
             self.live.insert(
                 id,
                 Live {

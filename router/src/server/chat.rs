@@ -9,7 +9,7 @@
 use super::lifecycle::RequestId;
 use super::openai::*;
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
-use crate::error::ApiError;
+use crate::error::{ApiError, Unavailable};
 use crate::scheduler::Event;
 use crate::tools::{parse_call, CallStream, Piece, Tools};
 use crate::validation::{GenerationInput, PromptInput};
@@ -304,7 +304,7 @@ fn openai_stream<F: ChunkFormat>(
         let (mut done, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
         while done < started.n {
             let Some(event) = started.next().await else {
-                yield Ok(sse_error(ApiError::Unavailable));
+                yield Ok(sse_error(ApiError::Unavailable(Unavailable::SchedulerGone)));
                 return;
             };
             match event {

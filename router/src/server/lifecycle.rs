@@ -5,7 +5,7 @@
 //! The listener is bound before the model loads, so that `/ready` can answer 503 while loading;
 //! until then every other route answers 503 too.
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Unavailable};
 use crate::metrics::METRICS;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -193,7 +193,10 @@ fn close(mut response: Response) -> Response {
     response
 }
 
-static BODY_LIMIT: AtomicUsize = AtomicUsize::new(2_000_000);
+/// `--max-body-bytes` unless configured.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 2_000_000;
+
+static BODY_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_BODY_BYTES);
 
 /// The request body limit in bytes (for error messages).
 pub fn body_limit() -> usize {
@@ -225,7 +228,7 @@ async fn ready(State(phase): State<Arc<Phase>>) -> Result<StatusCode, ApiError> 
     if phase.is_ready() {
         Ok(StatusCode::OK)
     } else if phase.is_draining() {
-        Err(ApiError::Unavailable)
+        Err(ApiError::Unavailable(Unavailable::ShuttingDown))
     } else {
         Err(ApiError::Loading)
     }

@@ -3,7 +3,7 @@
 
 use super::openai::{ModelCard, ModelList};
 use super::{ApiJson, SharedState};
-use crate::error::ApiError;
+use crate::error::{ApiError, Unavailable};
 use crate::template::ChatMessage;
 use crate::validation::PromptInput;
 use axum::extract::State;
@@ -84,7 +84,10 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn health(State(state): State<SharedState>) -> Result<StatusCode, ApiError> {
     match tokio::time::timeout(HEALTH_TIMEOUT, state.backend.ping()).await {
         Ok(Ok(())) => Ok(StatusCode::OK),
-        _ => Err(ApiError::Unavailable),
+        Ok(Err(_)) => Err(ApiError::Unavailable(Unavailable::WorkerGone)),
+        Err(_) => Err(ApiError::Unavailable(Unavailable::WorkerUnresponsive {
+            timeout_s: HEALTH_TIMEOUT.as_secs_f64(),
+        })),
     }
 }
 
@@ -119,7 +122,7 @@ pub async fn tokenize(
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     state.check_model(req.model.as_deref())?;
     let prompt = match (req.prompt, req.messages) {
-        (Some(p), None) => PromptInput::Text(p),
+        (Some(p), None) => PromptInput::text("prompt", p),
         (None, Some(m)) => PromptInput::chat(
             m.into_iter()
                 .map(|m| ChatMessage::new(m.role, m.content))
@@ -135,7 +138,10 @@ pub async fn tokenize(
     let validator = state.validator.clone();
     let tokens = tokio::task::spawn_blocking(move || validator.tokenize(&prompt))
         .await
-        .map_err(|e| ApiError::Backend(e.to_string()))??;
+        .map_err(|e| ApiError::TaskFailed {
+            task: "tokenization",
+            message: e.to_string(),
+        })??;
     Ok(Json(TokenizeResponse {
         count: tokens.len(),
         max_model_len: state.validator.limits().max_total_tokens,

@@ -18,8 +18,9 @@ pub mod openai;
 pub mod structured;
 pub mod tgi;
 
-use crate::error::ApiError;
-use crate::scheduler::{Event, Failure, Scheduler, Submission};
+use crate::backend::Backend;
+use crate::error::{ApiError, Unavailable};
+use crate::scheduler::{Event, Failure, Scheduler, SchedulerGone, Submission};
 use crate::validation::{GenerationInput, PromptInput, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
@@ -29,7 +30,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use wick_backend::Backend;
 use wick_proto::{FinishReason, ModelInfo, TokenLogprob};
 
 /// What every handler shares.
@@ -225,8 +225,8 @@ impl Started {
             Failure::QueueTimeout => ApiError::QueueTimeout {
                 limit_s: self.queue_limit.map(|d| d.as_secs_f64()).unwrap_or(0.0),
             },
-            Failure::ShuttingDown => ApiError::Unavailable,
-            Failure::Backend => ApiError::Backend(message),
+            Failure::ShuttingDown => ApiError::Unavailable(Unavailable::ShuttingDown),
+            Failure::Backend => ApiError::Backend { message },
             Failure::Grammar => ApiError::GrammarFailed { message },
         }
     }
@@ -242,7 +242,7 @@ impl Started {
                 self.peeked = Some(event);
                 Ok(())
             }
-            None => Err(ApiError::Unavailable),
+            None => Err(ApiError::Unavailable(Unavailable::SchedulerGone)),
         }
     }
 
@@ -277,7 +277,7 @@ impl AppState {
         input: GenerationInput,
     ) -> Result<Started, ApiError> {
         if self.phase.is_draining() {
-            return Err(ApiError::Unavailable);
+            return Err(ApiError::Unavailable(Unavailable::ShuttingDown));
         }
         let a = &self.admission;
         let arrived = Instant::now();
@@ -293,7 +293,10 @@ impl AppState {
         let valid: ValidRequest =
             tokio::task::spawn_blocking(move || validator.validate(&prompt, input))
                 .await
-                .map_err(|e| ApiError::Backend(format!("validation task failed: {e}")))??;
+                .map_err(|e| ApiError::TaskFailed {
+                    task: "validation",
+                    message: e.to_string(),
+                })??;
         let (prompt_tokens, n, logprobs, seed) = (
             valid.prompt().len(),
             valid.n(),
@@ -320,7 +323,7 @@ impl AppState {
             .scheduler
             .submit(submission)
             .await
-            .map_err(|()| ApiError::Unavailable)?;
+            .map_err(|SchedulerGone| ApiError::Unavailable(Unavailable::SchedulerGone))?;
         Ok(Started {
             events,
             peeked: None,
@@ -384,7 +387,7 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
             Some(Event::Error {
                 failure, message, ..
             }) => return Err(started.failure(failure, message)),
-            None => return Err(ApiError::Unavailable),
+            None => return Err(ApiError::Unavailable(Unavailable::SchedulerGone)),
         }
     }
     Ok(choices)

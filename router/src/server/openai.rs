@@ -318,8 +318,10 @@ impl CompletionRequest {
             .map(|g| ("response_format", g));
         let several = || ApiError::invalid("prompt", "only one prompt per request is supported");
         let prompt = match self.prompt {
-            CompletionPrompt::Text(t) => PromptInput::Text(t),
-            CompletionPrompt::Texts(mut v) if v.len() == 1 => PromptInput::Text(v.remove(0)),
+            CompletionPrompt::Text(t) => PromptInput::text("prompt", t),
+            CompletionPrompt::Texts(mut v) if v.len() == 1 => {
+                PromptInput::text("prompt", v.remove(0))
+            }
             CompletionPrompt::Tokens(ids) => PromptInput::Tokens(ids),
             CompletionPrompt::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
             _ => return Err(several()),

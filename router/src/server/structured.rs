@@ -2,12 +2,12 @@
 //! `response_format`, tool calls in messages and answers), and their checks into
 //! [`crate::tools::Tools`] and grammars.
 
+use crate::backend::GrammarSpec;
 use crate::error::ApiError;
 use crate::tools::{self, Choice, Tools};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
-use wick_backend::grammar::GrammarSpec;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ToolCallIn {

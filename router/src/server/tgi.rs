@@ -5,6 +5,7 @@
 use super::chat::{sse_error, sse_json, sse_response};
 use super::lifecycle::RequestId;
 use super::{collect, ApiJson, SharedState, Started};
+use crate::backend::GrammarSpec;
 use crate::error::ApiError;
 use crate::scheduler::Event;
 use crate::validation::{GenerationInput, PromptInput};
@@ -13,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use wick_backend::grammar::GrammarSpec;
 use wick_proto::FinishReason;
 
 /// Parameters Wick implements; any other (`typical_p`, `watermark`, `truncate`, ...) is refused
@@ -162,7 +162,12 @@ impl GenerateRequest {
         } else {
             String::new()
         };
-        Ok((PromptInput::Text(self.inputs), input, p.details, prefix))
+        Ok((
+            PromptInput::text("inputs", self.inputs),
+            input,
+            p.details,
+            prefix,
+        ))
     }
 }
 
@@ -171,7 +176,7 @@ fn token(state: &SharedState, id: u32, logprob: f32) -> TgiToken {
         id,
         text: state.token_text(id),
         logprob,
-        special: state.info.eos_token_ids.contains(&id),
+        special: state.validator.vocab().eos_token_ids.contains(&id),
     }
 }
 

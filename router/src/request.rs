@@ -1,4 +1,8 @@
-//! Turning one sequence's sampled tokens into text and deciding when it stops.
+//! What a validated request carries besides its prompt and sampling parameters, built by
+//! validation (and by `wick generate`) and used by the scheduler: how prompt text becomes ids
+//! ([`Vocab::encode`]), when a sequence stops ([`StopCriteria`]), and how its sampled tokens
+//! become text ([`OutputText`]). Validation and the scheduler both depend on this module and not
+//! on each other.
 //!
 //! Text is released only when it is final: never a partial UTF-8 character, and never text that
 //! could still turn into a stop string (a suffix that is a prefix of a stop string is held back
@@ -6,9 +10,58 @@
 //! text and anything after it are not returned), or the token limit. Cost: each token decodes the
 //! sequence's output so far, O(output) per token.
 
+use crate::backend::TokenizerInfo;
 use std::sync::Arc;
 use tokenizers::Tokenizer;
 use wick_proto::FinishReason;
+
+/// The model's vocabulary as requests need it, read once from the model file at start-up.
+#[derive(Clone)]
+pub struct Vocab {
+    pub tokenizer: Arc<Tokenizer>,
+    /// Put before plain-text prompts, when the model asks for it (`add_bos_token`); chat
+    /// templates write their own BOS.
+    pub plain_bos: Option<u32>,
+    /// Every token id that ends generation.
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl From<TokenizerInfo> for Vocab {
+    fn from(tok: TokenizerInfo) -> Self {
+        Vocab {
+            plain_bos: tok.bos_token_id.filter(|_| tok.add_bos_token),
+            eos_token_ids: tok.eos_token_ids,
+            tokenizer: Arc::new(tok.tokenizer),
+        }
+    }
+}
+
+impl Vocab {
+    /// Prompt text as ids: `templated` text (a rendered chat template) may hold control tokens
+    /// and gets no BOS of ours; plain text gets the model's BOS rule.
+    pub fn encode(&self, text: &str, templated: bool) -> Result<Vec<u32>, String> {
+        let mut ids = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| e.to_string())?
+            .get_ids()
+            .to_vec();
+        if !templated {
+            ids.splice(0..0, self.plain_bos);
+        }
+        Ok(ids)
+    }
+
+    /// The stop criteria of a request on this vocabulary.
+    pub fn criteria(&self, max_tokens: usize, stop: Vec<String>, ignore_eos: bool) -> StopCriteria {
+        StopCriteria {
+            max_tokens,
+            stop,
+            eos_token_ids: self.eos_token_ids.clone(),
+            ignore_eos,
+        }
+    }
+}
 
 /// When a sequence stops.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +70,25 @@ pub struct StopCriteria {
     pub stop: Vec<String>,
     pub eos_token_ids: Vec<u32>,
     pub ignore_eos: bool,
+}
+
+impl StopCriteria {
+    /// Whether `token` ends the sequence as end-of-sequence (and is then not output).
+    pub fn is_eos(&self, token: u32) -> bool {
+        !self.ignore_eos && self.eos_token_ids.contains(&token)
+    }
+
+    /// The token-level stop after `token`, with `generated` output tokens so far (stop strings
+    /// are [`OutputText`]'s): end-of-sequence, else the token limit.
+    pub fn finish(&self, token: u32, generated: usize) -> Option<FinishReason> {
+        if self.is_eos(token) {
+            Some(FinishReason::Stop)
+        } else if generated >= self.max_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
 }
 
 /// What one token changed.
@@ -45,10 +117,6 @@ impl OutputText {
         }
     }
 
-    pub fn tokens(&self) -> usize {
-        self.ids.len()
-    }
-
     fn decode(&self) -> String {
         self.tokenizer.decode(&self.ids, true).unwrap_or_default()
     }
@@ -68,8 +136,8 @@ impl OutputText {
 
     /// Takes one sampled token.
     pub fn push(&mut self, token: u32) -> Emit {
-        let is_eos = !self.criteria.ignore_eos && self.criteria.eos_token_ids.contains(&token);
-        if !is_eos {
+        let finish = self.criteria.finish(token, self.ids.len() + 1);
+        if !self.criteria.is_eos(token) {
             self.ids.push(token);
         }
         let text = self.decode();
@@ -103,13 +171,6 @@ impl OutputText {
                 finish: Some(FinishReason::StopSequence),
             };
         }
-        let finish = if is_eos {
-            Some(FinishReason::Stop)
-        } else if self.ids.len() >= self.criteria.max_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
         let end = if finish.is_some() {
             text.len()
         } else if text.ends_with('\u{FFFD}') {
