@@ -62,7 +62,7 @@ mod tests {
     fn validation_does_not_import_the_scheduler() {
         // The scheduler takes validation's `ValidRequest`; the other way would be a cycle.
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-        let validation = std::fs::read_to_string(src.join("validation.rs")).unwrap();
+        let validation = std::fs::read_to_string(src.join("validation/mod.rs")).unwrap();
         assert!(validation.contains("crate::request::"));
         assert!(!validation.contains("crate::scheduler"));
     }

@@ -1,7 +1,8 @@
 //! Every Prometheus metric of the server: names as constants, registered once (with help text) in
 //! one registry, and rendered as the text exposition format for `GET /metrics`.
 //!
-//! Figures are updated where the event happens: the scheduler sets the gauges each step and
+//! These are the one source of the live figures: `/info` reads them too. Figures are updated
+//! where the event happens: the scheduler sets the gauges each step and
 //! observes TTFT and inter-token latency when the worker returns the token, queue time at
 //! admission; the error mapping counts failures by reason; the listener counts connections.
 
@@ -15,6 +16,7 @@ pub const REQUESTS_RUNNING: &str = "wick_requests_running";
 pub const REQUESTS_WAITING: &str = "wick_requests_waiting";
 pub const KV_CACHE_USAGE_RATIO: &str = "wick_kv_cache_usage_ratio";
 pub const KV_CACHE_BLOCKS_TOTAL: &str = "wick_kv_cache_blocks_total";
+pub const KV_CACHE_BLOCKS_FREE: &str = "wick_kv_cache_blocks_free";
 pub const REQUEST_SUCCESS_TOTAL: &str = "wick_request_success_total";
 pub const REQUEST_FAILURE_TOTAL: &str = "wick_request_failure_total";
 pub const PROMPT_TOKENS_TOTAL: &str = "wick_prompt_tokens_total";
@@ -27,6 +29,7 @@ pub const INTER_TOKEN_LATENCY: &str = "wick_inter_token_latency_seconds";
 pub const E2E_REQUEST_LATENCY: &str = "wick_e2e_request_latency_seconds";
 pub const REQUEST_QUEUE_TIME: &str = "wick_request_queue_time_seconds";
 pub const BATCH_SIZE: &str = "wick_batch_size";
+pub const BATCHED_STEPS_TOTAL: &str = "wick_batched_steps_total";
 pub const STEP_DURATION: &str = "wick_step_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "wick_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "wick_http_connections_refused_total";
@@ -44,6 +47,7 @@ pub struct Metrics {
     pub requests_waiting: IntGauge,
     pub kv_cache_usage_ratio: prometheus::Gauge,
     pub kv_cache_blocks_total: IntGauge,
+    pub kv_cache_blocks_free: IntGauge,
     pub request_success: IntCounterVec,
     pub request_failure: IntCounterVec,
     pub prompt_tokens: IntCounter,
@@ -56,6 +60,7 @@ pub struct Metrics {
     pub e2e_request_latency: Histogram,
     pub request_queue_time: Histogram,
     pub batch_size: Histogram,
+    pub batched_steps: IntCounter,
     pub step_duration: Histogram,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
@@ -111,6 +116,11 @@ impl Metrics {
                 &r,
                 KV_CACHE_BLOCKS_TOTAL,
                 "KV cache blocks in the cache.",
+            ),
+            kv_cache_blocks_free: gauge(
+                &r,
+                KV_CACHE_BLOCKS_FREE,
+                "KV cache blocks free or holding only evictable cached prefixes.",
             ),
             request_success: counter_vec(
                 &r,
@@ -172,8 +182,13 @@ impl Metrics {
             batch_size: histogram(
                 &r,
                 BATCH_SIZE,
-                "Sequences in one forward step.",
+                "Sequences in one forward step (its count is the steps run).",
                 BATCH_BUCKETS,
+            ),
+            batched_steps: counter(
+                &r,
+                BATCHED_STEPS_TOTAL,
+                "Forward steps that ran more than one sequence.",
             ),
             step_duration: histogram(
                 &r,
@@ -225,6 +240,7 @@ mod tests {
             REQUESTS_WAITING,
             KV_CACHE_USAGE_RATIO,
             KV_CACHE_BLOCKS_TOTAL,
+            KV_CACHE_BLOCKS_FREE,
             REQUEST_SUCCESS_TOTAL,
             REQUEST_FAILURE_TOTAL,
             PROMPT_TOKENS_TOTAL,
@@ -237,6 +253,7 @@ mod tests {
             E2E_REQUEST_LATENCY,
             REQUEST_QUEUE_TIME,
             BATCH_SIZE,
+            BATCHED_STEPS_TOTAL,
             STEP_DURATION,
             HTTP_CONNECTIONS,
             HTTP_CONNECTIONS_REFUSED_TOTAL,

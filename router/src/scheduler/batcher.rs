@@ -46,8 +46,18 @@ pub struct Plan {
     pub step: Step,
     /// Sequences preempted while planning (their blocks are free; they wait again).
     pub preempted: Vec<SeqId>,
-    /// Sequences admitted for the first time: (id, tokens looked up, tokens found cached).
-    pub admitted: Vec<(SeqId, usize, usize)>,
+    /// Sequences admitted for the first time.
+    pub admitted: Vec<Admitted>,
+}
+
+/// A sequence's first admission and what the prefix cache gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub seq: SeqId,
+    /// Prompt tokens looked up in the prefix cache.
+    pub looked_up: usize,
+    /// Of those, the tokens found cached.
+    pub cached: usize,
 }
 
 #[derive(Debug)]
@@ -119,10 +129,6 @@ impl Batcher {
         self.pool.available()
     }
 
-    pub fn total_blocks(&self) -> usize {
-        self.pool.total()
-    }
-
     pub fn prefix_caching(&self) -> bool {
         self.cfg.prefix_caching
     }
@@ -131,8 +137,12 @@ impl Batcher {
         self.pool.usage()
     }
 
-    pub fn contains(&self, id: SeqId) -> bool {
-        self.seqs.contains_key(&id)
+    /// Prompt tokens `id` found in the prefix cache at its first admission (0 before it).
+    pub fn cached_tokens(&self, id: SeqId) -> usize {
+        self.seqs
+            .get(&id)
+            .and_then(|s| s.cached_tokens)
+            .unwrap_or(0)
     }
 
     fn blocks_needed(&self, positions: usize) -> usize {
@@ -249,7 +259,11 @@ impl Batcher {
             let seq = self.seqs.get_mut(&id).expect("seq exists");
             if seq.cached_tokens.is_none() {
                 seq.cached_tokens = Some(cached);
-                plan.admitted.push((id, seq.tokens.len(), cached));
+                plan.admitted.push(Admitted {
+                    seq: id,
+                    looked_up: seq.tokens.len(),
+                    cached,
+                });
             }
             plan.step.entries.push(self.entry(id, len));
             budget -= len;
@@ -466,7 +480,13 @@ mod tests {
         b.add(2, other, SamplingParams::default());
         let plan = run(&mut b);
         assert_eq!(starts(&plan), vec![(2, 8, 3)]);
-        assert_eq!(plan.admitted, vec![(2, 11, 8)]);
+        let admitted = Admitted {
+            seq: 2,
+            looked_up: 11,
+            cached: 8,
+        };
+        assert_eq!(plan.admitted, vec![admitted]);
+        assert_eq!(b.cached_tokens(2), 8);
     }
 
     #[test]

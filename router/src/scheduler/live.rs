@@ -15,8 +15,6 @@ pub(super) struct Live {
     pub output: OutputText,
     pub request_id: String,
     pub prompt_tokens: usize,
-    /// Prompt tokens found in the prefix cache at first admission.
-    pub cached_tokens: usize,
     pub sampled: usize,
     pub arrived: Instant,
     pub deadline: Option<Instant>,
@@ -54,7 +52,7 @@ impl Live {
     }
 
     /// Counts and logs a sequence that finished normally.
-    pub fn on_finished(&self, reason: FinishReason, now: Instant) {
+    pub fn on_finished(&self, reason: FinishReason, cached_tokens: usize, now: Instant) {
         let total = now - self.arrived;
         METRICS
             .request_success
@@ -66,7 +64,7 @@ impl Live {
             request_id = %self.request_id,
             choice = self.choice,
             prompt_tokens = self.prompt_tokens,
-            cached_tokens = self.cached_tokens,
+            cached_tokens,
             generated_tokens = self.sampled,
             queue_ms = ms(self.admitted).unwrap_or(0.0),
             ttft_ms = ms(self.first_token).unwrap_or(0.0),

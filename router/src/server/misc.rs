@@ -4,13 +4,13 @@
 use super::openai::{ModelCard, ModelList};
 use super::{ApiJson, SharedState};
 use crate::error::{ApiError, Unavailable};
+use crate::metrics::METRICS;
 use crate::template::ChatMessage;
 use crate::validation::PromptInput;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 use utoipa::ToSchema;
 
@@ -54,7 +54,7 @@ pub struct Info {
 
 #[utoipa::path(get, path = "/info", responses((status = 200, body = Info)))]
 pub async fn info(State(state): State<SharedState>) -> Json<Info> {
-    let s = state.scheduler.stats();
+    let m = &*METRICS;
     let limits = state.validator.limits();
     Json(Info {
         model_id: state.info.model_id.clone(),
@@ -67,13 +67,13 @@ pub async fn info(State(state): State<SharedState>) -> Json<Info> {
         max_total_tokens: limits.max_total_tokens,
         max_context: state.info.max_context,
         kv_block_size: state.info.kv_block_size,
-        kv_blocks_total: s.total_blocks.load(Ordering::Relaxed),
-        kv_blocks_free: s.free_blocks.load(Ordering::Relaxed),
-        requests_running: s.running.load(Ordering::Relaxed),
-        requests_waiting: s.waiting.load(Ordering::Relaxed),
-        steps: s.steps.load(Ordering::Relaxed),
-        batched_steps: s.batched_steps.load(Ordering::Relaxed),
-        preemptions: s.preemptions.load(Ordering::Relaxed),
+        kv_blocks_total: m.kv_cache_blocks_total.get() as u64,
+        kv_blocks_free: m.kv_cache_blocks_free.get() as u64,
+        requests_running: m.requests_running.get() as u64,
+        requests_waiting: m.requests_waiting.get() as u64,
+        steps: m.batch_size.get_sample_count(),
+        batched_steps: m.batched_steps.get(),
+        preemptions: m.preemptions.get(),
     })
 }
 

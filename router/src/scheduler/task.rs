@@ -1,0 +1,261 @@
+//! The scheduler task's loop and the state it owns alone: the batcher, the live sequences and
+//! the grammar-mask budget. Each iteration: take new commands -> drop sequences whose client is
+//! gone or whose queue deadline passed -> hold costly grammars back -> plan a step -> run it on
+//! the worker -> hand out tokens, check stops, free finished sequences.
+
+use super::batcher::{BatchConfig, Batcher};
+use super::live::Live;
+use super::mask_budget::MaskBudget;
+use super::{Command, Event, Failure, Submission, Worker};
+use crate::metrics::METRICS;
+use crate::request::OutputText;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokenizers::Tokenizer;
+use tokio::sync::mpsc;
+use wick_proto::SeqId;
+
+pub(super) struct Task<W> {
+    worker: W,
+    tokenizer: Arc<Tokenizer>,
+    batcher: Batcher,
+    /// Which costly constrained sequences sit out the next step.
+    masks: MaskBudget,
+    live: HashMap<SeqId, Live>,
+    next_id: SeqId,
+}
+
+impl<W: Worker> Task<W> {
+    pub fn new(worker: W, tokenizer: Arc<Tokenizer>, cfg: BatchConfig, num_blocks: usize) -> Self {
+        Task {
+            worker,
+            tokenizer,
+            batcher: Batcher::new(cfg, num_blocks),
+            masks: MaskBudget::default(),
+            live: HashMap::new(),
+            next_id: 1,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        loop {
+            if self.live.is_empty() {
+                match rx.recv().await {
+                    Some(cmd) => self.command(cmd).await,
+                    None => return,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                self.command(cmd).await;
+            }
+            self.drop_cancelled_and_expired().await;
+            self.batcher.hold(self.masks.held());
+            let plan = self.batcher.plan();
+            METRICS.preemptions.inc_by(plan.preempted.len() as u64);
+            if plan.step.entries.is_empty() {
+                self.publish();
+                if !self.live.is_empty() {
+                    // Waiting requests that cannot run yet: look again shortly (deadlines).
+                    let wait = tokio::time::sleep(std::time::Duration::from_millis(20));
+                    tokio::select! {
+                        cmd = rx.recv() => if let Some(cmd) = cmd { self.command(cmd).await },
+                        _ = wait => {},
+                    }
+                }
+                continue;
+            }
+            self.batcher.commit(&plan.step);
+            if self.batcher.prefix_caching() {
+                for a in &plan.admitted {
+                    METRICS.prefix_cache_queries.inc_by(a.looked_up as u64);
+                    METRICS.prefix_cache_hits.inc_by(a.cached as u64);
+                }
+            }
+            let now = Instant::now();
+            for e in plan.step.entries.iter().filter(|e| e.start_pos == 0) {
+                if let Some(l) = self.live.get_mut(&e.seq) {
+                    l.on_admitted(now);
+                }
+            }
+            let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
+            if seqs.len() > 1 {
+                METRICS.batched_steps.inc();
+            }
+            METRICS.batch_size.observe(seqs.len() as f64);
+            self.publish();
+            let started = Instant::now();
+            match self.worker.step(plan.step).await {
+                Ok(out) => {
+                    METRICS
+                        .step_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    let now = Instant::now();
+                    let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
+                    self.masks.observe(out.forward_us, masks);
+                    for g in out.generations {
+                        if let Some(done) = self.on_token(g, now) {
+                            self.finish(done).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let message = e.to_string();
+                    tracing::error!(error = %message, "backend step failed");
+                    for seq in seqs {
+                        self.fail(seq, Failure::Backend, &message).await;
+                    }
+                }
+            }
+            self.publish();
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(sub, events) => self.admit(*sub, events).await,
+            Command::AbortAll => {
+                let all: Vec<SeqId> = self.live.keys().copied().collect();
+                for seq in all {
+                    self.fail(seq, Failure::ShuttingDown, "the server is shutting down")
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn admit(&mut self, sub: Submission, events: mpsc::Sender<Event>) {
+        let req = &sub.request;
+        METRICS.prompt_tokens.inc_by(req.prompt().len() as u64);
+        let mut permit = sub.queue_permit;
+        for choice in 0..req.n() {
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut params = req.params().clone();
+            params.seed = params.seed.wrapping_add(choice as u64);
+            if let Some(c) = req.constraint() {
+                // Sent before any step of this sequence; a worker that is gone fails that step.
+                let _gone = self.worker.constrain(id, c.clone()).await;
+            }
+            self.batcher.add(id, req.prompt().to_vec(), params);
+            let output = OutputText::new(self.tokenizer.clone(), req.criteria().clone());
+            self.live.insert(
+                id,
+                Live {
+                    events: events.clone(),
+                    choice,
+                    output,
+                    request_id: sub.request_id.clone(),
+                    prompt_tokens: req.prompt().len(),
+                    sampled: 0,
+                    arrived: sub.arrived,
+                    deadline: sub.deadline,
+                    admitted: None,
+                    first_token: None,
+                    last_token: None,
+                    queue_permit: permit.take(),
+                },
+            );
+        }
+    }
+
+    async fn finish(&mut self, seq: SeqId) {
+        self.batcher.remove(seq);
+        self.masks.forget(seq);
+        self.live.remove(&seq);
+        // A worker that is gone fails the next step, which reports it.
+        let _gone = self.worker.release(seq).await;
+    }
+
+    async fn drop_cancelled_and_expired(&mut self) {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        let mut expired = Vec::new();
+        for (&id, l) in &self.live {
+            if l.events.is_closed() {
+                gone.push(id);
+            } else if l.admitted.is_none() && l.deadline.is_some_and(|d| now >= d) {
+                expired.push(id);
+            }
+        }
+        for seq in gone {
+            METRICS
+                .request_failure
+                .with_label_values(&["cancelled"])
+                .inc();
+            self.finish(seq).await;
+        }
+        for seq in expired {
+            let message = "the request waited longer than the queue time limit";
+            self.fail(seq, Failure::QueueTimeout, message).await;
+        }
+    }
+
+    async fn fail(&mut self, seq: SeqId, failure: Failure, message: &str) {
+        if let Some(l) = self.live.get(&seq) {
+            let event = Event::Error {
+                choice: l.choice,
+                failure,
+                message: message.to_string(),
+            };
+            // The client may be gone already; the sequence ends either way.
+            let _unheard = l.events.try_send(event);
+        }
+        self.finish(seq).await;
+    }
+
+    /// Hands a sampled token to its request; returns the sequence if it is now done (finished,
+    /// or its client is gone).
+    fn on_token(&mut self, g: wick_proto::Generation, now: Instant) -> Option<SeqId> {
+        let live = self.live.get_mut(&g.seq)?;
+        if let Some(error) = g.constraint_error {
+            tracing::warn!(request_id = %live.request_id, %error, "grammar failed");
+            let event = Event::Error {
+                choice: live.choice,
+                failure: Failure::Grammar,
+                message: error,
+            };
+            // The sequence ends either way; a client that is gone has nothing to hear.
+            let _unheard = live.events.try_send(event);
+            return Some(g.seq);
+        }
+        self.batcher.push_token(g.seq, g.token);
+        live.on_token(now);
+        let emit = live.output.push(g.token);
+        let mut events = vec![Event::Token {
+            choice: live.choice,
+            token: g.token,
+            text: emit.text,
+            logprob: g.logprob,
+            top_logprobs: g.top_logprobs,
+        }];
+        if let Some(reason) = emit.finish {
+            let cached_tokens = self.batcher.cached_tokens(g.seq);
+            live.on_finished(reason, cached_tokens, now);
+            events.push(Event::Finished {
+                choice: live.choice,
+                reason,
+                prompt_tokens: live.prompt_tokens,
+                cached_tokens,
+                completion_tokens: live.sampled,
+            });
+        }
+        let delivered = events.into_iter().all(|e| live.events.try_send(e).is_ok());
+        if !delivered && emit.finish.is_none() {
+            METRICS
+                .request_failure
+                .with_label_values(&["cancelled"])
+                .inc();
+        }
+        (emit.finish.is_some() || !delivered).then_some(g.seq)
+    }
+
+    fn publish(&self) {
+        METRICS.requests_running.set(self.batcher.running() as i64);
+        METRICS.requests_waiting.set(self.batcher.waiting() as i64);
+        METRICS
+            .kv_cache_blocks_free
+            .set(self.batcher.free_blocks() as i64);
+        METRICS.kv_cache_usage_ratio.set(self.batcher.kv_usage());
+    }
+}
