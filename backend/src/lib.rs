@@ -8,7 +8,7 @@
 //! - [`loader`]: weights from GGUF or a Hugging Face directory; GGUF to safetensors export.
 //! - [`tokenizer`]: tokenizers (byte-level BPE, SentencePiece) from GGUF metadata or
 //!   `tokenizer.json`, chat template, special ids.
-//! - [`ops`]: the CPU kernels (quantized matmul, paged attention) as candle custom ops.
+//! - [`ops`]: the CPU kernels (quantized matmul, paged attention, per-token ops).
 //! - [`kv`]: the paged KV cache tensors.
 //! - [`model`]: the forward pass over a packed batch.
 //! - [`generic`]: the same forward pass in candle ops only (CUDA; CPU on request).

@@ -300,11 +300,9 @@ fn run(mut engine: Engine, rx: flume::Receiver<Command>) {
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Command::Step(step, reply) => {
-                let out = engine.step(&step);
-                if reply.send(out).is_err() {
-                    // The caller gave up on this step; its sequences are released separately.
-                    continue;
-                }
+                // A caller that gave up on this step hears nothing; its sequences are released
+                // by separate commands.
+                let _unheard = reply.send(engine.step(&step));
             }
             Command::Constrain(seq, c) => engine.constrain(seq, *c),
             Command::Release(seq) => engine.release(seq),

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the `wick` command line (`serve`, `generate`).
+//! - [`serve`]: `wick serve`'s start-up, readiness and drain.
+//! - [`backend`]: everything the router takes from the backend crate, in one place.
 //! - [`server`]: axum routes, OpenAI and TGI wire types, SSE streaming, the connection
 //!   listener and its limits.
 //! - [`validation`]: requests checked and tokenized into a `ValidRequest`.

@@ -203,10 +203,6 @@ impl Grammars {
         })
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.vocab_size
-    }
-
     pub fn limits(&self) -> &GrammarLimits {
         &self.limits
     }

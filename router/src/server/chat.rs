@@ -8,6 +8,7 @@
 
 use super::lifecycle::RequestId;
 use super::openai::*;
+use super::structured::{FunctionCall, FunctionDelta, ToolCallDelta, ToolCallOut};
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
 use crate::scheduler::Event;

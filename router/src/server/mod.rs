@@ -105,7 +105,6 @@ impl Admission {
 
 pub type SharedState = Arc<AppState>;
 
-/// Every route of the server.
 /// Every route that needs the loaded model. Generation routes sit behind the API-key check
 /// (when keys are configured); info, health and the OpenAPI document stay open.
 pub fn app(state: SharedState, keys: Arc<lifecycle::ApiKeys>) -> Router {

@@ -2,7 +2,9 @@
 //! and their conversion into validation inputs. Fields we do not implement are declared so that
 //! they can be refused by name (400) instead of being ignored.
 
-pub use super::structured::*;
+use super::structured::{
+    check_tools, ResponseFormat, ToolCallDelta, ToolCallIn, ToolCallOut, ToolChoiceIn, ToolIn,
+};
 use crate::error::ApiError;
 use crate::template::ChatMessage;
 use crate::validation::{GenerationInput, PromptInput};

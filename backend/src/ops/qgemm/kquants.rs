@@ -18,7 +18,7 @@
 //! activations allow of a dequantize-then-f64 reference (`tests`). Sizes: Q4_K 148 bytes per row
 //! superblock (stored: 144), Q5_K 180 (176), Q6_K 210 (as stored).
 
-use super::{interleave_nibbles, raw, row_nibbles, unraw, x86, ActBlock, Format, Kernel};
+use super::{arch, interleave_nibbles, raw, row_nibbles, unraw, ActBlock, Format, Kernel};
 use super::{Packed, PackedRef, GROUP};
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
 use half::f16;
@@ -273,7 +273,7 @@ impl Format for Q4_Kx8 {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
-        x86::q4_k(kernel, w, x)
+        arch::q4_k(kernel, w, x)
     }
 }
 
@@ -372,7 +372,7 @@ impl Format for Q5_Kx8 {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
-        x86::q5_k(kernel, w, x)
+        arch::q5_k(kernel, w, x)
     }
 }
 
@@ -465,6 +465,6 @@ impl Format for Q6_Kx8 {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
-        x86::q6_k(kernel, w, x)
+        arch::q6_k(kernel, w, x)
     }
 }

@@ -26,7 +26,15 @@ mod acts;
 pub mod kquants;
 pub mod q5_0;
 mod scalar;
+// The SIMD kernels where they exist; `arch` names the dispatch either way.
+#[cfg(not(target_arch = "x86_64"))]
+mod portable;
+#[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(not(target_arch = "x86_64"))]
+use portable as arch;
+#[cfg(target_arch = "x86_64")]
+use x86 as arch;
 
 pub use acts::{ActBlock, QActs};
 pub use kquants::{Q4_Kx8, Q5_Kx8, Q6_Kx8};
@@ -67,8 +75,8 @@ impl Kernel {
     pub fn available(self) -> bool {
         match self {
             Kernel::Scalar => true,
-            Kernel::Avx2 => x86::avx2_available(),
-            Kernel::Avx512Vnni => x86::vnni_available(),
+            Kernel::Avx2 => arch::avx2_available(),
+            Kernel::Avx512Vnni => arch::vnni_available(),
         }
     }
 
@@ -269,7 +277,7 @@ impl Format for Q4_0x8 {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
-        x86::q4_0(kernel, w, x)
+        arch::q4_0(kernel, w, x)
     }
 }
 
@@ -302,7 +310,7 @@ impl Format for Q4_1x8 {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
-        x86::q4_1(kernel, w, x)
+        arch::q4_1(kernel, w, x)
     }
 }
 
@@ -343,7 +351,7 @@ impl Format for Q8_0x8 {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
-        x86::q8_0(kernel, w, x)
+        arch::q8_0(kernel, w, x)
     }
 }
 

@@ -7,7 +7,7 @@
 //! stored. The kernels are with the other types': the scalar reference in `scalar`, the SIMD
 //! ones in `x86`.
 
-use super::{interleave_nibbles, raw, row_nibbles, unraw, x86, ActBlock, Format, Kernel};
+use super::{arch, interleave_nibbles, raw, row_nibbles, unraw, ActBlock, Format, Kernel};
 use super::{Packed, PackedRef, RawQ5_0, GROUP};
 use candle_core::quantized::k_quants::BlockQ5_0;
 use half::f16;
@@ -71,6 +71,6 @@ impl Format for Q5_0x8 {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
-        x86::q5_0(kernel, w, x)
+        arch::q5_0(kernel, w, x)
     }
 }

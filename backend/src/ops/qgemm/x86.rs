@@ -10,18 +10,16 @@
 //! Products cannot overflow: 15 x 127 (4-bit), 31 x 127 (Q5_0), 63 x 127 (Q6_K) and 128 x 127
 //! (8-bit, signs moved onto the activations) summed in pairs stay within i16 for `vpmaddubsw`.
 //! The K-quants (`kquants`) run eight 32-element sub-blocks per stored block with the same loads.
+//! Compiled on x86-64 only (`portable` stands in elsewhere).
 
-#[cfg(target_arch = "x86_64")]
 use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP};
 
-#[cfg(target_arch = "x86_64")]
 pub(super) fn avx2_available() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
 }
 
-#[cfg(target_arch = "x86_64")]
 pub(super) fn vnni_available() -> bool {
     avx2_available()
         && is_x86_feature_detected!("avx512f")
@@ -30,7 +28,6 @@ pub(super) fn vnni_available() -> bool {
 }
 
 /// The nibble group layouts (Q4_0, Q4_1, Q5_0), seen alike by the kernel body.
-#[cfg(target_arch = "x86_64")]
 trait Nibbles {
     /// What is subtracted from every value (Q4_0: 8, Q5_0: 16; Q4_1 has minimums instead).
     const OFFSET: i32;
@@ -44,7 +41,6 @@ trait Nibbles {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Nibbles for Q5_0x8 {
     const OFFSET: i32 = 16;
     #[inline(always)]
@@ -65,7 +61,6 @@ impl Nibbles for Q5_0x8 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Nibbles for Q4_0x8 {
     const OFFSET: i32 = 8;
     #[inline(always)]
@@ -82,7 +77,6 @@ impl Nibbles for Q4_0x8 {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Nibbles for Q4_1x8 {
     const OFFSET: i32 = 0;
     #[inline(always)]
@@ -102,7 +96,6 @@ impl Nibbles for Q4_1x8 {
 /// Bits a nibble block's values carry above their low four: none (Q4_0, Q4_1, Q4_K), Q5_0's and
 /// Q5_K's fifth bits (`u32` per nibble vector, bit `4 r + i`), or Q6_K's two high bits
 /// ([`super::kquants::Q6Sub::qh`]).
-#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 enum High<'a> {
     None,
@@ -110,8 +103,8 @@ enum High<'a> {
     Two(&'a [[u8; 32]; 2]),
 }
 
-/// Dispatches one weight type's tile to the kernel family; `Scalar` never reaches here.
-#[cfg(target_arch = "x86_64")]
+/// Dispatches one weight type's tile to the kernel family (`Scalar` included: the scalar
+/// kernels are the reference the others match, bit for bit).
 macro_rules! dispatch {
     ($name:ident, $fmt:ty) => {
         pub(super) fn $name<const MR: usize>(
@@ -127,8 +120,8 @@ macro_rules! dispatch {
                 );
             }
             match kernel {
-                // SAFETY: `Packed::matmul` replaces a kernel the CPU lacks by the scalar one, so
-                // the features these functions enable are present; lengths are checked above.
+                // SAFETY: `matmul_many` replaces a kernel the CPU lacks by the scalar one, so the
+                // features these functions enable are present; lengths are checked above.
                 Kernel::Avx2 => unsafe { avx2::$name(w, x) },
                 Kernel::Avx512Vnni => unsafe { vnni::$name(w, x) },
                 Kernel::Scalar => super::scalar::$name(w, x),
@@ -137,26 +130,18 @@ macro_rules! dispatch {
     };
 }
 
-#[cfg(target_arch = "x86_64")]
 dispatch!(q4_0, Q4_0x8);
-#[cfg(target_arch = "x86_64")]
 dispatch!(q4_1, Q4_1x8);
-#[cfg(target_arch = "x86_64")]
 dispatch!(q5_0, Q5_0x8);
-#[cfg(target_arch = "x86_64")]
 dispatch!(q8_0, Q8_0x8);
-#[cfg(target_arch = "x86_64")]
 dispatch!(q4_k, Q4_Kx8);
-#[cfg(target_arch = "x86_64")]
 dispatch!(q5_k, Q5_Kx8);
-#[cfg(target_arch = "x86_64")]
 dispatch!(q6_k, Q6_Kx8);
 
 /// The kernel bodies for one instruction set. `$dp` defines `dp(acc, u, s)`: `acc` plus, per
 /// 32-bit lane, the sum of four products of unsigned bytes `u` with signed bytes `s`. `$chains`
 /// independent accumulators hide its latency where it accumulates in place (VNNI); AVX2's
 /// separate add has a one-cycle latency and needs none.
-#[cfg(target_arch = "x86_64")]
 macro_rules! kernels {
     ($module:ident, $features:literal, $chains:literal, $dp:item) => {
         mod $module {
@@ -475,7 +460,6 @@ macro_rules! kernels {
     };
 }
 
-#[cfg(target_arch = "x86_64")]
 kernels!(
     avx2,
     "avx2,fma,f16c",
@@ -488,7 +472,6 @@ kernels!(
     }
 );
 
-#[cfg(target_arch = "x86_64")]
 kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
@@ -499,78 +482,3 @@ kernels!(
         _mm256_dpbusd_epi32(acc, u, s)
     }
 );
-
-/// Off x86-64 only the scalar kernels exist.
-#[cfg(not(target_arch = "x86_64"))]
-mod portable {
-    use super::super::Q8_0x8;
-    use super::super::GROUP;
-    use super::super::{scalar, ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8};
-
-    pub(in super::super) fn avx2_available() -> bool {
-        false
-    }
-
-    pub(in super::super) fn vnni_available() -> bool {
-        false
-    }
-
-    pub(in super::super) fn q4_0<const MR: usize>(
-        _: Kernel,
-        w: &[Q4_0x8],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        scalar::q4_0(w, x)
-    }
-
-    pub(in super::super) fn q4_1<const MR: usize>(
-        _: Kernel,
-        w: &[Q4_1x8],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        scalar::q4_1(w, x)
-    }
-
-    pub(in super::super) fn q5_0<const MR: usize>(
-        _: Kernel,
-        w: &[Q5_0x8],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        scalar::q5_0(w, x)
-    }
-
-    pub(in super::super) fn q8_0<const MR: usize>(
-        _: Kernel,
-        w: &[Q8_0x8],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        scalar::q8_0(w, x)
-    }
-
-    pub(in super::super) fn q4_k<const MR: usize>(
-        _: Kernel,
-        w: &[Q4_Kx8],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        scalar::q4_k(w, x)
-    }
-
-    pub(in super::super) fn q5_k<const MR: usize>(
-        _: Kernel,
-        w: &[Q5_Kx8],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        scalar::q5_k(w, x)
-    }
-
-    pub(in super::super) fn q6_k<const MR: usize>(
-        _: Kernel,
-        w: &[Q6_Kx8],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        scalar::q6_k(w, x)
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) use portable::*;
