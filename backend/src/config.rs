@@ -47,22 +47,62 @@ impl Architecture {
         }
     }
 
-    /// Whether the Q, K and V projections carry a bias.
-    pub fn qkv_bias(self) -> bool {
-        matches!(self, Architecture::Qwen2)
+    /// What this architecture adds to the shared layer: its one description, read by the loader
+    /// (which tensors to expect) and by both forward paths. A new llama-family architecture is
+    /// a name in `parse` and an arm here.
+    pub fn features(self) -> Features {
+        let llama = Features {
+            qkv_bias: false,
+            head_norms: false,
+            post_norms: false,
+            embed_scale: false,
+            activation: Activation::Silu,
+            interleaved_rope: true,
+        };
+        match self {
+            Architecture::Llama | Architecture::Mistral => llama,
+            Architecture::Qwen2 => Features {
+                qkv_bias: true,
+                interleaved_rope: false,
+                ..llama
+            },
+            Architecture::Gemma3 => Features {
+                head_norms: true,
+                post_norms: true,
+                embed_scale: true,
+                activation: Activation::GeluTanh,
+                interleaved_rope: false,
+                ..llama
+            },
+        }
     }
+}
 
-    /// Whether the layers carry Gemma's extra norms (per-head Q/K, after attention, after the
-    /// feed-forward), scale the embeddings and gate the feed-forward with GELU instead of SiLU.
-    pub fn gemma(self) -> bool {
-        matches!(self, Architecture::Gemma3)
-    }
+/// The gate's activation in the feed-forward (`act(gate) * up`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// GELU with the tanh approximation (Gemma).
+    GeluTanh,
+}
 
-    /// Whether llama.cpp stores the Q and K rows interleaved for its "normal" RoPE (put back in
-    /// half-split order at load); Qwen 2 and Gemma 3 use the half-split ("neox") order already.
-    pub fn interleaved_rope(self) -> bool {
-        matches!(self, Architecture::Llama | Architecture::Mistral)
-    }
+/// The parts an architecture adds to the llama layer (embedding, RMSNorm, attention with RoPE,
+/// RMSNorm, gated feed-forward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// Biases on the Q, K and V projections (Qwen 2).
+    pub qkv_bias: bool,
+    /// RMSNorm on each head's queries and keys, before RoPE (Gemma 3).
+    pub head_norms: bool,
+    /// RMSNorm on the attention output and on the feed-forward output, before each residual add
+    /// (Gemma 3).
+    pub post_norms: bool,
+    /// Embeddings scaled by `sqrt(hidden)` (Gemma).
+    pub embed_scale: bool,
+    pub activation: Activation,
+    /// llama.cpp stores the Q and K rows interleaved for its "normal" RoPE (Llama, Mistral);
+    /// they are put back in half-split order at load. Qwen 2 and Gemma 3 are half-split already.
+    pub interleaved_rope: bool,
 }
 
 /// Sliding-window attention on all layers but every `global_every`-th (Gemma 3: 5 of each 6).

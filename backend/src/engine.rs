@@ -84,8 +84,8 @@ impl Engine {
 
     fn check(&self, step: &Step) -> Result<(), BackendError> {
         let (bs, nb) = (self.kv.block_size(), self.kv.num_blocks());
-        let vocab = self.model.cfg.vocab_size;
-        let max_context = self.model.cfg.max_context;
+        let vocab = self.model.cfg().vocab_size;
+        let max_context = self.model.cfg().max_context;
         let mut seen = HashSet::new();
         for e in &step.entries {
             let seq = e.seq;

@@ -1,6 +1,8 @@
-//! The device-generic forward pass: the llama-family computation of [`Model::forward`] in candle
-//! ops only, so that it runs wherever candle does (CUDA, and the CPU for tests). The CPU fast
-//! path (`crate::ops`) stays behind its own module; nothing here calls it.
+//! The device-generic forward pass: the llama-family computation of
+//! [`CpuModel::forward`](crate::model::CpuModel::forward) in candle ops only, so that it runs
+//! wherever candle does (CUDA, and the CPU for tests). The CPU fast path (`crate::ops`) stays
+//! behind its own module; nothing here calls it. Built from the same [`Weights`], which it
+//! consumes: the host copy is freed once the device holds the dense tensors.
 //!
 //! - Weights: every matrix dequantized once, at load, into a dense f32 tensor on the device
 //!   (cuBLAS matmuls; 4 bytes per weight, so about 0.6 GB for a 135M model).
@@ -12,10 +14,12 @@
 //!   blocks in place is the next step.
 //! - Only the sampled rows' logits leave the device.
 //! - Gemma 3's extra norms, GELU, scaled embeddings and sliding windows (a mask per window size)
-//!   are the same flags as in [`Model::forward`].
+//!   are read from the same [`Features`](crate::config::Features) as on the CPU path.
 
+use crate::config::{Activation, ModelConfig};
 use crate::kv::KvCache;
-use crate::model::{LmHead, Model, PackedBatch};
+use crate::model::PackedBatch;
+use crate::weights::{LmHead, Weights};
 use candle_core::{DType, Device, Tensor};
 
 struct DenseLayer {
@@ -24,9 +28,11 @@ struct DenseLayer {
     k: Tensor,
     v: Tensor,
     qkv_bias: Option<[Tensor; 3]>,
-    /// Gemma's Q, K, post-attention and post-MLP norms.
-    gemma: Option<[Tensor; 4]>,
+    /// Per-head Q and K norms.
+    head_norms: Option<[Tensor; 2]>,
     o: Tensor,
+    /// Norms after attention and after the MLP.
+    post_norms: Option<[Tensor; 2]>,
     ffn_norm: Tensor,
     gate: Tensor,
     up: Tensor,
@@ -35,6 +41,9 @@ struct DenseLayer {
 
 /// The model's weights as dense device tensors, and the forward pass over them.
 pub struct DeviceModel {
+    cfg: ModelConfig,
+    /// The weight type the model was loaded in (reported; the device holds f32).
+    source_dtype: &'static str,
     embed: Tensor,
     layers: Vec<DenseLayer>,
     norm: Tensor,
@@ -47,10 +56,14 @@ pub struct DeviceModel {
 }
 
 impl DeviceModel {
-    /// Copies `model`'s weights to `device`, dequantized.
-    pub fn new(model: &Model, device: &Device) -> candle_core::Result<Self> {
-        let vec = |t: &Tensor| t.to_dtype(DType::F32)?.to_device(device);
-        let layers = model
+    /// Moves `weights` to `device`, dequantized.
+    pub fn new(weights: Weights, device: &Device) -> candle_core::Result<Self> {
+        let vec = |v: &[f32]| Tensor::new(v, device);
+        let pair = |p: &Option<[Vec<f32>; 2]>| -> candle_core::Result<Option<[Tensor; 2]>> {
+            p.as_ref().map(|[a, b]| Ok([vec(a)?, vec(b)?])).transpose()
+        };
+        let source_dtype = weights.dtype_name();
+        let layers = weights
             .layers
             .iter()
             .map(|l| {
@@ -63,16 +76,9 @@ impl DeviceModel {
                         Some([a, b, c]) => Some([vec(a)?, vec(b)?, vec(c)?]),
                         None => None,
                     },
-                    gemma: match &l.gemma {
-                        Some(g) => Some([
-                            vec(&g.q)?,
-                            vec(&g.k)?,
-                            vec(&g.post_attn)?,
-                            vec(&g.post_ffn)?,
-                        ]),
-                        None => None,
-                    },
+                    head_norms: pair(&l.head_norms)?,
                     o: l.o.to_tensor(device)?,
+                    post_norms: pair(&l.post_norms)?,
                     ffn_norm: vec(&l.ffn_norm)?,
                     gate: l.gate.to_tensor(device)?,
                     up: l.up.to_tensor(device)?,
@@ -80,36 +86,38 @@ impl DeviceModel {
                 })
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let embed = model.embed.to_tensor(device)?;
-        let lm_head = match &model.lm_head {
+        let embed = weights.embed.to_tensor(device)?;
+        let lm_head = match &weights.lm_head {
             LmHead::Separate(w) => w.to_tensor(device)?,
             LmHead::Tied => embed.clone(),
         };
-        let cfg = &model.cfg;
-        let inv_freq_local = match cfg.local_attention {
-            Some(l) => Some(Tensor::new(cfg.inv_freq(l.rope_theta), device)?),
-            None => None,
-        };
+        let inv_freq_local = weights.rope.local.as_deref().map(vec).transpose()?;
         Ok(DeviceModel {
+            source_dtype,
             embed,
             layers,
-            norm: vec(&model.norm)?,
+            norm: vec(&weights.norm)?,
             lm_head,
-            inv_freq: Tensor::new(cfg.inv_freq(cfg.rope_theta), device)?,
+            inv_freq: vec(&weights.rope.global)?,
             inv_freq_local,
             device: device.clone(),
+            cfg: weights.cfg,
         })
+    }
+
+    pub fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn source_dtype(&self) -> &'static str {
+        self.source_dtype
     }
 
     /// Runs the batch, writing its K/V into `kv` (on this model's device), and returns the
     /// `(sample_rows, vocab)` logits.
-    pub fn forward(
-        &self,
-        model: &Model,
-        batch: &PackedBatch,
-        kv: &mut KvCache,
-    ) -> candle_core::Result<Tensor> {
-        let cfg = &model.cfg;
+    pub fn forward(&self, batch: &PackedBatch, kv: &mut KvCache) -> candle_core::Result<Tensor> {
+        let cfg = &self.cfg;
+        let features = cfg.architecture.features();
         let dev = &self.device;
         let t = batch.tokens.len();
         let (heads, kv_heads, d) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -137,7 +145,7 @@ impl DeviceModel {
             .collect::<candle_core::Result<Vec<_>>>()?;
 
         let mut x = self.embed.index_select(&tokens, 0)?;
-        if cfg.architecture.gemma() {
+        if features.embed_scale {
             x = (x * f64::from((cfg.hidden_size as f32).sqrt()))?;
         }
         for (li, l) in self.layers.iter().enumerate() {
@@ -150,7 +158,7 @@ impl DeviceModel {
                 k = k.broadcast_add(bk)?;
                 v = v.broadcast_add(bv)?;
             }
-            if let Some([qn, kn, _, _]) = &l.gemma {
+            if let Some([qn, kn]) = &l.head_norms {
                 q = head_norm(&q, qn, d, eps)?;
                 k = head_norm(&k, kn, d, eps)?;
             }
@@ -180,21 +188,20 @@ impl DeviceModel {
                 outs.push(attend(&qs, &ks, &vs, mask, shape)?);
             }
             let mut attn = Tensor::cat(&outs, 0)?.matmul(&l.o.t()?)?;
-            if let Some([_, _, post_attn, _]) = &l.gemma {
+            if let Some([post_attn, _]) = &l.post_norms {
                 attn = candle_nn::ops::rms_norm(&attn, post_attn, eps)?;
             }
             x = (x + attn)?;
 
             let xn = candle_nn::ops::rms_norm(&x, &l.ffn_norm, eps)?;
             let gate = xn.matmul(&l.gate.t()?)?;
-            let gate = if l.gemma.is_some() {
-                gate.gelu()?
-            } else {
-                candle_nn::ops::silu(&gate)?
+            let gate = match features.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
             };
             let up = xn.matmul(&l.up.t()?)?;
             let mut mlp = (gate * up)?.matmul(&l.down.t()?)?;
-            if let Some([_, _, _, post_ffn]) = &l.gemma {
+            if let Some([_, post_ffn]) = &l.post_norms {
                 mlp = candle_nn::ops::rms_norm(&mlp, post_ffn, eps)?;
             }
             x = (x + mlp)?;

@@ -5,12 +5,15 @@
 //! - [`config`]: architecture hyper-parameters from GGUF metadata or `config.json`.
 //! - [`gguf`]: a GGUF header read into memory and checked against the file's size before candle
 //!   reads it.
+//! - [`weights`]: a loaded model as one description (config, matrices, norms, RoPE) that both
+//!   forward paths are built from.
 //! - [`loader`]: weights from GGUF or a Hugging Face directory; GGUF to safetensors export.
 //! - [`tokenizer`]: tokenizers (byte-level BPE, SentencePiece) from GGUF metadata or
 //!   `tokenizer.json`, chat template, special ids.
 //! - [`ops`]: the CPU kernels (quantized matmul, paged attention, per-token ops).
 //! - [`kv`]: the paged KV cache tensors.
-//! - [`model`]: the forward pass over a packed batch.
+//! - [`model`]: the engine's [`Model`](model::Model): Wick's CPU kernels' forward pass over a
+//!   packed batch, or [`generic`]'s.
 //! - [`generic`]: the same forward pass in candle ops only (CUDA; CPU on request).
 //! - [`grammar`]: constrained decoding (JSON schema, regex, Lark) with llguidance.
 //! - [`sampling`]: penalties, greedy and seeded sampling, log-probabilities.
@@ -29,6 +32,7 @@ pub mod model;
 pub mod ops;
 pub mod sampling;
 pub mod tokenizer;
+pub mod weights;
 pub mod worker;
 
 pub use engine::Engine;

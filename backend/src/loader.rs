@@ -1,5 +1,6 @@
-//! Loading a [`Model`] from a GGUF file or a Hugging Face directory, and writing a GGUF model out as
-//! a Hugging Face directory ([`export_hf_dir`], dequantized to f32).
+//! Loading a model's [`Weights`] from a GGUF file or a Hugging Face directory, and writing a GGUF
+//! model out as a Hugging Face directory ([`export_hf_dir`], dequantized to f32). Which tensors a
+//! layer has follows from its architecture's [`Features`](crate::config::Features).
 //!
 //! GGUF files from llama.cpp store the Q and K projections of `llama` models with the rows of each
 //! head interleaved for its "normal" RoPE; they are put back in Hugging Face order at load time (a
@@ -8,9 +9,9 @@
 
 use crate::config::{Architecture, ModelConfig};
 use crate::error::LoadError;
-use crate::model::{GemmaNorms, Layer, LmHead, Model};
 use crate::ops::QWeight;
 use crate::tokenizer::{self, TokenizerInfo};
+use crate::weights::{Layer, LmHead, Rope, Weights};
 use candle_core::quantized::gguf_file;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -19,11 +20,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// Loads weights from `path`: a `.gguf` file or a directory with `config.json`.
-pub fn load_model(path: &Path, device: &Device) -> Result<Model, LoadError> {
+pub fn load_weights(path: &Path) -> Result<Weights, LoadError> {
     if path.is_dir() {
-        load_hf_dir(path, device)
+        load_hf_dir(path)
     } else if path.is_file() {
-        load_gguf(path, device)
+        load_gguf(path)
     } else {
         Err(LoadError::io(
             path,
@@ -59,7 +60,8 @@ fn check_shape(name: &str, w: &QWeight, rows: usize, cols: usize) -> Result<(), 
 trait TensorSource {
     fn has(&self, name: &str) -> bool;
     fn matrix(&mut self, name: &str) -> Result<QWeight, LoadError>;
-    fn vector(&mut self, name: &str, device: &Device) -> Result<Tensor, LoadError>;
+    /// A one-dimensional tensor (norm weight, bias) as f32.
+    fn vector(&mut self, name: &str) -> Result<Vec<f32>, LoadError>;
 }
 
 struct GgufSource {
@@ -78,12 +80,12 @@ impl TensorSource for GgufSource {
         let qt = self.content.tensor(&mut self.file, name, &Device::Cpu)?;
         QWeight::from_qtensor(name, &qt)
     }
-    fn vector(&mut self, name: &str, device: &Device) -> Result<Tensor, LoadError> {
+    fn vector(&mut self, name: &str) -> Result<Vec<f32>, LoadError> {
         if !self.has(name) {
             return Err(LoadError::MissingTensor { name: name.into() });
         }
         let qt = self.content.tensor(&mut self.file, name, &Device::Cpu)?;
-        Ok(qt.dequantize(&Device::Cpu)?.to_device(device)?)
+        Ok(qt.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?)
     }
 }
 
@@ -99,16 +101,20 @@ impl TensorSource for SafetensorsSource {
         }
         QWeight::from_dense(name, &self.0.load(name, &Device::Cpu)?)
     }
-    fn vector(&mut self, name: &str, device: &Device) -> Result<Tensor, LoadError> {
+    fn vector(&mut self, name: &str) -> Result<Vec<f32>, LoadError> {
         if !self.has(name) {
             return Err(LoadError::MissingTensor { name: name.into() });
         }
-        Ok(self.0.load(name, device)?.to_dtype(DType::F32)?)
+        let t = self.0.load(name, &Device::Cpu)?.to_dtype(DType::F32)?;
+        Ok(t.flatten_all()?.to_vec1()?)
     }
 }
 
 /// Tensor names of one format.
 struct Names {
+    /// Whether this format stores the Q and K rows of `interleaved_rope` architectures
+    /// interleaved (llama.cpp's GGUFs do; Hugging Face's half-split order is Wick's own).
+    interleaved: bool,
     embed: &'static str,
     norm: &'static str,
     lm_head: &'static str,
@@ -116,6 +122,7 @@ struct Names {
 }
 
 const GGUF_NAMES: Names = Names {
+    interleaved: true,
     embed: "token_embd.weight",
     norm: "output_norm.weight",
     lm_head: "output.weight",
@@ -143,6 +150,7 @@ const GGUF_NAMES: Names = Names {
 };
 
 const HF_NAMES: Names = Names {
+    interleaved: false,
     embed: "model.embed_tokens.weight",
     norm: "model.norm.weight",
     lm_head: "lm_head.weight",
@@ -165,64 +173,64 @@ const HF_NAMES: Names = Names {
     },
 };
 
-fn build_model(
+fn build_weights(
     cfg: ModelConfig,
     src: &mut dyn TensorSource,
     names: &Names,
-    permute_qk: bool,
-    device: &Device,
-) -> Result<Model, LoadError> {
+) -> Result<Weights, LoadError> {
     let (h, ff) = (cfg.hidden_size, cfg.intermediate_size);
+    let features = cfg.architecture.features();
     let mut matrix = |name: String, rows: usize, cols: usize| -> Result<QWeight, LoadError> {
         let w = src.matrix(&name)?;
         check_shape(&name, &w, rows, cols)?;
         Ok(w)
     };
     let embed = matrix(names.embed.into(), cfg.vocab_size, h)?;
-    let mut layers = Vec::with_capacity(cfg.num_layers);
+    let mut matrices = Vec::with_capacity(cfg.num_layers);
     for i in 0..cfg.num_layers {
         let n = |part: &str| (names.layer)(i, part);
         let mut q = matrix(n("q"), cfg.q_dim(), h)?;
         let mut k = matrix(n("k"), cfg.kv_dim(), h)?;
-        if permute_qk {
+        if features.interleaved_rope && names.interleaved {
             q = q.permute_rows(&unpermute_rows(cfg.num_heads, cfg.head_dim));
             k = k.permute_rows(&unpermute_rows(cfg.num_kv_heads, cfg.head_dim));
         }
+        let v = matrix(n("v"), cfg.kv_dim(), h)?;
+        let o = matrix(n("o"), h, cfg.q_dim())?;
+        let gate = matrix(n("gate"), ff, h)?;
+        let up = matrix(n("up"), ff, h)?;
+        let down = matrix(n("down"), h, ff)?;
+        matrices.push([q, k, v, o, gate, up, down]);
+    }
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for (i, [q, k, v, o, gate, up, down]) in matrices.into_iter().enumerate() {
+        let n = |part: &str| (names.layer)(i, part);
+        let mut vector = |part: &str| src.vector(&n(part));
         layers.push(Layer {
+            attn_norm: vector("attn_norm")?,
             q,
             k,
-            v: matrix(n("v"), cfg.kv_dim(), h)?,
-            o: matrix(n("o"), h, cfg.q_dim())?,
-            gate: matrix(n("gate"), ff, h)?,
-            up: matrix(n("up"), ff, h)?,
-            down: matrix(n("down"), h, ff)?,
-            attn_norm: Tensor::zeros(1, DType::F32, device)?,
-            ffn_norm: Tensor::zeros(1, DType::F32, device)?,
-            qkv_bias: None,
-            gemma: None,
+            v,
+            qkv_bias: match features.qkv_bias {
+                true => Some([vector("q_bias")?, vector("k_bias")?, vector("v_bias")?]),
+                false => None,
+            },
+            head_norms: match features.head_norms {
+                true => Some([vector("q_norm")?, vector("k_norm")?]),
+                false => None,
+            },
+            o,
+            post_norms: match features.post_norms {
+                true => Some([vector("post_attn_norm")?, vector("post_ffn_norm")?]),
+                false => None,
+            },
+            ffn_norm: vector("ffn_norm")?,
+            gate,
+            up,
+            down,
         });
     }
-    for (i, layer) in layers.iter_mut().enumerate() {
-        let n = |part: &str| (names.layer)(i, part);
-        layer.attn_norm = src.vector(&n("attn_norm"), device)?;
-        layer.ffn_norm = src.vector(&n("ffn_norm"), device)?;
-        if cfg.architecture.qkv_bias() {
-            layer.qkv_bias = Some([
-                src.vector(&n("q_bias"), device)?,
-                src.vector(&n("k_bias"), device)?,
-                src.vector(&n("v_bias"), device)?,
-            ]);
-        }
-        if cfg.architecture.gemma() {
-            layer.gemma = Some(GemmaNorms {
-                q: src.vector(&n("q_norm"), device)?,
-                k: src.vector(&n("k_norm"), device)?,
-                post_attn: src.vector(&n("post_attn_norm"), device)?,
-                post_ffn: src.vector(&n("post_ffn_norm"), device)?,
-            });
-        }
-    }
-    let norm = src.vector(names.norm, device)?;
+    let norm = src.vector(names.norm)?;
     let lm_head = if src.has(names.lm_head) {
         let w = src.matrix(names.lm_head)?;
         check_shape(names.lm_head, &w, cfg.vocab_size, h)?;
@@ -230,18 +238,18 @@ fn build_model(
     } else {
         LmHead::Tied
     };
-    Ok(Model::new(
+    Ok(Weights {
+        rope: Rope::new(&cfg),
         cfg,
         embed,
         layers,
         norm,
         lm_head,
-        device.clone(),
-    ))
+    })
 }
 
 /// Loads a GGUF file, keeping every matrix in its stored type.
-pub fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
+pub fn load_gguf(path: &Path) -> Result<Weights, LoadError> {
     let mut file = std::fs::File::open(path).map_err(|e| LoadError::io(path, e))?;
     let content = crate::gguf::read_content(&mut file, &path.display().to_string())?;
     let vocab_len = content
@@ -251,9 +259,8 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
         .map(|v| v.len())
         .unwrap_or(0);
     let cfg = ModelConfig::from_gguf(&content, vocab_len)?;
-    let permute = cfg.architecture.interleaved_rope();
     let mut src = GgufSource { file, content };
-    build_model(cfg, &mut src, &GGUF_NAMES, permute, device)
+    build_weights(cfg, &mut src, &GGUF_NAMES)
 }
 
 fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
@@ -292,7 +299,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 /// Loads a Hugging Face directory: `config.json` and one or several safetensors files.
-pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Model, LoadError> {
+pub fn load_hf_dir(dir: &Path) -> Result<Weights, LoadError> {
     let cfg_path = dir.join("config.json");
     if !cfg_path.exists() {
         return Err(LoadError::UnknownFormat { path: dir.into() });
@@ -307,15 +314,16 @@ pub fn load_hf_dir(dir: &Path, device: &Device) -> Result<Model, LoadError> {
     let st = unsafe { MmapedSafetensors::multi(&files)? };
     let names = st.tensors().into_iter().map(|(n, _)| n).collect();
     let mut src = SafetensorsSource(st, names);
-    build_model(cfg, &mut src, &HF_NAMES, false, device)
+    build_weights(cfg, &mut src, &HF_NAMES)
 }
 
 /// Writes a GGUF model as a Hugging Face directory: `config.json`, the weights dequantized to f32
 /// in `shards` safetensors files (with an index when more than one), `tokenizer.json`,
 /// `tokenizer_config.json` and `generation_config.json`.
 pub fn export_hf_dir(gguf: &Path, out: &Path, shards: usize) -> Result<(), LoadError> {
-    let model = load_gguf(gguf, &Device::Cpu)?;
-    if model.cfg.architecture.gemma() {
+    let model = load_gguf(gguf)?;
+    let features = model.cfg.architecture.features();
+    if features.head_norms || features.post_norms {
         // Hugging Face's Gemma stores `w` where the GGUF has `1 + w`, names its norms otherwise,
         // and Wick reads no Gemma config.json: an export could not be loaded back.
         return Err(LoadError::UnsupportedArchitecture {
@@ -326,7 +334,7 @@ pub fn export_hf_dir(gguf: &Path, out: &Path, shards: usize) -> Result<(), LoadE
     std::fs::create_dir_all(out).map_err(|e| LoadError::io(out, e))?;
     let mut tensors: Vec<(String, Tensor)> = vec![
         (HF_NAMES.embed.into(), model.embed.to_tensor(&Device::Cpu)?),
-        (HF_NAMES.norm.into(), model.norm.to_device(&Device::Cpu)?),
+        (HF_NAMES.norm.into(), vector(&model.norm)?),
     ];
     if let LmHead::Separate(w) = &model.lm_head {
         tensors.push((HF_NAMES.lm_head.into(), w.to_tensor(&Device::Cpu)?));
@@ -344,12 +352,12 @@ pub fn export_hf_dir(gguf: &Path, out: &Path, shards: usize) -> Result<(), LoadE
         ] {
             tensors.push((n(part), w.to_tensor(&Device::Cpu)?));
         }
-        tensors.push((n("attn_norm"), l.attn_norm.to_device(&Device::Cpu)?));
-        tensors.push((n("ffn_norm"), l.ffn_norm.to_device(&Device::Cpu)?));
+        tensors.push((n("attn_norm"), vector(&l.attn_norm)?));
+        tensors.push((n("ffn_norm"), vector(&l.ffn_norm)?));
         if let Some([bq, bk, bv]) = &l.qkv_bias {
-            tensors.push((n("q_bias"), bq.clone()));
-            tensors.push((n("k_bias"), bk.clone()));
-            tensors.push((n("v_bias"), bv.clone()));
+            tensors.push((n("q_bias"), vector(bq)?));
+            tensors.push((n("k_bias"), vector(bk)?));
+            tensors.push((n("v_bias"), vector(bv)?));
         }
     }
     write_safetensors(out, tensors, shards.max(1))?;
@@ -367,7 +375,12 @@ pub fn export_hf_dir(gguf: &Path, out: &Path, shards: usize) -> Result<(), LoadE
     )
 }
 
-fn hf_config(model: &Model) -> Json {
+/// A one-dimensional f32 tensor on the CPU.
+fn vector(v: &[f32]) -> candle_core::Result<Tensor> {
+    Tensor::new(v, &Device::Cpu)
+}
+
+fn hf_config(model: &Weights) -> Json {
     let c = &model.cfg;
     let arch = match c.architecture {
         Architecture::Llama => "LlamaForCausalLM",

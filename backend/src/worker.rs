@@ -12,6 +12,7 @@ use crate::error::{BackendError, LoadError};
 use crate::grammar::Constraint;
 use crate::kv::{KvCache, KvDType};
 use crate::loader;
+use crate::model::Model;
 use candle_core::Device;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -129,15 +130,13 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
     let device = cfg.device.open()?;
     // A `WICK_KERNEL` this CPU cannot run is a configuration error, not a silent fallback.
     crate::ops::qgemm::kernel_from_env().map_err(|reason| LoadError::Kernel { reason })?;
-    let mut model = loader::load_model(&cfg.model_path, &device)?;
+    let mut weights = loader::load_weights(&cfg.model_path)?;
     if cfg.dequantize {
-        model.dequantize();
+        weights.dequantize();
     }
-    if cfg.uses_generic_path() {
-        model.use_generic_path(&device)?;
-    }
+    let model = Model::new(weights, cfg.uses_generic_path(), &device)?;
     let kv = KvCache::with_budget(
-        &model.cfg,
+        model.cfg(),
         cfg.block_size,
         cfg.kv_cache_bytes,
         cfg.kv_dtype,
@@ -150,11 +149,11 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
         .unwrap_or_else(|| "model".into());
     let info = ModelInfo {
         model_id,
-        architecture: model.cfg.architecture.name().into(),
+        architecture: model.cfg().architecture.name().into(),
         dtype: model.dtype_name().into(),
         device: cfg.device.to_string(),
-        vocab_size: model.cfg.vocab_size,
-        max_context: model.cfg.max_context,
+        vocab_size: model.cfg().vocab_size,
+        max_context: model.cfg().max_context,
         kv_block_size: kv.block_size(),
         num_kv_blocks: kv.num_blocks(),
     };

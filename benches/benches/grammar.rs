@@ -127,7 +127,7 @@ fn bench_grammar(c: &mut Criterion) {
     let path = model_path();
     let tok = load_tokenizer(&path).expect("run scripts/fetch-model.sh first");
     let mut engine = prefilled(16);
-    let vocab = engine.model().cfg.vocab_size;
+    let vocab = engine.model().cfg().vocab_size;
     let grammars = Grammars::new(
         &tok.tokenizer,
         vocab,
