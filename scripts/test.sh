@@ -46,6 +46,8 @@ fi
 cargo build --quiet -p wick-router --bin wick
 "$venv/bin/python" tests/python/test_openai_sdk.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_structured.py target/debug/wick "$model"
+"$venv/bin/python" tests/python/test_agent_tools.py target/debug/wick \
+  "$(./scripts/fetch-model.sh qwen2.5-coder-0.5b)" "$(./scripts/fetch-model.sh qwen2.5-coder-1.5b)"
 "$venv/bin/python" tests/python/test_hostile.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_schemathesis.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_deploy.py target/debug/wick "$model"

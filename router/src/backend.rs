@@ -15,7 +15,9 @@
 //!   [`release_free_heap`].
 
 pub use wick_backend::grammar::bounds::SourceLimits;
-pub use wick_backend::grammar::{Constraint, GrammarError, GrammarLimits, GrammarSpec, Grammars};
+pub use wick_backend::grammar::{
+    close_objects, Constraint, GrammarError, GrammarLimits, GrammarSpec, Grammars,
+};
 pub use wick_backend::tokenizer::{load_tokenizer, TokenizerInfo};
 pub use wick_backend::{
     release_free_heap, Backend, BackendConfig, BackendError, DeviceSpec, KvDType, LoadError,

@@ -277,6 +277,11 @@ pub struct HttpArgs {
     /// default such text stays text.
     #[arg(long, env = "WICK_SPECIAL_TOKENS_IN_CONTENT")]
     pub special_tokens_in_content: bool,
+    /// How the model writes tool calls: `hermes` (`<tool_call>` tags, Qwen 2.5) or `json`
+    /// (Wick's own bare call object). Default: `hermes` when the chat template writes
+    /// `<tool_call>`, else `json`.
+    #[arg(long, env = "WICK_TOOL_CALL_FORMAT", value_enum)]
+    pub tool_call_format: Option<crate::tools::ToolFormat>,
 }
 
 /// What one request and one step may hold.

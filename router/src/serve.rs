@@ -14,6 +14,7 @@ use crate::server::lifecycle::{outer, ApiKeys, BodyLimits, LateRouter, Phase};
 use crate::server::listener::{ConnLimits, Listener};
 use crate::server::{app, Admission, AppState};
 use crate::template::ChatTemplate;
+use crate::tools::ToolFormat;
 use crate::validation::{Limits, Validator};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,6 +107,10 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
         Some(p) => Some(std::fs::read_to_string(p)?),
         None => tok.chat_template.clone(),
     };
+    let tool_format = args
+        .http
+        .tool_call_format
+        .unwrap_or_else(|| ToolFormat::detect(template_source.as_deref()));
     let template =
         match ChatTemplate::new(template_source.as_deref(), tok.bos_token(), tok.eos_token()) {
             Ok(t) => Some(t),
@@ -141,14 +146,17 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
     let ops = &args.ops;
     let max_queue_time = ops.max_queue_time.map(Duration::from_secs_f64);
     Ok(AppState {
-        validator: Arc::new(Validator::new(
-            vocab,
-            template,
-            info.clone(),
-            limits,
-            grammars,
-            args.http.special_tokens_in_content,
-        )),
+        validator: Arc::new(
+            Validator::new(
+                vocab,
+                template,
+                info.clone(),
+                limits,
+                grammars,
+                args.http.special_tokens_in_content,
+            )
+            .with_tool_format(tool_format),
+        ),
         scheduler,
         backend,
         served_name: args

@@ -328,7 +328,7 @@ fn json_layout(schema: &Value, strict: bool) -> Result<Value, GrammarError> {
 
 /// Adds `"additionalProperties": false` to every object schema that lists properties and says
 /// nothing about others (OpenAI's strict mode).
-fn close_objects(v: &mut Value) {
+pub fn close_objects(v: &mut Value) {
     match v {
         Value::Object(map) => {
             if map.contains_key("properties") && !map.contains_key("additionalProperties") {

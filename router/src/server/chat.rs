@@ -12,7 +12,8 @@ use super::structured::{FunctionCall, FunctionDelta, ToolCallDelta, ToolCallOut}
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
 use crate::scheduler::Event;
-use crate::tools::{parse_call, CallStream, Piece, Tools};
+use crate::tools::stream::{CallStream, Piece};
+use crate::tools::{parse_calls, ToolFormat, Tools};
 use crate::validation::{GenerationInput, PromptInput};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -157,9 +158,10 @@ pub async fn chat_completions(
         _ => None,
     };
     let (mut started, sid) = begin(&state, &rid, model, inputs, "chatcmpl").await?;
+    let calls = state.validator.tool_format();
     if stream {
         started.first().await?;
-        let format = ChatChunks::new(sid, tools.as_ref(), started.n);
+        let format = ChatChunks::new(sid, tools.as_ref(), calls, started.n);
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -180,7 +182,7 @@ pub async fn chat_completions(
                         .map(|(t, lp, top)| chat_logprob(&state, *t, *lp, top))
                         .collect(),
                 });
-                let (message, finish) = chat_answer(c.text, c.finish, tools.as_ref());
+                let (message, finish) = chat_answer(c.text, c.finish, tools.as_ref(), calls);
                 ChatChoice {
                     index,
                     logprobs,
@@ -193,29 +195,33 @@ pub async fn chat_completions(
     Ok(axum::Json(response).into_response())
 }
 
-/// A finished answer as a message: a tool call when the request has tools and the answer is a
-/// complete call of one, else text.
+/// A finished answer as a message: tool calls when the request has tools and the answer is
+/// nothing but complete calls of them (in the model's `format`), else text.
 fn chat_answer(
     text: String,
     finish: Option<FinishReason>,
     tools: Option<&Tools>,
+    format: ToolFormat,
 ) -> (ChatMessageOut, Option<FinishReason>) {
-    let call = tools
+    let calls = tools
         .filter(|_| finish == Some(FinishReason::Stop))
-        .and_then(|t| parse_call(&text, t));
-    match call {
-        Some(call) => (
+        .and_then(|t| parse_calls(&text, t, format));
+    match calls {
+        Some(calls) => (
             ChatMessageOut {
                 role: "assistant",
                 content: None,
-                tool_calls: vec![ToolCallOut {
-                    id: new_id("call"),
-                    r#type: "function",
-                    function: FunctionCall {
-                        name: call.name,
-                        arguments: call.arguments,
-                    },
-                }],
+                tool_calls: calls
+                    .into_iter()
+                    .map(|call| ToolCallOut {
+                        id: new_id("call"),
+                        r#type: "function",
+                        function: FunctionCall {
+                            name: call.name,
+                            arguments: call.arguments,
+                        },
+                    })
+                    .collect(),
             },
             Some(FinishReason::ToolCalls),
         ),
@@ -354,9 +360,9 @@ struct ChatChunks {
 }
 
 impl ChatChunks {
-    fn new(sid: StreamId, tools: Option<&Tools>, n: usize) -> Self {
+    fn new(sid: StreamId, tools: Option<&Tools>, format: ToolFormat, n: usize) -> Self {
         let calls = match tools {
-            Some(t) => (0..n).map(|_| CallStream::new(t)).collect(),
+            Some(t) => (0..n).map(|_| CallStream::new(t, format)).collect(),
             None => Vec::new(),
         };
         ChatChunks { sid, calls }
@@ -380,32 +386,31 @@ impl ChatChunks {
         for p in pieces {
             match p {
                 Piece::Text(t) => delta.content.get_or_insert_with(String::new).push_str(&t),
-                Piece::CallStart(name) => {
-                    delta
-                        .tool_calls
-                        .get_or_insert_with(Vec::new)
-                        .push(ToolCallDelta {
-                            index: 0,
-                            id: Some(new_id("call")),
-                            r#type: Some("function"),
-                            function: FunctionDelta {
-                                name: Some(name),
-                                arguments: Some(String::new()),
-                            },
-                        })
-                }
-                Piece::Arguments(a) => {
+                Piece::CallStart { index, name } => delta
+                    .tool_calls
+                    .get_or_insert_with(Vec::new)
+                    .push(ToolCallDelta {
+                        index,
+                        id: Some(new_id("call")),
+                        r#type: Some("function"),
+                        function: FunctionDelta {
+                            name: Some(name),
+                            arguments: Some(String::new()),
+                        },
+                    }),
+                Piece::Arguments { index, text } => {
                     let calls = delta.tool_calls.get_or_insert_with(Vec::new);
-                    match calls.last_mut().and_then(|c| c.function.arguments.as_mut()) {
-                        // One call per answer: more arguments extend this chunk's delta.
-                        Some(args) => args.push_str(&a),
+                    let same_call = calls.last_mut().filter(|c| c.index == index);
+                    match same_call.and_then(|c| c.function.arguments.as_mut()) {
+                        // More arguments of the call this delta already speaks of.
+                        Some(args) => args.push_str(&text),
                         None => calls.push(ToolCallDelta {
-                            index: 0,
+                            index,
                             id: None,
                             r#type: None,
                             function: FunctionDelta {
                                 name: None,
-                                arguments: Some(a),
+                                arguments: Some(text),
                             },
                         }),
                     }

@@ -150,7 +150,7 @@ pub struct ChatCompletionRequest {
     pub user: Option<String>,
     pub tools: Option<Vec<ToolIn>>,
     pub tool_choice: Option<ToolChoiceIn>,
-    /// At most one call per answer is made whatever this says.
+    /// `false`: at most one call per answer (Wick's JSON call format always makes one).
     pub parallel_tool_calls: Option<bool>,
     pub response_format: Option<ResponseFormat>,
     #[schema(value_type = Option<Object>)]
@@ -178,7 +178,7 @@ impl ChatCompletionRequest {
         };
         let max_tokens = self.max_completion_tokens.or(self.max_tokens);
         let mut input = self.generation_input(max_tokens, logprobs);
-        let tools = check_tools(self.tools, self.tool_choice)?;
+        let tools = check_tools(self.tools, self.tool_choice, self.parallel_tool_calls)?;
         let format = self
             .response_format
             .as_ref()
@@ -188,7 +188,8 @@ impl ChatCompletionRequest {
                 "response_format",
                 "`response_format` cannot be combined with `tools` unless `tool_choice` is `none`",
             )),
-            (Some(t), None) => Some(("tools", t.grammar())),
+            // Validation writes the tools' grammar in the model's call format.
+            (Some(_), None) => None,
             (None, Some(g)) => Some(("response_format", g)),
             (None, None) => None,
         };

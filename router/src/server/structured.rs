@@ -129,6 +129,7 @@ fn valid_function_name(name: &str) -> bool {
 pub(crate) fn check_tools(
     tools: Option<Vec<ToolIn>>,
     choice: Option<ToolChoiceIn>,
+    parallel: Option<bool>,
 ) -> Result<Option<Tools>, ApiError> {
     let tools = tools.unwrap_or_default();
     let mut functions: Vec<tools::Function> = Vec::with_capacity(tools.len());
@@ -198,7 +199,11 @@ pub(crate) fn check_tools(
             "`tool_choice` other than `none` requires `tools`",
         ));
     }
-    Ok(Some(Tools { functions, choice }))
+    Ok(Some(Tools {
+        functions,
+        choice,
+        parallel: parallel.unwrap_or(true),
+    }))
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -10,7 +10,7 @@ use crate::chat_tokens::ContentGuard;
 use crate::error::ApiError;
 use crate::request::{StopCriteria, Vocab};
 use crate::template::{ChatMessage, ChatTemplate};
-use crate::tools::{inline_message, Tools};
+use crate::tools::{inline_message, ToolFormat, Tools};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokenizers::Tokenizer;
@@ -138,6 +138,8 @@ pub struct Validator {
     grammars: Result<Arc<Grammars>, String>,
     /// Keeps message content from becoming control tokens; `None` when content is trusted.
     content_guard: Option<ContentGuard>,
+    /// How the model writes tool calls (the grammar of requests with tools).
+    tool_format: ToolFormat,
 }
 
 fn range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -185,7 +187,18 @@ impl Validator {
             info,
             limits,
             grammars,
+            tool_format: ToolFormat::Json,
         }
+    }
+
+    /// Requests with tools get grammars (and answers are read) in `format`.
+    pub fn with_tool_format(mut self, format: ToolFormat) -> Self {
+        self.tool_format = format;
+        self
+    }
+
+    pub fn tool_format(&self) -> ToolFormat {
+        self.tool_format
     }
 
     /// Compiles a request's grammar; a grammar that does not compile is a 400 naming `param`
@@ -307,8 +320,15 @@ impl Validator {
     pub fn validate(
         &self,
         prompt: &PromptInput,
-        g: GenerationInput,
+        mut g: GenerationInput,
     ) -> Result<ValidRequest, ApiError> {
+        if let PromptInput::Chat {
+            tools: Some(tools), ..
+        } = prompt
+        {
+            g.grammar
+                .get_or_insert_with(|| ("tools", tools.grammar(self.tool_format)));
+        }
         let mut params = self.sampling(&g)?;
         let n = range("n", g.n, 1, self.limits.max_n as u64, true)?.unwrap_or(1) as usize;
         let top_logprobs = range(
