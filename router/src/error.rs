@@ -48,7 +48,7 @@ pub enum ApiError {
     Overloaded { what: &'static str, limit: usize },
     #[error("the request waited longer than the queue time limit of {limit_s} s")]
     QueueTimeout { limit_s: f64 },
-    #[error("invalid or missing API key: send `Authorization: Bearer <key>`")]
+    #[error("invalid or missing API key: send `Authorization: Bearer <key>` (or `x-api-key`)")]
     Unauthorized,
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },

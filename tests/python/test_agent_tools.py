@@ -7,11 +7,18 @@ calls, whole and streamed (each with its own index and id, assembled by the SDK'
 and exactly one with `parallel_tool_calls=False`; `tool_choice` named, required and none are each
 obeyed; the tool results go back through the template in its own format and the 1.5B answers them
 in text.
+
+Then Anthropic's Messages API through the `anthropic` SDK on the same servers: text with its
+stop reasons (`end_turn`, `max_tokens`, `stop_sequence`) and usage, `tool_use` blocks (two, or
+one with `disable_parallel_tool_use`), streamed text and tool inputs assembled by the SDK,
+`count_tokens` agreeing with the usage, errors in Anthropic's shape, the key sent as
+`x-api-key`, and a `tool_result` follow-up answered in text.
 """
 
 import json
 import sys
 
+import anthropic
 import openai
 
 from wickserver import start
@@ -121,11 +128,110 @@ def check_large(client):
     print("follow-up with tool results:", text)
 
 
+ANTHROPIC_WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "input_schema": WEATHER["function"]["parameters"],
+}
+SUM = [{"role": "user", "content": "What is 12 plus 30?"}]
+# This SDK has no sampling parameters of its own; Wick reads Anthropic's fields from the body.
+GREEDY = {"temperature": 0}
+
+
+def check_small_anthropic(client):
+    m = client.messages.create(model="smol", max_tokens=40, extra_body=GREEDY, messages=SUM)
+    assert m.type == "message" and m.role == "assistant", m
+    assert m.stop_reason == "end_turn", m
+    assert m.content[0].type == "text" and "42" in m.content[0].text, m.content
+    assert m.usage.input_tokens > 0 and m.usage.output_tokens > 0, m.usage
+    print("messages:", m.content[0].text, m.usage)
+    m = client.messages.create(model="smol", max_tokens=3, extra_body=GREEDY, messages=SUM)
+    assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 3, m
+    m = client.messages.create(model="smol", max_tokens=40, extra_body=GREEDY, messages=SUM,
+                               stop_sequences=["equals"])
+    assert m.stop_reason == "stop_sequence" and "equals" not in m.content[0].text, m
+    count = client.messages.count_tokens(model="smol", messages=SUM)
+    first = client.messages.create(model="smol", max_tokens=4, messages=SUM)
+    assert count.input_tokens == first.usage.input_tokens, (count, first.usage)
+
+    weather = [{"role": "user", "content": "What is the weather like in Paris and in Rome today?"}]
+    m = client.messages.create(model="smol", max_tokens=120, extra_body=GREEDY, messages=weather,
+                               tools=[ANTHROPIC_WEATHER], tool_choice={"type": "any"})
+    assert m.stop_reason == "tool_use", m
+    assert [(b.type, b.name, b.input) for b in m.content] == [
+        ("tool_use", "get_weather", {"city": "Paris"}),
+        ("tool_use", "get_weather", {"city": "Rome"})], m.content
+    m = client.messages.create(
+        model="smol", max_tokens=120, extra_body=GREEDY, messages=weather, tools=[ANTHROPIC_WEATHER],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True})
+    assert len(m.content) == 1, m.content
+    print("tool_use blocks: two, then one without parallel use")
+
+    with client.messages.stream(model="smol", max_tokens=120, extra_body=GREEDY, messages=weather,
+                                tools=[ANTHROPIC_WEATHER], tool_choice={"type": "any"}) as s:
+        final = s.get_final_message()
+    assert [b.input for b in final.content] == [{"city": "Paris"}, {"city": "Rome"}], final
+    assert final.stop_reason == "tool_use"
+    with client.messages.stream(model="smol", max_tokens=40, extra_body=GREEDY, messages=SUM) as s:
+        pieces = list(s.text_stream)
+        final = s.get_final_message()
+    assert len(pieces) > 1 and "".join(pieces) == final.content[0].text, pieces
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
+    print(f"streamed: tool inputs assembled, text in {len(pieces)} deltas")
+
+    try:
+        client.messages.create(model="smol", max_tokens=40, messages=SUM,
+                               extra_body={"temperature": 5})
+        raise AssertionError("a temperature of 5 was accepted")
+    except anthropic.BadRequestError as e:
+        assert e.body["type"] == "error", e.body
+        assert e.body["error"]["type"] == "invalid_request_error", e.body
+        assert "temperature" in e.body["error"]["message"], e.body
+    try:
+        client.messages.create(model="claude-x", max_tokens=4, messages=SUM)
+        raise AssertionError("an unknown model was accepted")
+    except anthropic.NotFoundError as e:
+        assert e.body["error"]["type"] == "not_found_error", e.body
+    print("errors in Anthropic's shape")
+
+
+def check_large_anthropic(client, base):
+    weather = [{"role": "user", "content": "What is the weather like in Paris and in Rome today?"}]
+    m = client.messages.create(model="smol", max_tokens=120, extra_body=GREEDY, messages=weather,
+                               tools=[ANTHROPIC_WEATHER], tool_choice={"type": "any"})
+    results = {"Paris": "sunny, 24 C", "Rome": "rain, 18 C"}
+    follow = weather + [
+        {"role": "assistant", "content": [b.model_dump() for b in m.content]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": b.id,
+             "content": f"{b.input['city']}: {results[b.input['city']]}"} for b in m.content]}]
+    m = client.messages.create(model="smol", max_tokens=120, extra_body=GREEDY, messages=follow,
+                               tools=[ANTHROPIC_WEATHER], tool_choice={"type": "none"})
+    text = m.content[0].text
+    assert m.stop_reason == "end_turn" and "24" in text and "18" in text, m
+    print("tool_result follow-up:", text)
+    wrong = anthropic.Anthropic(base_url=base, api_key="wrong", max_retries=0)
+    try:
+        wrong.messages.create(model="smol", max_tokens=4, messages=SUM)
+        raise AssertionError("a wrong key was accepted")
+    except anthropic.AuthenticationError as e:
+        assert e.body["error"]["type"] == "authentication_error", e.body
+    print("x-api-key checked")
+
+
 def main():
-    for model, check in [(SMALL, check_small), (LARGE, check_large)]:
-        proc, base = start(BIN, model, "--kv-cache-memory", "128")
+    key = "sk-agent-test"
+    for model, check, check_anthropic in [(SMALL, check_small, None),
+                                          (LARGE, check_large, check_large_anthropic)]:
+        extra = ["--kv-cache-memory", "128"] + (["--api-key", key] if model == LARGE else [])
+        proc, base = start(BIN, model, *extra)
         try:
-            check(openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0))
+            check(openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0))
+            client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
+            if check_anthropic is None:
+                check_small_anthropic(client)
+            else:
+                check_anthropic(client, base)
         finally:
             proc.terminate()
             proc.wait()

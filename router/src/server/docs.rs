@@ -5,10 +5,15 @@ use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Wick", description = "OpenAI-compatible LLM inference server"),
+    info(
+        title = "Wick",
+        description = "OpenAI- and Anthropic-compatible LLM inference server"
+    ),
     paths(
         super::chat::chat_completions,
         super::chat::completions,
+        super::messages::messages,
+        super::messages::count_tokens,
         super::misc::models,
         super::misc::info,
         super::misc::health,
@@ -39,6 +44,8 @@ mod tests {
         for path in [
             "/v1/chat/completions",
             "/v1/completions",
+            "/v1/messages",
+            "/v1/messages/count_tokens",
             "/v1/models",
             "/generate",
             "/generate_stream",
@@ -55,6 +62,9 @@ mod tests {
             "ChatCompletion",
             "CompletionRequest",
             "Completion",
+            "MessagesRequest",
+            "MessageOut",
+            "AnthropicErrorBody",
             "GenerateRequest",
             "GenerateResponse",
             "ModelList",

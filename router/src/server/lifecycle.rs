@@ -91,15 +91,20 @@ pub async fn require_api_key(
     if keys.0.is_empty() {
         return next.run(req).await;
     }
-    let given = req
-        .headers()
+    let headers = req.headers();
+    // OpenAI's `Authorization: Bearer`, or Anthropic's `x-api-key`.
+    let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
+        .and_then(bearer_token)
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     match given {
         // Compare every key in full so timing does not reveal a matching prefix.
         Some(g) if keys.0.iter().fold(false, |hit, k| hit | constant_eq(k, g)) => {
             next.run(req).await
+        }
+        _ if req.uri().path().starts_with("/v1/messages") => {
+            super::anthropic::AnthropicError(ApiError::Unauthorized).into_response()
         }
         _ => ApiError::Unauthorized.into_response(),
     }

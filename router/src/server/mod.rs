@@ -5,14 +5,17 @@
 //! - [`openai`]: OpenAI wire types; [`chat`]: chat and completions handlers, streamed or not.
 //! - [`structured`]: the wire types of tools and `response_format`, and their checks.
 //! - [`tgi`]: TGI's `/generate` and `/generate_stream`.
+//! - [`anthropic`] and [`messages`]: Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
 //! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, API keys, metrics.
 
+pub mod anthropic;
 pub mod chat;
 pub mod docs;
 pub mod lifecycle;
 pub mod listener;
+pub mod messages;
 pub mod misc;
 pub mod openai;
 pub mod structured;
@@ -111,6 +114,8 @@ pub fn app(state: SharedState, keys: Arc<lifecycle::ApiKeys>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(misc::models))
         .route("/generate", post(tgi::generate))
         .route("/generate_stream", post(tgi::generate_stream))
