@@ -8,6 +8,10 @@ and exactly one with `parallel_tool_calls=False`; `tool_choice` named, required 
 obeyed; the tool results go back through the template in its own format and the 1.5B answers them
 in text.
 
+Then OpenAI's Responses API (`client.responses.create`, `.stream` and `.parse`): text, a
+function call (two, in order) and its `function_call_output` follow-up answered in text, a
+json_schema answer parsed into a Pydantic model, the token limit as `incomplete`.
+
 Then Anthropic's Messages API through the `anthropic` SDK on the same servers: text with its
 stop reasons (`end_turn`, `max_tokens`, `stop_sequence`) and usage, `tool_use` blocks (two, or
 one with `disable_parallel_tool_use`), streamed text and tool inputs assembled by the SDK,
@@ -20,6 +24,7 @@ import sys
 
 import anthropic
 import openai
+from pydantic import BaseModel
 
 from wickserver import start
 
@@ -128,6 +133,70 @@ def check_large(client):
     print("follow-up with tool results:", text)
 
 
+RESPONSES_WEATHER = {"type": "function", **WEATHER["function"]}
+WEATHER_QUESTION = "What is the weather like in Paris and in Rome today?"
+
+
+class Sum(BaseModel):
+    a: int
+    b: int
+    total: int
+
+
+def check_small_responses(client):
+    r = client.responses.create(model="smol", input="What is 12 plus 30?", temperature=0,
+                                max_output_tokens=40)
+    assert r.status == "completed" and "42" in r.output_text, r
+    assert r.usage.input_tokens > 0 and r.usage.output_tokens > 0, r.usage
+    print("responses:", r.output_text)
+    r = client.responses.create(model="smol", input="What is 12 plus 30?", temperature=0,
+                                max_output_tokens=3)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens", r
+    with client.responses.stream(model="smol", input="What is 12 plus 30?", temperature=0,
+                                 max_output_tokens=40) as s:
+        deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+        final = s.get_final_response()
+    assert len(deltas) > 1 and "".join(deltas) == final.output_text, (deltas, final)
+    print(f"responses stream: {len(deltas)} text deltas")
+
+    r = client.responses.create(model="smol", input=WEATHER_QUESTION, tools=[RESPONSES_WEATHER],
+                                tool_choice="required", temperature=0, max_output_tokens=120)
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert [json.loads(c.arguments)["city"] for c in calls] == ["Paris", "Rome"], r.output
+    assert len({c.call_id for c in calls}) == 2
+    with client.responses.stream(model="smol", input=WEATHER_QUESTION, tools=[RESPONSES_WEATHER],
+                                 tool_choice="required", temperature=0,
+                                 max_output_tokens=120) as s:
+        kinds = [e.type for e in s]
+        final = s.get_final_response()
+    streamed = [json.loads(o.arguments)["city"] for o in final.output]
+    assert streamed == ["Paris", "Rome"], final.output
+    assert kinds.count("response.function_call_arguments.done") == 2, kinds
+    print("responses: function calls whole and streamed")
+
+    parsed = client.responses.parse(
+        model="smol", input="Add 12 and 30. Give a, b and their total.", text_format=Sum,
+        temperature=0, max_output_tokens=60)
+    assert isinstance(parsed.output_parsed, Sum), parsed
+    print("responses.parse:", parsed.output_parsed)
+
+
+def check_large_responses(client):
+    r = client.responses.create(model="smol", input=WEATHER_QUESTION, tools=[RESPONSES_WEATHER],
+                                tool_choice="required", temperature=0, max_output_tokens=120)
+    calls = [o for o in r.output if o.type == "function_call"]
+    results = {"Paris": "sunny, 24 C", "Rome": "rain, 18 C"}
+    follow = [{"role": "user", "content": WEATHER_QUESTION}] + [
+        {"type": "function_call", "call_id": c.call_id, "name": c.name,
+         "arguments": c.arguments} for c in calls] + [
+        {"type": "function_call_output", "call_id": c.call_id,
+         "output": results[json.loads(c.arguments)["city"]]} for c in calls]
+    r = client.responses.create(model="smol", input=follow, tools=[RESPONSES_WEATHER],
+                                tool_choice="none", temperature=0, max_output_tokens=120)
+    assert "24" in r.output_text and "18" in r.output_text, r.output_text
+    print("responses follow-up:", r.output_text)
+
+
 ANTHROPIC_WEATHER = {
     "name": "get_weather",
     "description": "Current weather in a city",
@@ -226,7 +295,12 @@ def main():
         extra = ["--kv-cache-memory", "128"] + (["--api-key", key] if model == LARGE else [])
         proc, base = start(BIN, model, *extra)
         try:
-            check(openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0))
+            oai = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+            check(oai)
+            if model == SMALL:
+                check_small_responses(oai)
+            else:
+                check_large_responses(oai)
             client = anthropic.Anthropic(base_url=base, api_key=key, max_retries=0)
             if check_anthropic is None:
                 check_small_anthropic(client)

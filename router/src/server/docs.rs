@@ -12,6 +12,7 @@ use utoipa::OpenApi;
     paths(
         super::chat::chat_completions,
         super::chat::completions,
+        super::responses::responses,
         super::messages::messages,
         super::messages::count_tokens,
         super::misc::models,
@@ -44,6 +45,7 @@ mod tests {
         for path in [
             "/v1/chat/completions",
             "/v1/completions",
+            "/v1/responses",
             "/v1/messages",
             "/v1/messages/count_tokens",
             "/v1/models",
@@ -62,6 +64,8 @@ mod tests {
             "ChatCompletion",
             "CompletionRequest",
             "Completion",
+            "ResponsesRequest",
+            "ResponseObject",
             "MessagesRequest",
             "MessageOut",
             "AnthropicErrorBody",

@@ -6,6 +6,7 @@
 //! - [`structured`]: the wire types of tools and `response_format`, and their checks.
 //! - [`tgi`]: TGI's `/generate` and `/generate_stream`.
 //! - [`anthropic`] and [`messages`]: Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
+//! - [`openai_responses`] and [`responses`]: OpenAI's `/v1/responses` (stateless).
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
 //! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, API keys, metrics.
@@ -18,6 +19,8 @@ pub mod listener;
 pub mod messages;
 pub mod misc;
 pub mod openai;
+pub mod openai_responses;
+pub mod responses;
 pub mod structured;
 pub mod tgi;
 
@@ -114,6 +117,7 @@ pub fn app(state: SharedState, keys: Arc<lifecycle::ApiKeys>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(chat::completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(misc::models))

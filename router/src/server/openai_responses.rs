@@ -1,0 +1,292 @@
+//! OpenAI's Responses API wire types (`POST /v1/responses`, stateless) and their checks into the
+//! same validation inputs as chat completions.
+//!
+//! `input` is a string or items: messages (`user`, `assistant`, `system`, `developer`; text
+//! content or `input_text` / `output_text` parts), `function_call` items (the assistant's
+//! earlier calls, merged into one assistant turn with `tool_calls`) and `function_call_output`
+//! items (`tool` messages). `instructions` is the system message. Tools are function tools;
+//! `text.format` is `text`, `json_object` or `json_schema`. Nothing is stored: `store: true` and
+//! `previous_response_id` are refused.
+
+use super::structured::{check_tools, FunctionIn, NamedFunction, NamedToolChoice};
+use super::structured::{ToolChoiceIn, ToolIn};
+use crate::backend::GrammarSpec;
+use crate::error::ApiError;
+use crate::template::ChatMessage;
+use crate::validation::{GenerationInput, PromptInput};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[schema(example = json!({"model": "SmolLM2-135M-Instruct", "input": "What is 12 plus 30?", "max_output_tokens": 32, "temperature": 0}))]
+pub struct ResponsesRequest {
+    pub model: Option<String>,
+    pub input: ResponsesInput,
+    pub instructions: Option<String>,
+    pub tools: Option<Vec<ResponsesTool>>,
+    pub tool_choice: Option<ResponsesToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
+    pub text: Option<TextConfig>,
+    pub max_output_tokens: Option<u64>,
+    /// 0 to 2; 0 is greedy. Default 1.
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    #[serde(default)]
+    pub stream: bool,
+    /// Must be false or absent: nothing is stored.
+    pub store: Option<bool>,
+    /// Refused: the server keeps no responses.
+    pub previous_response_id: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ResponsesInput {
+    Text(String),
+    Items(Vec<InputItem>),
+}
+
+/// An input item; a message may leave out its `type`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum InputItem {
+    Typed(TypedItem),
+    Message(MessageItem),
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TypedItem {
+    Message(MessageItem),
+    FunctionCall {
+        call_id: String,
+        name: String,
+        /// The arguments object as JSON text.
+        arguments: String,
+    },
+    FunctionCallOutput {
+        call_id: String,
+        output: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct MessageItem {
+    pub role: String,
+    pub content: ItemContent,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ItemContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    InputText { text: String },
+    OutputText { text: String },
+}
+
+/// A function tool (the only kind served).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}))]
+pub struct ResponsesTool {
+    pub r#type: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `none`, `auto`, `required`, or `{"type": "function", "name": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum ResponsesToolChoice {
+    Mode(String),
+    Named { r#type: String, name: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TextConfig {
+    pub format: Option<TextFormat>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TextFormat {
+    Text,
+    JsonObject,
+    JsonSchema {
+        name: String,
+        #[schema(value_type = Object)]
+        schema: Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        strict: Option<bool>,
+    },
+}
+
+impl TextFormat {
+    fn grammar(&self) -> Option<GrammarSpec> {
+        match self {
+            TextFormat::Text => None,
+            TextFormat::JsonObject => Some(GrammarSpec::JsonSchema {
+                schema: json!({"type": "object"}),
+                strict: false,
+            }),
+            TextFormat::JsonSchema { schema, strict, .. } => Some(GrammarSpec::JsonSchema {
+                schema: schema.clone(),
+                strict: strict.unwrap_or(false),
+            }),
+        }
+    }
+}
+
+fn content_text(content: ItemContent) -> String {
+    match content {
+        ItemContent::Text(t) => t,
+        ItemContent::Parts(parts) => parts
+            .into_iter()
+            .map(|p| match p {
+                ContentPart::InputText { text } | ContentPart::OutputText { text } => text,
+            })
+            .collect(),
+    }
+}
+
+/// The conversation of `input` items (after the system message, if any).
+fn conversation(items: Vec<InputItem>, out: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+    for (i, item) in items.into_iter().enumerate() {
+        let item = match item {
+            InputItem::Typed(t) => t,
+            InputItem::Message(m) => TypedItem::Message(m),
+        };
+        match item {
+            TypedItem::Message(m) => {
+                let role = match m.role.as_str() {
+                    "developer" | "system" => "system",
+                    "user" => "user",
+                    "assistant" => "assistant",
+                    other => {
+                        return Err(ApiError::invalid(
+                            format!("input[{i}].role"),
+                            format!("`input[{i}].role` must be user, assistant, system or developer, got `{other}`"),
+                        ))
+                    }
+                };
+                out.push(ChatMessage::new(role, content_text(m.content)));
+            }
+            TypedItem::FunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => {
+                let args = serde_json::from_str::<Value>(&arguments).map_err(|e| {
+                    ApiError::invalid(
+                        format!("input[{i}].arguments"),
+                        format!("`input[{i}].arguments` is not JSON: {e}"),
+                    )
+                })?;
+                let call = json!({"id": call_id, "type": "function",
+                                  "function": {"name": name, "arguments": args}});
+                // Consecutive calls are one assistant turn.
+                match out.last_mut() {
+                    Some(m) if m.role == "assistant" && m.tool_calls.is_some() => {
+                        m.tool_calls.get_or_insert_with(Vec::new).push(call);
+                    }
+                    _ => {
+                        let mut m = ChatMessage::new("assistant", "");
+                        m.tool_calls = Some(vec![call]);
+                        out.push(m);
+                    }
+                }
+            }
+            TypedItem::FunctionCallOutput { call_id, output } => {
+                let mut m = ChatMessage::new("tool", output);
+                m.tool_call_id = Some(call_id);
+                out.push(m);
+            }
+        }
+    }
+    Ok(())
+}
+
+impl ResponsesRequest {
+    /// The conversation and generation parameters, or the first invalid field.
+    pub fn into_inputs(self) -> Result<(PromptInput, GenerationInput), ApiError> {
+        if self.store == Some(true) {
+            return Err(ApiError::invalid(
+                "store",
+                "this server stores no responses: send `store: false`",
+            ));
+        }
+        if self.previous_response_id.is_some() {
+            return Err(ApiError::invalid(
+                "previous_response_id",
+                "this server stores no responses: send the whole conversation in `input`",
+            ));
+        }
+        let mut messages = Vec::new();
+        if let Some(system) = self.instructions {
+            messages.push(ChatMessage::new("system", system));
+        }
+        match self.input {
+            ResponsesInput::Text(t) => messages.push(ChatMessage::new("user", t)),
+            ResponsesInput::Items(items) => conversation(items, &mut messages)?,
+        }
+        if messages.iter().all(|m| m.role == "system") {
+            return Err(ApiError::invalid("input", "`input` holds no message"));
+        }
+        let tools = self.tools.map(|tools| {
+            tools
+                .into_iter()
+                .map(|t| ToolIn {
+                    r#type: t.r#type,
+                    function: FunctionIn {
+                        name: t.name,
+                        description: t.description,
+                        parameters: t.parameters,
+                        strict: t.strict,
+                    },
+                })
+                .collect()
+        });
+        let choice = self.tool_choice.map(|c| match c {
+            ResponsesToolChoice::Mode(m) => ToolChoiceIn::Mode(m),
+            ResponsesToolChoice::Named { r#type, name } => ToolChoiceIn::Named(NamedToolChoice {
+                r#type,
+                function: NamedFunction { name },
+            }),
+        });
+        let tools = check_tools(tools, choice, self.parallel_tool_calls)?;
+        let format = self.text.and_then(|t| t.format).and_then(|f| f.grammar());
+        let grammar =
+            match (&tools, format) {
+                (Some(_), Some(_)) => return Err(ApiError::invalid(
+                    "text.format",
+                    "`text.format` cannot be combined with `tools` unless `tool_choice` is `none`",
+                )),
+                (None, Some(g)) => Some(("text.format", g)),
+                _ => None,
+            };
+        let input = GenerationInput {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_tokens: self.max_output_tokens,
+            grammar,
+            ..GenerationInput::default()
+        };
+        Ok((PromptInput::Chat { messages, tools }, input))
+    }
+}

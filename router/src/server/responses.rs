@@ -1,0 +1,410 @@
+//! `POST /v1/responses` (OpenAI's Responses API, stateless), whole or streamed, on the same path
+//! as chat completions (model check, admission, validation, the scheduler, cancellation by
+//! drop); wire types in [`super::openai_responses`], errors in OpenAI's shape.
+//!
+//! The answer is output items: one `message` item with an `output_text` part, or one
+//! `function_call` item per call (in the model's call format, read as for chat completions).
+//! A stream is the typed events `response.created`, `response.in_progress`, then per item
+//! `response.output_item.added`, its deltas (`response.content_part.added`,
+//! `response.output_text.delta` ... `.done`, `response.content_part.done`; or
+//! `response.function_call_arguments.delta` ... `.done`) and `response.output_item.done`, and
+//! last `response.completed` (or `response.incomplete` at the token limit) with the whole
+//! response; every event carries its `sequence_number`.
+
+use super::chat::sse_response;
+use super::lifecycle::RequestId;
+use super::openai_responses::*;
+use super::{collect, new_id, now, ApiJson, SharedState, Started};
+use crate::error::{ApiError, Unavailable};
+use crate::scheduler::Event;
+use crate::tools::stream::{CallStream, Piece};
+use crate::tools::{parse_calls, ToolFormat, Tools};
+use crate::validation::PromptInput;
+use axum::extract::State;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures::Stream;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use utoipa::ToSchema;
+use wick_proto::FinishReason;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResponsesUsage {
+    pub input_tokens: usize,
+    #[schema(value_type = Object)]
+    pub input_tokens_details: Value,
+    pub output_tokens: usize,
+    #[schema(value_type = Object)]
+    pub output_tokens_details: Value,
+    pub total_tokens: usize,
+}
+
+/// A response object.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"id": "resp-6b0f4c85000014", "object": "response", "created_at": 1796164741, "status": "completed", "model": "SmolLM2-135M-Instruct", "output": [{"type": "message", "id": "msg-6b0f4c85000015", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": "12 + 30 = 42.", "annotations": []}]}]}))]
+pub struct ResponseObject {
+    pub id: String,
+    /// Always `response`.
+    pub object: &'static str,
+    pub created_at: u64,
+    /// `in_progress`, `completed` or `incomplete`.
+    pub status: &'static str,
+    pub model: String,
+    #[schema(value_type = Vec<Object>)]
+    pub output: Vec<Value>,
+    #[schema(value_type = Option<Object>)]
+    pub incomplete_details: Option<Value>,
+    pub usage: Option<ResponsesUsage>,
+    #[schema(value_type = Option<Object>)]
+    pub error: Option<Value>,
+    pub instructions: Option<String>,
+    pub max_output_tokens: Option<u64>,
+    pub parallel_tool_calls: bool,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub tool_choice: ResponsesToolChoice,
+    pub tools: Vec<ResponsesTool>,
+    pub text: TextConfig,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub store: bool,
+}
+
+/// What a response echoes of its request, kept before the request is consumed.
+fn skeleton(state: &SharedState, req: &ResponsesRequest) -> ResponseObject {
+    ResponseObject {
+        id: new_id("resp"),
+        object: "response",
+        created_at: now(),
+        status: "in_progress",
+        model: state.served_name.clone(),
+        output: Vec::new(),
+        incomplete_details: None,
+        usage: None,
+        error: None,
+        instructions: req.instructions.clone(),
+        max_output_tokens: req.max_output_tokens,
+        parallel_tool_calls: req.parallel_tool_calls.unwrap_or(true),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        tool_choice: req
+            .tool_choice
+            .clone()
+            .unwrap_or(ResponsesToolChoice::Mode("auto".into())),
+        tools: req.tools.clone().unwrap_or_default(),
+        text: req.text.clone().unwrap_or(TextConfig {
+            format: Some(TextFormat::Text),
+        }),
+        metadata: req.metadata.clone().unwrap_or_else(|| json!({})),
+        store: false,
+    }
+}
+
+fn message_item(id: &str, text: &str, status: &str) -> Value {
+    json!({"type": "message", "id": id, "status": status, "role": "assistant",
+           "content": [{"type": "output_text", "text": text, "annotations": []}]})
+}
+
+fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
+    json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
+           "arguments": arguments, "status": status})
+}
+
+/// The response's end: status, usage and (at the token limit) why it is incomplete.
+fn finish(
+    r: &mut ResponseObject,
+    reason: FinishReason,
+    started: &Started,
+    out: usize,
+    cached: usize,
+) {
+    let incomplete = reason == FinishReason::Length;
+    r.status = if incomplete {
+        "incomplete"
+    } else {
+        "completed"
+    };
+    r.incomplete_details = incomplete.then(|| json!({"reason": "max_output_tokens"}));
+    r.usage = Some(ResponsesUsage {
+        input_tokens: started.prompt_tokens,
+        input_tokens_details: json!({"cached_tokens": cached}),
+        output_tokens: out,
+        output_tokens_details: json!({"reasoning_tokens": 0}),
+        total_tokens: started.prompt_tokens + out,
+    });
+}
+
+#[utoipa::path(post, path = "/v1/responses", request_body = ResponsesRequest,
+    responses((status = 200, description = "The response, or an SSE stream of typed response events when `stream` is true", body = ResponseObject),
+              (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody),
+              (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
+pub async fn responses(
+    State(state): State<SharedState>,
+    Extension(rid): Extension<RequestId>,
+    ApiJson(req): ApiJson<ResponsesRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let mut response = skeleton(&state, &req);
+    let stream = req.stream;
+    let (prompt, input) = req.into_inputs()?;
+    let tools = match &prompt {
+        PromptInput::Chat { tools, .. } => tools.clone(),
+        _ => None,
+    };
+    let format = state.validator.tool_format();
+    let mut started = state.start(&rid, prompt, input).await?;
+    if stream {
+        started.first().await?;
+        return Ok(sse_response(response_stream(
+            started, response, tools, format,
+        )));
+    }
+    let c = collect(&mut started).await?.remove(0);
+    let reason = c.finish.unwrap_or(FinishReason::Stop);
+    let calls = tools
+        .as_ref()
+        .filter(|_| reason == FinishReason::Stop)
+        .and_then(|t| parse_calls(&c.text, t, format));
+    response.output = match calls {
+        Some(calls) => calls
+            .iter()
+            .map(|call| {
+                let (id, call_id) = (new_id("fc"), new_id("call"));
+                call_item(&id, &call_id, &call.name, &call.arguments, "completed")
+            })
+            .collect(),
+        None => vec![message_item(&new_id("msg"), &c.text, "completed")],
+    };
+    finish(
+        &mut response,
+        reason,
+        &started,
+        c.completion_tokens,
+        c.cached_tokens,
+    );
+    Ok(axum::Json(response).into_response())
+}
+
+/// The output item being streamed.
+enum Open {
+    Message {
+        id: String,
+        text: String,
+    },
+    Call {
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// Numbers the events of one stream and tracks its open item.
+struct Events {
+    seq: u64,
+    open: Option<Open>,
+    done: Vec<Value>,
+}
+
+impl Events {
+    fn event(&mut self, name: &str, mut data: Value) -> SseEvent {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        SseEvent::default().event(name).data(data.to_string())
+    }
+
+    fn index(&self) -> usize {
+        self.done.len()
+    }
+
+    fn piece(&mut self, piece: Piece, out: &mut Vec<SseEvent>) {
+        match piece {
+            Piece::Text(text) if text.is_empty() => {}
+            Piece::Text(text) => {
+                if !matches!(self.open, Some(Open::Message { .. })) {
+                    self.open_message(out);
+                }
+                let i = self.index();
+                if let Some(Open::Message { id, text: all }) = &mut self.open {
+                    all.push_str(&text);
+                    let id = id.clone();
+                    out.push(self.event(
+                        "response.output_text.delta",
+                        json!({"item_id": id,
+                        "output_index": i, "content_index": 0, "delta": text}),
+                    ));
+                }
+            }
+            Piece::CallStart { name, .. } => {
+                self.close(out);
+                let (id, call_id) = (new_id("fc"), new_id("call"));
+                let i = self.index();
+                let item = call_item(&id, &call_id, &name, "", "in_progress");
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": i, "item": item}),
+                ));
+                self.open = Some(Open::Call {
+                    id,
+                    call_id,
+                    name,
+                    arguments: String::new(),
+                });
+            }
+            Piece::Arguments { text, .. } => {
+                let i = self.index();
+                if let Some(Open::Call { id, arguments, .. }) = &mut self.open {
+                    arguments.push_str(&text);
+                    let id = id.clone();
+                    out.push(self.event(
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": id, "output_index": i, "delta": text}),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Opens a message item with its one text part.
+    fn open_message(&mut self, out: &mut Vec<SseEvent>) {
+        self.close(out);
+        let id = new_id("msg");
+        let i = self.index();
+        let item = json!({"type": "message", "id": id, "status": "in_progress",
+                          "role": "assistant", "content": []});
+        out.push(self.event(
+            "response.output_item.added",
+            json!({"output_index": i, "item": item}),
+        ));
+        out.push(self.event(
+            "response.content_part.added",
+            json!({"item_id": id,
+            "output_index": i, "content_index": 0,
+            "part": {"type": "output_text", "text": "", "annotations": []}}),
+        ));
+        self.open = Some(Open::Message {
+            id,
+            text: String::new(),
+        });
+    }
+
+    /// A failure after the stream started, as the Responses API's `error` event.
+    fn error(&mut self, error: ApiError) -> SseEvent {
+        crate::metrics::METRICS
+            .request_failure
+            .with_label_values(&[error.reason()])
+            .inc();
+        let body = error.body().error;
+        self.event(
+            "error",
+            json!({"code": body.code, "message": body.message, "param": body.param}),
+        )
+    }
+
+    /// Ends the open item with its `.done` events.
+    fn close(&mut self, out: &mut Vec<SseEvent>) {
+        let i = self.index();
+        let item = match self.open.take() {
+            None => return,
+            Some(Open::Message { id, text }) => {
+                out.push(self.event(
+                    "response.output_text.done",
+                    json!({"item_id": id,
+                    "output_index": i, "content_index": 0, "text": text}),
+                ));
+                out.push(self.event(
+                    "response.content_part.done",
+                    json!({"item_id": id,
+                    "output_index": i, "content_index": 0,
+                    "part": {"type": "output_text", "text": text, "annotations": []}}),
+                ));
+                message_item(&id, &text, "completed")
+            }
+            Some(Open::Call {
+                id,
+                call_id,
+                name,
+                arguments,
+            }) => {
+                out.push(self.event(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": i, "arguments": arguments}),
+                ));
+                call_item(&id, &call_id, &name, &arguments, "completed")
+            }
+        };
+        out.push(self.event(
+            "response.output_item.done",
+            json!({"output_index": i, "item": item}),
+        ));
+        self.done.push(item);
+    }
+}
+
+fn response_stream(
+    mut started: Started,
+    mut response: ResponseObject,
+    tools: Option<Tools>,
+    format: ToolFormat,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    async_stream::stream! {
+        let mut events = Events { seq: 0, open: None, done: Vec::new() };
+        let whole = serde_json::to_value(&response).unwrap_or_default();
+        yield Ok(events.event("response.created", json!({"response": whole})));
+        yield Ok(events.event("response.in_progress", json!({"response": whole})));
+        let mut calls = tools.as_ref().map(|t| CallStream::new(t, format));
+        loop {
+            let mut out = Vec::new();
+            match started.next().await {
+                Some(Event::Token { text, .. }) => {
+                    let pieces = match calls.as_mut() {
+                        Some(c) => c.push(&text),
+                        None => vec![Piece::Text(text)],
+                    };
+                    pieces.into_iter().for_each(|p| events.piece(p, &mut out));
+                }
+                Some(Event::Finished { reason, completion_tokens, cached_tokens, .. }) => {
+                    if let Some(c) = calls.as_mut() {
+                        let rest = c.finish(reason == FinishReason::Stop);
+                        rest.into_iter().for_each(|p| events.piece(p, &mut out));
+                    }
+                    if events.open.is_none() && events.done.is_empty() {
+                        // An empty answer is still one (empty) message.
+                        events.open_message(&mut out);
+                    }
+                    events.close(&mut out);
+                    response.output = std::mem::take(&mut events.done);
+                    finish(&mut response, reason, &started, completion_tokens, cached_tokens);
+                    let name = if response.status == "incomplete" {
+                        "response.incomplete"
+                    } else {
+                        "response.completed"
+                    };
+                    let whole = serde_json::to_value(&response).unwrap_or_default();
+                    out.push(events.event(name, json!({"response": whole})));
+                    for e in out {
+                        yield Ok(e);
+                    }
+                    return;
+                }
+                Some(Event::Error { failure, message, .. }) => {
+                    let error = started.failure(failure, message);
+                    yield Ok(events.error(error));
+                    return;
+                }
+                None => {
+                    let error = ApiError::Unavailable(Unavailable::SchedulerGone);
+                    yield Ok(events.error(error));
+                    return;
+                }
+            }
+            for e in out {
+                yield Ok(e);
+            }
+        }
+    }
+}
