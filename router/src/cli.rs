@@ -282,6 +282,11 @@ pub struct HttpArgs {
     /// `<tool_call>`, else `json`.
     #[arg(long, env = "WICK_TOOL_CALL_FORMAT", value_enum)]
     pub tool_call_format: Option<crate::tools::ToolFormat>,
+    /// Where a reasoning model's reasoning is: `none`, or its two markers as `OPEN,CLOSE`; it
+    /// is answered as `reasoning_content`. Default: `<think>,</think>` when the chat template
+    /// mentions `<think>`.
+    #[arg(long, env = "WICK_REASONING_MARKERS")]
+    pub reasoning_markers: Option<String>,
 }
 
 /// What one request and one step may hold.

@@ -12,6 +12,7 @@
 //! - [`scheduler`]: the task that owns the queue, the running set and KV blocks.
 //! - [`template`]: chat templates through minijinja.
 //! - [`chat_tokens`]: message content tokenized as text, never as control tokens.
+//! - [`reasoning`]: a reasoning model's reasoning apart from its answer.
 //! - [`tools`]: tool calling: tool prompt, call grammar, reading calls back (whole or streamed).
 //! - [`metrics`]: every Prometheus metric, registered in one place.
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod error;
 pub mod generate;
 pub mod metrics;
+pub mod reasoning;
 pub mod request;
 pub mod scheduler;
 pub mod serve;

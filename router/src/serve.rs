@@ -7,6 +7,7 @@
 use crate::backend::TokenizerInfo;
 use crate::backend::{load_tokenizer, matmul_kernel, release_free_heap, Backend, Grammars};
 use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs};
+use crate::reasoning::Markers;
 use crate::request::Vocab;
 use crate::scheduler::batcher::BatchConfig;
 use crate::scheduler::Scheduler;
@@ -15,7 +16,7 @@ use crate::server::listener::{ConnLimits, Listener};
 use crate::server::{app, Admission, AppState};
 use crate::template::ChatTemplate;
 use crate::tools::ToolFormat;
-use crate::validation::{Limits, Validator};
+use crate::validation::{Limits, Reasoning, Validator};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wick_proto::ModelInfo;
@@ -111,6 +112,14 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
         .http
         .tool_call_format
         .unwrap_or_else(|| ToolFormat::detect(template_source.as_deref()));
+    let markers = match &args.http.reasoning_markers {
+        Some(flag) => Markers::parse(flag).map_err(|_| CliError::Flag {
+            flag: "--reasoning-markers",
+            rule: "`none` or two markers as `OPEN,CLOSE`",
+        })?,
+        None => Markers::detect(template_source.as_deref()),
+    };
+    let reasoning = markers.map(|markers| Reasoning { markers });
     let template =
         match ChatTemplate::new(template_source.as_deref(), tok.bos_token(), tok.eos_token()) {
             Ok(t) => Some(t),
@@ -155,7 +164,8 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
                 grammars,
                 args.http.special_tokens_in_content,
             )
-            .with_tool_format(tool_format),
+            .with_tool_format(tool_format)
+            .with_reasoning(reasoning),
         ),
         scheduler,
         backend,

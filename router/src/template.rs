@@ -105,16 +105,32 @@ impl ChatTemplate {
         tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_with(messages, tools, None, add_generation_prompt)
+    }
+
+    /// [`ChatTemplate::render_with_tools`] with extra variables (`chat_template_kwargs`, a JSON
+    /// object; the template's own variables win over them).
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        vars: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let tmpl = self
             .env
             .get_template(NAME)
             .map_err(|e| TemplateError::Compile(e.to_string()))?;
+        let extra = minijinja::Value::from(minijinja::value::Serde(
+            vars.cloned().unwrap_or(serde_json::Value::Null),
+        ));
         tmpl.render(context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
             tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,
+            ..extra
         })
         .map_err(|e| TemplateError::Render(e.to_string()))
     }

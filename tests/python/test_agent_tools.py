@@ -12,6 +12,11 @@ Then OpenAI's Responses API (`client.responses.create`, `.stream` and `.parse`):
 function call (two, in order) and its `function_call_output` follow-up answered in text, a
 json_schema answer parsed into a Pydantic model, the token limit as `incomplete`.
 
+Reasoning, with a ChatML template that thinks in `<think>` (think-template.jinja; the model is
+steered into a short reasoning by a Lark grammar that writes the markers): `reasoning_content`
+and `content` split whole and streamed, `chat_template_kwargs` `enable_thinking: false` giving
+no reasoning, and a tool call (after optional reasoning) parsed.
+
 Then Anthropic's Messages API through the `anthropic` SDK on the same servers: text with its
 stop reasons (`end_turn`, `max_tokens`, `stop_sequence`) and usage, `tool_use` blocks (two, or
 one with `disable_parallel_tool_use`), streamed text and tool inputs assembled by the SDK,
@@ -21,6 +26,7 @@ one with `disable_parallel_tool_use`), streamed text and tool inputs assembled b
 
 import json
 import sys
+from pathlib import Path
 
 import anthropic
 import openai
@@ -55,7 +61,8 @@ QUESTION = [{"role": "user", "content": "What is the weather like in Paris and i
 
 def ask(client, **kw):
     return client.chat.completions.create(model="smol", messages=kw.pop("messages", QUESTION),
-                                          temperature=0, max_tokens=120, **kw)
+                                          temperature=0, max_tokens=kw.pop("max_tokens", 120),
+                                          **kw)
 
 
 def cities(calls):
@@ -203,6 +210,7 @@ ANTHROPIC_WEATHER = {
     "input_schema": WEATHER["function"]["parameters"],
 }
 SUM = [{"role": "user", "content": "What is 12 plus 30?"}]
+SUM_QUESTION = SUM
 # This SDK has no sampling parameters of its own; Wick reads Anthropic's fields from the body.
 GREEDY = {"temperature": 0}
 
@@ -288,6 +296,49 @@ def check_large_anthropic(client, base):
     print("x-api-key checked")
 
 
+THINK = ('start: "<think>" /[a-z][a-z ,.]{8,60}/ "</think>\\n\\n" ANSWER\n'
+         'ANSWER: /[0-9]{1,4}/\n')
+
+
+def check_reasoning(client):
+    fmt = {"type": "lark", "lark": THINK}
+    r = ask(client, messages=SUM_QUESTION, response_format=fmt, max_tokens=100)
+    m = r.choices[0].message
+    thought = m.model_extra["reasoning_content"]
+    assert thought and "<think>" not in thought and "</think>" not in thought, m
+    assert m.content.isdigit(), m
+    print(f"reasoning: {thought!r} -> content {m.content!r}")
+    stream = client.chat.completions.create(
+        model="smol", messages=SUM_QUESTION, response_format=fmt, max_tokens=100, temperature=0,
+        stream=True)
+    thoughts, answer = [], []
+    for chunk in stream:
+        d = chunk.choices[0].delta if chunk.choices else None
+        if d is not None:
+            thoughts.append((d.model_extra or {}).get("reasoning_content") or "")
+            answer.append(d.content or "")
+    assert "".join(thoughts) == thought and "".join(answer) == m.content, (thoughts, answer)
+    assert sum(1 for t in thoughts if t) > 1, thoughts
+    print(f"reasoning streamed in {sum(1 for t in thoughts if t)} deltas")
+    # enable_thinking false: the template writes an empty reasoning; the answer is all content.
+    # enable_thinking false: the template writes an empty reasoning into the prompt (more
+    # prompt tokens) and the answer is all content.
+    plain = ask(client, messages=SUM_QUESTION, max_tokens=30)
+    r = ask(client, messages=SUM_QUESTION, max_tokens=30,
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    m = r.choices[0].message
+    assert m.model_extra.get("reasoning_content") is None and m.content, m
+    assert r.usage.prompt_tokens > plain.usage.prompt_tokens, (r.usage, plain.usage)
+    print("enable_thinking=false:", repr(m.content), r.usage.prompt_tokens, "prompt tokens, not",
+          plain.usage.prompt_tokens)
+    r = ask(client, tools=[WEATHER], tool_choice="required", max_tokens=120)
+    m = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls" and m.tool_calls, m
+    assert all(c in ("Paris", "Rome") for c in cities(m.tool_calls)), m
+    print("tool calls after (optional) reasoning parse:", cities(m.tool_calls),
+          "reasoning:", repr(m.model_extra.get("reasoning_content")))
+
+
 def main():
     key = "sk-agent-test"
     for model, check, check_anthropic in [(SMALL, check_small, None),
@@ -309,6 +360,14 @@ def main():
         finally:
             proc.terminate()
             proc.wait()
+    template = str(Path(__file__).with_name("think-template.jinja"))
+    proc, base = start(BIN, SMALL, "--kv-cache-memory", "128", "--chat-template", template,
+                       "--tool-call-format", "hermes")
+    try:
+        check_reasoning(openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0))
+    finally:
+        proc.terminate()
+        proc.wait()
     print("agent tool checks passed")
 
 

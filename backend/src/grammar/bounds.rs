@@ -29,11 +29,15 @@ pub struct SourceLimits {
 
 /// Refuses a grammar whose source is larger or deeper than `limits` allow.
 pub fn check(spec: &GrammarSpec, limits: SourceLimits) -> Result<(), GrammarError> {
+    if let GrammarSpec::AfterReasoning { inner, .. } = spec {
+        return check(inner, limits);
+    }
     let bytes = match spec {
         GrammarSpec::JsonSchema { schema, .. } => serde_json::to_string(schema)
             .map(|s| s.len())
             .unwrap_or(usize::MAX),
         GrammarSpec::Regex(s) | GrammarSpec::Lark(s) => s.len(),
+        GrammarSpec::AfterReasoning { .. } => 0,
     };
     if bytes > limits.max_bytes {
         return Err(GrammarError::TooLarge {
@@ -48,6 +52,7 @@ pub fn check(spec: &GrammarSpec, limits: SourceLimits) -> Result<(), GrammarErro
         GrammarSpec::Lark(src) => {
             bracket_depth(src, Syntax::Lark) > max || rule_chain_exceeds(src, max)
         }
+        GrammarSpec::AfterReasoning { .. } => false,
     };
     if over {
         return Err(GrammarError::TooLarge {

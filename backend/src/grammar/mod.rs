@@ -40,6 +40,15 @@ pub enum GrammarSpec {
     Regex(String),
     /// A grammar in llguidance's Lark dialect (may embed JSON schemas with `%json`).
     Lark(String),
+    /// `inner` after the model's reasoning: free text between two markers (whitespace after the
+    /// close marker allowed), optional unless `opened` (the prompt already ends with the open
+    /// marker, so the output starts inside it).
+    AfterReasoning {
+        open: String,
+        close: String,
+        opened: bool,
+        inner: Box<GrammarSpec>,
+    },
 }
 
 /// Why a grammar cannot be used.
@@ -279,15 +288,51 @@ impl Drop for Slot {
     }
 }
 
-/// Compiles on the calling thread (a compile thread: see [`COMPILE_STACK_BYTES`]).
-fn compile_here(factory: &ParserFactory, spec: &GrammarSpec) -> Result<Constraint, GrammarError> {
-    let grammar = match spec {
+/// The llguidance grammar of `spec`.
+fn top_level(spec: &GrammarSpec) -> Result<TopLevelGrammar, GrammarError> {
+    Ok(match spec {
         GrammarSpec::JsonSchema { schema, strict } => {
             TopLevelGrammar::from_json_schema(json_layout(schema, *strict)?)
         }
         GrammarSpec::Regex(rx) => TopLevelGrammar::from_regex(rx),
         GrammarSpec::Lark(src) => TopLevelGrammar::from_lark(src.clone()),
-    };
+        GrammarSpec::AfterReasoning {
+            open,
+            close,
+            opened,
+            inner,
+        } => {
+            // The answer is the inner grammar, referenced by name from the start grammar.
+            let mut answer = top_level(inner)?;
+            answer.grammars[0].name = Some(ANSWER.into());
+            let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+            // The reasoning is free text up to and with the close marker (lazily: the first
+            // close marker ends it).
+            let thought = format!(
+                "thought[suffix={}]: /(?s:.*)/\nSPACE: /[ \\t\\r\\n]*/\n",
+                quoted(close)
+            );
+            let start = if *opened {
+                format!("start: thought SPACE @{ANSWER}\n{thought}")
+            } else {
+                format!(
+                    "start: reasoning @{ANSWER}\nreasoning: ({} thought SPACE)?\n{thought}",
+                    quoted(open)
+                )
+            };
+            let mut top = TopLevelGrammar::from_lark(start);
+            top.grammars.append(&mut answer.grammars);
+            top
+        }
+    })
+}
+
+/// The name the answer's grammar goes by after reasoning.
+const ANSWER: &str = "answer";
+
+/// Compiles on the calling thread (a compile thread: see [`COMPILE_STACK_BYTES`]).
+fn compile_here(factory: &ParserFactory, spec: &GrammarSpec) -> Result<Constraint, GrammarError> {
+    let grammar = top_level(spec)?;
     let parser = factory
         .create_parser(grammar)
         .map_err(GrammarError::short)?;
@@ -479,6 +524,29 @@ mod tests {
         let mask = c.mask().unwrap();
         assert!(allows(&mask, 0));
         assert_eq!(mask.iter().map(|w| w.count_ones()).sum::<u32>(), 1);
+    }
+
+    #[test]
+    fn a_grammar_after_reasoning_allows_free_reasoning_first() {
+        let (g, tok) = grammars();
+        let after = |opened| GrammarSpec::AfterReasoning {
+            open: "<think>".into(),
+            close: "</think>".into(),
+            opened,
+            inner: Box::new(GrammarSpec::Regex("(yes|no)".into())),
+        };
+        let mut c = g.compile(&after(false)).unwrap();
+        assert_eq!(
+            drive(&mut c, &tok, "<think>no{maybe}</think>yes"),
+            "<think>no{maybe}</think>yes"
+        );
+        assert!(c.is_accepting());
+        let mut c = g.compile(&after(false)).unwrap();
+        assert_eq!(drive(&mut c, &tok, "yes"), "yes");
+        // Opened by the prompt: reasoning until the close marker, then the answer.
+        let mut c = g.compile(&after(true)).unwrap();
+        assert_eq!(drive(&mut c, &tok, "a<b</think>no"), "a<b</think>no");
+        assert!(c.is_accepting());
     }
 
     #[test]

@@ -273,7 +273,15 @@ impl MessagesRequest {
             max_tokens: self.max_tokens,
             ..GenerationInput::default()
         };
-        Ok((PromptInput::Chat { messages, tools }, input))
+        let vars = None;
+        Ok((
+            PromptInput::Chat {
+                messages,
+                tools,
+                vars,
+            },
+            input,
+        ))
     }
 }
 

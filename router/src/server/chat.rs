@@ -11,6 +11,7 @@ use super::openai::*;
 use super::structured::{FunctionCall, FunctionDelta, ToolCallDelta, ToolCallOut};
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
+use crate::reasoning::{Part, Split};
 use crate::scheduler::Event;
 use crate::tools::stream::{CallStream, Piece};
 use crate::tools::{parse_calls, ToolFormat, Tools};
@@ -159,9 +160,20 @@ pub async fn chat_completions(
     };
     let (mut started, sid) = begin(&state, &rid, model, inputs, "chatcmpl").await?;
     let calls = state.validator.tool_format();
+    // A reasoning model's answer: its markers, and whether the prompt opened the reasoning.
+    let reasoning = state
+        .validator
+        .reasoning()
+        .zip(started.reasoning)
+        .map(|(r, opened)| (r.markers.clone(), opened));
     if stream {
         started.first().await?;
-        let format = ChatChunks::new(sid, tools.as_ref(), calls, started.n);
+        let mut format = ChatChunks::new(sid, tools.as_ref(), calls, started.n);
+        if let Some((markers, opened)) = &reasoning {
+            format.splits = (0..started.n)
+                .map(|_| Split::new(markers, *opened))
+                .collect();
+        }
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -182,7 +194,12 @@ pub async fn chat_completions(
                         .map(|(t, lp, top)| chat_logprob(&state, *t, *lp, top))
                         .collect(),
                 });
-                let (message, finish) = chat_answer(c.text, c.finish, tools.as_ref(), calls);
+                let (thought, text) = match &reasoning {
+                    Some((markers, opened)) => Split::whole(markers, *opened, &c.text),
+                    None => (None, c.text),
+                };
+                let (mut message, finish) = chat_answer(text, c.finish, tools.as_ref(), calls);
+                message.reasoning_content = thought;
                 ChatChoice {
                     index,
                     logprobs,
@@ -211,6 +228,7 @@ fn chat_answer(
             ChatMessageOut {
                 role: "assistant",
                 content: None,
+                reasoning_content: None,
                 tool_calls: calls
                     .into_iter()
                     .map(|call| ToolCallOut {
@@ -229,6 +247,7 @@ fn chat_answer(
             ChatMessageOut {
                 role: "assistant",
                 content: Some(text),
+                reasoning_content: None,
                 tool_calls: Vec::new(),
             },
             finish,
@@ -357,6 +376,8 @@ struct ChatChunks {
     sid: StreamId,
     /// Per choice, when the request has tools (empty otherwise).
     calls: Vec<CallStream>,
+    /// Per choice, for a reasoning model (empty otherwise): reasoning apart from the answer.
+    splits: Vec<Split>,
 }
 
 impl ChatChunks {
@@ -365,7 +386,11 @@ impl ChatChunks {
             Some(t) => (0..n).map(|_| CallStream::new(t, format)).collect(),
             None => Vec::new(),
         };
-        ChatChunks { sid, calls }
+        ChatChunks {
+            sid,
+            calls,
+            splits: Vec::new(),
+        }
     }
 
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> SseEvent {
@@ -421,6 +446,35 @@ impl ChatChunks {
     }
 }
 
+impl ChatChunks {
+    /// The delta of some parts of one choice's answer: reasoning as `reasoning_content`, the
+    /// rest as text or, with tools, through the choice's [`CallStream`].
+    fn answer_delta(&mut self, choice: usize, parts: Vec<Part>) -> Option<ChatDelta> {
+        let (mut reasoning, mut content) = (String::new(), String::new());
+        for p in parts {
+            match p {
+                Part::Reasoning(r) => reasoning.push_str(&r),
+                Part::Content(c) => content.push_str(&c),
+            }
+        }
+        let mut delta = match self.calls.get_mut(choice) {
+            _ if content.is_empty() => ChatDelta::default(),
+            Some(calls) => Self::delta(calls.push(&content)).unwrap_or_default(),
+            None => ChatDelta {
+                content: Some(content),
+                ..ChatDelta::default()
+            },
+        };
+        if !reasoning.is_empty() {
+            delta.reasoning_content = Some(reasoning);
+        }
+        let said = delta.content.is_some()
+            || delta.tool_calls.is_some()
+            || delta.reasoning_content.is_some();
+        said.then_some(delta)
+    }
+}
+
 impl ChunkFormat for ChatChunks {
     fn opening(&self, n: usize) -> Vec<SseEvent> {
         (0..n)
@@ -428,7 +482,7 @@ impl ChunkFormat for ChatChunks {
                 let delta = ChatDelta {
                     role: Some("assistant"),
                     content: Some(String::new()),
-                    tool_calls: None,
+                    ..ChatDelta::default()
                 };
                 let choice = ChatChunkChoice {
                     index,
@@ -449,13 +503,11 @@ impl ChunkFormat for ChatChunks {
         logprob: f32,
         top: &[TokenLogprob],
     ) -> Option<SseEvent> {
-        let delta = match self.calls.get_mut(choice) {
-            Some(calls) => Self::delta(calls.push(&text)),
-            None => (!text.is_empty()).then(|| ChatDelta {
-                content: Some(text),
-                ..ChatDelta::default()
-            }),
+        let parts = match self.splits.get_mut(choice) {
+            Some(split) => split.push(&text),
+            None => vec![Part::Content(text)],
         };
+        let delta = self.answer_delta(choice, parts);
         if delta.is_none() && !self.sid.logprobs {
             return None;
         }
@@ -474,6 +526,16 @@ impl ChunkFormat for ChatChunks {
     fn finish(&mut self, choice: usize, reason: FinishReason) -> Vec<SseEvent> {
         let mut out = Vec::new();
         let mut reason = reason;
+        let held = self.splits.get_mut(choice).map(Split::finish);
+        if let Some(delta) = held.and_then(|parts| self.answer_delta(choice, parts)) {
+            let held = ChatChunkChoice {
+                index: choice,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            };
+            out.push(self.chunk(vec![held], None));
+        }
         if let Some(calls) = self.calls.get_mut(choice) {
             let complete = reason == FinishReason::Stop;
             let rest = calls.finish(complete);

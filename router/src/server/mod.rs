@@ -222,6 +222,8 @@ pub struct Started {
     pub n: usize,
     pub logprobs: bool,
     pub seed: u64,
+    /// `Some(opened)` when the answer may start with a reasoning model's reasoning.
+    pub reasoning: Option<bool>,
     queue_limit: Option<Duration>,
     /// The concurrency slot, released when the response (or its stream) ends.
     _permit: OwnedSemaphorePermit,
@@ -305,11 +307,12 @@ impl AppState {
                     task: "validation",
                     message: e.to_string(),
                 })??;
-        let (prompt_tokens, n, logprobs, seed) = (
+        let (prompt_tokens, n, logprobs, seed, reasoning) = (
             valid.prompt().len(),
             valid.n(),
             valid.logprobs(),
             valid.params().seed,
+            valid.reasoning(),
         );
         let permit = a.choices_permit(permit, n)?;
         let queue_permit =
@@ -339,6 +342,7 @@ impl AppState {
             n,
             logprobs,
             seed,
+            reasoning,
             queue_limit: a.max_queue_time,
             _permit: permit,
         })

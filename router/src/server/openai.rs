@@ -157,6 +157,9 @@ pub struct ChatCompletionRequest {
     pub functions: Option<Value>,
     #[schema(value_type = Option<Object>)]
     pub function_call: Option<Value>,
+    /// Extra variables for the chat template, e.g. `{"enable_thinking": false}` (as vLLM).
+    #[schema(value_type = Option<Object>)]
+    pub chat_template_kwargs: Option<Value>,
 }
 }
 
@@ -203,7 +206,21 @@ impl ChatCompletionRequest {
         for (i, m) in self.messages.into_iter().enumerate() {
             messages.push(chat_message(i, m)?);
         }
-        Ok((PromptInput::Chat { messages, tools }, input))
+        let vars = self.chat_template_kwargs;
+        if vars.as_ref().is_some_and(|v| !v.is_object()) {
+            return Err(ApiError::invalid(
+                "chat_template_kwargs",
+                "`chat_template_kwargs` must be an object",
+            ));
+        }
+        Ok((
+            PromptInput::Chat {
+                messages,
+                tools,
+                vars,
+            },
+            input,
+        ))
     }
 }
 
@@ -352,6 +369,9 @@ pub struct ChatMessageOut {
     pub role: &'static str,
     /// The answer's text; `null` when it is a tool call.
     pub content: Option<String>,
+    /// A reasoning model's reasoning, apart from the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallOut>,
 }
@@ -401,6 +421,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
 }

@@ -287,6 +287,14 @@ impl ResponsesRequest {
             grammar,
             ..GenerationInput::default()
         };
-        Ok((PromptInput::Chat { messages, tools }, input))
+        let vars = None;
+        Ok((
+            PromptInput::Chat {
+                messages,
+                tools,
+                vars,
+            },
+            input,
+        ))
     }
 }

@@ -8,6 +8,7 @@
 use crate::backend::{Constraint, GrammarError, GrammarSpec, Grammars};
 use crate::chat_tokens::ContentGuard;
 use crate::error::ApiError;
+use crate::reasoning::Markers;
 use crate::request::{StopCriteria, Vocab};
 use crate::template::{ChatMessage, ChatTemplate};
 use crate::tools::{inline_message, ToolFormat, Tools};
@@ -44,6 +45,8 @@ pub enum PromptInput {
     Chat {
         messages: Vec<ChatMessage>,
         tools: Option<Tools>,
+        /// Extra variables for the chat template (`chat_template_kwargs`, e.g. `enable_thinking`).
+        vars: Option<serde_json::Value>,
     },
 }
 
@@ -69,6 +72,7 @@ impl PromptInput {
         PromptInput::Chat {
             messages,
             tools: None,
+            vars: None,
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct ValidRequest {
     n: usize,
     logprobs: bool,
     constraint: Option<Constraint>,
+    /// For a reasoning model's conversation: whether the prompt already opened the reasoning.
+    reasoning: Option<bool>,
 }
 
 impl ValidRequest {
@@ -126,6 +132,10 @@ impl ValidRequest {
     pub fn logprobs(&self) -> bool {
         self.logprobs
     }
+    /// `Some(opened)` when the answer may start with reasoning (see [`Reasoning`]).
+    pub fn reasoning(&self) -> Option<bool> {
+        self.reasoning
+    }
 }
 
 /// Everything validation needs, shared by the handlers.
@@ -140,6 +150,15 @@ pub struct Validator {
     content_guard: Option<ContentGuard>,
     /// How the model writes tool calls (the grammar of requests with tools).
     tool_format: ToolFormat,
+    /// Where a reasoning model's reasoning is.
+    reasoning: Option<Reasoning>,
+}
+
+/// A reasoning model's markers: its answers may start with reasoning, and grammars apply after
+/// it.
+#[derive(Debug, Clone)]
+pub struct Reasoning {
+    pub markers: Markers,
 }
 
 fn range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -188,7 +207,18 @@ impl Validator {
             limits,
             grammars,
             tool_format: ToolFormat::Json,
+            reasoning: None,
         }
+    }
+
+    /// Conversations are answered by a reasoning model: grammars apply after its reasoning.
+    pub fn with_reasoning(mut self, reasoning: Option<Reasoning>) -> Self {
+        self.reasoning = reasoning;
+        self
+    }
+
+    pub fn reasoning(&self) -> Option<&Reasoning> {
+        self.reasoning.as_ref()
     }
 
     /// Requests with tools get grammars (and answers are read) in `format`.
@@ -233,7 +263,13 @@ impl Validator {
 
     /// Renders and tokenizes a prompt.
     pub fn tokenize(&self, prompt: &PromptInput) -> Result<Vec<u32>, ApiError> {
-        let (text, templated) = match prompt {
+        Ok(self.encode(prompt)?.0)
+    }
+
+    /// The prompt's ids, and for a conversation with a reasoning model whether the reasoning is
+    /// already open at the end of the prompt.
+    fn encode(&self, prompt: &PromptInput) -> Result<(Vec<u32>, Option<bool>), ApiError> {
+        let (text, templated, opened) = match prompt {
             PromptInput::Tokens(ids) => {
                 if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.info.vocab_size) {
                     return Err(ApiError::invalid(
@@ -244,25 +280,46 @@ impl Validator {
                         ),
                     ));
                 }
-                return Ok(ids.clone());
+                return Ok((ids.clone(), None));
             }
-            PromptInput::Text { text, .. } => (text.clone(), false),
-            PromptInput::Chat { messages, tools } => {
-                let text = self.render(messages, tools.as_ref())?;
-                if let Some(ids) = self.content_as_text(messages, tools.as_ref(), &text)? {
-                    return Ok(ids);
+            PromptInput::Text { text, .. } => (text.clone(), false, None),
+            PromptInput::Chat {
+                messages,
+                tools,
+                vars,
+            } => {
+                let text = self.render(messages, tools.as_ref(), vars.as_ref())?;
+                let opened = self.opens_reasoning(&text);
+                if let Some(ids) =
+                    self.content_as_text(messages, tools.as_ref(), vars.as_ref(), &text)?
+                {
+                    return Ok((ids, opened));
                 }
-                (text, true)
+                (text, true, opened)
             }
         };
-        self.vocab
+        let ids = self
+            .vocab
             .encode(&text, templated)
-            .map_err(|e| ApiError::invalid(prompt.param(), format!("cannot tokenize: {e}")))
+            .map_err(|e| ApiError::invalid(prompt.param(), format!("cannot tokenize: {e}")))?;
+        Ok((ids, opened))
+    }
+
+    /// For a rendered conversation of a reasoning model, whether the template already opened
+    /// the reasoning (its text ends with the open marker); `None` when the model has no markers.
+    fn opens_reasoning(&self, rendered: &str) -> Option<bool> {
+        let r = self.reasoning.as_ref()?;
+        Some(rendered.trim_end().ends_with(&r.markers.open))
     }
 
     /// The conversation through the chat template (tools listed the template's way, or inlined
     /// into the messages when it knows none).
-    fn render(&self, messages: &[ChatMessage], tools: Option<&Tools>) -> Result<String, ApiError> {
+    fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&Tools>,
+        vars: Option<&serde_json::Value>,
+    ) -> Result<String, ApiError> {
         let template = self
             .template
             .as_ref()
@@ -270,13 +327,13 @@ impl Validator {
         let rendered = match tools {
             Some(tools) if template.knows_tools() => {
                 let listed: Vec<_> = tools.functions.iter().map(|f| f.as_json()).collect();
-                template.render_with_tools(messages, Some(&listed), true)
+                template.render_with(messages, Some(&listed), vars, true)
             }
-            Some(tools) => template.render(&tools.inline(messages), true),
-            None if template.knows_tools() => template.render(messages, true),
+            Some(tools) => template.render_with(&tools.inline(messages), None, vars, true),
+            None if template.knows_tools() => template.render_with(messages, None, vars, true),
             None => {
                 let inlined: Vec<_> = messages.iter().map(inline_message).collect();
-                template.render(&inlined, true)
+                template.render_with(&inlined, None, vars, true)
             }
         };
         rendered.map_err(|e| ApiError::invalid("messages", e.to_string()))
@@ -289,6 +346,7 @@ impl Validator {
         &self,
         messages: &[ChatMessage],
         tools: Option<&Tools>,
+        vars: Option<&serde_json::Value>,
         plain: &str,
     ) -> Result<Option<Vec<u32>>, ApiError> {
         let Some(guard) = &self.content_guard else {
@@ -307,7 +365,7 @@ impl Validator {
                 None => m.clone(),
             })
             .collect();
-        let marked = self.render(&marked, tools)?;
+        let marked = self.render(&marked, tools, vars)?;
         guard
             .encode_marked(&self.vocab.tokenizer, plain, &marked, token)
             .map(Some)
@@ -345,13 +403,16 @@ impl Validator {
                 format!("`ignore_eos` cannot be combined with `{param}`: a finished grammar ends with end-of-sequence"),
             ));
         }
-        let ids = self.tokenize(prompt)?;
+        let (ids, reasoning) = self.encode(prompt)?;
         let max_tokens = self.max_tokens(prompt.param(), ids.len(), g.max_tokens)?;
         if let Some(top) = top_logprobs {
             self.check_logprob_entries(n, max_tokens, top)?;
         }
-        let constraint = match &g.grammar {
-            Some((param, spec)) => Some(self.compile(param, spec)?),
+        let constraint = match g.grammar {
+            Some((param, spec)) => {
+                let spec = self.after_reasoning(spec, reasoning);
+                Some(self.compile(param, &spec)?)
+            }
             None => None,
         };
         params.top_logprobs = top_logprobs.unwrap_or(0) as usize;
@@ -363,7 +424,26 @@ impl Validator {
             n,
             logprobs: top_logprobs.is_some(),
             constraint,
+            reasoning,
         })
+    }
+
+    /// A grammar for a reasoning model's answer: `spec` after its reasoning, unless the answer
+    /// has none (`opened` is `None`) or `spec` is a Lark grammar that writes the open marker
+    /// itself (it says how the reasoning goes).
+    fn after_reasoning(&self, spec: GrammarSpec, opened: Option<bool>) -> GrammarSpec {
+        let (Some(r), Some(opened)) = (&self.reasoning, opened) else {
+            return spec;
+        };
+        if matches!(&spec, GrammarSpec::Lark(src) if src.contains(&r.markers.open)) {
+            return spec;
+        }
+        GrammarSpec::AfterReasoning {
+            open: r.markers.open.clone(),
+            close: r.markers.close.clone(),
+            opened,
+            inner: Box::new(spec),
+        }
     }
 
     /// The sampling parameters, each checked against its range (the prompt-dependent fields,
