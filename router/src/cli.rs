@@ -25,7 +25,7 @@ pub enum Command {
     /// Generate text for one prompt from the terminal.
     Generate(GenerateArgs),
     /// Load the model and serve it.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 /// Which model to load and where.
@@ -383,7 +383,7 @@ pub enum CliError {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Generate(args) => run_generate(args),
-        Command::Serve(args) => run_serve(args),
+        Command::Serve(args) => run_serve(*args),
     }
 }
 
