@@ -109,6 +109,54 @@ async fn chat_and_completions_whole_and_streamed() {
 }
 
 #[tokio::test]
+async fn a_list_of_prompts_gives_choices_indexed_across_them_with_echo() {
+    let s = start(&[]);
+    let prompts = json!(["Once upon a time", "The capital of France is"]);
+    let one = |p: &str| json!({"prompt": p, "max_tokens": 5, "temperature": 0});
+    let (_, a) = post(&s, "/v1/completions", one("Once upon a time")).await;
+    let (_, b) = post(&s, "/v1/completions", one("The capital of France is")).await;
+    let request = json!({"prompt": prompts, "max_tokens": 5, "n": 2, "temperature": 0,
+        "echo": true});
+    let (status, body) = post(&s, "/v1/completions", request.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let (prompt, alone) = if i < 2 {
+            ("Once upon a time", &a)
+        } else {
+            ("The capital of France is", &b)
+        };
+        let want = format!("{prompt}{}", alone["choices"][0]["text"].as_str().unwrap());
+        assert_eq!(c["text"], want.as_str());
+    }
+    let prompt_tokens = a["usage"]["prompt_tokens"].as_u64().unwrap()
+        + b["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(body["usage"]["prompt_tokens"], prompt_tokens);
+    assert_eq!(body["usage"]["completion_tokens"], 20);
+
+    // Streamed: the same texts per index, echo first.
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let events = sse(&s, "/v1/completions", streamed).await;
+    let mut texts = vec![String::new(); 4];
+    for e in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        let c = &chunk["choices"][0];
+        texts[c["index"].as_u64().unwrap() as usize] += c["text"].as_str().unwrap();
+    }
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(t, choices[i]["text"].as_str().unwrap(), "choice {i}");
+    }
+    // Echo cannot give the prompt's log-probabilities: refused by name.
+    let bad = json!({"prompt": "Hi", "max_tokens": 2, "echo": true, "logprobs": 1});
+    let (status, body) = post(&s, "/v1/completions", bad).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "echo");
+}
+
+#[tokio::test]
 async fn streamed_completion_text_offsets_match_the_whole_answer() {
     let s = start(&[]);
     let request = json!({"prompt": "Once upon a time", "max_tokens": 8, "n": 2, "seed": 5,

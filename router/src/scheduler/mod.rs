@@ -76,6 +76,18 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The same event for choice `choice + by` (generations merged into one response).
+    pub fn shifted(mut self, by: usize) -> Event {
+        match &mut self {
+            Event::Token { choice, .. }
+            | Event::Finished { choice, .. }
+            | Event::Error { choice, .. } => *choice += by,
+        }
+        self
+    }
+}
+
 /// What the scheduler task asks of the backend worker, in the order it asks.
 pub trait Worker: Send + Sync + 'static {
     /// Runs one step and returns its sampled tokens.

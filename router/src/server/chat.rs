@@ -1,4 +1,5 @@
-//! `POST /v1/chat/completions` and `POST /v1/completions`, whole or streamed over SSE.
+//! `POST /v1/chat/completions`, whole or streamed over SSE, and the OpenAI stream skeleton
+//! ([`openai_stream`], [`ChunkFormat`]) that `/v1/completions` ([`super::completions`]) shares.
 //!
 //! Streams follow OpenAI's framing: for chat, a first chunk per choice carrying the role, content
 //! deltas, a last chunk per choice with `finish_reason`, a usage chunk (`choices: []`) when
@@ -52,7 +53,7 @@ where
     response
 }
 
-fn usage(prompt: usize, completion: usize, cached: usize) -> Usage {
+pub(super) fn usage(prompt: usize, completion: usize, cached: usize) -> Usage {
     Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
@@ -63,7 +64,7 @@ fn usage(prompt: usize, completion: usize, cached: usize) -> Usage {
     }
 }
 
-fn chat_logprob(
+pub(super) fn chat_logprob(
     state: &SharedState,
     token: u32,
     logprob: f32,
@@ -88,42 +89,19 @@ fn chat_logprob(
     }
 }
 
-/// Completions' log-probabilities of `tokens`; `offset` is the text offset of the first one
-/// (the bytes of the choice's earlier tokens), advanced past them.
-fn completion_logprobs(
-    state: &SharedState,
-    tokens: &[(u32, f32, Vec<TokenLogprob>)],
-    offset: &mut usize,
-) -> CompletionLogprobs {
-    let mut out = CompletionLogprobs::default();
-    for (token, logprob, top) in tokens {
-        let text = state.token_text(*token);
-        out.text_offset.push(*offset);
-        *offset += text.len();
-        out.tokens.push(text);
-        out.token_logprobs.push(*logprob);
-        out.top_logprobs.push(
-            top.iter()
-                .map(|t| (state.token_text(t.token), t.logprob))
-                .collect(),
-        );
-    }
-    out
-}
-
-fn include_usage(options: &Option<StreamOptions>) -> bool {
+pub(super) fn include_usage(options: &Option<StreamOptions>) -> bool {
     options.as_ref().is_some_and(|o| o.include_usage)
 }
 
 /// Usage of a finished, non-streamed generation (cached tokens as the first choice saw them).
-fn usage_of(started: &Started, choices: &[ChoiceOutput]) -> Usage {
+pub(super) fn usage_of(started: &Started, choices: &[ChoiceOutput]) -> Usage {
     let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
     let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
     usage(started.prompt_tokens, completion_tokens, cached_tokens)
 }
 
 /// What both OpenAI endpoints do before formatting: check the model, validate and queue.
-async fn begin(
+pub(super) async fn begin(
     state: &SharedState,
     rid: &RequestId,
     model: Option<String>,
@@ -255,51 +233,8 @@ fn chat_answer(
     }
 }
 
-#[utoipa::path(post, path = "/v1/completions", request_body = CompletionRequest,
-    responses((status = 200, description = "The completion, or an SSE stream of `text_completion` chunks when `stream` is true", body = Completion),
-              (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody),
-              (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
-pub async fn completions(
-    State(state): State<SharedState>,
-    Extension(rid): Extension<RequestId>,
-    ApiJson(req): ApiJson<CompletionRequest>,
-) -> Result<Response, ApiError> {
-    let (stream, include_usage) = (req.stream, include_usage(&req.stream_options));
-    let model = req.model.clone();
-    let (mut started, sid) = begin(&state, &rid, model, req.into_inputs(), "cmpl").await?;
-    if stream {
-        started.first().await?;
-        let format = CompletionChunks {
-            sid,
-            offsets: vec![0; started.n],
-        };
-        return Ok(sse_response(openai_stream(started, include_usage, format)));
-    }
-    let choices = collect(&mut started).await?;
-    let response = Completion {
-        id: sid.id,
-        object: "text_completion",
-        created: sid.created,
-        model: state.served_name.clone(),
-        usage: Some(usage_of(&started, &choices)),
-        choices: choices
-            .into_iter()
-            .enumerate()
-            .map(|(index, c)| CompletionChoice {
-                index,
-                logprobs: started
-                    .logprobs
-                    .then(|| completion_logprobs(&state, &c.tokens, &mut 0)),
-                text: c.text,
-                finish_reason: c.finish.map(|f| f.as_openai().to_string()),
-            })
-            .collect(),
-    };
-    Ok(axum::Json(response).into_response())
-}
-
 /// How one OpenAI stream turns events into chunks; [`openai_stream`] is the shared skeleton.
-trait ChunkFormat: Send + Sync + 'static {
+pub(super) trait ChunkFormat: Send + Sync + 'static {
     /// Chunks sent before any token (chat: the role of each choice).
     fn opening(&self, n: usize) -> Vec<SseEvent>;
     /// A token's chunk, or none (nothing to say: no text and no log-probabilities asked).
@@ -318,7 +253,7 @@ trait ChunkFormat: Send + Sync + 'static {
 
 /// Token chunks, one finish chunk per choice, the usage chunk when asked, then `[DONE]`; a
 /// failure ends the stream with an error event.
-fn openai_stream<F: ChunkFormat>(
+pub(super) fn openai_stream<F: ChunkFormat>(
     mut started: Started,
     include_usage: bool,
     mut format: F,
@@ -363,11 +298,11 @@ fn openai_stream<F: ChunkFormat>(
 }
 
 /// Identity of one streamed response.
-struct StreamId {
-    state: SharedState,
-    id: String,
-    created: u64,
-    logprobs: bool,
+pub(super) struct StreamId {
+    pub(super) state: SharedState,
+    pub(super) id: String,
+    pub(super) created: u64,
+    pub(super) logprobs: bool,
 }
 
 /// Chat chunks; with tools, each choice's text goes through a [`CallStream`] so that a call
@@ -560,72 +495,6 @@ impl ChunkFormat for ChatChunks {
         };
         out.push(self.chunk(vec![choice], None));
         out
-    }
-
-    fn usage(&self, usage: Usage) -> SseEvent {
-        self.chunk(Vec::new(), Some(usage))
-    }
-}
-
-/// Completion chunks; `offsets[choice]` is the `text_offset` of that choice's next token, so
-/// that streamed offsets count from the start of the choice's text, as whole answers do.
-struct CompletionChunks {
-    sid: StreamId,
-    offsets: Vec<usize>,
-}
-
-impl CompletionChunks {
-    fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> SseEvent {
-        let s = &self.sid;
-        sse_json(&Completion {
-            id: s.id.clone(),
-            object: "text_completion",
-            created: s.created,
-            model: s.state.served_name.clone(),
-            choices,
-            usage,
-        })
-    }
-}
-
-impl ChunkFormat for CompletionChunks {
-    fn opening(&self, _: usize) -> Vec<SseEvent> {
-        Vec::new()
-    }
-
-    fn token(
-        &mut self,
-        choice: usize,
-        token: u32,
-        text: String,
-        logprob: f32,
-        top: &[TokenLogprob],
-    ) -> Option<SseEvent> {
-        if text.is_empty() && !self.sid.logprobs {
-            return None;
-        }
-        let logprobs = self.sid.logprobs.then(|| {
-            let offset = &mut self.offsets[choice];
-            completion_logprobs(&self.sid.state, &[(token, logprob, top.to_vec())], offset)
-        });
-        let c = CompletionChoice {
-            index: choice,
-            text,
-            logprobs,
-            finish_reason: None,
-        };
-        Some(self.chunk(vec![c], None))
-    }
-
-    fn finish(&mut self, choice: usize, reason: FinishReason) -> Vec<SseEvent> {
-        let finish_reason = Some(reason.as_openai().to_string());
-        let c = CompletionChoice {
-            index: choice,
-            text: String::new(),
-            logprobs: None,
-            finish_reason,
-        };
-        vec![self.chunk(vec![c], None)]
     }
 
     fn usage(&self, usage: Usage) -> SseEvent {

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
     ),
     paths(
         super::chat::chat_completions,
-        super::chat::completions,
+        super::completions::completions,
         super::responses::responses,
         super::messages::messages,
         super::messages::count_tokens,

@@ -13,6 +13,7 @@
 
 pub mod anthropic;
 pub mod chat;
+pub mod completions;
 pub mod docs;
 pub mod lifecycle;
 pub mod listener;
@@ -116,7 +117,7 @@ pub type SharedState = Arc<AppState>;
 pub fn app(state: SharedState, keys: Arc<lifecycle::ApiKeys>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(chat::completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::responses))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
@@ -229,7 +230,59 @@ pub struct Started {
     _permit: OwnedSemaphorePermit,
 }
 
+/// Events waiting in a merged generation's channel; the forwarders wait when it is full (the
+/// scheduler never does: it writes into each generation's own channel).
+const MERGED_CAPACITY: usize = 64;
+
 impl Started {
+    /// Several generations of one request (one per prompt) as one, their choices numbered one
+    /// after the other (generation `g`'s choice `j` becomes `g * n + j`). A task per generation
+    /// forwards its events; dropping the merged one ends them, which drops (cancels) theirs.
+    pub fn merge(mut all: Vec<Started>) -> Started {
+        if all.len() == 1 {
+            return all.remove(0);
+        }
+        let (tx, events) = mpsc::channel(MERGED_CAPACITY);
+        let merged = Started {
+            events,
+            peeked: None,
+            prompt_tokens: all.iter().map(|s| s.prompt_tokens).sum(),
+            n: all.iter().map(|s| s.n).sum(),
+            logprobs: all[0].logprobs,
+            seed: all[0].seed,
+            reasoning: None,
+            queue_limit: all[0].queue_limit,
+            _permit: {
+                let mut permits = all.iter_mut().map(|s| s.take_permit());
+                let mut first = permits.next().expect("at least one generation");
+                permits.for_each(|p| first.merge(p));
+                first
+            },
+        };
+        let mut offset = 0;
+        for mut one in all {
+            let (tx, shift) = (tx.clone(), offset);
+            offset += one.n;
+            tokio::spawn(async move {
+                while let Some(event) = one.next().await {
+                    if tx.send(event.shifted(shift)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        merged
+    }
+
+    /// The concurrency permit, leaving an empty one (the merged generation holds them all).
+    fn take_permit(&mut self) -> OwnedSemaphorePermit {
+        let empty = self
+            ._permit
+            .split(0)
+            .expect("zero permits always split off");
+        std::mem::replace(&mut self._permit, empty)
+    }
+
     pub(crate) fn failure(&self, failure: Failure, message: String) -> ApiError {
         match failure {
             Failure::QueueTimeout => ApiError::QueueTimeout {

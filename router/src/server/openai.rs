@@ -285,7 +285,7 @@ fn chat_message(i: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
     Ok(message)
 }
 
-/// `prompt` of a completion: text, or token ids (one prompt per request).
+/// `prompt` of a completion: text or token ids, one prompt or a list of them.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum CompletionPrompt {
@@ -318,12 +318,19 @@ pub struct CompletionRequest {
 }
 
 impl CompletionRequest {
-    pub fn into_inputs(self) -> Result<(PromptInput, GenerationInput), ApiError> {
-        if self.echo == Some(Value::Bool(true)) {
-            return Err(ApiError::Unsupported {
-                param: "echo".into(),
-            });
-        }
+    /// The prompts (one or a list), the generation parameters, and whether to echo the prompt.
+    pub fn into_inputs(self) -> Result<(Vec<PromptInput>, GenerationInput, bool), ApiError> {
+        let echo = match &self.echo {
+            None | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) if self.logprobs.is_some() => {
+                return Err(ApiError::invalid(
+                    "echo",
+                    "`echo` with `logprobs` is not supported: the prompt's log-probabilities are not computed",
+                ))
+            }
+            Some(Value::Bool(true)) => true,
+            Some(_) => return Err(ApiError::invalid("echo", "`echo` must be a boolean")),
+        };
         refuse("suffix", &self.suffix)?;
         if self.best_of.is_some_and(|b| b != 1) {
             return Err(ApiError::Unsupported {
@@ -336,17 +343,22 @@ impl CompletionRequest {
             .as_ref()
             .and_then(ResponseFormat::grammar)
             .map(|g| ("response_format", g));
-        let several = || ApiError::invalid("prompt", "only one prompt per request is supported");
-        let prompt = match self.prompt {
-            CompletionPrompt::Text(t) => PromptInput::text("prompt", t),
-            CompletionPrompt::Texts(mut v) if v.len() == 1 => {
-                PromptInput::text("prompt", v.remove(0))
-            }
-            CompletionPrompt::Tokens(ids) => PromptInput::Tokens(ids),
-            CompletionPrompt::TokenLists(mut v) if v.len() == 1 => PromptInput::Tokens(v.remove(0)),
-            _ => return Err(several()),
+        let prompts: Vec<PromptInput> = match self.prompt {
+            CompletionPrompt::Text(t) => vec![PromptInput::text("prompt", t)],
+            CompletionPrompt::Texts(v) => v
+                .into_iter()
+                .map(|t| PromptInput::text("prompt", t))
+                .collect(),
+            CompletionPrompt::Tokens(ids) => vec![PromptInput::Tokens(ids)],
+            CompletionPrompt::TokenLists(v) => v.into_iter().map(PromptInput::Tokens).collect(),
         };
-        Ok((prompt, input))
+        if prompts.is_empty() {
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` must not be an empty list",
+            ));
+        }
+        Ok((prompts, input, echo))
     }
 }
 
