@@ -97,6 +97,8 @@ pub struct Emit {
     /// Text that became final with this token (may be empty).
     pub text: String,
     pub finish: Option<FinishReason>,
+    /// The stop string that ended the sequence, when one did.
+    pub stop: Option<String>,
 }
 
 pub struct OutputText {
@@ -158,9 +160,9 @@ impl OutputText {
             .criteria
             .stop
             .iter()
-            .filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i))
-            .min();
-        if let Some(at) = hit {
+            .filter_map(|s| text[from..].find(s.as_str()).map(|i| (from + i, s)))
+            .min_by_key(|&(at, _)| at);
+        if let Some((at, stop)) = hit {
             let out = text
                 .get(self.released..at.max(self.released))
                 .unwrap_or("")
@@ -169,6 +171,7 @@ impl OutputText {
             return Emit {
                 text: out,
                 finish: Some(FinishReason::StopSequence),
+                stop: Some(stop.clone()),
             };
         }
         let end = if finish.is_some() {
@@ -185,7 +188,11 @@ impl OutputText {
         } else {
             String::new()
         };
-        Emit { text: out, finish }
+        Emit {
+            text: out,
+            finish,
+            stop: None,
+        }
     }
 }
 
@@ -254,6 +261,17 @@ mod tests {
         // "EN" could begin "END": held back.
         assert_eq!(got[1], ("".into(), None));
         assert_eq!(got[2], ("".into(), Some(FinishReason::StopSequence)));
+    }
+
+    #[test]
+    fn the_stop_string_that_ends_the_text_is_named() {
+        let mut out = output(&["wor", "lo"], 10);
+        let first = out.push(1);
+        assert_eq!((first.text.as_str(), first.stop), ("He", None));
+        let end = out.push(2);
+        assert_eq!(end.finish, Some(FinishReason::StopSequence));
+        assert_eq!(end.stop.as_deref(), Some("lo"));
+        assert_eq!(end.text, "l");
     }
 
     #[test]

@@ -227,6 +227,7 @@ def check_small_anthropic(client):
     m = client.messages.create(model="smol", max_tokens=40, extra_body=GREEDY, messages=SUM,
                                stop_sequences=["equals"])
     assert m.stop_reason == "stop_sequence" and "equals" not in m.content[0].text, m
+    assert m.stop_sequence == "equals", m
     count = client.messages.count_tokens(model="smol", messages=SUM)
     first = client.messages.create(model="smol", max_tokens=4, messages=SUM)
     assert count.input_tokens == first.usage.input_tokens, (count, first.usage)

@@ -68,6 +68,8 @@ pub enum Event {
         /// Prompt tokens found in the prefix cache at first admission.
         cached_tokens: usize,
         completion_tokens: usize,
+        /// The stop string that ended it (`reason` is then `StopSequence`).
+        stop_sequence: Option<String>,
     },
     Error {
         choice: usize,

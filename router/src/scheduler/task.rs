@@ -238,6 +238,7 @@ impl<W: Worker> Task<W> {
                 prompt_tokens: live.prompt_tokens,
                 cached_tokens,
                 completion_tokens: live.sampled,
+                stop_sequence: emit.stop.clone(),
             });
         }
         let delivered = events.into_iter().all(|e| live.events.try_send(e).is_ok());

@@ -322,7 +322,7 @@ pub struct MessageOut {
     pub content: Vec<BlockOut>,
     /// `end_turn`, `max_tokens`, `stop_sequence` or `tool_use`; null while streaming.
     pub stop_reason: Option<&'static str>,
-    /// Not reported (always null).
+    /// The stop sequence that ended the answer, when one did.
     pub stop_sequence: Option<String>,
     pub usage: AnthropicUsage,
 }

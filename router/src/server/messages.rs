@@ -106,7 +106,7 @@ pub async fn messages(
         model: state.served_name.clone(),
         content,
         stop_reason: Some(stop_reason(finish)),
-        stop_sequence: None,
+        stop_sequence: c.stop_sequence,
         usage: usage(&started, c.completion_tokens, c.cached_tokens),
     };
     Ok(axum::Json(message).into_response())
@@ -233,7 +233,7 @@ fn message_stream(
                     };
                     pieces.into_iter().for_each(|p| blocks.piece(p, &mut out));
                 }
-                Some(Event::Finished { reason, completion_tokens, .. }) => {
+                Some(Event::Finished { reason, completion_tokens, stop_sequence, .. }) => {
                     let mut reason = reason;
                     if let Some(c) = calls.as_mut() {
                         let complete = reason == FinishReason::Stop;
@@ -244,7 +244,7 @@ fn message_stream(
                     }
                     blocks.close(&mut out);
                     out.push(event("message_delta", json!({"type": "message_delta",
-                        "delta": {"stop_reason": stop_reason(reason), "stop_sequence": null},
+                        "delta": {"stop_reason": stop_reason(reason), "stop_sequence": stop_sequence},
                         "usage": {"output_tokens": completion_tokens}})));
                     out.push(event("message_stop", json!({"type": "message_stop"})));
                     for e in out {

@@ -418,6 +418,8 @@ pub struct ChoiceOutput {
     pub finish: Option<FinishReason>,
     pub completion_tokens: usize,
     pub cached_tokens: usize,
+    /// The stop string that ended the choice, when one did.
+    pub stop_sequence: Option<String>,
 }
 
 /// Waits for every choice of a generation to finish.
@@ -442,11 +444,13 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
                 reason,
                 completion_tokens,
                 cached_tokens,
+                stop_sequence,
                 ..
             }) => {
                 choices[choice].finish = Some(reason);
                 choices[choice].completion_tokens = completion_tokens;
                 choices[choice].cached_tokens = cached_tokens;
+                choices[choice].stop_sequence = stop_sequence;
                 done += 1;
             }
             Some(Event::Error {
