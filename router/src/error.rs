@@ -1,5 +1,7 @@
 //! The router's one error type and its one mapping to an HTTP status and OpenAI's error body
-//! `{"error": {"message", "type", "param", "code"}}`. The same mapping builds SSE error events.
+//! `{"error": {"message", "type", "param", "code"}}`. The same mapping builds SSE error events;
+//! Anthropic's routes reshape the body only (`server::anthropic::AnthropicError`), keeping the
+//! status, the failure metric and `Retry-After`.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -1,21 +1,24 @@
-//! Wick's router: the `wick` command, the OpenAI-compatible HTTP API, validation, the
-//! continuous-batching scheduler and chat templates. Knows nothing of candle.
+//! Wick's router: the `wick` command, the HTTP APIs (OpenAI's chat, completions and responses,
+//! Anthropic's messages, TGI's generate), validation, the continuous-batching scheduler and
+//! chat templates. Knows nothing of candle.
 //!
 //! # Layout
 //! - [`cli`]: the `wick` command line (`serve`, `generate`).
 //! - [`serve`]: `wick serve`'s start-up, readiness and drain.
 //! - [`backend`]: everything the router takes from the backend crate, in one place.
-//! - [`server`]: axum routes, OpenAI and TGI wire types, SSE streaming, the connection
-//!   listener and its limits.
+//! - [`server`]: axum routes, OpenAI, Anthropic and TGI wire types, SSE streaming, the
+//!   connection listener and its limits.
 //! - [`validation`]: requests checked and tokenized into a `ValidRequest`.
 //! - [`request`]: what a valid request carries: prompt encoding, stop criteria, output text.
 //! - [`scheduler`]: the task that owns the queue, the running set and KV blocks.
 //! - [`template`]: chat templates through minijinja.
 //! - [`chat_tokens`]: message content tokenized as text, never as control tokens.
 //! - [`reasoning`]: a reasoning model's reasoning apart from its answer.
-//! - [`tools`]: tool calling: tool prompt, call grammar, reading calls back (whole or streamed).
+//! - [`tools`]: tool calling in the model's own format: tool prompt, call grammar, reading
+//!   calls back (whole or streamed).
 //! - [`metrics`]: every Prometheus metric, registered in one place.
-//! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON.
+//! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON (Anthropic's
+//!   routes reshape the body).
 //! - [`generate`]: one sequence start to finish on the backend (`wick generate`).
 
 pub mod backend;

@@ -2,7 +2,8 @@
 //! generation request takes (model check -> validation on a blocking thread -> scheduler).
 //!
 //! # Layout
-//! - [`openai`]: OpenAI wire types; [`chat`]: chat and completions handlers, streamed or not.
+//! - [`openai`]: OpenAI wire types; [`chat`]: chat completions and the shared OpenAI stream
+//!   skeleton; [`completions`]: completions (one prompt or a list, `echo`), streamed or not.
 //! - [`structured`]: the wire types of tools and `response_format`, and their checks.
 //! - [`tgi`]: TGI's `/generate` and `/generate_stream`.
 //! - [`anthropic`] and [`messages`]: Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
@@ -10,6 +11,7 @@
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
 //! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, API keys, metrics.
+//! - [`listener`]: the connection listener and its limits.
 
 pub mod anthropic;
 pub mod chat;
