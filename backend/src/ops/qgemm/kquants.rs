@@ -277,6 +277,23 @@ impl Format for Q4_Kx8 {
     }
 }
 
+/// Sub-block `j`'s low nibbles of each row of a group, in the Q4_0 byte order (element `i` in
+/// the low nibble, `16 + i` in the high one), from each row's 5- or 6-bit `value`s.
+fn low_nibbles<B>(
+    raws: &[Option<B>; GROUP],
+    j: usize,
+    value: fn(&B, usize) -> u8,
+) -> [Option<[u8; 16]>; GROUP] {
+    std::array::from_fn(|r| {
+        raws[r].as_ref().map(|b| {
+            std::array::from_fn(|i| {
+                let v = |k: usize| value(b, 32 * j + k) & 0xF;
+                v(i) | (v(16 + i) << 4)
+            })
+        })
+    })
+}
+
 /// Element `e` (0..256) of a Q5_K block: `q`, 0..32.
 fn q5k_value(b: &RawQ5K, e: usize) -> u8 {
     let (j, l) = (e / 32, e % 32);
@@ -313,22 +330,12 @@ impl Format for Q5_Kx8 {
                 }
             }
         }
-        let nibbles = |j: usize| {
-            raws.map(|b| {
-                b.map(|b| {
-                    std::array::from_fn(|i| {
-                        let v = |k: usize| q5k_value(&b, 32 * j + k) & 0xF;
-                        v(i) | (v(16 + i) << 4)
-                    })
-                })
-            })
-        };
         Q5_Kx8 {
             scales: KScales::pack(std::array::from_fn(|r| {
                 raws[r].as_ref().map(|b| (b.d, b.dmin, &b.scales))
             })),
             subs: std::array::from_fn(|j| Q5Sub {
-                qs: interleave_nibbles(nibbles(j)),
+                qs: interleave_nibbles(low_nibbles(&raws, j, q5k_value)),
                 qh: qh[j],
             }),
         }
@@ -416,22 +423,12 @@ impl Format for Q6_Kx8 {
                 s[r] = b.scales[h];
             }
         }
-        let nibbles = |j: usize| {
-            raws.map(|b| {
-                b.map(|b| {
-                    std::array::from_fn(|i| {
-                        let v = |k: usize| q6k_value(&b, 32 * j + k) & 0xF;
-                        v(i) | (v(16 + i) << 4)
-                    })
-                })
-            })
-        };
         Q6_Kx8 {
             d: raws.map(|b| b.map_or(f16::ZERO, |b| b.d)),
             _pad: [0; 16],
             sc,
             subs: std::array::from_fn(|j| Q6Sub {
-                ql: interleave_nibbles(nibbles(j)),
+                ql: interleave_nibbles(low_nibbles(&raws, j, q6k_value)),
                 qh: qh[j],
             }),
         }
