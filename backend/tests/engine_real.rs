@@ -7,56 +7,14 @@
 //! fixtures' `prompt_ids` (llama.cpp's tokenization of the templated prompt); that the router
 //! renders the same ids is `router/tests/chat_prompts.rs`'s test.
 
+mod fixtures;
+
+use fixtures::{chat_fixture, config, fixture, ids, model_path};
 use serde_json::Value;
-use std::path::PathBuf;
 use wick_backend::sampling::argmax;
 use wick_backend::tokenizer::load_tokenizer;
 use wick_backend::{load_engine, Backend, BackendConfig, Engine, KvDType};
 use wick_proto::{SamplingParams, Step, StepEntry};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("WICK_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-model.sh first",
-        path.display()
-    );
-    path
-}
-
-/// llama.cpp's greedy chat outputs for the model under test: `WICK_TEST_CHAT_FIXTURE` (with
-/// `WICK_TEST_MODEL`, scripts/test.sh runs the model-agnostic tests on Qwen2.5-Coder-0.5B too),
-/// else SmolLM2's `chat-ref.json`.
-fn chat_fixture() -> String {
-    std::env::var("WICK_TEST_CHAT_FIXTURE").unwrap_or_else(|_| "chat-ref.json".into())
-}
-
-fn fixture(name: &str) -> Value {
-    let text = std::fs::read_to_string(root().join("fixtures").join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn config(block_size: usize) -> BackendConfig {
-    BackendConfig {
-        block_size,
-        kv_cache_bytes: 256 << 20,
-        ..BackendConfig::new(model_path())
-    }
-}
 
 /// A fixture case's prompt, as llama.cpp tokenized it.
 fn case_prompt(case: &Value) -> Vec<u32> {

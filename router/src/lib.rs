@@ -20,6 +20,7 @@
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON (Anthropic's
 //!   routes reshape the body).
 //! - [`generate`]: one sequence start to finish on the backend (`wick generate`).
+//! - `testing` (unit tests only): helpers the tests share.
 
 pub mod backend;
 pub mod chat_tokens;
@@ -33,5 +34,7 @@ pub mod scheduler;
 pub mod serve;
 pub mod server;
 pub mod template;
+#[cfg(test)]
+mod testing;
 pub mod tools;
 pub mod validation;

@@ -184,6 +184,7 @@ fn held(text: &str, marker: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::chunks;
 
     fn think() -> Markers {
         Markers::parse("<think>,</think>").unwrap().unwrap()
@@ -193,15 +194,9 @@ mod tests {
     fn streamed(opened: bool, text: &str, step: usize) -> (String, String) {
         let mut split = Split::new(&think(), opened);
         let (mut reasoning, mut content) = (String::new(), String::new());
-        let mut i = 0;
         let mut parts = Vec::new();
-        while i < text.len() {
-            let mut j = (i + step).min(text.len());
-            while !text.is_char_boundary(j) {
-                j += 1;
-            }
-            parts.extend(split.push(&text[i..j]));
-            i = j;
+        for piece in chunks(text, step) {
+            parts.extend(split.push(piece));
         }
         parts.extend(split.finish());
         for p in parts {

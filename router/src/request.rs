@@ -199,21 +199,11 @@ impl OutputText {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokenizers::models::wordlevel::WordLevel;
+    use crate::testing::word_level;
 
     /// A tokenizer whose tokens are the given strings, concatenated on decode.
     fn tokenizer(words: &[&str]) -> Arc<Tokenizer> {
-        let vocab = words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.to_string(), i as u32))
-            .collect();
-        let model = WordLevel::builder()
-            .vocab(vocab)
-            .unk_token(words[0].into())
-            .build()
-            .unwrap();
-        let mut tok = Tokenizer::new(model);
+        let mut tok = word_level(words);
         tok.with_decoder(Some(tokenizers::decoders::fuse::Fuse::new()));
         Arc::new(tok)
     }

@@ -4,58 +4,17 @@
 //! splits a character, and every matmul kernel from the command line.
 //! `WICK_TEST_MODEL` and `WICK_TEST_CHAT_FIXTURE` point the prompt test at another model.
 
+#[path = "../../backend/tests/fixtures/mod.rs"]
+mod fixtures;
+
+use fixtures::{chat_fixture, config, fixture, ids, model_path};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::sync::Arc;
 use wick_backend::tokenizer::load_tokenizer;
-use wick_backend::{Backend, BackendConfig};
+use wick_backend::Backend;
 use wick_proto::SamplingParams;
 use wick_router::request::{OutputText, Vocab};
 use wick_router::template::{ChatMessage, ChatTemplate};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("WICK_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-model.sh first",
-        path.display()
-    );
-    path
-}
-
-/// llama.cpp's greedy chat outputs for the model under test: `WICK_TEST_CHAT_FIXTURE` (with
-/// `WICK_TEST_MODEL`, scripts/test.sh runs the model-agnostic tests on Qwen2.5-Coder-0.5B too),
-/// else SmolLM2's `chat-ref.json`.
-fn chat_fixture() -> String {
-    std::env::var("WICK_TEST_CHAT_FIXTURE").unwrap_or_else(|_| "chat-ref.json".into())
-}
-
-fn fixture(name: &str) -> Value {
-    let text = std::fs::read_to_string(root().join("fixtures").join(name)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
-fn config(block_size: usize) -> BackendConfig {
-    BackendConfig {
-        block_size,
-        kv_cache_bytes: 256 << 20,
-        ..BackendConfig::new(model_path())
-    }
-}
 
 /// `user`'s message through the model's chat template, as Wick's validation encodes it.
 fn chat_prompt(model: &std::path::Path, user: &str) -> Vec<u32> {

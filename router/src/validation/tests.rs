@@ -3,7 +3,7 @@
 //! log-probability budget, and the order of checks (tokenize before compiling a grammar).
 
 use super::*;
-use tokenizers::models::wordlevel::WordLevel;
+use crate::testing::word_level;
 use tokenizers::pre_tokenizers::whitespace::Whitespace;
 
 const WORDS: [&str; 6] = ["<unk>", "<s>", "</s>", "a", "b", "c"];
@@ -11,17 +11,7 @@ const WORDS: [&str; 6] = ["<unk>", "<s>", "</s>", "a", "b", "c"];
 /// A validator over a six-word vocabulary (`<s>` is BOS, `</s>` EOS): 8 input tokens, 12 in
 /// all, no chat template, no grammar compiler.
 pub(crate) fn validator() -> Validator {
-    let vocab = WORDS
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.to_string(), i as u32))
-        .collect();
-    let model = WordLevel::builder()
-        .vocab(vocab)
-        .unk_token("<unk>".into())
-        .build()
-        .unwrap();
-    let mut tokenizer = Tokenizer::new(model);
+    let mut tokenizer = word_level(&WORDS);
     tokenizer.with_pre_tokenizer(Some(Whitespace {}));
     let info = ModelInfo {
         model_id: "test".into(),
