@@ -111,6 +111,15 @@ impl ApiError {
         }
     }
 
+    /// Counts this failure in `wick_request_failure_total` (every response and stream error
+    /// event that carries one does, once).
+    pub fn count(&self) {
+        crate::metrics::METRICS
+            .request_failure
+            .with_label_values(&[self.reason()])
+            .inc();
+    }
+
     /// The `reason` label of `wick_request_failure_total`.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -203,10 +212,7 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        crate::metrics::METRICS
-            .request_failure
-            .with_label_values(&[self.reason()])
-            .inc();
+        self.count();
         let mut response = (self.status(), axum::Json(self.body())).into_response();
         if let ApiError::Overloaded { .. } = self {
             response.headers_mut().insert(

@@ -14,8 +14,8 @@ use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
 use crate::reasoning::{Part, Split};
 use crate::scheduler::Event;
-use crate::tools::stream::{CallStream, Piece};
-use crate::tools::{parse_calls, ToolFormat, Tools};
+use crate::tools::stream::{AnswerStream, Piece};
+use crate::tools::{answer_calls, ToolFormat, Tools};
 use crate::validation::{GenerationInput, PromptInput};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -32,10 +32,7 @@ pub(crate) fn sse_json<T: serde::Serialize>(value: &T) -> SseEvent {
 
 /// An error event for a stream that has already started (counted like any failed request).
 pub(crate) fn sse_error(error: ApiError) -> SseEvent {
-    crate::metrics::METRICS
-        .request_failure
-        .with_label_values(&[error.reason()])
-        .inc();
+    error.count();
     sse_json(&error.body())
 }
 
@@ -198,10 +195,7 @@ fn chat_answer(
     tools: Option<&Tools>,
     format: ToolFormat,
 ) -> (ChatMessageOut, Option<FinishReason>) {
-    let calls = tools
-        .filter(|_| finish == Some(FinishReason::Stop))
-        .and_then(|t| parse_calls(&text, t, format));
-    match calls {
+    match answer_calls(&text, finish, tools, format) {
         Some(calls) => (
             ChatMessageOut {
                 role: "assistant",
@@ -305,25 +299,21 @@ pub(super) struct StreamId {
     pub(super) logprobs: bool,
 }
 
-/// Chat chunks; with tools, each choice's text goes through a [`CallStream`] so that a call
-/// streams as OpenAI's `tool_calls` deltas.
+/// Chat chunks; each choice's text goes through its [`AnswerStream`], so that with tools a
+/// call streams as OpenAI's `tool_calls` deltas.
 struct ChatChunks {
     sid: StreamId,
-    /// Per choice, when the request has tools (empty otherwise).
-    calls: Vec<CallStream>,
+    /// Per choice.
+    answers: Vec<AnswerStream>,
     /// Per choice, for a reasoning model (empty otherwise): reasoning apart from the answer.
     splits: Vec<Split>,
 }
 
 impl ChatChunks {
     fn new(sid: StreamId, tools: Option<&Tools>, format: ToolFormat, n: usize) -> Self {
-        let calls = match tools {
-            Some(t) => (0..n).map(|_| CallStream::new(t, format)).collect(),
-            None => Vec::new(),
-        };
         ChatChunks {
             sid,
-            calls,
+            answers: (0..n).map(|_| AnswerStream::new(tools, format)).collect(),
             splits: Vec::new(),
         }
     }
@@ -383,7 +373,7 @@ impl ChatChunks {
 
 impl ChatChunks {
     /// The delta of some parts of one choice's answer: reasoning as `reasoning_content`, the
-    /// rest as text or, with tools, through the choice's [`CallStream`].
+    /// rest through the choice's [`AnswerStream`] (text, or with tools calls).
     fn answer_delta(&mut self, choice: usize, parts: Vec<Part>) -> Option<ChatDelta> {
         let (mut reasoning, mut content) = (String::new(), String::new());
         for p in parts {
@@ -392,13 +382,9 @@ impl ChatChunks {
                 Part::Content(c) => content.push_str(&c),
             }
         }
-        let mut delta = match self.calls.get_mut(choice) {
-            _ if content.is_empty() => ChatDelta::default(),
-            Some(calls) => Self::delta(calls.push(&content)).unwrap_or_default(),
-            None => ChatDelta {
-                content: Some(content),
-                ..ChatDelta::default()
-            },
+        let mut delta = match content.is_empty() {
+            true => ChatDelta::default(),
+            false => Self::delta(self.answers[choice].push(content)).unwrap_or_default(),
         };
         if !reasoning.is_empty() {
             delta.reasoning_content = Some(reasoning);
@@ -471,21 +457,16 @@ impl ChunkFormat for ChatChunks {
             };
             out.push(self.chunk(vec![held], None));
         }
-        if let Some(calls) = self.calls.get_mut(choice) {
-            let complete = reason == FinishReason::Stop;
-            let rest = calls.finish(complete);
-            if complete && calls.is_call() {
-                reason = FinishReason::ToolCalls;
-            }
-            if let Some(delta) = Self::delta(rest) {
-                let rest = ChatChunkChoice {
-                    index: choice,
-                    delta,
-                    logprobs: None,
-                    finish_reason: None,
-                };
-                out.push(self.chunk(vec![rest], None));
-            }
+        let (rest, ended) = self.answers[choice].finish(reason);
+        reason = ended;
+        if let Some(delta) = Self::delta(rest) {
+            let rest = ChatChunkChoice {
+                index: choice,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            };
+            out.push(self.chunk(vec![rest], None));
         }
         let choice = ChatChunkChoice {
             index: choice,

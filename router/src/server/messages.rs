@@ -13,8 +13,8 @@ use super::lifecycle::RequestId;
 use super::{collect, new_id, ApiJson, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
 use crate::scheduler::Event;
-use crate::tools::stream::{CallStream, Piece};
-use crate::tools::{parse_calls, ToolFormat, Tools};
+use crate::tools::stream::{AnswerStream, Piece};
+use crate::tools::{answer_calls, ToolFormat, Tools};
 use crate::validation::PromptInput;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
@@ -47,10 +47,7 @@ fn blocks(
     tools: Option<&Tools>,
     format: ToolFormat,
 ) -> (Vec<BlockOut>, FinishReason) {
-    let calls = tools
-        .filter(|_| finish == FinishReason::Stop)
-        .and_then(|t| parse_calls(&text, t, format));
-    match calls {
+    match answer_calls(&text, Some(finish), tools, format) {
         Some(calls) => {
             let uses = calls
                 .into_iter()
@@ -122,16 +119,17 @@ pub async fn count_tokens(
     let ApiJson(req) = body?;
     state.check_model(req.model.as_deref())?;
     let (prompt, _) = req.into_inputs()?;
-    let validator = state.validator.clone();
-    let tokens = tokio::task::spawn_blocking(move || validator.tokenize(&prompt))
-        .await
-        .map_err(|e| ApiError::TaskFailed {
-            task: "tokenization",
-            message: e.to_string(),
-        })??;
+    let tokens = state.tokenize(prompt).await?;
     Ok(axum::Json(TokenCount {
         input_tokens: tokens.len(),
     }))
+}
+
+/// A failure after the stream started, as Anthropic's `error` event (counted, as every API's
+/// stream errors are).
+fn error_event(error: ApiError) -> SseEvent {
+    error.count();
+    event("error", json!(AnthropicError(error).body()))
 }
 
 /// The content blocks of a stream as they open and close.
@@ -221,27 +219,17 @@ fn message_stream(
             usage: usage(&started, 0, 0),
         };
         yield Ok(event("message_start", json!({"type": "message_start", "message": opening})));
-        let mut calls = tools.as_ref().map(|t| CallStream::new(t, format));
+        let mut answer = AnswerStream::new(tools.as_ref(), format);
         let mut blocks = Blocks { open: None, next: 0 };
         loop {
             let mut out = Vec::new();
             match started.next().await {
                 Some(Event::Token { text, .. }) => {
-                    let pieces = match calls.as_mut() {
-                        Some(c) => c.push(&text),
-                        None => vec![Piece::Text(text)],
-                    };
-                    pieces.into_iter().for_each(|p| blocks.piece(p, &mut out));
+                    answer.push(text).into_iter().for_each(|p| blocks.piece(p, &mut out));
                 }
                 Some(Event::Finished { reason, completion_tokens, stop_sequence, .. }) => {
-                    let mut reason = reason;
-                    if let Some(c) = calls.as_mut() {
-                        let complete = reason == FinishReason::Stop;
-                        c.finish(complete).into_iter().for_each(|p| blocks.piece(p, &mut out));
-                        if complete && c.is_call() {
-                            reason = FinishReason::ToolCalls;
-                        }
-                    }
+                    let (rest, reason) = answer.finish(reason);
+                    rest.into_iter().for_each(|p| blocks.piece(p, &mut out));
                     blocks.close(&mut out);
                     out.push(event("message_delta", json!({"type": "message_delta",
                         "delta": {"stop_reason": stop_reason(reason), "stop_sequence": stop_sequence},
@@ -253,17 +241,11 @@ fn message_stream(
                     return;
                 }
                 Some(Event::Error { failure, message, .. }) => {
-                    let error = AnthropicError(started.failure(failure, message));
-                    crate::metrics::METRICS
-                        .request_failure
-                        .with_label_values(&[error.0.reason()])
-                        .inc();
-                    yield Ok(event("error", serde_json::to_value(error.body()).unwrap_or_default()));
+                    yield Ok(error_event(started.failure(failure, message)));
                     return;
                 }
                 None => {
-                    let error = AnthropicError(ApiError::Unavailable(Unavailable::SchedulerGone));
-                    yield Ok(event("error", serde_json::to_value(error.body()).unwrap_or_default()));
+                    yield Ok(error_event(ApiError::Unavailable(Unavailable::SchedulerGone)));
                     return;
                 }
             }

@@ -135,13 +135,7 @@ pub async fn tokenize(
             ))
         }
     };
-    let validator = state.validator.clone();
-    let tokens = tokio::task::spawn_blocking(move || validator.tokenize(&prompt))
-        .await
-        .map_err(|e| ApiError::TaskFailed {
-            task: "tokenization",
-            message: e.to_string(),
-        })??;
+    let tokens = state.tokenize(prompt).await?;
     Ok(Json(TokenizeResponse {
         count: tokens.len(),
         max_model_len: state.validator.limits().max_total_tokens,

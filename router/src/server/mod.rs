@@ -403,6 +403,17 @@ impl AppState {
         })
     }
 
+    /// Renders and tokenizes a prompt on a blocking thread (`/tokenize`, token counts).
+    pub async fn tokenize(&self, prompt: PromptInput) -> Result<Vec<u32>, ApiError> {
+        let validator = self.validator.clone();
+        tokio::task::spawn_blocking(move || validator.tokenize(&prompt))
+            .await
+            .map_err(|e| ApiError::TaskFailed {
+                task: "tokenization",
+                message: e.to_string(),
+            })?
+    }
+
     /// The text of one token, for log-probability reports.
     pub fn token_text(&self, token: u32) -> String {
         self.validator

@@ -3,7 +3,8 @@
 //! they can be refused by name (400) instead of being ignored.
 
 use super::structured::{
-    check_tools, ResponseFormat, ToolCallDelta, ToolCallIn, ToolCallOut, ToolChoiceIn, ToolIn,
+    check_tools, format_grammar, ResponseFormat, ToolCallDelta, ToolCallIn, ToolCallOut,
+    ToolChoiceIn, ToolIn,
 };
 use crate::error::ApiError;
 use crate::template::ChatMessage;
@@ -186,16 +187,7 @@ impl ChatCompletionRequest {
             .response_format
             .as_ref()
             .and_then(ResponseFormat::grammar);
-        input.grammar = match (&tools, format) {
-            (Some(_), Some(_)) => return Err(ApiError::invalid(
-                "response_format",
-                "`response_format` cannot be combined with `tools` unless `tool_choice` is `none`",
-            )),
-            // Validation writes the tools' grammar in the model's call format.
-            (Some(_), None) => None,
-            (None, Some(g)) => Some(("response_format", g)),
-            (None, None) => None,
-        };
+        input.grammar = format_grammar("response_format", &tools, format)?;
         if self.messages.is_empty() {
             return Err(ApiError::invalid(
                 "messages",

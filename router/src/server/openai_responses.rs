@@ -8,7 +8,8 @@
 //! `text.format` is `text`, `json_object` or `json_schema`. Nothing is stored: `store: true` and
 //! `previous_response_id` are refused.
 
-use super::structured::{check_tools, FunctionIn, NamedFunction, NamedToolChoice};
+use super::structured::NamedToolChoice;
+use super::structured::{check_tools, format_grammar, FunctionIn, NamedFunction};
 use super::structured::{ToolChoiceIn, ToolIn};
 use crate::backend::GrammarSpec;
 use crate::error::ApiError;
@@ -271,15 +272,7 @@ impl ResponsesRequest {
         });
         let tools = check_tools(tools, choice, self.parallel_tool_calls)?;
         let format = self.text.and_then(|t| t.format).and_then(|f| f.grammar());
-        let grammar =
-            match (&tools, format) {
-                (Some(_), Some(_)) => return Err(ApiError::invalid(
-                    "text.format",
-                    "`text.format` cannot be combined with `tools` unless `tool_choice` is `none`",
-                )),
-                (None, Some(g)) => Some(("text.format", g)),
-                _ => None,
-            };
+        let grammar = format_grammar("text.format", &tools, format)?;
         let input = GenerationInput {
             temperature: self.temperature,
             top_p: self.top_p,

@@ -17,8 +17,8 @@ use super::openai_responses::*;
 use super::{collect, new_id, now, ApiJson, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
 use crate::scheduler::Event;
-use crate::tools::stream::{CallStream, Piece};
-use crate::tools::{parse_calls, ToolFormat, Tools};
+use crate::tools::stream::{AnswerStream, Piece};
+use crate::tools::{answer_calls, ToolFormat, Tools};
 use crate::validation::PromptInput;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
@@ -164,11 +164,7 @@ pub async fn responses(
     }
     let c = collect(&mut started).await?.remove(0);
     let reason = c.finish.unwrap_or(FinishReason::Stop);
-    let calls = tools
-        .as_ref()
-        .filter(|_| reason == FinishReason::Stop)
-        .and_then(|t| parse_calls(&c.text, t, format));
-    response.output = match calls {
+    response.output = match answer_calls(&c.text, Some(reason), tools.as_ref(), format) {
         Some(calls) => calls
             .iter()
             .map(|call| {
@@ -294,10 +290,7 @@ impl Events {
 
     /// A failure after the stream started, as the Responses API's `error` event.
     fn error(&mut self, error: ApiError) -> SseEvent {
-        crate::metrics::METRICS
-            .request_failure
-            .with_label_values(&[error.reason()])
-            .inc();
+        error.count();
         let body = error.body().error;
         self.event(
             "error",
@@ -356,22 +349,17 @@ fn response_stream(
         let whole = serde_json::to_value(&response).unwrap_or_default();
         yield Ok(events.event("response.created", json!({"response": whole})));
         yield Ok(events.event("response.in_progress", json!({"response": whole})));
-        let mut calls = tools.as_ref().map(|t| CallStream::new(t, format));
+        let mut answer = AnswerStream::new(tools.as_ref(), format);
         loop {
             let mut out = Vec::new();
             match started.next().await {
                 Some(Event::Token { text, .. }) => {
-                    let pieces = match calls.as_mut() {
-                        Some(c) => c.push(&text),
-                        None => vec![Piece::Text(text)],
-                    };
-                    pieces.into_iter().for_each(|p| events.piece(p, &mut out));
+                    answer.push(text).into_iter().for_each(|p| events.piece(p, &mut out));
                 }
                 Some(Event::Finished { reason, completion_tokens, cached_tokens, .. }) => {
-                    if let Some(c) = calls.as_mut() {
-                        let rest = c.finish(reason == FinishReason::Stop);
-                        rest.into_iter().for_each(|p| events.piece(p, &mut out));
-                    }
+                    // The status reads the sequence's own reason (a length cut is incomplete).
+                    let (rest, _) = answer.finish(reason);
+                    rest.into_iter().for_each(|p| events.piece(p, &mut out));
                     if events.open.is_none() && events.done.is_empty() {
                         // An empty answer is still one (empty) message.
                         events.open_message(&mut out);

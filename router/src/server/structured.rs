@@ -125,6 +125,24 @@ fn valid_function_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The grammar of a request's output format (`param` names the field), refused beside tools: a
+/// request with tools gets the calls' grammar instead, which validation writes in the model's
+/// call format.
+pub(crate) fn format_grammar(
+    param: &'static str,
+    tools: &Option<Tools>,
+    format: Option<GrammarSpec>,
+) -> Result<Option<(&'static str, GrammarSpec)>, ApiError> {
+    match (tools, format) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            param,
+            format!("`{param}` cannot be combined with `tools` unless `tool_choice` is `none`"),
+        )),
+        (None, Some(g)) => Ok(Some((param, g))),
+        (_, None) => Ok(None),
+    }
+}
+
 /// The checked tools and `tool_choice`; `None` when no tool may be called.
 pub(crate) fn check_tools(
     tools: Option<Vec<ToolIn>>,

@@ -19,6 +19,7 @@ use crate::template::ChatMessage;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::io::{self, Write};
+use wick_proto::FinishReason;
 
 /// JSON text in the layout of constrained output: `", "` between items, `": "` after keys, no
 /// other whitespace.
@@ -310,6 +311,19 @@ fn parse_body(body: &str, tools: &Tools) -> Option<Call> {
     })
 }
 
+/// The calls of a finished answer: only when the request has tools and the answer ended on its
+/// own (`finish` is `Stop`: its grammar complete) as nothing but calls in `format`.
+pub fn answer_calls(
+    text: &str,
+    finish: Option<FinishReason>,
+    tools: Option<&Tools>,
+    format: ToolFormat,
+) -> Option<Vec<Call>> {
+    tools
+        .filter(|_| finish == Some(FinishReason::Stop))
+        .and_then(|t| parse_calls(text, t, format))
+}
+
 /// The calls `text` holds in `format`, if it is nothing but one or more complete calls of tools
 /// in `tools`; `None` for text (or anything else).
 pub fn parse_calls(text: &str, tools: &Tools, format: ToolFormat) -> Option<Vec<Call>> {
@@ -332,6 +346,7 @@ pub fn parse_calls(text: &str, tools: &Tools, format: ToolFormat) -> Option<Vec<
 mod tests {
     use super::stream::{CallStream, Piece};
     use super::*;
+    use crate::testing::chunks;
 
     fn tools(choice: Choice) -> Tools {
         Tools {
@@ -446,14 +461,8 @@ mod tests {
     ) -> (Vec<Piece>, bool) {
         let mut s = CallStream::new(t, format);
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < text.len() {
-            let mut j = (i + step).min(text.len());
-            while !text.is_char_boundary(j) {
-                j += 1;
-            }
-            out.extend(s.push(&text[i..j]));
-            i = j;
+        for piece in chunks(text, step) {
+            out.extend(s.push(piece));
         }
         out.extend(s.finish(complete));
         (out, s.is_call())

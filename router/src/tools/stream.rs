@@ -1,5 +1,6 @@
 //! Reading an answer while it streams: text, or calls in the request's [`ToolFormat`], each
-//! given as its index and name once, then its arguments in fragments.
+//! given as its index and name once, then its arguments in fragments ([`CallStream`]);
+//! [`AnswerStream`] is what the APIs hold per answer, tools or not.
 //!
 //! The answer is known to be calls from its first non-blank character (the grammar keeps text
 //! from starting the way a call does; a forced choice is calls from the start). A call's
@@ -8,6 +9,7 @@
 //! settled. Cost: each piece is looked at once, plus the held-back tail.
 
 use super::{ToolFormat, Tools, Wrapping};
+use wick_proto::FinishReason;
 
 /// Text that became final in a streamed answer, split by what it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +187,38 @@ impl CallStream {
                 }
             }
             _ => Vec::new(),
+        }
+    }
+}
+
+/// One streamed answer as every API reads it: through a [`CallStream`] when the request has
+/// tools, else all text.
+#[derive(Debug)]
+pub struct AnswerStream(Option<CallStream>);
+
+impl AnswerStream {
+    pub fn new(tools: Option<&Tools>, format: ToolFormat) -> Self {
+        AnswerStream(tools.map(|t| CallStream::new(t, format)))
+    }
+
+    pub fn push(&mut self, text: String) -> Vec<Piece> {
+        match &mut self.0 {
+            Some(calls) => calls.push(&text),
+            None => vec![Piece::Text(text)],
+        }
+    }
+
+    /// The rest at the end of the answer, and how it ended: `ToolCalls` when it ended on its
+    /// own (`Stop`) as calls, else `reason`.
+    pub fn finish(&mut self, reason: FinishReason) -> (Vec<Piece>, FinishReason) {
+        let Some(calls) = &mut self.0 else {
+            return (Vec::new(), reason);
+        };
+        let complete = reason == FinishReason::Stop;
+        let rest = calls.finish(complete);
+        match complete && calls.is_call() {
+            true => (rest, FinishReason::ToolCalls),
+            false => (rest, reason),
         }
     }
 }
