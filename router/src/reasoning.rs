@@ -8,6 +8,8 @@
 //! answer, or already by the template at the end of the prompt) and the first close marker;
 //! whitespace right after the close marker is dropped. An answer that does not start with the
 //! open marker has no reasoning. A marker split across tokens is held back until it is whole.
+//! Each `push` is one generated token's text, so [`Split::tokens`] counts the reasoning tokens
+//! (those pushed before the reasoning closed, the markers' own included).
 
 /// The pair of markers around a model's reasoning.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,13 +62,15 @@ enum State {
 }
 
 /// Cuts an answer into reasoning and content as its text arrives.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Split {
     markers: Markers,
     state: State,
     buf: String,
     /// Whether the answer has reasoning (the open marker was seen, or the prompt opened it).
     reasoned: bool,
+    /// Pushes that began before the reasoning closed (zero for an answer without reasoning).
+    tokens: usize,
 }
 
 impl Split {
@@ -81,7 +85,19 @@ impl Split {
             },
             buf: String::new(),
             reasoned: opened,
+            tokens: 0,
         }
+    }
+
+    /// The answer's reasoning tokens so far (one per `push` that began inside the reasoning or
+    /// before the answer's start was settled).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// Whether the answer has reasoning (possibly empty).
+    pub fn reasoned(&self) -> bool {
+        self.reasoned
     }
 
     /// A whole answer as `(reasoning, content)`.
@@ -103,6 +119,9 @@ impl Split {
     }
 
     pub fn push(&mut self, text: &str) -> Vec<Part> {
+        if matches!(self.state, State::Start | State::Reasoning) {
+            self.tokens += 1;
+        }
         self.buf.push_str(text);
         let mut out = Vec::new();
         loop {
@@ -117,7 +136,9 @@ impl Split {
                     } else if self.markers.open.starts_with(lead) {
                         return out;
                     } else {
+                        // No reasoning after all: what was counted was content.
                         self.state = State::Content;
+                        self.tokens = 0;
                     }
                 }
                 State::Reasoning => match self.buf.find(&self.markers.close) {
@@ -223,6 +244,25 @@ mod tests {
                 "42 is <b>it</b>.".into()
             )
         );
+    }
+
+    #[test]
+    fn reasoning_tokens_are_the_pushes_before_the_close() {
+        let mut split = Split::new(&think(), false);
+        for t in ["<th", "ink>", "so", " 42", "</think>", "\n", "42"] {
+            split.push(t);
+        }
+        assert_eq!(split.tokens(), 5);
+        let mut opened = Split::new(&think(), true);
+        for t in ["so", "</think>", "42", "!"] {
+            opened.push(t);
+        }
+        assert_eq!(opened.tokens(), 2);
+        let mut plain = Split::new(&think(), false);
+        for t in ["<", "b>", "42"] {
+            plain.push(t);
+        }
+        assert_eq!((plain.tokens(), plain.reasoned()), (0, false));
     }
 
     #[test]

@@ -14,8 +14,11 @@ json_schema answer parsed into a Pydantic model, the token limit as `incomplete`
 
 Reasoning, with a ChatML template that thinks in `<think>` (think-template.jinja; the model is
 steered into a short reasoning by a Lark grammar that writes the markers): `reasoning_content`
-and `content` split whole and streamed, `chat_template_kwargs` `enable_thinking: false` giving
-no reasoning, and a tool call (after optional reasoning) parsed.
+and `content` split whole and streamed, with its `reasoning_tokens`; `chat_template_kwargs`
+`enable_thinking: false` giving no reasoning, and a tool call (after optional reasoning) parsed.
+The same reasoning on the agent APIs, the template opening it (`enable_thinking: true`, from
+Anthropic's `thinking` and the Responses API's `reasoning.effort`): a `thinking` block and a
+`reasoning` item, whole and streamed, and given back in the next turn (more prompt tokens).
 
 Then Anthropic's Messages API through the `anthropic` SDK on the same servers: text with its
 stop reasons (`end_turn`, `max_tokens`, `stop_sequence`) and usage, `tool_use` blocks (two, or
@@ -309,6 +312,9 @@ def check_reasoning(client):
     assert thought and "<think>" not in thought and "</think>" not in thought, m
     assert m.content.isdigit(), m
     print(f"reasoning: {thought!r} -> content {m.content!r}")
+    details = r.usage.completion_tokens_details
+    assert 0 < details.reasoning_tokens < r.usage.completion_tokens, r.usage
+    print(f"reasoning tokens: {details.reasoning_tokens} of {r.usage.completion_tokens}")
     stream = client.chat.completions.create(
         model="smol", messages=SUM_QUESTION, response_format=fmt, max_tokens=100, temperature=0,
         stream=True)
@@ -340,6 +346,62 @@ def check_reasoning(client):
           "reasoning:", repr(m.model_extra.get("reasoning_content")))
 
 
+def check_reasoning_agent_apis(base):
+    # Anthropic: `thinking` enabled opens the reasoning in the prompt; the answer (cut at
+    # max_tokens) starts with a thinking block.
+    client = anthropic.Anthropic(base_url=base, api_key="none", max_retries=0)
+    kw = dict(model="smol", max_tokens=24, messages=SUM, extra_body={"temperature": 0.0},
+              thinking={"type": "enabled", "budget_tokens": 16})
+    m = client.messages.create(**kw)
+    assert m.content and m.content[0].type == "thinking" and m.content[0].thinking, m
+    thought = m.content[0].thinking
+    with client.messages.stream(**kw) as stream:
+        deltas = [e.delta.thinking for e in stream
+                  if e.type == "content_block_delta" and e.delta.type == "thinking_delta"]
+        final = stream.get_final_message()
+    assert "".join(deltas) == thought and len(deltas) > 1, (deltas, thought)
+    assert final.content[0].type == "thinking" and final.content[0].thinking == thought, final
+    print(f"anthropic thinking block: {thought!r}, streamed in {len(deltas)} deltas")
+    # Given back, the thinking block is in the prompt (the template shows it).
+    turn = [{"role": "user", "content": "What is 12 plus 30?"},
+            {"role": "assistant", "content": [{"type": "text", "text": "42"}]},
+            {"role": "user", "content": "And 1 plus 1?"}]
+    bare = client.messages.count_tokens(model="smol", messages=turn).input_tokens
+    turn[1]["content"].insert(0, {"type": "thinking", "thinking": thought, "signature": ""})
+    shown = client.messages.count_tokens(model="smol", messages=turn).input_tokens
+    assert shown > bare, (shown, bare)
+    print(f"thinking block given back: {shown} input tokens, not {bare}")
+    # Responses: `reasoning.effort` opens it too; a reasoning item comes first.
+    oai = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+    kw = dict(model="smol", input="What is 12 plus 30?", max_output_tokens=24, temperature=0,
+              reasoning={"effort": "low"})
+    r = oai.responses.create(**kw)
+    item = r.output[0]
+    assert item.type == "reasoning" and item.content and item.content[0].text, r.output
+    text = item.content[0].text
+    reasoning_tokens = r.usage.output_tokens_details.reasoning_tokens
+    assert 0 < reasoning_tokens <= r.usage.output_tokens, r.usage
+    with oai.responses.stream(**kw) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.reasoning_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == text and final.output[0].content[0].text == text, (deltas, final)
+    assert final.usage.output_tokens_details.reasoning_tokens == reasoning_tokens, final.usage
+    print(f"responses reasoning item: {text!r} ({reasoning_tokens} of {r.usage.output_tokens} "
+          f"tokens), streamed in {len(deltas)} deltas")
+    follow = [{"role": "user", "content": "What is 12 plus 30?"},
+              {"type": "reasoning", "id": item.id, "summary": [],
+               "content": [{"type": "reasoning_text", "text": text}]},
+              {"role": "assistant", "content": "42"},
+              {"role": "user", "content": "And 1 plus 1?"}]
+    with_item = oai.responses.create(model="smol", input=follow, max_output_tokens=1)
+    without = oai.responses.create(model="smol", input=follow[:1] + follow[2:],
+                                   max_output_tokens=1)
+    assert with_item.usage.input_tokens > without.usage.input_tokens, (with_item.usage,
+                                                                       without.usage)
+    print(f"reasoning item given back: {with_item.usage.input_tokens} input tokens, not "
+          f"{without.usage.input_tokens}")
+
+
 def main():
     key = "sk-agent-test"
     for model, check, check_anthropic in [(SMALL, check_small, None),
@@ -366,6 +428,7 @@ def main():
                        "--tool-call-format", "hermes")
     try:
         check_reasoning(openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0))
+        check_reasoning_agent_apis(base)
     finally:
         proc.terminate()
         proc.wait()

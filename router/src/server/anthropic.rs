@@ -9,6 +9,14 @@
 //! functions (`input_schema` as `parameters`) and go through the same checks; `tool_choice`
 //! `auto`, `any`, `tool` and `none` are `auto`, `required`, named and no tools;
 //! `disable_parallel_tool_use` allows one call.
+//!
+//! Reasoning: `thinking` (`enabled` or `disabled`; `adaptive` leaves it to the template) is the
+//! chat template's `enable_thinking`;
+//! a reasoning model's reasoning comes back as a `thinking` block before the answer's blocks
+//! (its `signature` empty: Wick does not sign), and earlier turns' `thinking` blocks go back to
+//! the template as the assistant's `reasoning_content` (`redacted_thinking` is dropped).
+//! `budget_tokens` is checked (at least 1, below `max_tokens`), but the reasoning is bounded
+//! only by `max_tokens`.
 
 use super::structured::{check_tools, FunctionIn, NamedFunction, NamedToolChoice};
 use super::structured::{ToolChoiceIn, ToolIn};
@@ -38,9 +46,21 @@ pub struct MessagesRequest {
     pub top_k: Option<i64>,
     pub tools: Option<Vec<AnthropicTool>>,
     pub tool_choice: Option<AnthropicToolChoice>,
+    /// Whether a reasoning model thinks first (the template's `enable_thinking`).
+    pub thinking: Option<ThinkingIn>,
     /// Accepted and ignored.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+}
+
+/// `thinking`: `{"type": "enabled", "budget_tokens": N}`, `{"type": "disabled"}`, or
+/// `{"type": "adaptive"}` (the template's default). `display` is accepted and ignored.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ThinkingIn {
+    Enabled { budget_tokens: u64 },
+    Disabled,
+    Adaptive,
 }
 
 /// `system`: a string or text blocks.
@@ -89,6 +109,13 @@ pub enum BlockIn {
         tool_use_id: String,
         content: Option<ToolResultContent>,
         is_error: Option<bool>,
+    },
+    Thinking {
+        thinking: String,
+        signature: Option<String>,
+    },
+    RedactedThinking {
+        data: String,
     },
 }
 
@@ -157,10 +184,21 @@ fn turn(i: usize, m: MessageIn) -> Result<Vec<ChatMessage>, ApiError> {
         ContentIn::Blocks(blocks) => blocks,
     };
     let (mut text, mut calls, mut results) = (String::new(), Vec::new(), Vec::new());
+    let mut reasoning = None::<String>;
     for (j, block) in blocks.into_iter().enumerate() {
         let field = format!("messages[{i}].content[{j}]");
         match block {
             BlockIn::Text { text: t } => text.push_str(&t),
+            BlockIn::Thinking { thinking, .. } if m.role == "assistant" => reasoning
+                .get_or_insert_with(String::new)
+                .push_str(&thinking),
+            BlockIn::RedactedThinking { .. } if m.role == "assistant" => {}
+            BlockIn::Thinking { .. } | BlockIn::RedactedThinking { .. } => {
+                return Err(ApiError::invalid(
+                    field,
+                    "thinking blocks belong in assistant messages",
+                ))
+            }
             BlockIn::ToolUse { id, name, input } if m.role == "assistant" => {
                 calls.push(json!({"id": id, "type": "function",
                                   "function": {"name": name, "arguments": input}}));
@@ -202,6 +240,7 @@ fn turn(i: usize, m: MessageIn) -> Result<Vec<ChatMessage>, ApiError> {
         if !calls.is_empty() {
             message.tool_calls = Some(calls);
         }
+        message.reasoning_content = reasoning;
         out.push(message);
     }
     Ok(out)
@@ -265,6 +304,23 @@ impl MessagesRequest {
             }
         };
         let tools = check_tools(tools, choice, parallel.map(|d| !d))?;
+        let vars = match self.thinking {
+            None | Some(ThinkingIn::Adaptive) => None,
+            Some(ThinkingIn::Disabled) => Some(json!({"enable_thinking": false})),
+            Some(ThinkingIn::Enabled { budget_tokens }) => {
+                let max = self.max_tokens.unwrap_or(u64::MAX);
+                if budget_tokens == 0 || budget_tokens >= max {
+                    return Err(ApiError::invalid(
+                        "thinking.budget_tokens",
+                        format!(
+                            "`thinking.budget_tokens` must be at least 1 and below \
+                             `max_tokens` ({max}), got {budget_tokens}"
+                        ),
+                    ));
+                }
+                Some(json!({"enable_thinking": true}))
+            }
+        };
         let input = GenerationInput {
             temperature: self.temperature,
             top_p: self.top_p,
@@ -273,7 +329,6 @@ impl MessagesRequest {
             max_tokens: self.max_tokens,
             ..GenerationInput::default()
         };
-        let vars = None;
         Ok((
             PromptInput::Chat {
                 messages,
@@ -289,6 +344,11 @@ impl MessagesRequest {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BlockOut {
+    /// A reasoning model's reasoning, before the answer.
+    Thinking {
+        thinking: String,
+        signature: String,
+    },
     Text {
         text: String,
     },
@@ -397,5 +457,64 @@ impl IntoResponse for AnthropicError {
         let body = self.body();
         let (parts, _) = self.0.into_response().into_parts();
         Response::from_parts(parts, axum::Json(body).into_response().into_body())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> Result<(PromptInput, GenerationInput), ApiError> {
+        serde_json::from_value::<MessagesRequest>(body)
+            .unwrap()
+            .into_inputs()
+    }
+
+    fn param(e: ApiError) -> Option<String> {
+        e.body().error.param
+    }
+
+    #[test]
+    fn thinking_is_the_templates_enable_thinking_and_its_budget_is_checked() {
+        let ask = |thinking: Value| {
+            request(json!({"max_tokens": 64, "thinking": thinking,
+                           "messages": [{"role": "user", "content": "Hi"}]}))
+        };
+        let vars = |r: Result<(PromptInput, GenerationInput), ApiError>| match r.unwrap().0 {
+            PromptInput::Chat { vars, .. } => vars,
+            _ => unreachable!("a conversation"),
+        };
+        let on = json!({"type": "enabled", "budget_tokens": 16});
+        assert_eq!(vars(ask(on)), Some(json!({"enable_thinking": true})));
+        let off = json!({"type": "disabled"});
+        assert_eq!(vars(ask(off)), Some(json!({"enable_thinking": false})));
+        assert_eq!(vars(ask(json!({"type": "adaptive"}))), None);
+        for budget in [0, 64, 1000] {
+            let e = ask(json!({"type": "enabled", "budget_tokens": budget})).unwrap_err();
+            assert_eq!(param(e).as_deref(), Some("thinking.budget_tokens"));
+        }
+    }
+
+    #[test]
+    fn an_assistant_turns_thinking_goes_back_as_its_reasoning() {
+        let (prompt, _) = request(json!({"max_tokens": 8, "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "a greeting", "signature": ""},
+                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "text", "text": "Hello"}]},
+            {"role": "user", "content": "Bye"}]}))
+        .unwrap();
+        let PromptInput::Chat { messages, .. } = prompt else {
+            unreachable!("a conversation")
+        };
+        assert_eq!(messages[1].reasoning_content.as_deref(), Some("a greeting"));
+        assert_eq!(messages[1].content, "Hello");
+        let e = request(
+            json!({"max_tokens": 8, "messages": [{"role": "user", "content": [
+            {"type": "thinking", "thinking": "not mine", "signature": ""}]}]}),
+        )
+        .unwrap_err();
+        assert_eq!(param(e).as_deref(), Some("messages[0].content[0]"));
     }
 }

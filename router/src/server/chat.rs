@@ -12,7 +12,6 @@ use super::openai::*;
 use super::structured::{FunctionCall, FunctionDelta, ToolCallDelta, ToolCallOut};
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
-use crate::reasoning::{Part, Split};
 use crate::scheduler::Event;
 use crate::tools::stream::{AnswerStream, Piece};
 use crate::tools::{answer_calls, ToolFormat, Tools};
@@ -58,6 +57,7 @@ pub(super) fn usage(prompt: usize, completion: usize, cached: usize) -> Usage {
         prompt_tokens_details: PromptTokensDetails {
             cached_tokens: cached,
         },
+        completion_tokens_details: None,
     }
 }
 
@@ -94,7 +94,12 @@ pub(super) fn include_usage(options: &Option<StreamOptions>) -> bool {
 pub(super) fn usage_of(started: &Started, choices: &[ChoiceOutput]) -> Usage {
     let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
     let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
-    usage(started.prompt_tokens, completion_tokens, cached_tokens)
+    let mut usage = usage(started.prompt_tokens, completion_tokens, cached_tokens);
+    if started.split().is_some() {
+        let reasoning_tokens = choices.iter().map(|c| c.reasoning_tokens).sum();
+        usage.completion_tokens_details = Some(CompletionTokensDetails { reasoning_tokens });
+    }
+    usage
 }
 
 /// What both OpenAI endpoints do before formatting: check the model, validate and queue.
@@ -135,20 +140,12 @@ pub async fn chat_completions(
     };
     let (mut started, sid) = begin(&state, &rid, model, inputs, "chatcmpl").await?;
     let calls = state.validator.tool_format();
-    // A reasoning model's answer: its markers, and whether the prompt opened the reasoning.
-    let reasoning = state
-        .validator
-        .reasoning()
-        .zip(started.reasoning)
-        .map(|(r, opened)| (r.markers.clone(), opened));
     if stream {
         started.first().await?;
-        let mut format = ChatChunks::new(sid, tools.as_ref(), calls, started.n);
-        if let Some((markers, opened)) = &reasoning {
-            format.splits = (0..started.n)
-                .map(|_| Split::new(markers, *opened))
-                .collect();
-        }
+        let answers = (0..started.n)
+            .map(|_| AnswerStream::new(tools.as_ref(), calls, started.split()))
+            .collect();
+        let format = ChatChunks { sid, answers };
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -169,12 +166,8 @@ pub async fn chat_completions(
                         .map(|(t, lp, top)| chat_logprob(&state, *t, *lp, top))
                         .collect(),
                 });
-                let (thought, text) = match &reasoning {
-                    Some((markers, opened)) => Split::whole(markers, *opened, &c.text),
-                    None => (None, c.text),
-                };
-                let (mut message, finish) = chat_answer(text, c.finish, tools.as_ref(), calls);
-                message.reasoning_content = thought;
+                let (mut message, finish) = chat_answer(c.text, c.finish, tools.as_ref(), calls);
+                message.reasoning_content = c.reasoning;
                 ChatChoice {
                     index,
                     logprobs,
@@ -299,25 +292,16 @@ pub(super) struct StreamId {
     pub(super) logprobs: bool,
 }
 
-/// Chat chunks; each choice's text goes through its [`AnswerStream`], so that with tools a
-/// call streams as OpenAI's `tool_calls` deltas.
+/// Chat chunks; each choice's text goes through its [`AnswerStream`], so that a reasoning
+/// model's reasoning streams as `reasoning_content` and with tools a call as OpenAI's
+/// `tool_calls` deltas.
 struct ChatChunks {
     sid: StreamId,
     /// Per choice.
     answers: Vec<AnswerStream>,
-    /// Per choice, for a reasoning model (empty otherwise): reasoning apart from the answer.
-    splits: Vec<Split>,
 }
 
 impl ChatChunks {
-    fn new(sid: StreamId, tools: Option<&Tools>, format: ToolFormat, n: usize) -> Self {
-        ChatChunks {
-            sid,
-            answers: (0..n).map(|_| AnswerStream::new(tools, format)).collect(),
-            splits: Vec::new(),
-        }
-    }
-
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> SseEvent {
         let s = &self.sid;
         sse_json(&ChatCompletionChunk {
@@ -335,6 +319,9 @@ impl ChatChunks {
         let mut delta = ChatDelta::default();
         for p in pieces {
             match p {
+                Piece::Reasoning(r) => (delta.reasoning_content)
+                    .get_or_insert_with(String::new)
+                    .push_str(&r),
                 Piece::Text(t) => delta.content.get_or_insert_with(String::new).push_str(&t),
                 Piece::CallStart { index, name } => delta
                     .tool_calls
@@ -366,28 +353,6 @@ impl ChatChunks {
                     }
                 }
             }
-        }
-        (delta.content.is_some() || delta.tool_calls.is_some()).then_some(delta)
-    }
-}
-
-impl ChatChunks {
-    /// The delta of some parts of one choice's answer: reasoning as `reasoning_content`, the
-    /// rest through the choice's [`AnswerStream`] (text, or with tools calls).
-    fn answer_delta(&mut self, choice: usize, parts: Vec<Part>) -> Option<ChatDelta> {
-        let (mut reasoning, mut content) = (String::new(), String::new());
-        for p in parts {
-            match p {
-                Part::Reasoning(r) => reasoning.push_str(&r),
-                Part::Content(c) => content.push_str(&c),
-            }
-        }
-        let mut delta = match content.is_empty() {
-            true => ChatDelta::default(),
-            false => Self::delta(self.answers[choice].push(content)).unwrap_or_default(),
-        };
-        if !reasoning.is_empty() {
-            delta.reasoning_content = Some(reasoning);
         }
         let said = delta.content.is_some()
             || delta.tool_calls.is_some()
@@ -424,11 +389,7 @@ impl ChunkFormat for ChatChunks {
         logprob: f32,
         top: &[TokenLogprob],
     ) -> Option<SseEvent> {
-        let parts = match self.splits.get_mut(choice) {
-            Some(split) => split.push(&text),
-            None => vec![Part::Content(text)],
-        };
-        let delta = self.answer_delta(choice, parts);
+        let delta = Self::delta(self.answers[choice].push(text));
         if delta.is_none() && !self.sid.logprobs {
             return None;
         }
@@ -446,19 +407,7 @@ impl ChunkFormat for ChatChunks {
 
     fn finish(&mut self, choice: usize, reason: FinishReason) -> Vec<SseEvent> {
         let mut out = Vec::new();
-        let mut reason = reason;
-        let held = self.splits.get_mut(choice).map(Split::finish);
-        if let Some(delta) = held.and_then(|parts| self.answer_delta(choice, parts)) {
-            let held = ChatChunkChoice {
-                index: choice,
-                delta,
-                logprobs: None,
-                finish_reason: None,
-            };
-            out.push(self.chunk(vec![held], None));
-        }
-        let (rest, ended) = self.answers[choice].finish(reason);
-        reason = ended;
+        let (rest, reason) = self.answers[choice].finish(reason);
         if let Some(delta) = Self::delta(rest) {
             let rest = ChatChunkChoice {
                 index: choice,
@@ -478,7 +427,11 @@ impl ChunkFormat for ChatChunks {
         out
     }
 
-    fn usage(&self, usage: Usage) -> SseEvent {
+    fn usage(&self, mut usage: Usage) -> SseEvent {
+        if self.answers.iter().any(AnswerStream::reasons) {
+            let reasoning_tokens = self.answers.iter().map(|a| a.reasoning_tokens()).sum();
+            usage.completion_tokens_details = Some(CompletionTokensDetails { reasoning_tokens });
+        }
         self.chunk(Vec::new(), Some(usage))
     }
 }

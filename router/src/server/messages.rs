@@ -4,13 +4,14 @@
 //! Anthropic's shapes ([`super::anthropic`]).
 //!
 //! A stream is Anthropic's event sequence: `message_start`, then per content block
-//! `content_block_start`, its deltas (`text_delta`, or `input_json_delta` for a `tool_use`
+//! `content_block_start`, its deltas (`thinking_delta` and an empty `signature_delta` for a
+//! reasoning model's `thinking` block, `text_delta`, or `input_json_delta` for a `tool_use`
 //! block's input) and `content_block_stop`, then `message_delta` (stop reason, output tokens)
 //! and `message_stop`; a failure after the start ends it with an `error` event.
 
 use super::anthropic::*;
 use super::lifecycle::RequestId;
-use super::{collect, new_id, ApiJson, SharedState, Started};
+use super::{collect, new_id, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
 use crate::scheduler::Event;
 use crate::tools::stream::{AnswerStream, Piece};
@@ -39,29 +40,36 @@ fn usage(started: &Started, output: usize, cached: usize) -> AnthropicUsage {
     }
 }
 
-/// A finished answer's blocks: tool uses when the request has tools and the answer is nothing
-/// but calls, else its text.
+/// A finished answer's blocks: its reasoning as a `thinking` block, then tool uses when the
+/// request has tools and the answer is nothing but calls, else its text.
 fn blocks(
-    text: String,
-    finish: FinishReason,
+    c: ChoiceOutput,
     tools: Option<&Tools>,
     format: ToolFormat,
 ) -> (Vec<BlockOut>, FinishReason) {
-    match answer_calls(&text, Some(finish), tools, format) {
+    let finish = c.finish.unwrap_or(FinishReason::Stop);
+    let thinking = c.reasoning.map(|thinking| BlockOut::Thinking {
+        thinking,
+        signature: String::new(),
+    });
+    let mut out: Vec<BlockOut> = thinking.into_iter().collect();
+    let text = c.text;
+    let finish = match answer_calls(&text, Some(finish), tools, format) {
         Some(calls) => {
-            let uses = calls
-                .into_iter()
-                .map(|c| BlockOut::ToolUse {
-                    id: new_id("toolu"),
-                    name: c.name,
-                    input: serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({})),
-                })
-                .collect();
-            (uses, FinishReason::ToolCalls)
+            out.extend(calls.into_iter().map(|c| BlockOut::ToolUse {
+                id: new_id("toolu"),
+                name: c.name,
+                input: serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({})),
+            }));
+            FinishReason::ToolCalls
         }
-        None if text.is_empty() => (Vec::new(), finish),
-        None => (vec![BlockOut::Text { text }], finish),
-    }
+        None if text.is_empty() => finish,
+        None => {
+            out.push(BlockOut::Text { text });
+            finish
+        }
+    };
+    (out, finish)
 }
 
 #[utoipa::path(post, path = "/v1/messages", request_body = MessagesRequest,
@@ -92,10 +100,13 @@ pub async fn messages(
         let events = message_stream(state.clone(), started, id, tools, format);
         return Ok(super::chat::sse_response(events));
     }
-    let mut choices = collect(&mut started).await?;
-    let c = choices.remove(0);
-    let finish = c.finish.unwrap_or(FinishReason::Stop);
-    let (content, finish) = blocks(c.text, finish, tools.as_ref(), format);
+    let c = collect(&mut started).await?.remove(0);
+    let (stop_sequence, tokens, cached) = (
+        c.stop_sequence.clone(),
+        c.completion_tokens,
+        c.cached_tokens,
+    );
+    let (content, finish) = blocks(c, tools.as_ref(), format);
     let message = MessageOut {
         id,
         r#type: "message",
@@ -103,8 +114,8 @@ pub async fn messages(
         model: state.served_name.clone(),
         content,
         stop_reason: Some(stop_reason(finish)),
-        stop_sequence: c.stop_sequence,
-        usage: usage(&started, c.completion_tokens, c.cached_tokens),
+        stop_sequence,
+        usage: usage(&started, tokens, cached),
     };
     Ok(axum::Json(message).into_response())
 }
@@ -132,10 +143,18 @@ fn error_event(error: ApiError) -> SseEvent {
     event("error", json!(AnthropicError(error).body()))
 }
 
+/// What kind of content block is open.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Thinking,
+    Text,
+    ToolUse,
+}
+
 /// The content blocks of a stream as they open and close.
 struct Blocks {
-    /// The open block: its index and whether it is text.
-    open: Option<(usize, bool)>,
+    /// The open block: its index and kind.
+    open: Option<(usize, Kind)>,
     next: usize,
 }
 
@@ -144,18 +163,19 @@ impl Blocks {
     /// delta.
     fn piece(&mut self, piece: Piece, out: &mut Vec<SseEvent>) {
         match piece {
-            Piece::Text(text) if text.is_empty() => {}
+            Piece::Reasoning(text) | Piece::Text(text) if text.is_empty() => {}
+            Piece::Reasoning(thinking) => {
+                let block = json!({"type": "thinking", "thinking": "", "signature": ""});
+                let index = self.ensure(Kind::Thinking, block, out);
+                out.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta",
+                    "index": index, "delta": {"type": "thinking_delta", "thinking": thinking}}),
+                ));
+            }
             Piece::Text(text) => {
-                if self.open.is_none_or(|(_, is_text)| !is_text) {
-                    let index = self.start(out);
-                    out.push(event(
-                        "content_block_start",
-                        json!({"type": "content_block_start",
-                        "index": index, "content_block": {"type": "text", "text": ""}}),
-                    ));
-                    self.open = Some((index, true));
-                }
-                let index = self.open.map_or(0, |(i, _)| i);
+                let block = json!({"type": "text", "text": ""});
+                let index = self.ensure(Kind::Text, block, out);
                 out.push(event(
                     "content_block_delta",
                     json!({"type": "content_block_delta",
@@ -170,7 +190,7 @@ impl Blocks {
                     "index": index, "content_block": {"type": "tool_use", "id": new_id("toolu"),
                     "name": name, "input": {}}}),
                 ));
-                self.open = Some((index, false));
+                self.open = Some((index, Kind::ToolUse));
             }
             Piece::Arguments { text, .. } => {
                 let index = self.open.map_or(0, |(i, _)| i);
@@ -183,6 +203,22 @@ impl Blocks {
         }
     }
 
+    /// The open block's index when it is of `kind`, else a new one (`block` as its start).
+    fn ensure(&mut self, kind: Kind, block: Value, out: &mut Vec<SseEvent>) -> usize {
+        match self.open {
+            Some((index, open)) if open == kind => index,
+            _ => {
+                let index = self.start(out);
+                out.push(event(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": index, "content_block": block}),
+                ));
+                self.open = Some((index, kind));
+                index
+            }
+        }
+    }
+
     /// Closes the open block, if any, and returns the next block's index.
     fn start(&mut self, out: &mut Vec<SseEvent>) -> usize {
         self.close(out);
@@ -191,7 +227,15 @@ impl Blocks {
     }
 
     fn close(&mut self, out: &mut Vec<SseEvent>) {
-        if let Some((index, _)) = self.open.take() {
+        if let Some((index, kind)) = self.open.take() {
+            if kind == Kind::Thinking {
+                // Wick does not sign its reasoning; the SDKs expect the delta all the same.
+                out.push(event(
+                    "content_block_delta",
+                    json!({"type": "content_block_delta",
+                    "index": index, "delta": {"type": "signature_delta", "signature": ""}}),
+                ));
+            }
             out.push(event(
                 "content_block_stop",
                 json!({"type": "content_block_stop", "index": index}),
@@ -219,7 +263,7 @@ fn message_stream(
             usage: usage(&started, 0, 0),
         };
         yield Ok(event("message_start", json!({"type": "message_start", "message": opening})));
-        let mut answer = AnswerStream::new(tools.as_ref(), format);
+        let mut answer = AnswerStream::new(tools.as_ref(), format, started.split());
         let mut blocks = Blocks { open: None, next: 0 };
         loop {
             let mut out = Vec::new();

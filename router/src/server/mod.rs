@@ -29,6 +29,7 @@ pub mod tgi;
 
 use crate::backend::Backend;
 use crate::error::{ApiError, Unavailable};
+use crate::reasoning::{Part, Split};
 use crate::scheduler::{Event, Failure, Scheduler, SchedulerGone, Submission};
 use crate::validation::{GenerationInput, PromptInput, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
@@ -225,8 +226,8 @@ pub struct Started {
     pub n: usize,
     pub logprobs: bool,
     pub seed: u64,
-    /// `Some(opened)` when the answer may start with a reasoning model's reasoning.
-    pub reasoning: Option<bool>,
+    /// For a reasoning model's conversation, a fresh splitter of its answers' reasoning.
+    reasoning: Option<Split>,
     queue_limit: Option<Duration>,
     /// The concurrency slot, released when the response (or its stream) ends.
     _permit: OwnedSemaphorePermit,
@@ -237,6 +238,12 @@ pub struct Started {
 const MERGED_CAPACITY: usize = 64;
 
 impl Started {
+    /// A splitter of one answer's reasoning from its content, for a reasoning model's
+    /// conversation (`None` otherwise: the answer is all content).
+    pub fn split(&self) -> Option<Split> {
+        self.reasoning.clone()
+    }
+
     /// Several generations of one request (one per prompt) as one, their choices numbered one
     /// after the other (generation `g`'s choice `j` becomes `g * n + j`). A task per generation
     /// forwards its events; dropping the merged one ends them, which drops (cancels) theirs.
@@ -362,12 +369,14 @@ impl AppState {
                     task: "validation",
                     message: e.to_string(),
                 })??;
-        let (prompt_tokens, n, logprobs, seed, reasoning) = (
+        let reasoning = (valid.reasoning())
+            .zip(self.validator.reasoning())
+            .map(|(opened, r)| Split::new(&r.markers, opened));
+        let (prompt_tokens, n, logprobs, seed) = (
             valid.prompt().len(),
             valid.n(),
             valid.logprobs(),
             valid.params().seed,
-            valid.reasoning(),
         );
         let permit = a.choices_permit(permit, n)?;
         let queue_permit =
@@ -426,7 +435,11 @@ impl AppState {
 /// One choice of a finished, non-streamed generation.
 #[derive(Debug, Default)]
 pub struct ChoiceOutput {
+    /// The answer's text: its content, apart from any reasoning.
     pub text: String,
+    /// A reasoning model's reasoning (`Some` when the answer reasoned, even emptily).
+    pub reasoning: Option<String>,
+    pub reasoning_tokens: usize,
     pub tokens: Vec<(u32, f32, Vec<TokenLogprob>)>,
     pub finish: Option<FinishReason>,
     pub completion_tokens: usize,
@@ -435,9 +448,21 @@ pub struct ChoiceOutput {
     pub stop_sequence: Option<String>,
 }
 
+impl ChoiceOutput {
+    fn add(&mut self, parts: Vec<Part>) {
+        for p in parts {
+            match p {
+                Part::Reasoning(r) => self.reasoning.get_or_insert_with(String::new).push_str(&r),
+                Part::Content(c) => self.text.push_str(&c),
+            }
+        }
+    }
+}
+
 /// Waits for every choice of a generation to finish.
 pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiError> {
     let mut choices: Vec<ChoiceOutput> = (0..started.n).map(|_| ChoiceOutput::default()).collect();
+    let mut splits: Vec<Option<Split>> = (0..started.n).map(|_| started.split()).collect();
     let mut done = 0;
     while done < started.n {
         match started.next().await {
@@ -449,7 +474,10 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
                 top_logprobs,
             }) => {
                 let c = &mut choices[choice];
-                c.text.push_str(&text);
+                match &mut splits[choice] {
+                    Some(split) => c.add(split.push(&text)),
+                    None => c.text.push_str(&text),
+                }
                 c.tokens.push((token, logprob, top_logprobs));
             }
             Some(Event::Finished {
@@ -460,6 +488,14 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
                 stop_sequence,
                 ..
             }) => {
+                if let Some(split) = &mut splits[choice] {
+                    let c = &mut choices[choice];
+                    c.add(split.finish());
+                    if split.reasoned() {
+                        c.reasoning.get_or_insert_with(String::new);
+                    }
+                    c.reasoning_tokens = split.tokens();
+                }
                 choices[choice].finish = Some(reason);
                 choices[choice].completion_tokens = completion_tokens;
                 choices[choice].cached_tokens = cached_tokens;

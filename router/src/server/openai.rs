@@ -69,6 +69,9 @@ pub struct ChatMessageIn {
     /// The call a `tool` message answers.
     #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// An earlier assistant turn's reasoning, as a reasoning model's answer gave it.
+    #[serde(default)]
+    pub reasoning_content: Option<String>,
 }
 
 /// Rejects a field we do not implement when it is present.
@@ -249,6 +252,15 @@ fn chat_message(i: usize, m: ChatMessageIn) -> Result<ChatMessage, ApiError> {
         }
     };
     let mut message = ChatMessage::new(m.role, content);
+    if let Some(reasoning) = m.reasoning_content {
+        if message.role != "assistant" {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].reasoning_content"),
+                "only assistant messages carry `reasoning_content`",
+            ));
+        }
+        message.reasoning_content = Some(reasoning);
+    }
     if let Some(calls) = m.tool_calls {
         if message.role != "assistant" {
             return Err(ApiError::invalid(
@@ -360,6 +372,14 @@ pub struct Usage {
     pub completion_tokens: usize,
     pub total_tokens: usize,
     pub prompt_tokens_details: PromptTokensDetails,
+    /// For a reasoning model's conversation: how many completion tokens were reasoning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CompletionTokensDetails {
+    pub reasoning_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

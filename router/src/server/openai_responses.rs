@@ -4,7 +4,10 @@
 //! `input` is a string or items: messages (`user`, `assistant`, `system`, `developer`; text
 //! content or `input_text` / `output_text` parts), `function_call` items (the assistant's
 //! earlier calls, merged into one assistant turn with `tool_calls`) and `function_call_output`
-//! items (`tool` messages). `instructions` is the system message. Tools are function tools;
+//! items (`tool` messages), `reasoning` items (an earlier turn's reasoning, given to the next
+//! assistant turn as its `reasoning_content`). `instructions` is the system message.
+//! `reasoning.effort` `none` turns a reasoning model's thinking off (the template's
+//! `enable_thinking`); any other effort turns it on. Tools are function tools;
 //! `text.format` is `text`, `json_object` or `json_schema`. Nothing is stored: `store: true` and
 //! `previous_response_id` are refused.
 
@@ -29,6 +32,8 @@ pub struct ResponsesRequest {
     pub tool_choice: Option<ResponsesToolChoice>,
     pub parallel_tool_calls: Option<bool>,
     pub text: Option<TextConfig>,
+    /// For a reasoning model: whether it thinks first.
+    pub reasoning: Option<ReasoningConfig>,
     pub max_output_tokens: Option<u64>,
     /// 0 to 2; 0 is greedy. Default 1.
     pub temperature: Option<f32>,
@@ -42,6 +47,14 @@ pub struct ResponsesRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     pub user: Option<String>,
+}
+
+/// `reasoning`: `effort` (`none`, `minimal`, `low`, `medium`, `high`); `summary` is accepted
+/// and ignored (the reasoning comes back whole, as `reasoning_text`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ReasoningConfig {
+    pub effort: Option<String>,
+    pub summary: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -73,6 +86,17 @@ pub enum TypedItem {
         call_id: String,
         output: String,
     },
+    /// An earlier answer's reasoning.
+    Reasoning {
+        #[serde(default)]
+        content: Vec<ReasoningPart>,
+    },
+}
+
+/// A reasoning item's text (`reasoning_text`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ReasoningPart {
+    pub text: String,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -168,6 +192,8 @@ fn content_text(content: ItemContent) -> String {
 
 /// The conversation of `input` items (after the system message, if any).
 fn conversation(items: Vec<InputItem>, out: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+    // A reasoning item's text, for the assistant turn that follows it.
+    let mut reasoning = None::<String>;
     for (i, item) in items.into_iter().enumerate() {
         let item = match item {
             InputItem::Typed(t) => t,
@@ -186,7 +212,15 @@ fn conversation(items: Vec<InputItem>, out: &mut Vec<ChatMessage>) -> Result<(),
                         ))
                     }
                 };
-                out.push(ChatMessage::new(role, content_text(m.content)));
+                let mut m = ChatMessage::new(role, content_text(m.content));
+                if role == "assistant" {
+                    m.reasoning_content = reasoning.take();
+                }
+                out.push(m);
+            }
+            TypedItem::Reasoning { content } => {
+                let text = content.into_iter().map(|p| p.text);
+                reasoning.get_or_insert_with(String::new).extend(text);
             }
             TypedItem::FunctionCall {
                 call_id,
@@ -209,6 +243,7 @@ fn conversation(items: Vec<InputItem>, out: &mut Vec<ChatMessage>) -> Result<(),
                     _ => {
                         let mut m = ChatMessage::new("assistant", "");
                         m.tool_calls = Some(vec![call]);
+                        m.reasoning_content = reasoning.take();
                         out.push(m);
                     }
                 }
@@ -280,7 +315,19 @@ impl ResponsesRequest {
             grammar,
             ..GenerationInput::default()
         };
-        let vars = None;
+        let vars = match self.reasoning.and_then(|r| r.effort) {
+            None => None,
+            Some(e) => match e.as_str() {
+                "none" => Some(json!({"enable_thinking": false})),
+                "minimal" | "low" | "medium" | "high" => Some(json!({"enable_thinking": true})),
+                _ => return Err(ApiError::invalid(
+                    "reasoning.effort",
+                    format!(
+                        "`reasoning.effort` must be none, minimal, low, medium or high, got `{e}`"
+                    ),
+                )),
+            },
+        };
         Ok((
             PromptInput::Chat {
                 messages,
@@ -289,5 +336,58 @@ impl ResponsesRequest {
             },
             input,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(body: Value) -> Result<(PromptInput, GenerationInput), ApiError> {
+        serde_json::from_value::<ResponsesRequest>(body)
+            .unwrap()
+            .into_inputs()
+    }
+
+    #[test]
+    fn a_reasoning_item_is_the_next_assistant_turns_reasoning() {
+        let (prompt, _) = request(json!({"input": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"type": "reasoning", "id": "rs_1", "summary": [],
+             "content": [{"type": "reasoning_text", "text": "call the tool"}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather",
+             "arguments": "{\"city\": \"Paris\"}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"}]}))
+        .unwrap();
+        let PromptInput::Chat { messages, .. } = prompt else {
+            unreachable!("a conversation")
+        };
+        let roles: Vec<_> = messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(roles, ["user", "assistant", "tool"]);
+        assert_eq!(
+            messages[1].reasoning_content.as_deref(),
+            Some("call the tool")
+        );
+    }
+
+    #[test]
+    fn reasoning_effort_turns_thinking_on_or_off() {
+        let vars = |effort: &str| {
+            let body = json!({"input": "Hi", "reasoning": {"effort": effort}});
+            request(body).map(|(p, _)| match p {
+                PromptInput::Chat { vars, .. } => vars,
+                _ => unreachable!("a conversation"),
+            })
+        };
+        assert_eq!(
+            vars("none").unwrap(),
+            Some(json!({"enable_thinking": false}))
+        );
+        assert_eq!(
+            vars("high").unwrap(),
+            Some(json!({"enable_thinking": true}))
+        );
+        let e = vars("extreme").unwrap_err();
+        assert_eq!(e.body().error.param.as_deref(), Some("reasoning.effort"));
     }
 }

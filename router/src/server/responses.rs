@@ -2,11 +2,13 @@
 //! as chat completions (model check, admission, validation, the scheduler, cancellation by
 //! drop); wire types in [`super::openai_responses`], errors in OpenAI's shape.
 //!
-//! The answer is output items: one `message` item with an `output_text` part, or one
-//! `function_call` item per call (in the model's call format, read as for chat completions).
+//! The answer is output items: a reasoning model's `reasoning` item first (one `reasoning_text`
+//! part), then one `message` item with an `output_text` part, or one `function_call` item per
+//! call (in the model's call format, read as for chat completions).
 //! A stream is the typed events `response.created`, `response.in_progress`, then per item
 //! `response.output_item.added`, its deltas (`response.content_part.added`,
-//! `response.output_text.delta` ... `.done`, `response.content_part.done`; or
+//! `response.output_text.delta` (or `response.reasoning_text.delta`) ... `.done`,
+//! `response.content_part.done`; or
 //! `response.function_call_arguments.delta` ... `.done`) and `response.output_item.done`, and
 //! last `response.completed` (or `response.incomplete` at the token limit) with the whole
 //! response; every event carries its `sequence_number`.
@@ -103,9 +105,49 @@ fn skeleton(state: &SharedState, req: &ResponsesRequest) -> ResponseObject {
     }
 }
 
-fn message_item(id: &str, text: &str, status: &str) -> Value {
-    json!({"type": "message", "id": id, "status": status, "role": "assistant",
-           "content": [{"type": "output_text", "text": text, "annotations": []}]})
+/// An output item of one text part: the answer's message or its reasoning.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum TextItem {
+    Message,
+    Reasoning,
+}
+
+impl TextItem {
+    fn new_id(self) -> String {
+        new_id(match self {
+            TextItem::Message => "msg",
+            TextItem::Reasoning => "rs",
+        })
+    }
+
+    fn part(self, text: &str) -> Value {
+        match self {
+            TextItem::Message => json!({"type": "output_text", "text": text, "annotations": []}),
+            TextItem::Reasoning => json!({"type": "reasoning_text", "text": text}),
+        }
+    }
+
+    /// The item, its content empty while it is in progress.
+    fn item(self, id: &str, text: Option<&str>, status: &str) -> Value {
+        let content: Vec<Value> = text.map(|t| self.part(t)).into_iter().collect();
+        match self {
+            TextItem::Message => json!({"type": "message", "id": id, "status": status,
+                                        "role": "assistant", "content": content}),
+            TextItem::Reasoning => json!({"type": "reasoning", "id": id, "status": status,
+                                          "summary": [], "content": content}),
+        }
+    }
+
+    /// The text's events: `.delta` and `.done`.
+    fn events(self) -> (&'static str, &'static str) {
+        match self {
+            TextItem::Message => ("response.output_text.delta", "response.output_text.done"),
+            TextItem::Reasoning => (
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+            ),
+        }
+    }
 }
 
 fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
@@ -120,6 +162,7 @@ fn finish(
     started: &Started,
     out: usize,
     cached: usize,
+    reasoning: usize,
 ) {
     let incomplete = reason == FinishReason::Length;
     r.status = if incomplete {
@@ -132,7 +175,7 @@ fn finish(
         input_tokens: started.prompt_tokens,
         input_tokens_details: json!({"cached_tokens": cached}),
         output_tokens: out,
-        output_tokens_details: json!({"reasoning_tokens": 0}),
+        output_tokens_details: json!({"reasoning_tokens": reasoning}),
         total_tokens: started.prompt_tokens + out,
     });
 }
@@ -164,29 +207,38 @@ pub async fn responses(
     }
     let c = collect(&mut started).await?.remove(0);
     let reason = c.finish.unwrap_or(FinishReason::Stop);
-    response.output = match answer_calls(&c.text, Some(reason), tools.as_ref(), format) {
-        Some(calls) => calls
-            .iter()
-            .map(|call| {
-                let (id, call_id) = (new_id("fc"), new_id("call"));
-                call_item(&id, &call_id, &call.name, &call.arguments, "completed")
-            })
-            .collect(),
-        None => vec![message_item(&new_id("msg"), &c.text, "completed")],
-    };
+    let reasoning = c.reasoning.as_deref().map(|text| {
+        let kind = TextItem::Reasoning;
+        kind.item(&kind.new_id(), Some(text), "completed")
+    });
+    response.output = reasoning.into_iter().collect();
+    match answer_calls(&c.text, Some(reason), tools.as_ref(), format) {
+        Some(calls) => response.output.extend(calls.iter().map(|call| {
+            let (id, call_id) = (new_id("fc"), new_id("call"));
+            call_item(&id, &call_id, &call.name, &call.arguments, "completed")
+        })),
+        None => {
+            let kind = TextItem::Message;
+            let message = kind.item(&kind.new_id(), Some(&c.text), "completed");
+            response.output.push(message)
+        }
+    }
+    let (out, cached) = (c.completion_tokens, c.cached_tokens);
     finish(
         &mut response,
         reason,
         &started,
-        c.completion_tokens,
-        c.cached_tokens,
+        out,
+        cached,
+        c.reasoning_tokens,
     );
     Ok(axum::Json(response).into_response())
 }
 
 /// The output item being streamed.
 enum Open {
-    Message {
+    Text {
+        kind: TextItem,
         id: String,
         text: String,
     },
@@ -203,6 +255,8 @@ struct Events {
     seq: u64,
     open: Option<Open>,
     done: Vec<Value>,
+    /// Whether a message or call item was opened (reasoning alone is no answer).
+    answered: bool,
 }
 
 impl Events {
@@ -219,24 +273,12 @@ impl Events {
 
     fn piece(&mut self, piece: Piece, out: &mut Vec<SseEvent>) {
         match piece {
-            Piece::Text(text) if text.is_empty() => {}
-            Piece::Text(text) => {
-                if !matches!(self.open, Some(Open::Message { .. })) {
-                    self.open_message(out);
-                }
-                let i = self.index();
-                if let Some(Open::Message { id, text: all }) = &mut self.open {
-                    all.push_str(&text);
-                    let id = id.clone();
-                    out.push(self.event(
-                        "response.output_text.delta",
-                        json!({"item_id": id,
-                        "output_index": i, "content_index": 0, "delta": text}),
-                    ));
-                }
-            }
+            Piece::Reasoning(text) | Piece::Text(text) if text.is_empty() => {}
+            Piece::Reasoning(text) => self.text(TextItem::Reasoning, text, out),
+            Piece::Text(text) => self.text(TextItem::Message, text, out),
             Piece::CallStart { name, .. } => {
                 self.close(out);
+                self.answered = true;
                 let (id, call_id) = (new_id("fc"), new_id("call"));
                 let i = self.index();
                 let item = call_item(&id, &call_id, &name, "", "in_progress");
@@ -265,24 +307,39 @@ impl Events {
         }
     }
 
-    /// Opens a message item with its one text part.
-    fn open_message(&mut self, out: &mut Vec<SseEvent>) {
-        self.close(out);
-        let id = new_id("msg");
+    /// More text of a `kind` item, opened first unless it is the open one.
+    fn text(&mut self, kind: TextItem, text: String, out: &mut Vec<SseEvent>) {
+        if !matches!(self.open, Some(Open::Text { kind: k, .. }) if k == kind) {
+            self.open_text(kind, out);
+        }
         let i = self.index();
-        let item = json!({"type": "message", "id": id, "status": "in_progress",
-                          "role": "assistant", "content": []});
+        if let Some(Open::Text { id, text: all, .. }) = &mut self.open {
+            all.push_str(&text);
+            let id = id.clone();
+            out.push(self.event(
+                kind.events().0,
+                json!({"item_id": id, "output_index": i, "content_index": 0, "delta": text}),
+            ));
+        }
+    }
+
+    /// Opens a message or reasoning item with its one text part.
+    fn open_text(&mut self, kind: TextItem, out: &mut Vec<SseEvent>) {
+        self.close(out);
+        let id = kind.new_id();
+        let i = self.index();
+        self.answered |= kind == TextItem::Message;
+        let item = kind.item(&id, None, "in_progress");
         out.push(self.event(
             "response.output_item.added",
             json!({"output_index": i, "item": item}),
         ));
         out.push(self.event(
             "response.content_part.added",
-            json!({"item_id": id,
-            "output_index": i, "content_index": 0,
-            "part": {"type": "output_text", "text": "", "annotations": []}}),
+            json!({"item_id": id, "output_index": i, "content_index": 0, "part": kind.part("")}),
         ));
-        self.open = Some(Open::Message {
+        self.open = Some(Open::Text {
+            kind,
             id,
             text: String::new(),
         });
@@ -303,19 +360,18 @@ impl Events {
         let i = self.index();
         let item = match self.open.take() {
             None => return,
-            Some(Open::Message { id, text }) => {
+            Some(Open::Text { kind, id, text }) => {
                 out.push(self.event(
-                    "response.output_text.done",
+                    kind.events().1,
                     json!({"item_id": id,
                     "output_index": i, "content_index": 0, "text": text}),
                 ));
                 out.push(self.event(
                     "response.content_part.done",
                     json!({"item_id": id,
-                    "output_index": i, "content_index": 0,
-                    "part": {"type": "output_text", "text": text, "annotations": []}}),
+                    "output_index": i, "content_index": 0, "part": kind.part(&text)}),
                 ));
-                message_item(&id, &text, "completed")
+                kind.item(&id, Some(&text), "completed")
             }
             Some(Open::Call {
                 id,
@@ -345,11 +401,11 @@ fn response_stream(
     format: ToolFormat,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        let mut events = Events { seq: 0, open: None, done: Vec::new() };
+        let mut events = Events { seq: 0, open: None, done: Vec::new(), answered: false };
         let whole = serde_json::to_value(&response).unwrap_or_default();
         yield Ok(events.event("response.created", json!({"response": whole})));
         yield Ok(events.event("response.in_progress", json!({"response": whole})));
-        let mut answer = AnswerStream::new(tools.as_ref(), format);
+        let mut answer = AnswerStream::new(tools.as_ref(), format, started.split());
         loop {
             let mut out = Vec::new();
             match started.next().await {
@@ -360,13 +416,14 @@ fn response_stream(
                     // The status reads the sequence's own reason (a length cut is incomplete).
                     let (rest, _) = answer.finish(reason);
                     rest.into_iter().for_each(|p| events.piece(p, &mut out));
-                    if events.open.is_none() && events.done.is_empty() {
+                    if !events.answered {
                         // An empty answer is still one (empty) message.
-                        events.open_message(&mut out);
+                        events.open_text(TextItem::Message, &mut out);
                     }
                     events.close(&mut out);
                     response.output = std::mem::take(&mut events.done);
-                    finish(&mut response, reason, &started, completion_tokens, cached_tokens);
+                    let reasoning = answer.reasoning_tokens();
+                    finish(&mut response, reason, &started, completion_tokens, cached_tokens, reasoning);
                     let name = if response.status == "incomplete" {
                         "response.incomplete"
                     } else {

@@ -262,9 +262,9 @@ impl Tools {
     }
 }
 
-/// One message with its tool fields written into the text.
+/// One message with its tool fields written into the text (its reasoning kept).
 pub fn inline_message(m: &ChatMessage) -> ChatMessage {
-    match m.role.as_str() {
+    let mut inlined = match m.role.as_str() {
         "assistant" if m.tool_calls.is_some() => {
             let mut text = m.content.clone();
             for call in m.tool_calls.iter().flatten() {
@@ -285,7 +285,9 @@ pub fn inline_message(m: &ChatMessage) -> ChatMessage {
             ChatMessage::new("user", format!("Result of call {id}:\n{}", m.content))
         }
         _ => ChatMessage::new(m.role.clone(), m.content.clone()),
-    }
+    };
+    inlined.reasoning_content = m.reasoning_content.clone();
+    inlined
 }
 
 /// A call read back from the model's output.
@@ -475,6 +477,7 @@ mod tests {
         for p in pieces {
             match p {
                 Piece::Text(t) => text.push_str(t),
+                Piece::Reasoning(r) => panic!("a CallStream gives no reasoning: {r:?}"),
                 Piece::CallStart { index, name } => {
                     assert_eq!(*index, names.len());
                     names.push(name.clone());

@@ -1,6 +1,7 @@
 //! Reading an answer while it streams: text, or calls in the request's [`ToolFormat`], each
 //! given as its index and name once, then its arguments in fragments ([`CallStream`]);
-//! [`AnswerStream`] is what the APIs hold per answer, tools or not.
+//! [`AnswerStream`] is what the APIs hold per answer, tools or not, with a reasoning model's
+//! reasoning split off first ([`Piece::Reasoning`]).
 //!
 //! The answer is known to be calls from its first non-blank character (the grammar keeps text
 //! from starting the way a call does; a forced choice is calls from the start). A call's
@@ -9,11 +10,14 @@
 //! settled. Cost: each piece is looked at once, plus the held-back tail.
 
 use super::{ToolFormat, Tools, Wrapping};
+use crate::reasoning::{Part, Split};
 use wick_proto::FinishReason;
 
 /// Text that became final in a streamed answer, split by what it is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
+    /// A reasoning model's reasoning (before its answer).
+    Reasoning(String),
     Text(String),
     /// Call `index` (0, 1, ... in the answer) begins: its name, sent once before its arguments.
     CallStart {
@@ -191,31 +195,71 @@ impl CallStream {
     }
 }
 
-/// One streamed answer as every API reads it: through a [`CallStream`] when the request has
-/// tools, else all text.
+/// One streamed answer as every API reads it: a reasoning model's reasoning split off first,
+/// then through a [`CallStream`] when the request has tools, else all text.
 #[derive(Debug)]
-pub struct AnswerStream(Option<CallStream>);
+pub struct AnswerStream {
+    split: Option<Split>,
+    calls: Option<CallStream>,
+}
 
 impl AnswerStream {
-    pub fn new(tools: Option<&Tools>, format: ToolFormat) -> Self {
-        AnswerStream(tools.map(|t| CallStream::new(t, format)))
+    pub fn new(tools: Option<&Tools>, format: ToolFormat, split: Option<Split>) -> Self {
+        AnswerStream {
+            split,
+            calls: tools.map(|t| CallStream::new(t, format)),
+        }
     }
 
+    /// One token's text.
     pub fn push(&mut self, text: String) -> Vec<Piece> {
-        match &mut self.0 {
+        match &mut self.split {
+            Some(split) => {
+                let parts = split.push(&text);
+                self.parts(parts)
+            }
+            None => self.content(text),
+        }
+    }
+
+    fn parts(&mut self, parts: Vec<Part>) -> Vec<Piece> {
+        let mut out = Vec::new();
+        for p in parts {
+            match p {
+                Part::Reasoning(r) => out.push(Piece::Reasoning(r)),
+                Part::Content(c) => out.extend(self.content(c)),
+            }
+        }
+        out
+    }
+
+    fn content(&mut self, text: String) -> Vec<Piece> {
+        match &mut self.calls {
             Some(calls) => calls.push(&text),
             None => vec![Piece::Text(text)],
         }
     }
 
+    /// Whether the answer is a reasoning model's (its reasoning split off).
+    pub fn reasons(&self) -> bool {
+        self.split.is_some()
+    }
+
+    /// The reasoning tokens so far.
+    pub fn reasoning_tokens(&self) -> usize {
+        self.split.as_ref().map_or(0, Split::tokens)
+    }
+
     /// The rest at the end of the answer, and how it ended: `ToolCalls` when it ended on its
     /// own (`Stop`) as calls, else `reason`.
     pub fn finish(&mut self, reason: FinishReason) -> (Vec<Piece>, FinishReason) {
-        let Some(calls) = &mut self.0 else {
-            return (Vec::new(), reason);
+        let held = self.split.as_mut().map(Split::finish).unwrap_or_default();
+        let mut rest = self.parts(held);
+        let Some(calls) = &mut self.calls else {
+            return (rest, reason);
         };
         let complete = reason == FinishReason::Stop;
-        let rest = calls.finish(complete);
+        rest.extend(calls.finish(complete));
         match complete && calls.is_call() {
             true => (rest, FinishReason::ToolCalls),
             false => (rest, reason),

@@ -352,17 +352,26 @@ impl Validator {
         let Some(guard) = &self.content_guard else {
             return Ok(None);
         };
-        let Some(token) = messages.iter().find_map(|m| guard.special_in(&m.content)) else {
+        let special = messages.iter().find_map(|m| {
+            let reasoning = m.reasoning_content.as_deref();
+            (guard.special_in(&m.content)).or_else(|| reasoning.and_then(|r| guard.special_in(r)))
+        });
+        let Some(token) = special else {
             return Ok(None);
         };
         let marked: Vec<ChatMessage> = messages
             .iter()
-            .map(|m| match guard.special_in(&m.content) {
-                Some(_) => ChatMessage {
-                    content: ContentGuard::wrap(&m.content),
+            .map(|m| {
+                // Only a text with a control token in it is marked.
+                let mark = |t: &str| match guard.special_in(t) {
+                    Some(_) => ContentGuard::wrap(t),
+                    None => t.to_string(),
+                };
+                ChatMessage {
+                    content: mark(&m.content),
+                    reasoning_content: m.reasoning_content.as_deref().map(mark),
                     ..m.clone()
-                },
-                None => m.clone(),
+                }
             })
             .collect();
         let marked = self.render(&marked, tools, vars)?;
