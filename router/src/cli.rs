@@ -277,9 +277,10 @@ pub struct HttpArgs {
     /// default such text stays text.
     #[arg(long, env = "WICK_SPECIAL_TOKENS_IN_CONTENT")]
     pub special_tokens_in_content: bool,
-    /// How the model writes tool calls: `hermes` (`<tool_call>` tags, Qwen 2.5) or `json`
-    /// (Wick's own bare call object). Default: `hermes` when the chat template writes
-    /// `<tool_call>`, else `json`.
+    /// How the model writes tool calls: `hermes` (`<tool_call>` tags, Qwen 2.5), `mistral`
+    /// (`[TOOL_CALLS] [...]`), `llama3` (a bare call object with `parameters`) or `json` (Wick's
+    /// own bare call object). Default: read from the chat template (`<tool_call>`,
+    /// `[TOOL_CALLS]`, the `ipython` role), else `json`.
     #[arg(long, env = "WICK_TOOL_CALL_FORMAT", value_enum)]
     pub tool_call_format: Option<crate::tools::ToolFormat>,
     /// Where a reasoning model's reasoning is: `none`, or its two markers as `OPEN,CLOSE`; it

@@ -153,3 +153,61 @@ async fn every_choice_follows_the_grammar_and_bad_grammars_are_400s() {
     assert_eq!(status, 400, "{r}");
     assert_eq!(r["error"]["param"], "tool_choice", "{r}");
 }
+
+/// Llama 3's and Mistral's call formats (chosen by `--tool-call-format`; no catalogue model
+/// teaches them): the grammar makes the model write its calls in that shape, whole and
+/// streamed, and they come back as `tool_calls`.
+#[tokio::test]
+async fn llama3_and_mistral_calls_are_written_in_their_shape_and_read_back() {
+    let weather = json!({"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                       "required": ["city"]}}});
+    for (format, opening) in [
+        ("llama3", "{\"name\": \"get_weather\", \"parameters\": {"),
+        (
+            "mistral",
+            "[TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {",
+        ),
+    ] {
+        let s = start(&["--tool-call-format", format]);
+        let body = chat(
+            "What is the weather in Paris?",
+            json!({"tools": [weather], "tool_choice": "required", "max_tokens": 60,
+                   "parallel_tool_calls": false, "logprobs": true}),
+        );
+        let (status, r) = post(&s, "/v1/chat/completions", body.clone()).await;
+        assert_eq!(status, 200, "{r}");
+        let raw = tokens(&r).concat();
+        assert!(raw.starts_with(opening), "{format}: {raw}");
+        assert_eq!(r["choices"][0]["finish_reason"], "tool_calls", "{r}");
+        let calls = r["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+        assert_eq!(calls[0]["function"]["name"], "get_weather", "{r}");
+        let args: Value =
+            serde_json::from_str(calls[0]["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["city"].is_string(), "{r}");
+        // Streamed: the same call's name once, then its arguments in fragments.
+        let mut streamed = body;
+        streamed["stream"] = json!(true);
+        let (mut name, mut arguments) = (String::new(), String::new());
+        for event in sse(&s, "/v1/chat/completions", streamed).await {
+            let Ok(chunk) = serde_json::from_str::<Value>(&event) else {
+                continue;
+            };
+            for call in chunk["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                name.push_str(call["function"]["name"].as_str().unwrap_or(""));
+                arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(name, "get_weather", "{format}");
+        assert_eq!(
+            arguments,
+            calls[0]["function"]["arguments"].as_str().unwrap(),
+            "{format}"
+        );
+        println!("{format}: {raw}");
+    }
+}

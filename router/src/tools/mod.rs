@@ -7,12 +7,18 @@
 //! A call's body is one JSON object, `{"name": "<tool>", "arguments": {...}}`, in the fixed
 //! layout of the backend's grammar compiler ([`crate::backend::Grammars`]: `", "` and `": "`),
 //! with its arguments valid against the tool's parameter schema. [`ToolFormat`] says what wraps
-//! it: nothing and one call per answer (Wick's own, for templates that know no tools), or
-//! Qwen 2.5 / Hermes `<tool_call>` tags, one or more calls in a row. With `tool_choice` `required`
-//! or a named function the output is calls only; with `auto` it is calls or text that does not
-//! start the way a call does (`{`, or `<`). `parallel_tool_calls: false` allows one call.
+//! it and what the arguments' key is ([`format`]): nothing and one call per answer (Wick's own,
+//! for templates that know no tools; Llama 3's, with `parameters`), Qwen 2.5 / Hermes
+//! `<tool_call>` tags, one or more calls in a row, or Mistral's `[TOOL_CALLS]` array. With
+//! `tool_choice` `required` or a named function the output is calls only; with `auto` it is
+//! calls or text that does not start the way a call does (`{`, `<` or `[`).
+//! `parallel_tool_calls: false` allows one call.
 
+pub mod format;
 pub mod stream;
+
+use format::ObjectEnd;
+pub use format::ToolFormat;
 
 use crate::backend::{close_objects, GrammarSpec};
 use crate::template::ChatMessage;
@@ -96,69 +102,12 @@ pub struct Tools {
     pub parallel: bool,
 }
 
-/// How a model writes its calls (`--tool-call-format`; by default read from the chat template).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ToolFormat {
-    /// Wick's own: the answer is one bare call object.
-    Json,
-    /// Qwen 2.5 and Hermes: each call as `<tool_call>\n{...}\n</tool_call>`, calls separated by a
-    /// newline.
-    Hermes,
-}
-
-impl ToolFormat {
-    /// The format a chat template teaches its model: Hermes tags when the template writes
-    /// `<tool_call>`, else Wick's JSON.
-    pub fn detect(template: Option<&str>) -> Self {
-        match template {
-            Some(t) if t.contains("<tool_call>") => ToolFormat::Hermes,
-            _ => ToolFormat::Json,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ToolFormat::Json => "json",
-            ToolFormat::Hermes => "hermes",
-        }
-    }
-
-    /// What comes before and after each call's JSON body, and between two calls.
-    pub(crate) fn wrapping(self) -> Wrapping {
-        match self {
-            ToolFormat::Json => Wrapping {
-                open: "",
-                close: "",
-                between: "",
-            },
-            ToolFormat::Hermes => Wrapping {
-                open: "<tool_call>\n",
-                close: "\n</tool_call>",
-                between: "\n",
-            },
-        }
-    }
-
-    /// Whether an answer may hold several calls.
-    fn allows_several(self) -> bool {
-        self == ToolFormat::Hermes
-    }
-}
-
-/// The text around each call of a [`ToolFormat`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Wrapping {
-    pub open: &'static str,
-    pub close: &'static str,
-    pub between: &'static str,
-}
-
-/// The JSON schema of a call of `f`.
-fn call_schema(f: &Function) -> Value {
+/// The JSON schema of a call of `f`, its arguments under `key`.
+fn call_schema(f: &Function, key: &str) -> Value {
     json!({
         "type": "object",
-        "properties": {"name": {"const": f.name}, "arguments": f.parameters},
-        "required": ["name", "arguments"],
+        "properties": {"name": {"const": f.name}, key: f.parameters},
+        "required": ["name", key],
         "additionalProperties": false,
     })
 }
@@ -170,7 +119,9 @@ impl Tools {
             Choice::Named(name) => self.functions.iter().filter(|f| &f.name == name).collect(),
             Choice::Auto | Choice::Required => self.functions.iter().collect(),
         };
-        let mut alternatives: Vec<Value> = callable.into_iter().map(call_schema).collect();
+        let w = format.wrapping();
+        let schema = |f: &Function| call_schema(f, w.arguments);
+        let mut alternatives: Vec<Value> = callable.into_iter().map(schema).collect();
         let mut call = if alternatives.len() == 1 {
             alternatives.remove(0)
         } else {
@@ -188,31 +139,31 @@ impl Tools {
         }
         call["x-guidance"] = json!({"whitespace_flexible": false, "item_separator": ", ",
                                     "key_separator": ": "});
-        let w = format.wrapping();
-        let quoted = |s: &str| serde_json::to_string(s).expect("a string serializes");
+        // A literal of the wrapping, with a space on the side of the rule it joins (none when
+        // the text is empty).
+        let lit = |s: &str, before: bool| match (s.is_empty(), before) {
+            (true, _) => String::new(),
+            (false, true) => serde_json::to_string(s).expect("a string serializes") + " ",
+            (false, false) => " ".to_string() + &serde_json::to_string(s).expect("a string"),
+        };
         let mut src = match self.choice {
             // Text may not begin the way a call does.
-            Choice::Auto => match format {
-                ToolFormat::Json => String::from("start: TEXT | calls\nTEXT: /[^{](.|\\n)*/\n"),
-                ToolFormat::Hermes => String::from("start: TEXT | calls\nTEXT: /[^<](.|\\n)*/\n"),
-            },
+            Choice::Auto => {
+                let first = match w.first_char() {
+                    c @ ('[' | ']' | '\\' | '^' | '-') => format!("\\{c}"),
+                    c => c.to_string(),
+                };
+                format!("start: TEXT | calls\nTEXT: /[^{first}](.|\\n)*/\n")
+            }
             Choice::Required | Choice::Named(_) => String::from("start: calls\n"),
         };
-        if self.parallel && format.allows_several() {
-            src.push_str(&format!("calls: call ({} call)*\n", quoted(w.between)));
-        } else {
-            src.push_str("calls: call\n");
-        }
-        let open = if w.open.is_empty() {
-            String::new()
-        } else {
-            quoted(w.open) + " "
+        let more = match self.parallel && format.allows_several() {
+            true => format!(" ({}call)*", lit(w.between, true)),
+            false => String::new(),
         };
-        let close = if w.close.is_empty() {
-            String::new()
-        } else {
-            " ".to_string() + &quoted(w.close)
-        };
+        let (start, end) = (lit(w.start, true), lit(w.end, false));
+        src.push_str(&format!("calls: {start}call{more}{end}\n"));
+        let (open, close) = (lit(w.open, true), lit(w.close, false));
         src.push_str(&format!("call: {open}body{close}\nbody: %json {call}\n"));
         GrammarSpec::Lark(src)
     }
@@ -223,11 +174,13 @@ impl Tools {
     }
 
     /// The instructions given in a system message to models whose chat template has no tools
-    /// (in Wick's JSON format).
-    pub fn prompt(&self) -> String {
-        let mut p = String::from(
-            "You can call functions. To call one, answer with only a JSON object of the form \
-             {\"name\": <function name>, \"arguments\": <arguments object>}, nothing else.",
+    /// (calls in `format`).
+    pub fn prompt(&self, format: ToolFormat) -> String {
+        let key = format.wrapping().arguments;
+        let call = format!("{{\"name\": <function name>, \"{key}\": <arguments object>}}");
+        let mut p = format!(
+            "You can call functions. To call one, answer with only {}, nothing else.",
+            format.write(&[call])
         );
         match &self.choice {
             Choice::Auto => p.push_str(" If no function fits, answer in plain text."),
@@ -244,9 +197,9 @@ impl Tools {
 
     /// A conversation for a template that knows no tools: the tool prompt in the system message,
     /// earlier calls written as the model would write them, tool results as user messages.
-    pub fn inline(&self, messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    pub fn inline(&self, messages: &[ChatMessage], format: ToolFormat) -> Vec<ChatMessage> {
         let mut out = Vec::with_capacity(messages.len() + 1);
-        let prompt = self.prompt();
+        let prompt = self.prompt(format);
         match messages.first() {
             Some(m) if m.role == "system" => out.push(ChatMessage::new(
                 "system",
@@ -256,28 +209,33 @@ impl Tools {
         }
         let skip = usize::from(messages.first().is_some_and(|m| m.role == "system"));
         for m in &messages[skip..] {
-            out.push(inline_message(m));
+            out.push(inline_message(m, format));
         }
         out
     }
 }
 
-/// One message with its tool fields written into the text (its reasoning kept).
-pub fn inline_message(m: &ChatMessage) -> ChatMessage {
+/// One message with its tool fields written into the text (calls in `format`; its reasoning
+/// kept).
+pub fn inline_message(m: &ChatMessage, format: ToolFormat) -> ChatMessage {
     let mut inlined = match m.role.as_str() {
         "assistant" if m.tool_calls.is_some() => {
+            let key = format.wrapping().arguments;
+            let bodies: Vec<String> = (m.tool_calls.iter().flatten())
+                .map(|call| {
+                    let f = &call["function"];
+                    let args = f["arguments"]
+                        .as_str()
+                        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                        .unwrap_or_else(|| f["arguments"].clone());
+                    to_layout(&json!({"name": f["name"], key: args}))
+                })
+                .collect();
             let mut text = m.content.clone();
-            for call in m.tool_calls.iter().flatten() {
-                let f = &call["function"];
-                let args = f["arguments"]
-                    .as_str()
-                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
-                    .unwrap_or_else(|| f["arguments"].clone());
-                if !text.is_empty() {
-                    text.push('\n');
-                }
-                text.push_str(&to_layout(&json!({"name": f["name"], "arguments": args})));
+            if !text.is_empty() {
+                text.push('\n');
             }
+            text.push_str(&format.write(&bodies));
             ChatMessage::new("assistant", text)
         }
         "tool" => {
@@ -299,11 +257,11 @@ pub struct Call {
 }
 
 /// The call in one JSON body, if it is a call of a tool in `tools` with an arguments object
-/// (arguments given back in the layout of [`to_layout`], as they stream).
-fn parse_body(body: &str, tools: &Tools) -> Option<Call> {
+/// under `key` (arguments given back in the layout of [`to_layout`], as they stream).
+fn parse_body(body: &str, tools: &Tools, key: &str) -> Option<Call> {
     let v: Value = serde_json::from_str(body.trim()).ok()?;
     let name = v.get("name")?.as_str()?;
-    let args = v.get("arguments")?;
+    let args = v.get(key)?;
     if !args.is_object() || !tools.functions.iter().any(|f| f.name == name) {
         return None;
     }
@@ -330,18 +288,21 @@ pub fn answer_calls(
 /// in `tools`; `None` for text (or anything else).
 pub fn parse_calls(text: &str, tools: &Tools, format: ToolFormat) -> Option<Vec<Call>> {
     let w = format.wrapping();
-    if w.open.is_empty() {
-        return parse_body(text, tools).map(|c| vec![c]);
-    }
+    let mut rest = text.trim().strip_prefix(w.start)?;
     let mut calls = Vec::new();
-    let mut rest = text.trim();
-    while !rest.is_empty() {
-        let body = rest.strip_prefix(w.open)?;
-        let end = body.find(w.close)?;
-        calls.push(parse_body(&body[..end], tools)?);
-        rest = body[end + w.close.len()..].trim_start();
+    loop {
+        rest = rest.trim_start().strip_prefix(w.open)?;
+        let len = ObjectEnd::length(rest)?;
+        calls.push(parse_body(&rest[..len], tools, w.arguments)?);
+        rest = rest[len..].strip_prefix(w.close)?.trim_start();
+        if rest == w.end {
+            return Some(calls);
+        }
+        rest = rest.strip_prefix(w.between.trim())?;
+        if !format.allows_several() {
+            return None;
+        }
     }
-    (!calls.is_empty()).then_some(calls)
 }
 
 #[cfg(test)]
@@ -413,16 +374,6 @@ mod tests {
     }
 
     #[test]
-    fn the_format_is_read_from_the_template() {
-        assert_eq!(
-            ToolFormat::detect(Some("... <tool_call>\n{...}")),
-            ToolFormat::Hermes
-        );
-        assert_eq!(ToolFormat::detect(Some("{{ tools }}")), ToolFormat::Json);
-        assert_eq!(ToolFormat::detect(None), ToolFormat::Json);
-    }
-
-    #[test]
     fn calls_parse_only_for_known_tools_with_object_arguments() {
         let t = tools(Choice::Auto);
         let json = ToolFormat::Json;
@@ -450,23 +401,17 @@ mod tests {
     }
 
     /// Streams `text` in pieces of `step` bytes (on character boundaries).
-    fn stream(t: &Tools, text: &str, step: usize, complete: bool) -> (Vec<Piece>, bool) {
-        stream_in(t, ToolFormat::Json, text, step, complete)
+    fn stream(t: &Tools, text: &str, step: usize) -> (Vec<Piece>, bool) {
+        stream_in(t, ToolFormat::Json, text, step)
     }
 
-    fn stream_in(
-        t: &Tools,
-        format: ToolFormat,
-        text: &str,
-        step: usize,
-        complete: bool,
-    ) -> (Vec<Piece>, bool) {
+    fn stream_in(t: &Tools, format: ToolFormat, text: &str, step: usize) -> (Vec<Piece>, bool) {
         let mut s = CallStream::new(t, format);
         let mut out = Vec::new();
         for piece in chunks(text, step) {
             out.extend(s.push(piece));
         }
-        out.extend(s.finish(complete));
+        out.extend(s.finish());
         (out, s.is_call())
     }
 
@@ -495,7 +440,7 @@ mod tests {
     fn a_streamed_call_gives_its_name_once_then_exactly_its_arguments() {
         let out = "{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich {x}\"}}";
         for step in 1..8 {
-            let (pieces, is_call) = stream(&tools(Choice::Required), out, step, true);
+            let (pieces, is_call) = stream(&tools(Choice::Required), out, step);
             assert!(is_call);
             let (text, names, args) = joined(&pieces);
             assert_eq!(text, "");
@@ -509,8 +454,7 @@ mod tests {
         let out = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Zürich}\\n\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"add\", \"arguments\": {\"a\": {\"b\": 1}}}\n</tool_call>";
         for step in 1..12 {
             for choice in [Choice::Auto, Choice::Required] {
-                let (pieces, is_call) =
-                    stream_in(&tools(choice), ToolFormat::Hermes, out, step, true);
+                let (pieces, is_call) = stream_in(&tools(choice), ToolFormat::Hermes, out, step);
                 assert!(is_call);
                 let (text, names, args) = joined(&pieces);
                 assert_eq!(text, "");
@@ -521,26 +465,75 @@ mod tests {
                 );
             }
         }
-        let (pieces, is_call) = stream_in(
-            &tools(Choice::Auto),
-            ToolFormat::Hermes,
-            "Sunny {x}.",
-            2,
-            true,
-        );
+        let (pieces, is_call) =
+            stream_in(&tools(Choice::Auto), ToolFormat::Hermes, "Sunny {x}.", 2);
         assert!(!is_call);
         assert_eq!(joined(&pieces).0, "Sunny {x}.");
     }
 
     #[test]
     fn auto_text_streams_as_text_and_a_cut_call_keeps_its_last_byte() {
-        let (pieces, is_call) = stream(&tools(Choice::Auto), "  It is sunny.", 3, true);
+        let (pieces, is_call) = stream(&tools(Choice::Auto), "  It is sunny.", 3);
         assert!(!is_call);
         assert_eq!(joined(&pieces).0, "  It is sunny.");
         let cut = "{\"name\": \"add\", \"arguments\": {\"a\": 1";
-        let (pieces, is_call) = stream(&tools(Choice::Auto), cut, 2, false);
+        let (pieces, is_call) = stream(&tools(Choice::Auto), cut, 2);
         assert!(is_call);
         assert_eq!(joined(&pieces).2, "{\"a\": 1");
+    }
+
+    #[test]
+    fn llama3_and_mistral_calls_are_written_read_and_streamed_in_their_own_shape() {
+        let (llama, mistral) = (ToolFormat::Llama3, ToolFormat::Mistral);
+        let GrammarSpec::Lark(src) = tools(Choice::Required).grammar(llama) else {
+            panic!("llama3 is a grammar");
+        };
+        assert!(
+            src.starts_with("start: calls\ncalls: call\ncall: body\n"),
+            "{src}"
+        );
+        assert!(src.contains("\"parameters\""), "{src}");
+        let GrammarSpec::Lark(src) = tools(Choice::Auto).grammar(mistral) else {
+            panic!("mistral is a grammar");
+        };
+        assert!(
+            src.starts_with("start: TEXT | calls\nTEXT: /[^\\[]"),
+            "{src}"
+        );
+        let calls = "calls: \"[TOOL_CALLS] [\" call (\", \" call)* \"]\"\n";
+        assert!(src.contains(calls), "{src}");
+
+        let t = tools(Choice::Auto);
+        let one = r#"{"name": "add", "parameters": {"a": {"b": [1, "}"]}}}"#;
+        let parsed = parse_calls(one, &t, llama).unwrap();
+        assert_eq!(parsed[0].arguments, r#"{"a": {"b": [1, "}"]}}"#);
+        assert!(parse_calls(&format!("{one} {one}"), &t, llama).is_none());
+        let with_arguments = r#"{"name": "add", "arguments": {"a": 1}}"#;
+        assert!(parse_calls(with_arguments, &t, llama).is_none());
+        let two = r#"[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris}]"}}, {"name": "add", "arguments": {"a": [{"b": 1}]}}]"#;
+        let parsed = parse_calls(two, &t, mistral).unwrap();
+        let names: Vec<_> = parsed.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["get_weather", "add"]);
+        assert!(parse_calls(&two[..two.len() - 1], &t, mistral).is_none());
+        for step in 1..10 {
+            let (pieces, is_call) = stream_in(&t, mistral, two, step);
+            assert!(is_call);
+            let (text, names, args) = joined(&pieces);
+            assert_eq!(
+                (text.as_str(), names),
+                ("", vec!["get_weather".into(), "add".into()])
+            );
+            assert_eq!(
+                args, r#"{"city": "Paris}]"}{"a": [{"b": 1}]}"#,
+                "step {step}"
+            );
+            let (pieces, _) = stream_in(&t, llama, one, step);
+            assert_eq!(
+                joined(&pieces).2,
+                r#"{"a": {"b": [1, "}"]}}"#,
+                "step {step}"
+            );
+        }
     }
 
     #[test]
@@ -557,7 +550,7 @@ mod tests {
             call,
             result,
         ];
-        let out = t.inline(&msgs);
+        let out = t.inline(&msgs, ToolFormat::Json);
         assert_eq!(out.len(), 4);
         assert!(out[0]
             .content

@@ -5,11 +5,13 @@
 //!
 //! The answer is known to be calls from its first non-blank character (the grammar keeps text
 //! from starting the way a call does; a forced choice is calls from the start). A call's
-//! arguments stream as soon as its name is known; what could still be the end of the call (the
-//! closing `}` of the call object and the format's closing text) is held back until it is
-//! settled. Cost: each piece is looked at once, plus the held-back tail.
+//! arguments stream as soon as its name is known, every byte as it arrives: a scan of the JSON
+//! ([`ObjectEnd`]) says where the arguments object ends, so nothing is held back and no
+//! closing text is guessed at. Cost: each byte is scanned once; a call's name and the text
+//! between calls are looked at until they are whole.
 
-use super::{ToolFormat, Tools, Wrapping};
+use super::format::{ObjectEnd, Wrapping};
+use super::{ToolFormat, Tools};
 use crate::reasoning::{Part, Split};
 use wick_proto::FinishReason;
 
@@ -36,34 +38,44 @@ enum Mode {
     /// Nothing but whitespace seen yet.
     Undecided,
     Text,
-    /// Before call `index`'s name is complete (the buffer starts at the call).
+    /// Before call `index`'s name is complete (the buffer starts before the call's wrapping).
     Head {
         index: usize,
     },
-    /// In call `index`'s arguments, `sent` bytes of them gone out (the buffer starts at them).
+    /// In call `index`'s arguments (the buffer starts at them): `sent` bytes gone out, `scan`
+    /// over the first `scanned`.
     Arguments {
         index: usize,
         sent: usize,
+        scanned: usize,
+        scan: ObjectEnd,
+    },
+    /// After call `index`'s arguments, before its call object's `}` and closing text are whole.
+    Tail {
+        index: usize,
     },
 }
-
-const NAME_PREFIX: &str = "{\"name\": \"";
-const ARGS_PREFIX: &str = "\", \"arguments\": ";
 
 /// Splits a streamed answer into text, or calls' names and argument fragments.
 #[derive(Debug)]
 pub struct CallStream {
     forced: bool,
     wrapping: Wrapping,
+    /// What comes between a call's name and its arguments (`", "arguments": "`).
+    args_prefix: String,
     buf: String,
     mode: Mode,
 }
 
+const NAME_PREFIX: &str = "{\"name\": \"";
+
 impl CallStream {
     pub fn new(tools: &Tools, format: ToolFormat) -> Self {
+        let wrapping = format.wrapping();
         CallStream {
             forced: tools.forced(),
-            wrapping: format.wrapping(),
+            wrapping,
+            args_prefix: format!("\", \"{}\": ", wrapping.arguments),
             buf: String::new(),
             mode: Mode::Undecided,
         }
@@ -71,7 +83,7 @@ impl CallStream {
 
     /// Whether the answer turned out to be calls.
     pub fn is_call(&self) -> bool {
-        matches!(self.mode, Mode::Head { .. } | Mode::Arguments { .. })
+        !matches!(self.mode, Mode::Undecided | Mode::Text)
     }
 
     pub fn push(&mut self, text: &str) -> Vec<Piece> {
@@ -81,10 +93,7 @@ impl CallStream {
             if lead.is_empty() {
                 return Vec::new();
             }
-            let call_start = self.wrapping.open.chars().next().unwrap_or('{');
-            self.mode = if self.forced || lead.starts_with(call_start) {
-                let offset = self.buf.len() - lead.len();
-                self.buf.drain(..offset);
+            self.mode = if self.forced || lead.starts_with(self.wrapping.first_char()) {
                 Mode::Head { index: 0 }
             } else {
                 Mode::Text
@@ -92,103 +101,107 @@ impl CallStream {
         }
         let mut out = Vec::new();
         loop {
-            match self.mode {
-                Mode::Undecided => return out,
+            let more = match self.mode {
+                Mode::Undecided => false,
                 Mode::Text => {
                     out.push(Piece::Text(std::mem::take(&mut self.buf)));
-                    return out;
+                    false
                 }
-                Mode::Head { index } => match self.head(index) {
-                    Some(piece) => out.push(piece),
-                    None => return out,
-                },
-                Mode::Arguments { index, sent } => {
-                    let (piece, done) = self.arguments(index, sent);
+                Mode::Head { index } => self.head(index).map(|p| out.push(p)).is_some(),
+                Mode::Arguments { .. } => {
+                    let (piece, done) = self.arguments();
                     out.extend(piece);
-                    if !done {
-                        return out;
-                    }
+                    done
                 }
+                Mode::Tail { index } => self.tail(index),
+            };
+            if !more {
+                return out;
             }
         }
     }
 
     /// Call `index`'s name, once the buffer holds it whole (then the arguments begin).
     fn head(&mut self, index: usize) -> Option<Piece> {
+        let w = self.wrapping;
         let lead = self.buf.trim_start();
-        let rest = lead
-            .strip_prefix(self.wrapping.open)?
-            .strip_prefix(NAME_PREFIX)?;
-        let end = rest.find(ARGS_PREFIX)?;
+        let lead = match index {
+            0 => lead.strip_prefix(w.start)?,
+            _ => lead.strip_prefix(w.between.trim())?.trim_start(),
+        };
+        let rest = lead.strip_prefix(w.open)?.strip_prefix(NAME_PREFIX)?;
+        let end = rest.find(&self.args_prefix)?;
         let name = rest[..end].to_string();
-        let consumed = self.buf.len() - rest.len() + end + ARGS_PREFIX.len();
+        let consumed = self.buf.len() - rest.len() + end + self.args_prefix.len();
         self.buf.drain(..consumed);
-        self.mode = Mode::Arguments { index, sent: 0 };
+        self.mode = Mode::Arguments {
+            index,
+            sent: 0,
+            scanned: 0,
+            scan: ObjectEnd::default(),
+        };
         Some(Piece::CallStart { index, name })
     }
 
-    /// The arguments that became final, and whether call `index` ended (the buffer then holds
-    /// what follows it).
-    fn arguments(&mut self, index: usize, sent: usize) -> (Option<Piece>, bool) {
-        let w = self.wrapping;
-        let fragment = |from: usize, to: usize, buf: &str| {
-            (to > from).then(|| Piece::Arguments {
+    /// The arguments that arrived, and whether they ended (the buffer then holds what follows
+    /// them). Nothing is held back: the scan knows where the arguments object ends.
+    fn arguments(&mut self) -> (Option<Piece>, bool) {
+        let Mode::Arguments {
+            index,
+            sent,
+            scanned,
+            mut scan,
+        } = self.mode
+        else {
+            return (None, false);
+        };
+        let fragment = |to: usize, buf: &str| {
+            (to > sent).then(|| Piece::Arguments {
                 index,
-                text: buf[from..to].to_string(),
+                text: buf[sent..to].to_string(),
             })
         };
-        // The call object's `}` and the closing text end the call; no JSON string holds a
-        // raw newline, so with a closing text the first such match is the end.
-        if !w.close.is_empty() {
-            let end_marker = format!("}}{}", w.close);
-            if let Some(at) = self.buf.find(&end_marker) {
-                let piece = fragment(sent, at, &self.buf);
-                self.buf.drain(..at + end_marker.len());
-                self.mode = Mode::Head { index: index + 1 };
-                return (piece, true);
+        match scan.feed(&self.buf.as_bytes()[scanned..]) {
+            Some(len) => {
+                let end = scanned + len;
+                let piece = fragment(end, &self.buf);
+                self.buf.drain(..end);
+                self.mode = Mode::Tail { index };
+                (piece, true)
+            }
+            None => {
+                let end = self.buf.len();
+                self.mode = Mode::Arguments {
+                    index,
+                    sent: end,
+                    scanned: end,
+                    scan,
+                };
+                (fragment(end, &self.buf), false)
             }
         }
-        // Hold back whatever could still be the end: the last byte (the call object's `}`),
-        // or a tail that begins the end marker.
-        let mut held = 1;
-        let end_marker = format!("}}{}", w.close);
-        for k in 1..=end_marker.len().min(self.buf.len()) {
-            if self.buf.ends_with(&end_marker[..k]) {
-                held = held.max(k);
-            }
-        }
-        let mut upto = self.buf.len().saturating_sub(held).max(sent);
-        while !self.buf.is_char_boundary(upto) {
-            upto -= 1;
-        }
-        let piece = fragment(sent, upto, &self.buf);
-        self.mode = Mode::Arguments {
-            index,
-            sent: upto.max(sent),
-        };
-        (piece, false)
     }
 
-    /// The rest at the end of the answer; `complete` when the grammar finished (a call's
-    /// held-back `}` then closes its object and is dropped).
-    pub fn finish(&mut self, complete: bool) -> Vec<Piece> {
+    /// Whether call `index`'s object and closing text are whole (then the next call may begin).
+    fn tail(&mut self, index: usize) -> bool {
+        let lead = self.buf.trim_start();
+        let Some(rest) = lead
+            .strip_prefix('}')
+            .and_then(|r| r.strip_prefix(self.wrapping.close))
+        else {
+            return false;
+        };
+        let consumed = self.buf.len() - rest.len();
+        self.buf.drain(..consumed);
+        self.mode = Mode::Head { index: index + 1 };
+        true
+    }
+
+    /// The rest at the end of the answer: text (a call's arguments have all gone out).
+    pub fn finish(&mut self) -> Vec<Piece> {
         match self.mode {
             Mode::Undecided | Mode::Text if !self.buf.is_empty() => {
                 vec![Piece::Text(std::mem::take(&mut self.buf))]
-            }
-            Mode::Arguments { index, sent } => {
-                let mut end = self.buf.len();
-                if complete && self.buf.ends_with('}') {
-                    end -= 1;
-                }
-                if end > sent {
-                    vec![Piece::Arguments {
-                        index,
-                        text: self.buf[sent..end].to_string(),
-                    }]
-                } else {
-                    Vec::new()
-                }
             }
             _ => Vec::new(),
         }
@@ -259,7 +272,7 @@ impl AnswerStream {
             return (rest, reason);
         };
         let complete = reason == FinishReason::Stop;
-        rest.extend(calls.finish(complete));
+        rest.extend(calls.finish());
         match complete && calls.is_call() {
             true => (rest, FinishReason::ToolCalls),
             false => (rest, reason),

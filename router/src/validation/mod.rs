@@ -329,10 +329,14 @@ impl Validator {
                 let listed: Vec<_> = tools.functions.iter().map(|f| f.as_json()).collect();
                 template.render_with(messages, Some(&listed), vars, true)
             }
-            Some(tools) => template.render_with(&tools.inline(messages), None, vars, true),
+            Some(tools) => {
+                let inlined = tools.inline(messages, self.tool_format);
+                template.render_with(&inlined, None, vars, true)
+            }
             None if template.knows_tools() => template.render_with(messages, None, vars, true),
             None => {
-                let inlined: Vec<_> = messages.iter().map(inline_message).collect();
+                let inline = |m| inline_message(m, self.tool_format);
+                let inlined: Vec<_> = messages.iter().map(inline).collect();
                 template.render_with(&inlined, None, vars, true)
             }
         };
