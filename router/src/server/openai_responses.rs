@@ -320,12 +320,14 @@ impl ResponsesRequest {
             Some(e) => match e.as_str() {
                 "none" => Some(json!({"enable_thinking": false})),
                 "minimal" | "low" | "medium" | "high" => Some(json!({"enable_thinking": true})),
-                _ => return Err(ApiError::invalid(
-                    "reasoning.effort",
-                    format!(
+                _ => {
+                    return Err(ApiError::invalid(
+                        "reasoning.effort",
+                        format!(
                         "`reasoning.effort` must be none, minimal, low, medium or high, got `{e}`"
                     ),
-                )),
+                    ))
+                }
             },
         };
         Ok((
