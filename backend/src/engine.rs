@@ -7,6 +7,12 @@
 //! in parallel, after the forward pass, each timed into `Generation::mask_us`) and is advanced
 //! with the sampled token. Sequences without one pay nothing.
 //!
+//! Speculative entries (`StepEntry::draft > 0`): the logits of the last `draft + 1` rows are
+//! sampled in turn, each exactly as a single decode step at that position would sample it (the
+//! history up to it, its grammar mask after the accepted proposals, the (seed, position)
+//! random stream), until a sample differs from the next proposal. The engine's kernels give
+//! every row the logits it gets alone, so the tokens are those of decoding without speculation.
+//!
 //! Invariants: a step is checked whole before anything runs, so a bad entry (unknown block, short
 //! block table, token outside the vocabulary, context overflow) fails the step with a typed error
 //! and leaves the cache untouched.
@@ -20,7 +26,7 @@ use crate::sampling;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
-use wick_proto::{SeqId, Step, StepOutput};
+use wick_proto::{Generation, SamplingParams, SeqId, Step, StepOutput};
 
 pub struct Engine {
     model: Model,
@@ -95,6 +101,13 @@ impl Engine {
             if e.tokens.is_empty() {
                 return Err(BackendError::EmptyEntry { seq });
             }
+            if e.draft > 0 && (e.draft >= e.tokens.len() || e.sample.is_none()) {
+                return Err(BackendError::BadDraft {
+                    seq,
+                    draft: e.draft,
+                    tokens: e.tokens.len(),
+                });
+            }
             let end = e.start_pos + e.tokens.len();
             if end > max_context {
                 return Err(BackendError::ContextOverflow {
@@ -153,7 +166,8 @@ impl Engine {
             }
             batch.meta.tables.push(e.blocks.clone());
             if e.sample.is_some() {
-                batch.sample_rows.push(batch.tokens.len() - 1);
+                let end = batch.tokens.len();
+                batch.sample_rows.extend(end - 1 - e.draft..end);
             }
         }
         batch
@@ -175,38 +189,70 @@ impl Engine {
         let logits = self.model.forward(&batch, &mut self.kv)?;
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         let forward_us = t0.elapsed().as_micros() as u64;
-        let masks = self.masks(step);
-        let sampling_entries = step
-            .entries
-            .iter()
-            .filter_map(|e| Some((e, e.sample.as_ref()?)));
+        let mut masks = self.masks(step);
+        let mut rows = logits.iter();
         let mut generations = Vec::with_capacity(logits.len());
-        for ((e, params), row) in sampling_entries.zip(&logits) {
-            let pos = e.start_pos + e.tokens.len();
-            let history = self.history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
-            // A failed mask leaves the token meaningless: the router ends the sequence with the
-            // error.
-            let (mask, error, mask_us) = match masks.get(&e.seq) {
-                None => (None, None, 0),
-                Some((Ok(mask), us)) => (Some(mask.as_slice()), None, *us),
-                Some((Err(err), us)) => (None, Some(err.clone()), *us),
+        for e in &step.entries {
+            let Some(params) = &e.sample else {
+                continue;
             };
-            let mut g = sampling::sample(e.seq, row, params, history, pos, mask);
-            g.constraint_error = error;
-            g.mask_us = mask_us;
-            if g.constraint_error.is_none() {
+            let entry_rows: Vec<&Vec<f32>> = rows.by_ref().take(e.draft + 1).collect();
+            // Position of the first sample; the proposals follow the token before it.
+            let first = e.start_pos + e.tokens.len() - e.draft;
+            let proposals = &e.tokens[e.tokens.len() - e.draft..];
+            let mut mask = masks.remove(&e.seq);
+            for (r, row) in entry_rows.into_iter().enumerate() {
+                let pos = first + r;
+                let g = self.sample_one(e.seq, row, params, pos, mask.take());
+                let go_on = g.constraint_error.is_none() && proposals.get(r) == Some(&g.token);
+                generations.push(g);
+                if !go_on {
+                    break;
+                }
+                // The next row samples after an accepted proposal: its own mask.
                 if let Some(c) = self.constraints.get_mut(&e.seq) {
-                    if let Err(err) = c.advance(g.token) {
-                        g.constraint_error = Some(err.to_string());
-                    }
+                    let t = Instant::now();
+                    let m = c.mask().map_err(|e| e.to_string());
+                    mask = Some((m, t.elapsed().as_micros() as u64));
                 }
             }
-            generations.push(g);
         }
         Ok(StepOutput {
             generations,
             forward_us,
         })
+    }
+
+    /// Samples `seq`'s token at `pos` from `row`, with the history before `pos` and the mask
+    /// (`None` for an unconstrained sequence), and advances its grammar with it.
+    fn sample_one(
+        &mut self,
+        seq: SeqId,
+        row: &[f32],
+        params: &SamplingParams,
+        pos: usize,
+        mask: Option<(Result<TokenMask, String>, u64)>,
+    ) -> Generation {
+        let history = self.history.get(&seq).map(Vec::as_slice).unwrap_or(&[]);
+        let history = &history[..pos.min(history.len())];
+        // A failed mask leaves the token meaningless: the router ends the sequence with the
+        // error.
+        let (mask, error, mask_us) = match &mask {
+            None => (None, None, 0),
+            Some((Ok(mask), us)) => (Some(mask.as_slice()), None, *us),
+            Some((Err(err), us)) => (None, Some(err.clone()), *us),
+        };
+        let mut g = sampling::sample(seq, row, params, history, pos, mask);
+        g.constraint_error = error;
+        g.mask_us = mask_us;
+        if g.constraint_error.is_none() {
+            if let Some(c) = self.constraints.get_mut(&seq) {
+                if let Err(err) = c.advance(g.token) {
+                    g.constraint_error = Some(err.to_string());
+                }
+            }
+        }
+        g
     }
 
     /// Runs the tokens of one step and returns the logits of every sampling entry, without

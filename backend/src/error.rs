@@ -106,6 +106,14 @@ pub enum BackendError {
     },
     #[error("sequence {seq}: an entry must carry at least one token")]
     EmptyEntry { seq: SeqId },
+    #[error(
+        "sequence {seq}: {draft} proposals need a sampling entry of more tokens (it has {tokens})"
+    )]
+    BadDraft {
+        seq: SeqId,
+        draft: usize,
+        tokens: usize,
+    },
     #[error("sequence {seq} appears twice in one step")]
     DuplicateSequence { seq: SeqId },
     #[error("forward pass failed: {0}")]

@@ -36,6 +36,7 @@ fn entry(seq: u64, tokens: &[u32], start_pos: usize, bs: usize, sample: bool) ->
         start_pos,
         blocks: blocks(seq, bs),
         sample: sample.then(SamplingParams::default),
+        draft: 0,
     }
 }
 
@@ -303,6 +304,7 @@ fn worker_reports_bad_steps_as_typed_errors_and_keeps_serving() {
             start_pos: 0,
             blocks: vec![info.num_kv_blocks as u32 + 5],
             sample: Some(SamplingParams::default()),
+            draft: 0,
         }],
     };
     let err = backend.step(bad).unwrap_err();
@@ -320,4 +322,77 @@ fn worker_reports_bad_steps_as_typed_errors_and_keeps_serving() {
         backend.step(Step::default()),
         Err(wick_backend::BackendError::WorkerGone)
     ));
+}
+
+/// Speculative entries: proposals verified in one pass give exactly the generations (tokens,
+/// log-probabilities, top alternatives) of decoding one token per step, greedy and seeded,
+/// whether the proposals are right, partly right or wrong; and the step never gives more than
+/// the accepted proposals and one token.
+#[test]
+fn speculative_entries_give_the_generations_of_plain_decoding() {
+    let (mut engine, info) = load_engine(&config(16)).unwrap();
+    let bs = info.kv_block_size;
+    let prompt = case_prompt(&fixture(&chat_fixture())["cases"][0]);
+    const STEPS: usize = 14;
+    for (seq, temperature) in [(0u64, 0.0f32), (2, 0.8)] {
+        let params = SamplingParams {
+            temperature,
+            seed: 7,
+            top_logprobs: 2,
+            ..SamplingParams::default()
+        };
+        let with = |tokens: &[u32], start_pos: usize, draft: usize, seq: u64| StepEntry {
+            sample: Some(params.clone()),
+            draft,
+            ..entry(seq, tokens, start_pos, bs, true)
+        };
+        // One token per step.
+        let mut plain = Vec::new();
+        let (mut input, mut pos) = (prompt.clone(), 0);
+        while plain.len() < STEPS {
+            let step = Step {
+                entries: vec![with(&input, pos, 0, seq)],
+            };
+            let g = engine.step(&step).unwrap().generations.remove(0);
+            pos += input.len();
+            input = vec![g.token];
+            plain.push(g);
+        }
+        let truth: Vec<u32> = plain.iter().map(|g| g.token).collect();
+        // Speculative: prompt, then proposals of 3 to 5 tokens, every third one wrong.
+        let other = seq + 1;
+        let step = Step {
+            entries: vec![with(&prompt, 0, 0, other)],
+        };
+        let mut got = engine.step(&step).unwrap().generations;
+        let mut verify_steps = 0;
+        while got.len() < STEPS {
+            let done = got.len();
+            let k = (3 + verify_steps % 3).min(STEPS - done);
+            let mut proposals: Vec<u32> = truth[done..(done + k).min(STEPS)].to_vec();
+            if verify_steps % 3 == 1 {
+                let wrong = proposals.len() / 2;
+                proposals[wrong] = (proposals[wrong] + 1) % info.vocab_size as u32;
+            }
+            let mut tokens = vec![got[done - 1].token];
+            tokens.extend(&proposals);
+            let start = prompt.len() + done - 1;
+            let step = Step {
+                entries: vec![with(&tokens, start, proposals.len(), other)],
+            };
+            let out = engine.step(&step).unwrap().generations;
+            assert!(!out.is_empty() && out.len() <= proposals.len() + 1);
+            let accepted = out.len() - 1;
+            assert!(proposals[..accepted] == truth[done..done + accepted]);
+            got.extend(out);
+            verify_steps += 1;
+        }
+        got.truncate(STEPS);
+        for (i, (a, b)) in plain.iter().zip(&got).enumerate() {
+            assert_eq!(a.token, b.token, "temperature {temperature}, token {i}");
+            assert_eq!(a.logprob.to_bits(), b.logprob.to_bits(), "logprob {i}");
+            assert_eq!(a.top_logprobs, b.top_logprobs, "top {i}");
+        }
+        assert!(verify_steps < STEPS - 1, "{verify_steps} verifying steps");
+    }
 }

@@ -284,6 +284,7 @@ fn engine_logits(engine: &mut Engine, prompt: &[u32], more: &[u32]) -> Vec<Vec<f
                 start_pos: pos,
                 blocks: blocks.clone(),
                 sample: Some(SamplingParams::default()),
+                draft: 0,
             }],
         };
         out.push(engine.logits(&step).unwrap().remove(0));
@@ -386,6 +387,7 @@ fn bad_block_tables_and_tokens_are_typed_errors_and_leave_the_engine_usable() {
             start_pos: 0,
             blocks,
             sample: Some(SamplingParams::default()),
+            draft: 0,
         }],
     };
     let err = engine.step(&entry(vec![1, 2], vec![nb])).unwrap_err();

@@ -36,6 +36,7 @@ fn entry(seq: usize, toks: Vec<u32>, start_pos: usize, len: usize) -> StepEntry 
         start_pos,
         blocks: blocks(seq, len),
         sample: Some(SamplingParams::default()),
+        draft: 0,
     }
 }
 

@@ -100,6 +100,7 @@ fn decode_step(batch: usize) -> Step {
                     .map(|b| (s * 8 + b) as u32)
                     .collect(),
                 sample: Some(SamplingParams::default()),
+                draft: 0,
             })
             .collect(),
     }

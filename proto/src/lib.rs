@@ -67,12 +67,21 @@ pub struct StepEntry {
     /// Sample a token after the last of `tokens`, with these parameters; `None` for a prefill chunk
     /// that is not the prompt's last.
     pub sample: Option<SamplingParams>,
+    /// Speculative decoding: the last `draft` of `tokens` are proposals, not yet the sequence's.
+    /// The backend samples after the token before them and after each proposal in turn, exactly
+    /// as single decode steps would, and stops at the first sample that differs from the next
+    /// proposal: the step gives this entry the samples up to and including that one (the
+    /// accepted proposals and one more), between 1 and `draft + 1` generations. 0 for a plain
+    /// entry.
+    #[serde(default)]
+    pub draft: usize,
 }
 
 /// The outcome of a [`Step`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepOutput {
-    /// One per entry that asked to sample, in the order of the step's entries.
+    /// One per entry that asked to sample (one or more for a speculative entry, in position
+    /// order), in the order of the step's entries.
     pub generations: Vec<Generation>,
     /// Wall time of the forward pass, in microseconds (the scheduler sizes the grammar-mask
     /// budget of a step from it).

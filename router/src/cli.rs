@@ -206,6 +206,57 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub ops: OpsArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+/// Speculative decoding.
+#[derive(Debug, Args)]
+pub struct SpecArgs {
+    /// Speculative decoding: `ngram` proposes the tokens that followed the latest earlier
+    /// occurrence of the output's last few tokens (in the prompt or the output), verified in
+    /// one forward pass; the output is the same token for token as without it. `none` by
+    /// default.
+    #[arg(long, env = "WICK_SPECULATE", value_enum, default_value_t = Speculate::None)]
+    pub speculate: Speculate,
+    /// Most proposals per sequence and step (each sequence adapts its own up to this by how
+    /// many of its proposals are accepted).
+    #[arg(long, env = "WICK_NUM_DRAFT_TOKENS", default_value_t = 8)]
+    pub num_draft_tokens: usize,
+    /// Longest and shortest n-gram matched, as `MAX,MIN`.
+    #[arg(long, env = "WICK_NGRAM", default_value = "4,2", value_parser = parse_ngram)]
+    pub ngram: (usize, usize),
+    /// Most proposals in one step across the batch: a full batch does not pay for rejected
+    /// proposals.
+    #[arg(long, env = "WICK_SPEC_STEP_BUDGET", default_value_t = 32)]
+    pub spec_step_budget: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Speculate {
+    None,
+    Ngram,
+}
+
+fn parse_ngram(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("expected `MAX,MIN` with MAX >= MIN >= 1, got `{s}`");
+    let (max, min) = s.split_once(',').ok_or_else(bad)?;
+    let (max, min) = (max.trim().parse().map_err(|_| bad())?, min.trim().parse().map_err(|_| bad())?);
+    (max >= min && min >= 1).then_some((max, min)).ok_or_else(bad)
+}
+
+impl SpecArgs {
+    /// The scheduler's speculation settings (`None` when off).
+    pub fn config(&self) -> Option<crate::scheduler::speculate::SpecConfig> {
+        (self.speculate == Speculate::Ngram && self.num_draft_tokens > 0).then(|| {
+            crate::scheduler::speculate::SpecConfig {
+                max_draft: self.num_draft_tokens,
+                ngram_max: self.ngram.0,
+                ngram_min: self.ngram.1,
+                step_budget: self.spec_step_budget,
+            }
+        })
+    }
 }
 
 /// Overload, security and lifecycle settings.

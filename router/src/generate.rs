@@ -77,6 +77,7 @@ pub fn generate(
                 start_pos: pos,
                 tokens: chunk,
                 sample: last_prefill.then(|| params.clone()),
+                draft: 0,
             }],
         };
         let out = backend.step(step)?;

@@ -30,6 +30,8 @@ pub const E2E_REQUEST_LATENCY: &str = "wick_e2e_request_latency_seconds";
 pub const REQUEST_QUEUE_TIME: &str = "wick_request_queue_time_seconds";
 pub const BATCH_SIZE: &str = "wick_batch_size";
 pub const BATCHED_STEPS_TOTAL: &str = "wick_batched_steps_total";
+pub const SPEC_PROPOSED_TOTAL: &str = "wick_spec_proposed_tokens_total";
+pub const SPEC_ACCEPTED_TOTAL: &str = "wick_spec_accepted_tokens_total";
 pub const STEP_DURATION: &str = "wick_step_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "wick_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "wick_http_connections_refused_total";
@@ -61,6 +63,8 @@ pub struct Metrics {
     pub request_queue_time: Histogram,
     pub batch_size: Histogram,
     pub batched_steps: IntCounter,
+    pub spec_proposed: IntCounter,
+    pub spec_accepted: IntCounter,
     pub step_duration: Histogram,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
@@ -189,6 +193,16 @@ impl Metrics {
                 &r,
                 BATCHED_STEPS_TOTAL,
                 "Forward steps that ran more than one sequence.",
+            ),
+            spec_proposed: counter(
+                &r,
+                SPEC_PROPOSED_TOTAL,
+                "Speculative proposals verified (tokens).",
+            ),
+            spec_accepted: counter(
+                &r,
+                SPEC_ACCEPTED_TOTAL,
+                "Speculative proposals accepted: tokens the target model gave as plain decoding would.",
             ),
             step_duration: histogram(
                 &r,

@@ -149,6 +149,8 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
             max_running: l.max_running_sequences,
             block_size: info.kv_block_size,
             prefix_caching: !l.no_prefix_cache,
+            max_context: info.max_context,
+            speculate: args.spec.config(),
         },
         info.num_kv_blocks,
     );

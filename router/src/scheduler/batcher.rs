@@ -3,7 +3,9 @@
 //!
 //! Each step: every running sequence that is decoding (and not held) gets its one token
 //! (allocating a block when it crosses a block boundary, preempting the newest running sequence
-//! by recompute when none is free); the rest of the token budget goes to prefill chunks, first to running sequences still
+//! by recompute when none is free), plus, with speculation, the proposals of its
+//! [`Speculator`] when their blocks are free (the backend keeps the accepted ones, and
+//! [`Batcher::accept`] counts them in); the rest of the token budget goes to prefill chunks, first to running sequences still
 //! prefilling, then to waiting sequences admitted first come, first served while blocks last.
 //! A preempted sequence frees its blocks and goes back to the front of the queue with its
 //! generated tokens, to be recomputed. With prefix caching, an admitted sequence first takes the
@@ -12,6 +14,7 @@
 //! admitted * prompt blocks).
 
 use super::blocks::{chain_hash, BlockPool};
+use super::speculate::{SpecConfig, Speculator};
 use std::collections::{HashMap, HashSet, VecDeque};
 use wick_proto::{BlockId, SamplingParams, SeqId, Step, StepEntry};
 
@@ -24,6 +27,10 @@ pub struct BatchConfig {
     pub block_size: usize,
     /// Reuse cached KV blocks of shared prefixes.
     pub prefix_caching: bool,
+    /// Longest sequence the model takes (proposals stop short of it).
+    pub max_context: usize,
+    /// Speculative decoding by n-gram lookup, when on.
+    pub speculate: Option<SpecConfig>,
 }
 
 #[derive(Debug)]
@@ -38,6 +45,8 @@ struct Seq {
     params: SamplingParams,
     /// Set at first admission: prompt tokens found in the prefix cache.
     cached_tokens: Option<usize>,
+    /// Proposals in the step being run, not yet the sequence's.
+    draft: Vec<u32>,
 }
 
 /// The outcome of planning one step.
@@ -70,6 +79,7 @@ pub struct Batcher {
     seqs: HashMap<SeqId, Seq>,
     /// Running sequences that sit out the next steps' decodes (see `mask_budget`).
     held: HashSet<SeqId>,
+    speculator: Option<Speculator>,
 }
 
 impl Batcher {
@@ -81,6 +91,7 @@ impl Batcher {
             running: Vec::new(),
             seqs: HashMap::new(),
             held: HashSet::new(),
+            speculator: cfg.speculate.map(Speculator::new),
         }
     }
 
@@ -95,6 +106,7 @@ impl Batcher {
                 hashes: Vec::new(),
                 params,
                 cached_tokens: None,
+                draft: Vec::new(),
             },
         );
         self.waiting.push_back(id);
@@ -104,6 +116,9 @@ impl Batcher {
     pub fn remove(&mut self, id: SeqId) {
         if let Some(seq) = self.seqs.remove(&id) {
             self.pool.release(&seq.blocks);
+        }
+        if let Some(s) = &mut self.speculator {
+            s.forget(id);
         }
         self.running.retain(|&s| s != id);
         self.waiting.retain(|&s| s != id);
@@ -175,6 +190,7 @@ impl Batcher {
         let seq = self.seqs.get_mut(&id).expect("seq exists");
         seq.computed = 0;
         seq.hashes.clear();
+        seq.draft.clear();
         let blocks = std::mem::take(&mut seq.blocks);
         self.pool.release(&blocks);
         self.waiting.push_front(id);
@@ -183,12 +199,46 @@ impl Batcher {
     fn entry(&self, id: SeqId, len: usize) -> StepEntry {
         let seq = &self.seqs[&id];
         let end = seq.computed + len;
+        let mut tokens = seq.tokens[seq.computed..end].to_vec();
+        tokens.extend(&seq.draft);
         StepEntry {
             seq: id,
-            tokens: seq.tokens[seq.computed..end].to_vec(),
+            tokens,
             start_pos: seq.computed,
             blocks: seq.blocks.clone(),
             sample: (end == seq.tokens.len()).then(|| seq.params.clone()),
+            draft: seq.draft.len(),
+        }
+    }
+
+    /// A decoding sequence's proposals for this step (none without speculation), at most
+    /// `room`, when their blocks can be had; kept in `draft` for the entry.
+    fn speculate(&mut self, id: SeqId, room: usize) {
+        let Some(spec) = &mut self.speculator else {
+            return;
+        };
+        let seq = &self.seqs[&id];
+        let room = room.min(self.cfg.max_context.saturating_sub(seq.tokens.len()));
+        let draft = spec.propose(id, &seq.tokens, room);
+        if !draft.is_empty() && self.grow(id, seq.computed + 1 + draft.len()) {
+            self.seqs.get_mut(&id).expect("seq exists").draft = draft;
+        }
+    }
+
+    /// After a step: `accepted` of `id`'s proposals were kept (their K/V are in the cache and
+    /// the tokens already pushed); full blocks among them are registered.
+    pub fn accept(&mut self, id: SeqId, accepted: usize) {
+        let Some(seq) = self.seqs.get_mut(&id) else {
+            return;
+        };
+        let proposed = std::mem::take(&mut seq.draft).len();
+        if proposed == 0 {
+            return;
+        }
+        seq.computed += accepted.min(proposed);
+        self.register(id);
+        if let Some(s) = &mut self.speculator {
+            s.observe(id, proposed, accepted);
         }
     }
 
@@ -201,6 +251,9 @@ impl Batcher {
     pub fn plan(&mut self) -> Plan {
         let mut plan = Plan::default();
         let mut budget = self.cfg.max_batch_tokens;
+        if let Some(s) = &mut self.speculator {
+            s.begin_step();
+        }
 
         // 1. Decodes: one token each, oldest first; preempt the newest when blocks run out.
         let mut i = 0;
@@ -223,8 +276,10 @@ impl Batcher {
                 }
             }
             if scheduled {
-                plan.step.entries.push(self.entry(id, 1));
-                budget = budget.saturating_sub(1);
+                self.speculate(id, budget.saturating_sub(1));
+                let entry = self.entry(id, 1);
+                budget = budget.saturating_sub(entry.tokens.len());
+                plan.step.entries.push(entry);
                 i += 1;
             }
         }
@@ -308,15 +363,22 @@ impl Batcher {
         self.grow(id, positions).then_some(len)
     }
 
-    /// Records that a planned step ran: its tokens are now in the cache, and blocks it filled
-    /// are registered for reuse.
+    /// Records that a planned step ran: its tokens are now in the cache (proposals only once
+    /// accepted), and blocks it filled are registered for reuse.
     pub fn commit(&mut self, step: &Step) {
-        let bs = self.cfg.block_size;
         for e in &step.entries {
             let Some(seq) = self.seqs.get_mut(&e.seq) else {
                 continue;
             };
-            seq.computed = e.start_pos + e.tokens.len();
+            seq.computed = e.start_pos + e.tokens.len() - e.draft;
+            self.register(e.seq);
+        }
+    }
+
+    /// Registers `id`'s blocks that its computed tokens filled.
+    fn register(&mut self, id: SeqId) {
+        let bs = self.cfg.block_size;
+        if let Some(seq) = self.seqs.get_mut(&id) {
             while seq.hashes.len() < seq.computed / bs {
                 let i = seq.hashes.len();
                 let parent = if i == 0 { 0 } else { seq.hashes[i - 1] };
@@ -340,6 +402,8 @@ mod tests {
                 max_running: 8,
                 block_size: 4,
                 prefix_caching: false,
+                max_context: 1 << 20,
+                speculate: None,
             },
             blocks,
         )
@@ -352,6 +416,8 @@ mod tests {
                 max_running: 8,
                 block_size: 4,
                 prefix_caching: true,
+                max_context: 1 << 20,
+                speculate: None,
             },
             blocks,
         )
@@ -449,6 +515,8 @@ mod tests {
                 max_running: 2,
                 block_size: 4,
                 prefix_caching: false,
+                max_context: 1 << 20,
+                speculate: None,
             },
             100,
         );
@@ -526,6 +594,8 @@ mod tests {
                 max_running: 8,
                 block_size: 4,
                 prefix_caching: true,
+                max_context: 1 << 20,
+                speculate: None,
             },
             3,
         );

@@ -23,6 +23,9 @@ pub(super) struct Live {
     pub last_token: Option<Instant>,
     /// Dropped at admission, freeing a place in the waiting queue.
     pub queue_permit: Option<OwnedSemaphorePermit>,
+    /// Speculative proposals made for this sequence, and those accepted.
+    pub proposed: usize,
+    pub accepted: usize,
 }
 
 impl Live {
@@ -70,6 +73,9 @@ impl Live {
             ttft_ms = ms(self.first_token).unwrap_or(0.0),
             total_ms = total.as_secs_f64() * 1e3,
             finish_reason = reason.as_label(),
+            spec_proposed = self.proposed,
+            spec_accepted = self.accepted,
+            spec_acceptance = (self.proposed > 0).then(|| self.accepted as f64 / self.proposed as f64),
             "request finished"
         );
     }

@@ -17,6 +17,7 @@ pub mod batcher;
 pub mod blocks;
 mod live;
 pub mod mask_budget;
+pub mod speculate;
 mod task;
 #[cfg(test)]
 mod tests;

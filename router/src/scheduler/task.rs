@@ -1,7 +1,8 @@
 //! The scheduler task's loop and the state it owns alone: the batcher, the live sequences and
 //! the grammar-mask budget. Each iteration: take new commands -> drop sequences whose client is
 //! gone or whose queue deadline passed -> hold costly grammars back -> plan a step -> run it on
-//! the worker -> hand out tokens, check stops, free finished sequences.
+//! the worker -> hand out tokens, check stops, free finished sequences -> count speculative
+//! entries' accepted proposals in.
 
 use super::batcher::{BatchConfig, Batcher};
 use super::live::Live;
@@ -79,6 +80,10 @@ impl<W: Worker> Task<W> {
                 }
             }
             let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
+            let drafts: Vec<(SeqId, usize)> = (plan.step.entries.iter())
+                .filter(|e| e.draft > 0)
+                .map(|e| (e.seq, e.draft))
+                .collect();
             if seqs.len() > 1 {
                 METRICS.batched_steps.inc();
             }
@@ -93,10 +98,14 @@ impl<W: Worker> Task<W> {
                     let now = Instant::now();
                     let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
                     self.masks.observe(out.forward_us, masks);
+                    let verified = self.on_verified(&drafts, &out.generations);
                     for g in out.generations {
                         if let Some(done) = self.on_token(g, now) {
                             self.finish(done).await;
                         }
+                    }
+                    for (seq, accepted) in verified {
+                        self.batcher.accept(seq, accepted);
                     }
                 }
                 Err(e) => {
@@ -154,6 +163,8 @@ impl<W: Worker> Task<W> {
                     first_token: None,
                     last_token: None,
                     queue_permit: permit.take(),
+                    proposed: 0,
+                    accepted: 0,
                 },
             );
         }
@@ -249,6 +260,29 @@ impl<W: Worker> Task<W> {
                 .inc();
         }
         (emit.finish.is_some() || !delivered).then_some(g.seq)
+    }
+
+    /// Counts the speculative entries' outcomes (every generation but the last of such an
+    /// entry is an accepted proposal); returns each one's accepted proposals.
+    fn on_verified(
+        &mut self,
+        drafts: &[(SeqId, usize)],
+        generations: &[wick_proto::Generation],
+    ) -> Vec<(SeqId, usize)> {
+        drafts
+            .iter()
+            .map(|&(seq, proposed)| {
+                let given = generations.iter().filter(|g| g.seq == seq).count();
+                let accepted = given.saturating_sub(1).min(proposed);
+                METRICS.spec_proposed.inc_by(proposed as u64);
+                METRICS.spec_accepted.inc_by(accepted as u64);
+                if let Some(l) = self.live.get_mut(&seq) {
+                    l.proposed += proposed;
+                    l.accepted += accepted;
+                }
+                (seq, accepted)
+            })
+            .collect()
     }
 
     fn publish(&self) {

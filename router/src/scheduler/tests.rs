@@ -3,6 +3,8 @@
 //! deadlines and backend failures. The worker runs a step only when the test lets it (one
 //! permit per step), and its token at position `p` is a function of `p` alone, as a real model's
 //! greedy output is of the tokens before it, so a recomputed sequence must come out the same.
+//! It verifies speculative entries as the real engine does (its token at each position, up to
+//! the first that differs from the proposal), so speculation must not change the output.
 
 use super::batcher::BatchConfig;
 use super::*;
@@ -66,19 +68,25 @@ impl Worker for FakeWorker {
             if this.fail {
                 return Err(BackendError::WorkerGone);
             }
-            let generations = step
-                .entries
-                .iter()
-                .filter(|e| e.sample.is_some())
-                .map(|e| Generation {
-                    seq: e.seq,
-                    token: token_at(e.start_pos + e.tokens.len()),
-                    logprob: -0.5,
-                    top_logprobs: Vec::new(),
-                    constraint_error: None,
-                    mask_us: 0,
-                })
-                .collect();
+            let mut generations = Vec::new();
+            for e in step.entries.iter().filter(|e| e.sample.is_some()) {
+                let first = e.start_pos + e.tokens.len() - e.draft;
+                let proposals = &e.tokens[e.tokens.len() - e.draft..];
+                for r in 0..=e.draft {
+                    let token = token_at(first + r);
+                    generations.push(Generation {
+                        seq: e.seq,
+                        token,
+                        logprob: -0.5,
+                        top_logprobs: Vec::new(),
+                        constraint_error: None,
+                        mask_us: 0,
+                    });
+                    if proposals.get(r) != Some(&token) {
+                        break;
+                    }
+                }
+            }
             Ok(StepOutput {
                 generations,
                 forward_us: 100,
@@ -97,11 +105,21 @@ impl Worker for FakeWorker {
 }
 
 fn start(worker: &FakeWorker, num_blocks: usize) -> Scheduler {
+    start_with(worker, num_blocks, None)
+}
+
+fn start_with(
+    worker: &FakeWorker,
+    num_blocks: usize,
+    speculate: Option<speculate::SpecConfig>,
+) -> Scheduler {
     let cfg = BatchConfig {
         max_batch_tokens: 64,
         max_running: 8,
         block_size: 2,
         prefix_caching: false,
+        max_context: 1 << 20,
+        speculate,
     };
     Scheduler::start(
         worker.clone(),
@@ -191,6 +209,37 @@ async fn a_request_is_prefilled_once_then_decoded_one_token_per_step() {
             vec![(1, 5, 1, true)]
         ]
     );
+    until("the release", || worker.released() == vec![1]).await;
+}
+
+#[tokio::test]
+async fn speculation_gives_the_same_tokens_in_fewer_steps() {
+    let worker = FakeWorker::new(false);
+    let cfg = speculate::SpecConfig {
+        max_draft: 4,
+        ngram_max: 2,
+        ngram_min: 1,
+        step_budget: 32,
+    };
+    let s = start_with(&worker, 16, Some(cfg));
+    let mut rx = submit(&s, 8, None).await;
+    worker.gate.add_permits(100);
+    let (tokens, end) = run_to_end(&mut rx).await;
+    let plain: Vec<u32> = (4..12).map(token_at).collect();
+    assert_eq!(tokens, plain);
+    let Event::Finished {
+        reason,
+        completion_tokens,
+        ..
+    } = end
+    else {
+        panic!("{end:?}")
+    };
+    assert_eq!((reason, completion_tokens), (FinishReason::Length, 8));
+    let steps = worker.steps();
+    // Some decodes verified proposals (more than one token), and fewer steps ran than tokens.
+    assert!(steps.iter().flatten().any(|&(_, start, len, _)| start >= 4 && len > 1));
+    assert!(steps.len() < 1 + 8, "{steps:?}");
     until("the release", || worker.released() == vec![1]).await;
 }
 

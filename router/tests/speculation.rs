@@ -1,0 +1,87 @@
+//! Speculative decoding changes nothing: the same 16 concurrent requests (greedy and seeded
+//! sampling at temperature 0.8, with a grammar, with stop strings, with `n=2`) on a server with
+//! n-gram speculation and on one without give the same tokens with the same log-probabilities,
+//! and the speculating server did accept proposals (its `wick_spec_*` counters).
+
+mod common;
+use common::*;
+
+const TEXT: &str = "The quick brown fox jumps over the lazy dog. The quick brown fox jumps \
+                    over the lazy dog again. Pack my box with five dozen liquor jugs.";
+
+const CODE: &str = "def total(items):\n    result = 0\n    for item in items:\n        \
+                    result += item.price * item.count\n    return result\n";
+
+/// The 16 requests: prompts that repeat their input (where lookup pays) and free ones.
+fn requests() -> Vec<Value> {
+    let prompts = [
+        format!("Repeat this text exactly: {TEXT}"),
+        format!("Rewrite this function with `count` renamed to `quantity`:\n{CODE}"),
+        "Write a short poem about the sea.".to_string(),
+        format!("Copy this list: {}", "red, green, blue, ".repeat(4)),
+    ];
+    let mut out = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let base = |extra: Value| {
+            let mut body = chat(p, json!({"max_tokens": 48, "logprobs": true, "top_logprobs": 2}));
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            body
+        };
+        out.push(base(json!({})));
+        out.push(base(json!({"temperature": 0.8, "seed": 11 + i, "n": 2})));
+        out.push(base(json!({"temperature": 0.8, "seed": 5, "stop": ["jugs", "return", "\n\n"]})));
+        out.push(base(json!({"response_format": {"type": "regex",
+            "regex": "[A-Za-z ,.:\\n]{10,150}"}, "temperature": 0.8, "seed": 3})));
+    }
+    out
+}
+
+/// Each choice's tokens with their log-probabilities (and alternatives), and finish reason.
+fn answers(body: &Value) -> Vec<(Vec<Value>, Value)> {
+    body["choices"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no choices: {body}"))
+        .iter()
+        .map(|c| (c["logprobs"]["content"].as_array().unwrap().clone(), c["finish_reason"].clone()))
+        .collect()
+}
+
+async fn run_all(s: &Server) -> Vec<Vec<(Vec<Value>, Value)>> {
+    let all = requests().into_iter().map(|body| async move {
+        let (status, r) = post(s, "/v1/chat/completions", body).await;
+        assert_eq!(status, 200, "{r}");
+        answers(&r)
+    });
+    futures::future::join_all(all).await
+}
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[tokio::test]
+async fn ngram_speculation_gives_the_same_tokens_and_logprobs() {
+    let plain = start(&[]);
+    let spec = start(&["--speculate", "ngram"]);
+    let (without, with) = tokio::join!(run_all(&plain), run_all(&spec));
+    for (i, (a, b)) in without.iter().zip(&with).enumerate() {
+        assert_eq!(a, b, "request {i} differs with speculation");
+    }
+    let metrics = client()
+        .get(format!("{}/metrics", spec.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
+    let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
+    println!("proposed {proposed}, accepted {accepted}");
+    assert!(accepted > 20.0 && accepted <= proposed, "{proposed} / {accepted}");
+}
