@@ -241,14 +241,19 @@ pub enum Speculate {
 fn parse_ngram(s: &str) -> Result<(usize, usize), String> {
     let bad = || format!("expected `MAX,MIN` with MAX >= MIN >= 1, got `{s}`");
     let (max, min) = s.split_once(',').ok_or_else(bad)?;
-    let (max, min) = (max.trim().parse().map_err(|_| bad())?, min.trim().parse().map_err(|_| bad())?);
-    (max >= min && min >= 1).then_some((max, min)).ok_or_else(bad)
+    let (max, min) = (
+        max.trim().parse().map_err(|_| bad())?,
+        min.trim().parse().map_err(|_| bad())?,
+    );
+    (max >= min && min >= 1)
+        .then_some((max, min))
+        .ok_or_else(bad)
 }
 
 impl SpecArgs {
     /// The scheduler's speculation settings (`None` when off).
     pub fn config(&self) -> Option<crate::scheduler::speculate::SpecConfig> {
-        (self.speculate == Speculate::Ngram && self.num_draft_tokens > 0).then(|| {
+        (self.speculate == Speculate::Ngram && self.num_draft_tokens > 0).then_some({
             crate::scheduler::speculate::SpecConfig {
                 max_draft: self.num_draft_tokens,
                 ngram_max: self.ngram.0,

@@ -26,6 +26,7 @@ pub mod backend;
 pub mod chat_tokens;
 pub mod cli;
 pub mod error;
+pub mod fingerprint;
 pub mod generate;
 pub mod metrics;
 pub mod reasoning;

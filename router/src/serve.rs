@@ -59,6 +59,8 @@ struct Loaded {
     info: ModelInfo,
     tok: TokenizerInfo,
     grammars: Result<Arc<Grammars>, String>,
+    /// `system_fingerprint` ([`crate::fingerprint`]).
+    fingerprint: String,
 }
 
 async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
@@ -71,6 +73,12 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
     let tok = tokio::task::spawn_blocking(move || load_tokenizer(&path))
         .await
         .map_err(blocking)??;
+    let (path, generic) = (model_cfg.model_path.clone(), model_cfg.uses_generic_path());
+    let fingerprint = tokio::task::spawn_blocking(move || {
+        crate::fingerprint::fingerprint(&path, matmul_kernel(), generic)
+    })
+    .await
+    .map_err(blocking)??;
     let (backend, info) = tokio::task::spawn_blocking(move || Backend::spawn(model_cfg))
         .await
         .map_err(blocking)??;
@@ -94,6 +102,7 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
         info,
         tok,
         grammars,
+        fingerprint,
     })
 }
 
@@ -103,6 +112,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
         info,
         tok,
         grammars,
+        fingerprint,
     } = loaded;
     let template_source = match &args.http.chat_template {
         Some(p) => Some(std::fs::read_to_string(p)?),
@@ -177,6 +187,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
             .clone()
             .unwrap_or_else(|| info.model_id.clone()),
         info,
+        fingerprint,
         created: crate::server::now(),
         phase,
         admission: Admission::new(
@@ -298,6 +309,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
         device = %state.info.device,
         generic_path = args.model.backend_config().uses_generic_path(),
         matmul_kernel = matmul_kernel(),
+        system_fingerprint = %state.fingerprint,
         "ready"
     );
 

@@ -225,6 +225,13 @@ impl Batcher {
         }
     }
 
+    /// A step of `rows` tokens ran in `micros` (the speculation's cost model).
+    pub fn observe_step(&mut self, rows: usize, micros: u64) {
+        if let Some(s) = &mut self.speculator {
+            s.observe_step(rows, micros);
+        }
+    }
+
     /// After a step: `accepted` of `id`'s proposals were kept (their K/V are in the cache and
     /// the tokens already pushed); full blocks among them are registered.
     pub fn accept(&mut self, id: SeqId, accepted: usize) {
@@ -252,7 +259,10 @@ impl Batcher {
         let mut plan = Plan::default();
         let mut budget = self.cfg.max_batch_tokens;
         if let Some(s) = &mut self.speculator {
-            s.begin_step();
+            let decoding = (self.running.iter())
+                .filter(|id| self.seqs[id].tokens.len() - self.seqs[id].computed == 1)
+                .count();
+            s.begin_step(decoding);
         }
 
         // 1. Decodes: one token each, oldest first; preempt the newest when blocks run out.

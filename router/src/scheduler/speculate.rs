@@ -7,10 +7,18 @@
 //! forward pass ([`wick_proto::StepEntry::draft`]) and keeps exactly the tokens plain decoding
 //! would have given, so proposals cost only their rows of the step, never a changed output.
 //!
-//! How many: each sequence has its own `k` (at most `max_draft`): after a step that accepted
-//! every proposal it grows by one, otherwise it becomes what was accepted plus one. A step's
-//! proposals across the batch are capped at `step_budget`, first come first served, so a full
-//! batch (already compute-bound) does not pay for rejected proposals. Cost per proposal: a
+//! How many, by cost: a decode step's time is fitted as `fixed + per_row * rows` over the
+//! decode steps seen (steps without prefill chunks, whose many rows cost less each; the
+//! [`StepCost`]). With `B` sequences decoding, a token costs `(fixed + per_row * B) / B` and a
+//! proposal row `per_row`, so the `i`-th proposal pays when the chance that it and those before
+//! it are accepted, `p^i`, exceeds `per_row * B / (fixed + per_row * B)`. `p` is the sequence's
+//! per-token acceptance, estimated from its verifications (accepted proposals are successes, a
+//! rejection a failure; older ones count less). On a CPU where a decode step is memory-bound
+//! and each extra row costs half a step, a single stream speculates when `p > 0.5`, a batch of
+//! 16 only when `p > 0.95`. A sequence the estimate rules out still probes one proposal after
+//! sitting out 8, 16, 32 ... (at most 64) decode steps, so its estimate can recover (not where
+//! a proposal must be accepted more than 80% of the time to pay: no probe could show that). A step's
+//! proposals are capped at `step_budget`, first come first served. Cost per proposal: a
 //! backward scan of the sequence's tokens per n-gram length, O(`ngram_max` * tokens).
 
 use std::collections::HashMap;
@@ -40,36 +48,146 @@ impl Default for SpecConfig {
     }
 }
 
+/// A step's time as `fixed + per_row * rows`: a least-squares fit over the steps seen, older
+/// ones weighing less. Until the steps seen vary in size, a row is taken to cost as much as the
+/// fixed part.
+#[derive(Debug, Clone, Default)]
+pub struct StepCost {
+    /// Decayed sums of 1, x, y, x*x and x*y (x: rows, y: microseconds).
+    n: f64,
+    sx: f64,
+    sy: f64,
+    sxx: f64,
+    sxy: f64,
+}
+
+/// Weight of the previous steps against a new one.
+const STEP_DECAY: f64 = 0.99;
+
+impl StepCost {
+    pub fn observe(&mut self, rows: usize, micros: u64) {
+        let (x, y) = (rows as f64, micros as f64);
+        self.n = self.n * STEP_DECAY + 1.0;
+        self.sx = self.sx * STEP_DECAY + x;
+        self.sy = self.sy * STEP_DECAY + y;
+        self.sxx = self.sxx * STEP_DECAY + x * x;
+        self.sxy = self.sxy * STEP_DECAY + x * y;
+    }
+
+    /// `(fixed, per_row)`, both positive.
+    pub fn fit(&self) -> (f64, f64) {
+        let var = self.sxx / self.n.max(1e-9) - (self.sx / self.n.max(1e-9)).powi(2);
+        if self.n < 2.0 || var < 0.25 {
+            return (1.0, 1.0);
+        }
+        let per_row =
+            (self.n * self.sxy - self.sx * self.sy) / (self.n * self.sxx - self.sx * self.sx);
+        let fixed = (self.sy - per_row * self.sx) / self.n;
+        match per_row > 0.0 && fixed > 0.0 {
+            true => (fixed, per_row),
+            // A fit that says rows are free or the fixed part negative is noise: a row costs
+            // as much as the fixed part.
+            false => (1.0, 1.0),
+        }
+    }
+}
+
 /// Proposals and their outcomes, per sequence.
 #[derive(Debug)]
 pub struct Speculator {
     cfg: SpecConfig,
-    /// Each sequence's current `k`.
-    k: HashMap<SeqId, usize>,
+    seqs: HashMap<SeqId, SeqSpec>,
+    cost: StepCost,
+    /// For the step being planned: the acceptance a proposal row needs to pay.
+    threshold: f64,
     /// Proposals left for the step being planned.
     budget: usize,
+}
+
+/// One sequence's speculation state.
+#[derive(Debug, Clone, Copy, Default)]
+struct SeqSpec {
+    /// Decayed counts of accepted proposals and of rejections.
+    accepted: f64,
+    rejected: f64,
+    /// Probes in a row that accepted nothing.
+    misses: u32,
+    /// Decode steps it still sits out before probing (while ruled out).
+    wait: u32,
+}
+
+impl SeqSpec {
+    /// The estimated chance that a proposal is accepted (a prior of one each way).
+    fn p(&self) -> f64 {
+        (self.accepted + 1.0) / (self.accepted + self.rejected + 2.0)
+    }
+}
+
+/// Weight of a sequence's earlier verifications against a new one.
+const ACCEPT_DECAY: f64 = 0.9;
+/// Decode steps a ruled-out sequence sits out before its first probe, doubled after each
+/// probe that accepted nothing (a probe's row then costs a few percent of the steps between).
+const PROBE_WAIT: u32 = 8;
+/// Most decode steps a sequence sits out between probes.
+const MAX_WAIT: u32 = 64;
+/// No probes where a proposal would need to be accepted more often than this to pay (a large
+/// batch): a probe could not show it.
+const MAX_PROBE_THRESHOLD: f64 = 0.8;
+
+/// How many proposals pay at acceptance `p`: the most `k` with `p^k` above `threshold`.
+fn worth(p: f64, threshold: f64, max: usize) -> usize {
+    if p <= threshold {
+        return 0;
+    }
+    let k = if p >= 1.0 {
+        max
+    } else {
+        (threshold.ln() / p.ln()).floor() as usize
+    };
+    k.clamp(1, max)
 }
 
 impl Speculator {
     pub fn new(cfg: SpecConfig) -> Self {
         Speculator {
             cfg,
-            k: HashMap::new(),
+            seqs: HashMap::new(),
+            cost: StepCost::default(),
+            threshold: 0.5,
             budget: cfg.step_budget,
         }
     }
 
-    /// A new step is being planned: the batch's budget is whole again.
-    pub fn begin_step(&mut self) {
+    /// A step ran `rows` tokens in `micros`.
+    pub fn observe_step(&mut self, rows: usize, micros: u64) {
+        self.cost.observe(rows, micros);
+    }
+
+    /// A new step is being planned with `decoding` sequences decoding.
+    pub fn begin_step(&mut self, decoding: usize) {
+        let (fixed, per_row) = self.cost.fit();
+        let b = decoding.max(1) as f64;
+        self.threshold = per_row * b / (fixed + per_row * b);
         self.budget = self.cfg.step_budget;
     }
 
     /// The proposals for the token after `tokens` (empty: none), at most `room` of them; taken
     /// from the step's budget.
     pub fn propose(&mut self, seq: SeqId, tokens: &[u32], room: usize) -> Vec<u32> {
-        let k = (*self.k.entry(seq).or_insert(self.cfg.max_draft))
-            .min(room)
-            .min(self.budget);
+        let threshold = self.threshold;
+        let st = self.seqs.entry(seq).or_default();
+        let mut k = worth(st.p(), threshold, self.cfg.max_draft);
+        if k == 0 {
+            // Not worth it by the estimate: sit out, then probe with one, where a probe's
+            // success could make it worth it.
+            if st.wait > 0 || threshold > MAX_PROBE_THRESHOLD {
+                st.wait = st.wait.saturating_sub(1);
+                return Vec::new();
+            }
+            st.wait = (PROBE_WAIT << st.misses.min(4)).min(MAX_WAIT);
+            k = 1;
+        }
+        let k = k.min(room).min(self.budget);
         if k == 0 {
             return Vec::new();
         }
@@ -80,16 +198,20 @@ impl Speculator {
 
     /// What a verification gave: `accepted` of `proposed` proposals were kept.
     pub fn observe(&mut self, seq: SeqId, proposed: usize, accepted: usize) {
-        let k = self.k.entry(seq).or_insert(self.cfg.max_draft);
-        *k = match accepted >= proposed {
-            true => (*k + 1).min(self.cfg.max_draft),
-            false => (accepted + 1).min(self.cfg.max_draft),
+        let Some(st) = self.seqs.get_mut(&seq) else {
+            return;
         };
+        st.accepted = st.accepted * ACCEPT_DECAY + accepted as f64;
+        st.rejected = st.rejected * ACCEPT_DECAY + f64::from(u8::from(accepted < proposed));
+        match accepted {
+            0 => st.misses += 1,
+            _ => st.misses = 0,
+        }
     }
 
     /// Forgets a finished sequence.
     pub fn forget(&mut self, seq: SeqId) {
-        self.k.remove(&seq);
+        self.seqs.remove(&seq);
     }
 }
 
@@ -134,25 +256,83 @@ mod tests {
     }
 
     #[test]
-    fn k_follows_acceptance_and_the_step_budget_caps_the_batch() {
+    fn the_step_cost_fit_finds_the_fixed_part_and_the_row_cost() {
+        let mut c = StepCost::default();
+        assert_eq!(
+            c.fit(),
+            (1.0, 1.0),
+            "nothing seen: a row costs the fixed part"
+        );
+        for rows in [1, 2, 5, 9, 1, 3, 16, 1] {
+            c.observe(rows, 22_000 + 25_000 * rows as u64);
+        }
+        let (fixed, per_row) = c.fit();
+        assert!((fixed - 22_000.0).abs() < 1.0 && (per_row - 25_000.0).abs() < 1.0);
+    }
+
+    /// A speculator whose steps cost `fixed + per_row * rows`.
+    fn costed(max_draft: usize, fixed: u64, per_row: u64) -> Speculator {
         let cfg = SpecConfig {
-            max_draft: 4,
+            max_draft,
             ngram_max: 2,
             ngram_min: 1,
-            step_budget: 6,
+            step_budget: 32,
         };
         let mut s = Speculator::new(cfg);
-        let run: Vec<u32> = [1, 2, 3, 4, 5, 6].repeat(3);
-        s.begin_step();
-        assert_eq!(s.propose(1, &run, 100).len(), 4);
-        assert_eq!(s.propose(2, &run, 100).len(), 2, "the budget's rest");
-        assert!(s.propose(3, &run, 100).is_empty());
-        s.observe(1, 4, 1);
-        s.begin_step();
-        assert_eq!(s.propose(1, &run, 100).len(), 2, "k = accepted + 1");
-        s.observe(1, 2, 2);
-        s.begin_step();
-        assert_eq!(s.propose(1, &run, 100).len(), 3, "all accepted: k grows");
-        assert_eq!(s.propose(4, &run, 1).len(), 1, "room caps it");
+        for rows in [1, 4, 1, 8, 2] {
+            s.observe_step(rows, fixed + per_row * rows as u64);
+        }
+        s
+    }
+
+    #[test]
+    fn proposals_follow_acceptance_and_batch_size() {
+        // A row costs half a single-stream step: a sequence accepting 90% proposes 4 alone
+        // (0.9^4 > 0.5 > 0.9^5 ... up to the fit's 0.53), 1 in a batch of 2, none in 16.
+        let mut s = costed(8, 22_000, 25_000);
+        let run: Vec<u32> = [1, 2, 3, 4, 5, 6].repeat(4);
+        for _ in 0..20 {
+            s.seqs.entry(1).or_default();
+            s.observe(1, 10, 9);
+        }
+        let p = s.seqs[&1].p();
+        assert!(p > 0.85, "{p}");
+        s.begin_step(1);
+        let alone = s.propose(1, &run, 100).len();
+        s.begin_step(2);
+        let pair = s.propose(1, &run, 100).len();
+        s.begin_step(16);
+        let crowd = s.propose(1, &run, 100).len();
+        assert!(alone >= 3 && pair >= 1 && pair < alone, "{alone} {pair}");
+        assert_eq!(crowd, 0, "ruled out, and no probe in a crowd");
+        s.begin_step(1);
+        assert_eq!(s.propose(1, &run, 1).len(), 1, "room caps it");
+    }
+
+    #[test]
+    fn a_sequence_ruled_out_probes_after_longer_and_longer_waits() {
+        let mut s = costed(8, 22_000, 25_000);
+        let run: Vec<u32> = [1, 2, 3].repeat(4);
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            s.begin_step(1);
+            let proposed = s.propose(7, &run, 100).len();
+            assert!(proposed > 0);
+            s.observe(7, proposed, 0);
+            let mut sat_out = 0;
+            loop {
+                s.begin_step(1);
+                if s.seqs[&7].wait == 0 {
+                    break;
+                }
+                assert!(s.propose(7, &run, 100).is_empty());
+                sat_out += 1;
+            }
+            waits.push(sat_out);
+        }
+        assert_eq!(waits, [8, 16, 32]);
+        // An accepted proposal resets the back-off.
+        s.observe(7, 1, 1);
+        assert_eq!(s.seqs[&7].misses, 0);
     }
 }

@@ -80,6 +80,11 @@ impl<W: Worker> Task<W> {
                 }
             }
             let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
+            let rows: usize = plan.step.entries.iter().map(|e| e.tokens.len()).sum();
+            // The speculation's cost model reads decode steps only (a prefill chunk's rows cost
+            // less each than a decode's few).
+            let decode_only =
+                (plan.step.entries.iter()).all(|e| e.draft > 0 || e.tokens.len() == 1);
             let drafts: Vec<(SeqId, usize)> = (plan.step.entries.iter())
                 .filter(|e| e.draft > 0)
                 .map(|e| (e.seq, e.draft))
@@ -98,6 +103,9 @@ impl<W: Worker> Task<W> {
                     let now = Instant::now();
                     let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
                     self.masks.observe(out.forward_us, masks);
+                    if decode_only {
+                        self.batcher.observe_step(rows, out.forward_us);
+                    }
                     let verified = self.on_verified(&drafts, &out.generations);
                     for g in out.generations {
                         if let Some(done) = self.on_token(g, now) {

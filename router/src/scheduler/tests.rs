@@ -238,7 +238,10 @@ async fn speculation_gives_the_same_tokens_in_fewer_steps() {
     assert_eq!((reason, completion_tokens), (FinishReason::Length, 8));
     let steps = worker.steps();
     // Some decodes verified proposals (more than one token), and fewer steps ran than tokens.
-    assert!(steps.iter().flatten().any(|&(_, start, len, _)| start >= 4 && len > 1));
+    assert!(steps
+        .iter()
+        .flatten()
+        .any(|&(_, start, len, _)| start >= 4 && len > 1));
     assert!(steps.len() < 1 + 8, "{steps:?}");
     until("the release", || worker.released() == vec![1]).await;
 }

@@ -154,6 +154,7 @@ pub async fn chat_completions(
         object: "chat.completion",
         created: sid.created,
         model: state.served_name.clone(),
+        system_fingerprint: state.fingerprint.clone(),
         usage: usage_of(&started, &choices),
         choices: choices
             .into_iter()
@@ -309,6 +310,7 @@ impl ChatChunks {
             object: "chat.completion.chunk",
             created: s.created,
             model: s.state.served_name.clone(),
+            system_fingerprint: s.state.fingerprint.clone(),
             choices,
             usage,
         })

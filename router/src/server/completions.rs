@@ -97,6 +97,7 @@ pub async fn completions(
         object: "text_completion",
         created: sid.created,
         model: state.served_name.clone(),
+        system_fingerprint: state.fingerprint.clone(),
         usage: Some(usage_of(&started, &choices)),
         choices: choices
             .into_iter()
@@ -144,6 +145,7 @@ impl CompletionChunks {
             object: "text_completion",
             created: s.created,
             model: s.state.served_name.clone(),
+            system_fingerprint: s.state.fingerprint.clone(),
             choices,
             usage,
         })

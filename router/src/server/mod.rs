@@ -50,6 +50,8 @@ pub struct AppState {
     pub info: ModelInfo,
     /// The name clients use for the model.
     pub served_name: String,
+    /// What must match for the same tokens ([`crate::fingerprint`]), in OpenAI responses.
+    pub fingerprint: String,
     pub created: u64,
     pub phase: Arc<Phase>,
     pub admission: Admission,

@@ -435,6 +435,8 @@ pub struct ChatCompletion {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    /// Wick's version, forward path and model checksum: what must match for the same tokens.
+    pub system_fingerprint: String,
     pub choices: Vec<ChatChoice>,
     pub usage: Usage,
 }
@@ -465,6 +467,8 @@ pub struct ChatCompletionChunk {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    /// Wick's version, forward path and model checksum: what must match for the same tokens.
+    pub system_fingerprint: String,
     pub choices: Vec<ChatChunkChoice>,
     pub usage: Option<Usage>,
 }
@@ -492,6 +496,8 @@ pub struct Completion {
     pub object: &'static str,
     pub created: u64,
     pub model: String,
+    /// Wick's version, forward path and model checksum: what must match for the same tokens.
+    pub system_fingerprint: String,
     pub choices: Vec<CompletionChoice>,
     pub usage: Option<Usage>,
 }

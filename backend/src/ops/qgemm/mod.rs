@@ -422,17 +422,40 @@ impl<F: Format> Packed<F> {
                 let w = &self.groups[g * kb..(g + 1) * kb];
                 let mut i = i0;
                 while i + MR <= i1 {
-                    let tile = F::tile::<MR>(kernel, w, std::array::from_fn(|t| x.row(i + t)));
-                    for (t, vals) in tile.iter().enumerate() {
-                        self.store(out, i + t, g, vals);
-                    }
+                    self.tile::<MR>(kernel, w, x, i, g, out);
                     i += MR;
                 }
-                for i in i..i1 {
-                    let [vals] = F::tile::<1>(kernel, w, [x.row(i)]);
-                    self.store(out, i, g, &vals);
+                // The rest in one narrower tile: each weight block unpacked once for all of
+                // them (a few rows, as a decode batch or a speculative verification has, then
+                // cost little more than one).
+                match i1 - i {
+                    0 => {}
+                    1 => self.tile::<1>(kernel, w, x, i, g, out),
+                    2 => self.tile::<2>(kernel, w, x, i, g, out),
+                    3 => self.tile::<3>(kernel, w, x, i, g, out),
+                    4 => self.tile::<4>(kernel, w, x, i, g, out),
+                    5 => self.tile::<5>(kernel, w, x, i, g, out),
+                    6 => self.tile::<6>(kernel, w, x, i, g, out),
+                    7 => self.tile::<7>(kernel, w, x, i, g, out),
+                    rest => unreachable!("{rest} rows left by tiles of {MR}"),
                 }
             }
+        }
+    }
+
+    /// Activation rows `i..i + N` against group `g` (weights `w`), stored.
+    fn tile<const N: usize>(
+        &self,
+        kernel: Kernel,
+        w: &[F],
+        x: &QActs,
+        i: usize,
+        g: usize,
+        out: &OutPtr,
+    ) {
+        let tile = F::tile::<N>(kernel, w, std::array::from_fn(|t| x.row(i + t)));
+        for (t, vals) in tile.iter().enumerate() {
+            self.store(out, i + t, g, vals);
         }
     }
 

@@ -117,7 +117,7 @@ fn q4_1_mins(blocks: &[BlockQ4_1]) -> Vec<f32> {
 
 /// Shapes: rows not a multiple of the group, widths of 1, 3, 18 (576) and 48 blocks.
 const SHAPES: [(usize, usize); 5] = [(1, 32), (13, 96), (24, 576), (37, 576), (9, 1536)];
-const BATCHES: [usize; 8] = [1, 2, 3, 4, 5, 7, 16, 64];
+const BATCHES: [usize; 10] = [1, 2, 3, 4, 5, 7, 9, 13, 16, 64];
 
 #[test]
 fn q4_0_kernels_agree_and_match_the_reference() {

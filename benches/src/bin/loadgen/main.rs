@@ -10,12 +10,15 @@
 //!   turn: prompt tokens computed per turn.
 //! - `compare`: Wick against llama.cpp's `llama-server` on the same GGUF and threads (see
 //!   [`compare`]): decode, prefill, aggregate throughput and latency percentiles, also as JSON.
+//! - `speculation`: Wick with and without n-gram speculation (see [`speculation`]): code
+//!   editing and free chat decode rates, 16-client throughput, answers checked identical.
 //!
 //! Run (after `cargo build --release -p wick-router`):
 //! `cargo run --release -p wick-benches --bin loadgen -- shared-prefix`
 //! `cargo run --release -p wick-benches --bin loadgen -- compare --llama-server "$(scripts/build-llama-server.sh)"`
 
 mod compare;
+mod speculation;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -310,6 +313,9 @@ async fn main() {
             }
         }
         "compare" => compare::run(&threads).await,
-        other => panic!("unknown scenario `{other}` (shared-prefix, multi-turn, compare)"),
+        "speculation" => speculation::run(&threads).await,
+        other => {
+            panic!("unknown scenario `{other}` (shared-prefix, multi-turn, compare, speculation)")
+        }
     }
 }
