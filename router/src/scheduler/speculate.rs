@@ -48,8 +48,7 @@ impl Default for SpecConfig {
     }
 }
 
-/// A step's time as `fixed + per_row * rows`: a least-squares fit over the steps seen, older
-/// ones weighing less. Until the steps seen vary in size, a row is taken to cost as much as the
+/// A step's time as `fixed + per_row * rows`: a least-squares fit over the recent steps. Until the steps seen vary in size, a row is taken to cost as much as the
 /// fixed part.
 #[derive(Debug, Clone, Default)]
 pub struct StepCost {
@@ -61,8 +60,9 @@ pub struct StepCost {
     sxy: f64,
 }
 
-/// Weight of the previous steps against a new one.
-const STEP_DECAY: f64 = 0.99;
+/// Weight of the previous steps against a new one: about the last 20 count, so the fit follows
+/// the batch size of the moment (a row's cost differs between memory- and compute-bound steps).
+const STEP_DECAY: f64 = 0.95;
 
 impl StepCost {
     pub fn observe(&mut self, rows: usize, micros: u64) {
