@@ -68,14 +68,7 @@ async fn cached_and_uncached_greedy_outputs_are_identical() {
         assert_eq!(cached, *want_cached, "case {i}");
         assert_eq!(plain_cached, 0, "case {i}");
     }
-    let metrics = client()
-        .get(format!("{}/metrics", on.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&on).await;
     assert!(
         metrics.contains("wick_prefix_cache_hits_total"),
         "{metrics}"

@@ -83,14 +83,7 @@ async fn ngram_speculation_gives_the_same_tokens_and_logprobs() {
     for (i, (a, b)) in without.iter().zip(&with).enumerate() {
         assert_eq!(a, b, "request {i} differs with speculation");
     }
-    let metrics = client()
-        .get(format!("{}/metrics", spec.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&spec).await;
     let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
     let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
     let preempted = counter(&metrics, "wick_preemptions_total");

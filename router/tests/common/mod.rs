@@ -144,6 +144,18 @@ pub fn chat(content: &str, extra: Value) -> Value {
     body
 }
 
+/// The Prometheus text of `GET /metrics`.
+pub async fn metrics(s: &Server) -> String {
+    client()
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn info(s: &Server) -> Value {
     client()
         .get(format!("{}/info", s.base))
