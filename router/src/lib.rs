@@ -17,6 +17,7 @@
 //! - [`tools`]: tool calling in the model's own format: tool prompt, call grammar, reading
 //!   calls back (whole or streamed).
 //! - [`metrics`]: every Prometheus metric, registered in one place.
+//! - [`fingerprint`]: `system_fingerprint`, what must match for the same tokens.
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON (Anthropic's
 //!   routes reshape the body).
 //! - [`generate`]: one sequence start to finish on the backend (`wick generate`).

@@ -9,9 +9,10 @@
 //! channel before the next step and frees the sequence's blocks.
 //!
 //! Each iteration: take new commands -> drop sequences whose client is gone or whose queue
-//! deadline passed -> hold costly grammars back ([`mask_budget::MaskBudget`]) -> plan a step ->
-//! run it on the backend -> hand out tokens, check stops, free finished sequences. Metrics are
-//! updated here, where the events happen.
+//! deadline passed -> hold costly grammars back ([`mask_budget::MaskBudget`]) -> plan a step
+//! (with speculation, decoding sequences' proposals from [`speculate::Speculator`]) -> run it on
+//! the backend -> hand out tokens, check stops, free finished sequences -> count accepted
+//! proposals in. Metrics are updated here, where the events happen.
 
 pub mod batcher;
 pub mod blocks;
