@@ -3,6 +3,7 @@
 //! n-gram speculation and on one without give the same tokens with the same log-probabilities,
 //! and the speculating server did accept proposals (its `wick_spec_*` counters). The
 //! speculating server's KV cache is small enough that it also preempts (recomputes) sequences.
+//! Both report the same `system_fingerprint`: speculation is not part of what must match.
 
 mod common;
 use common::*;
@@ -75,6 +76,11 @@ fn counter(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing"))
 }
 
+async fn fingerprint(s: &Server) -> Value {
+    let body = chat("Hi", json!({"max_tokens": 1}));
+    post(s, "/v1/chat/completions", body).await.1["system_fingerprint"].clone()
+}
+
 #[tokio::test]
 async fn ngram_speculation_gives_the_same_tokens_and_logprobs() {
     let plain = start(&[]);
@@ -83,6 +89,9 @@ async fn ngram_speculation_gives_the_same_tokens_and_logprobs() {
     for (i, (a, b)) in without.iter().zip(&with).enumerate() {
         assert_eq!(a, b, "request {i} differs with speculation");
     }
+    let (a, b) = tokio::join!(fingerprint(&plain), fingerprint(&spec));
+    assert!(a.as_str().is_some_and(|f| f.starts_with("wick-")), "{a}");
+    assert_eq!(a, b);
     let metrics = metrics(&spec).await;
     let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
     let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
