@@ -1,7 +1,7 @@
 //! Reasoning separated from the answer: models that think between two markers (`<think>` and
 //! `</think>` by default) before they answer. [`Markers`] says which (read from the chat
 //! template, or `--reasoning-markers`); [`Split`] cuts an answer into its reasoning and its
-//! content, whole or while it streams, so that the reasoning goes to `reasoning_content` and
+//! content as it streams ([`Gathered`] collects the pieces of a whole answer), so that the reasoning goes to `reasoning_content` and
 //! never into `content` or a tool call.
 //!
 //! The reasoning is the text between the open marker (written by the model at the start of its
@@ -100,24 +100,6 @@ impl Split {
         self.reasoned
     }
 
-    /// A whole answer as `(reasoning, content)`.
-    pub fn whole(markers: &Markers, opened: bool, text: &str) -> (Option<String>, String) {
-        let mut split = Split::new(markers, opened);
-        let mut parts = split.push(text);
-        parts.extend(split.finish());
-        let (mut reasoning, mut content) = (None::<String>, String::new());
-        for p in parts {
-            match p {
-                Part::Reasoning(r) => reasoning.get_or_insert_with(String::new).push_str(&r),
-                Part::Content(c) => content.push_str(&c),
-            }
-        }
-        if split.reasoned && reasoning.is_none() {
-            reasoning = Some(String::new());
-        }
-        (reasoning, content)
-    }
-
     pub fn push(&mut self, text: &str) -> Vec<Part> {
         if matches!(self.state, State::Start | State::Reasoning) {
             self.tokens += 1;
@@ -191,6 +173,33 @@ impl Split {
     }
 }
 
+/// A split answer gathered whole: its reasoning (`Some` once the answer reasoned, even
+/// emptily) and its content.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Gathered {
+    pub reasoning: Option<String>,
+    pub content: String,
+}
+
+impl Gathered {
+    pub fn add(&mut self, parts: Vec<Part>) {
+        for p in parts {
+            match p {
+                Part::Reasoning(r) => self.reasoning.get_or_insert_with(String::new).push_str(&r),
+                Part::Content(c) => self.content.push_str(&c),
+            }
+        }
+    }
+
+    /// The end of the answer: what `split` still held.
+    pub fn close(&mut self, split: &mut Split) {
+        self.add(split.finish());
+        if split.reasoned() {
+            self.reasoning.get_or_insert_with(String::new);
+        }
+    }
+}
+
 /// The length of the longest tail of `text` that begins `marker` (held until it is settled),
 /// on a character boundary.
 fn held(text: &str, marker: &str) -> usize {
@@ -207,6 +216,15 @@ mod tests {
     use super::*;
     use crate::testing::chunks;
 
+    /// A whole answer as `(reasoning, content)`.
+    fn whole(markers: &Markers, opened: bool, text: &str) -> (Option<String>, String) {
+        let mut split = Split::new(markers, opened);
+        let mut gathered = Gathered::default();
+        gathered.add(split.push(text));
+        gathered.close(&mut split);
+        (gathered.reasoning, gathered.content)
+    }
+
     fn think() -> Markers {
         Markers::parse("<think>,</think>").unwrap().unwrap()
     }
@@ -214,19 +232,12 @@ mod tests {
     /// Streams `text` in pieces of `step` bytes (on character boundaries).
     fn streamed(opened: bool, text: &str, step: usize) -> (String, String) {
         let mut split = Split::new(&think(), opened);
-        let (mut reasoning, mut content) = (String::new(), String::new());
-        let mut parts = Vec::new();
+        let mut gathered = Gathered::default();
         for piece in chunks(text, step) {
-            parts.extend(split.push(piece));
+            gathered.add(split.push(piece));
         }
-        parts.extend(split.finish());
-        for p in parts {
-            match p {
-                Part::Reasoning(r) => reasoning.push_str(&r),
-                Part::Content(c) => content.push_str(&c),
-            }
-        }
-        (reasoning, content)
+        gathered.close(&mut split);
+        (gathered.reasoning.unwrap_or_default(), gathered.content)
     }
 
     #[test]
@@ -238,7 +249,7 @@ mod tests {
             assert_eq!(c, "42 is <b>it</b>.", "step {step}");
         }
         assert_eq!(
-            Split::whole(&think(), false, answer),
+            whole(&think(), false, answer),
             (
                 Some("\nAdd them: 12 + 30 < 50 </thin k> é.\n".into()),
                 "42 is <b>it</b>.".into()
@@ -283,17 +294,17 @@ mod tests {
                 (String::new(), "  <thinking> no".into())
             );
         }
-        assert_eq!(Split::whole(&think(), false, "<thi"), (None, "<thi".into()));
-        let no_open = Split::whole(&think(), false, "</answer>");
+        assert_eq!(whole(&think(), false, "<thi"), (None, "<thi".into()));
+        let no_open = whole(&think(), false, "</answer>");
         assert_eq!(no_open, (None, "</answer>".into()));
-        let empty = Split::whole(&think(), false, "<think></think>42");
+        let empty = whole(&think(), false, "<think></think>42");
         assert_eq!(empty, (Some(String::new()), "42".into()));
     }
 
     #[test]
     fn a_cut_answer_keeps_its_reasoning_as_reasoning() {
         assert_eq!(
-            Split::whole(&think(), false, "<think>still going </th"),
+            whole(&think(), false, "<think>still going </th"),
             (Some("still going </th".into()), String::new())
         );
     }

@@ -73,15 +73,15 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
     let tok = tokio::task::spawn_blocking(move || load_tokenizer(&path))
         .await
         .map_err(blocking)??;
+    // The model's checksum is read while the backend loads (the same pages, from the cache).
     let (path, generic) = (model_cfg.model_path.clone(), model_cfg.uses_generic_path());
     let fingerprint = tokio::task::spawn_blocking(move || {
         crate::fingerprint::fingerprint(&path, matmul_kernel(), generic)
-    })
-    .await
-    .map_err(blocking)??;
+    });
     let (backend, info) = tokio::task::spawn_blocking(move || Backend::spawn(model_cfg))
         .await
         .map_err(blocking)??;
+    let fingerprint = fingerprint.await.map_err(blocking)??;
     let (tokenizer, vocab, eos) = (
         tok.tokenizer.clone(),
         info.vocab_size,

@@ -49,6 +49,13 @@ struct Seq {
     draft: Vec<u32>,
 }
 
+impl Seq {
+    /// Whether its next step is a decode: one token left to compute, the last sampled.
+    fn decoding(&self) -> bool {
+        self.tokens.len() - self.computed == 1
+    }
+}
+
 /// The outcome of planning one step.
 #[derive(Debug, Default)]
 pub struct Plan {
@@ -260,7 +267,7 @@ impl Batcher {
         let mut budget = self.cfg.max_batch_tokens;
         if let Some(s) = &mut self.speculator {
             let decoding = (self.running.iter())
-                .filter(|id| self.seqs[id].tokens.len() - self.seqs[id].computed == 1)
+                .filter(|id| self.seqs[id].decoding())
                 .count();
             s.begin_step(decoding);
         }
@@ -270,7 +277,7 @@ impl Batcher {
         while i < self.running.len() {
             let id = self.running[i];
             let seq = &self.seqs[&id];
-            if seq.tokens.len() - seq.computed != 1 || self.held.contains(&id) {
+            if !seq.decoding() || self.held.contains(&id) {
                 i += 1;
                 continue;
             }

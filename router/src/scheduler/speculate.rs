@@ -37,17 +37,6 @@ pub struct SpecConfig {
     pub step_budget: usize,
 }
 
-impl Default for SpecConfig {
-    fn default() -> Self {
-        SpecConfig {
-            max_draft: 8,
-            ngram_max: 4,
-            ngram_min: 2,
-            step_budget: 32,
-        }
-    }
-}
-
 /// A step's time as `fixed + per_row * rows`: a least-squares fit over the recent steps. Until the steps seen vary in size, a row is taken to cost as much as the
 /// fixed part.
 #[derive(Debug, Clone, Default)]

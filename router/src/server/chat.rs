@@ -94,12 +94,9 @@ pub(super) fn include_usage(options: &Option<StreamOptions>) -> bool {
 pub(super) fn usage_of(started: &Started, choices: &[ChoiceOutput]) -> Usage {
     let completion_tokens = choices.iter().map(|c| c.completion_tokens).sum();
     let cached_tokens = choices.first().map_or(0, |c| c.cached_tokens);
-    let mut usage = usage(started.prompt_tokens, completion_tokens, cached_tokens);
-    if started.split().is_some() {
-        let reasoning_tokens = choices.iter().map(|c| c.reasoning_tokens).sum();
-        usage.completion_tokens_details = Some(CompletionTokensDetails { reasoning_tokens });
-    }
-    usage
+    let reasoning =
+        (started.split().is_some()).then(|| choices.iter().map(|c| c.reasoning_tokens).sum());
+    usage(started.prompt_tokens, completion_tokens, cached_tokens).with_reasoning(reasoning)
 }
 
 /// What both OpenAI endpoints do before formatting: check the model, validate and queue.
@@ -429,11 +426,9 @@ impl ChunkFormat for ChatChunks {
         out
     }
 
-    fn usage(&self, mut usage: Usage) -> SseEvent {
-        if self.answers.iter().any(AnswerStream::reasons) {
-            let reasoning_tokens = self.answers.iter().map(|a| a.reasoning_tokens()).sum();
-            usage.completion_tokens_details = Some(CompletionTokensDetails { reasoning_tokens });
-        }
-        self.chunk(Vec::new(), Some(usage))
+    fn usage(&self, usage: Usage) -> SseEvent {
+        let reasons = self.answers.iter().any(AnswerStream::reasons);
+        let reasoning = reasons.then(|| self.answers.iter().map(|a| a.reasoning_tokens()).sum());
+        self.chunk(Vec::new(), Some(usage.with_reasoning(reasoning)))
     }
 }

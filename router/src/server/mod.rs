@@ -29,7 +29,7 @@ pub mod tgi;
 
 use crate::backend::Backend;
 use crate::error::{ApiError, Unavailable};
-use crate::reasoning::{Part, Split};
+use crate::reasoning::{Gathered, Split};
 use crate::scheduler::{Event, Failure, Scheduler, SchedulerGone, Submission};
 use crate::validation::{GenerationInput, PromptInput, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
@@ -450,21 +450,13 @@ pub struct ChoiceOutput {
     pub stop_sequence: Option<String>,
 }
 
-impl ChoiceOutput {
-    fn add(&mut self, parts: Vec<Part>) {
-        for p in parts {
-            match p {
-                Part::Reasoning(r) => self.reasoning.get_or_insert_with(String::new).push_str(&r),
-                Part::Content(c) => self.text.push_str(&c),
-            }
-        }
-    }
-}
-
 /// Waits for every choice of a generation to finish.
 pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiError> {
     let mut choices: Vec<ChoiceOutput> = (0..started.n).map(|_| ChoiceOutput::default()).collect();
-    let mut splits: Vec<Option<Split>> = (0..started.n).map(|_| started.split()).collect();
+    // A reasoning model's answers are split as they arrive.
+    let mut splits: Vec<Option<(Split, Gathered)>> = (0..started.n)
+        .map(|_| started.split().map(|s| (s, Gathered::default())))
+        .collect();
     let mut done = 0;
     while done < started.n {
         match started.next().await {
@@ -477,7 +469,7 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
             }) => {
                 let c = &mut choices[choice];
                 match &mut splits[choice] {
-                    Some(split) => c.add(split.push(&text)),
+                    Some((split, gathered)) => gathered.add(split.push(&text)),
                     None => c.text.push_str(&text),
                 }
                 c.tokens.push((token, logprob, top_logprobs));
@@ -490,12 +482,10 @@ pub async fn collect(started: &mut Started) -> Result<Vec<ChoiceOutput>, ApiErro
                 stop_sequence,
                 ..
             }) => {
-                if let Some(split) = &mut splits[choice] {
+                if let Some((mut split, mut gathered)) = splits[choice].take() {
+                    gathered.close(&mut split);
                     let c = &mut choices[choice];
-                    c.add(split.finish());
-                    if split.reasoned() {
-                        c.reasoning.get_or_insert_with(String::new);
-                    }
+                    (c.text, c.reasoning) = (gathered.content, gathered.reasoning);
                     c.reasoning_tokens = split.tokens();
                 }
                 choices[choice].finish = Some(reason);

@@ -382,6 +382,17 @@ pub struct CompletionTokensDetails {
     pub reasoning_tokens: usize,
 }
 
+impl Usage {
+    /// With a reasoning model's count of reasoning tokens, when it is one (`None`: not).
+    pub fn with_reasoning(self, reasoning_tokens: Option<usize>) -> Usage {
+        Usage {
+            completion_tokens_details: reasoning_tokens
+                .map(|reasoning_tokens| CompletionTokensDetails { reasoning_tokens }),
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PromptTokensDetails {
     /// Prompt tokens whose KV came from the prefix cache instead of being computed.
