@@ -1,6 +1,8 @@
 //! The synchronous engine: a model, its KV cache and the per-sequence token history that sampling
 //! penalties need. [`Engine::step`] checks a [`Step`], packs it, runs the forward pass and samples.
-//! The worker thread owns one `Engine`; tests and benchmarks may drive one directly.
+//! The worker thread owns one `Engine`; tests and benchmarks may drive one directly. The history
+//! is what the entries ran, by position, plus an admitting entry's `context` (the tokens of the
+//! cached blocks it starts on, which it does not run).
 //!
 //! Constrained sequences: a [`Constraint`] registered with [`Engine::constrain`] gives a token
 //! mask before each of its sequence's samplings (computed for all constrained entries of a step
@@ -108,6 +110,13 @@ impl Engine {
                     tokens: e.tokens.len(),
                 });
             }
+            if !e.context.is_empty() && e.context.len() != e.start_pos {
+                return Err(BackendError::BadContext {
+                    seq,
+                    context: e.context.len(),
+                    start_pos: e.start_pos,
+                });
+            }
             let end = e.start_pos + e.tokens.len();
             if end > max_context {
                 return Err(BackendError::ContextOverflow {
@@ -131,7 +140,8 @@ impl Engine {
                     num_blocks: nb,
                 });
             }
-            if let Some(&token) = e.tokens.iter().find(|&&t| t as usize >= vocab) {
+            let all = e.context.iter().chain(&e.tokens);
+            if let Some(&token) = all.into_iter().find(|&&t| t as usize >= vocab) {
                 return Err(BackendError::TokenOutOfRange {
                     seq,
                     token,
@@ -178,6 +188,9 @@ impl Engine {
         self.check(step)?;
         for e in &step.entries {
             let h = self.history.entry(e.seq).or_default();
+            if !e.context.is_empty() {
+                h.clone_from(&e.context);
+            }
             h.truncate(e.start_pos);
             h.extend(&e.tokens);
         }

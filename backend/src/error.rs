@@ -114,6 +114,12 @@ pub enum BackendError {
         draft: usize,
         tokens: usize,
     },
+    #[error("sequence {seq} starts at position {start_pos} but its context has {context} tokens")]
+    BadContext {
+        seq: SeqId,
+        context: usize,
+        start_pos: usize,
+    },
     #[error("sequence {seq} appears twice in one step")]
     DuplicateSequence { seq: SeqId },
     #[error("forward pass failed: {0}")]

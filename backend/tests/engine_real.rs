@@ -37,6 +37,8 @@ fn entry(seq: u64, tokens: &[u32], start_pos: usize, bs: usize, sample: bool) ->
         blocks: blocks(seq, bs),
         sample: sample.then(SamplingParams::default),
         draft: 0,
+        propose: 0,
+        context: Vec::new(),
     }
 }
 
@@ -305,6 +307,8 @@ fn worker_reports_bad_steps_as_typed_errors_and_keeps_serving() {
             blocks: vec![info.num_kv_blocks as u32 + 5],
             sample: Some(SamplingParams::default()),
             draft: 0,
+            propose: 0,
+            context: Vec::new(),
         }],
     };
     let err = backend.step(bad).unwrap_err();

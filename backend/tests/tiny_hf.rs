@@ -285,6 +285,8 @@ fn engine_logits(engine: &mut Engine, prompt: &[u32], more: &[u32]) -> Vec<Vec<f
                 blocks: blocks.clone(),
                 sample: Some(SamplingParams::default()),
                 draft: 0,
+                propose: 0,
+                context: Vec::new(),
             }],
         };
         out.push(engine.logits(&step).unwrap().remove(0));
@@ -374,7 +376,7 @@ fn tokenizer_config_supplies_template_and_special_tokens() {
 }
 
 #[test]
-fn bad_block_tables_and_tokens_are_typed_errors_and_leave_the_engine_usable() {
+fn bad_block_tables_tokens_and_contexts_are_typed_errors_and_leave_the_engine_usable() {
     use wick_backend::BackendError;
     let dir = tmp("errors");
     let (_, tok) = write_model(&dir, "LlamaForCausalLM", false, DType::F32);
@@ -388,6 +390,8 @@ fn bad_block_tables_and_tokens_are_typed_errors_and_leave_the_engine_usable() {
             blocks,
             sample: Some(SamplingParams::default()),
             draft: 0,
+            propose: 0,
+            context: Vec::new(),
         }],
     };
     let err = engine.step(&entry(vec![1, 2], vec![nb])).unwrap_err();
@@ -411,6 +415,28 @@ fn bad_block_tables_and_tokens_are_typed_errors_and_leave_the_engine_usable() {
     assert!(matches!(err, BackendError::TokenOutOfRange { .. }), "{err}");
     let err = engine.step(&entry(vec![], vec![0])).unwrap_err();
     assert!(matches!(err, BackendError::EmptyEntry { .. }), "{err}");
+    // A context must be the tokens before `start_pos`, all of them, in the vocabulary.
+    let mut bad = entry(vec![1], vec![0, 1]);
+    bad.entries[0].start_pos = 2;
+    bad.entries[0].context = vec![1];
+    let err = engine.step(&bad).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BackendError::BadContext {
+                context: 1,
+                start_pos: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    bad.entries[0].context = vec![1, 100_000];
+    let err = engine.step(&bad).unwrap_err();
+    assert!(
+        matches!(err, BackendError::TokenOutOfRange { token: 100_000, .. }),
+        "{err}"
+    );
     let prompt = tok.encode("hello", false).unwrap().get_ids().to_vec();
     let out = engine.step(&entry(prompt, vec![0, 1])).unwrap();
     assert_eq!(out.generations.len(), 1);

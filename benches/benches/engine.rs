@@ -37,6 +37,8 @@ fn entry(seq: usize, toks: Vec<u32>, start_pos: usize, len: usize) -> StepEntry 
         blocks: blocks(seq, len),
         sample: Some(SamplingParams::default()),
         draft: 0,
+        propose: 0,
+        context: Vec::new(),
     }
 }
 

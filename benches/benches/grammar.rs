@@ -101,6 +101,8 @@ fn decode_step(batch: usize) -> Step {
                     .collect(),
                 sample: Some(SamplingParams::default()),
                 draft: 0,
+                propose: 0,
+                context: Vec::new(),
             })
             .collect(),
     }

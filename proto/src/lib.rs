@@ -75,6 +75,16 @@ pub struct StepEntry {
     /// entry.
     #[serde(default)]
     pub draft: usize,
+    /// Draft-model speculation: the backend's draft model proposes this many tokens after
+    /// `tokens` (greedily), and they are verified as `draft` proposals are. The block table must
+    /// cover them too. 0 for none; only with `sample` and `draft == 0`.
+    #[serde(default)]
+    pub propose: usize,
+    /// The sequence's tokens before `start_pos`, where the backend has not seen them: the first
+    /// entry of a sequence admitted onto cached blocks. Penalties and the draft model read the
+    /// whole sequence. Empty otherwise; else exactly `start_pos` tokens.
+    #[serde(default)]
+    pub context: Vec<u32>,
 }
 
 /// The outcome of a [`Step`].

@@ -78,6 +78,8 @@ pub fn generate(
                 tokens: chunk,
                 sample: last_prefill.then(|| params.clone()),
                 draft: 0,
+                propose: 0,
+                context: Vec::new(),
             }],
         };
         let out = backend.step(step)?;

@@ -1,6 +1,7 @@
 //! Automatic prefix caching on the real model: greedy outputs with the cache are token-identical
 //! to outputs without it, for prompts that share prefixes ending mid-block, on a block boundary,
-//! or covering the whole prompt; `cached_tokens` reports what was reused.
+//! or covering the whole prompt; `cached_tokens` reports what was reused. Penalties read the
+//! whole prompt on a cache hit too (the cached part never goes through the forward pass).
 
 mod common;
 use common::*;
@@ -18,7 +19,15 @@ async fn tokenize(s: &Server, text: &str) -> Vec<u64> {
 
 /// Greedy completion of a token prompt: (token texts, cached prompt tokens).
 async fn complete(s: &Server, prompt: &[u64]) -> (Vec<String>, u64) {
-    let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 0, "ignore_eos": true});
+    complete_with(s, prompt, json!({})).await
+}
+
+/// [`complete`] with more request fields.
+async fn complete_with(s: &Server, prompt: &[u64], extra: Value) -> (Vec<String>, u64) {
+    let mut body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0, "logprobs": 0, "ignore_eos": true});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     let (status, body) = post(s, "/v1/completions", body).await;
     assert_eq!(status, 200, "{body}");
     let tokens = body["choices"][0]["logprobs"]["tokens"]
@@ -72,5 +81,35 @@ async fn cached_and_uncached_greedy_outputs_are_identical() {
     assert!(
         metrics.contains("wick_prefix_cache_hits_total"),
         "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn penalties_see_the_cached_part_of_the_prompt() {
+    let on = start(&[]);
+    let off = start(&["--no-prefix-cache"]);
+    // A prompt that repeats itself, so the penalties change the greedy answer; long enough for
+    // two cached blocks.
+    let text = "one two three four five six seven eight nine ten eleven twelve. \
+                one two three four five six seven eight nine ten eleven twelve. \
+                one two three four five six seven eight nine ten eleven twelve. one two three";
+    let prompt = tokenize(&on, text).await;
+    assert!(prompt.len() > 32, "{}", prompt.len());
+    let penalties = json!({"max_tokens": 16, "repetition_penalty": 1.5, "frequency_penalty": 0.7,
+                           "presence_penalty": 0.4});
+    let (plain, _) = complete_with(&off, &prompt, penalties.clone()).await;
+    let (first, cached) = complete_with(&on, &prompt, penalties.clone()).await;
+    assert_eq!((first.clone(), cached), (plain.clone(), 0));
+    let (again, cached) = complete_with(&on, &prompt, penalties).await;
+    assert!(cached >= 32, "{cached}");
+    assert_eq!(
+        again, plain,
+        "a cache hit must not change what the penalties see"
+    );
+    let (unpenalised, _) = complete(&off, &prompt).await;
+    assert_ne!(
+        unpenalised[..12],
+        plain[..12],
+        "the penalties must matter here"
     );
 }

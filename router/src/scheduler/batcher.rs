@@ -10,7 +10,8 @@
 //! A preempted sequence frees its blocks and goes back to the front of the queue with its
 //! generated tokens, to be recomputed. With prefix caching, an admitted sequence first takes the
 //! cached blocks its tokens start with and prefills only the rest; every block that fills up is
-//! registered in the cache (prompt and generated tokens alike). Cost per plan: O(running +
+//! registered in the cache (prompt and generated tokens alike); the entry that admits a sequence
+//! carries the tokens before its first computed one (the backend's penalties read them). Cost per plan: O(running +
 //! admitted * prompt blocks).
 
 use super::blocks::{chain_hash, BlockPool};
@@ -215,6 +216,8 @@ impl Batcher {
             blocks: seq.blocks.clone(),
             sample: (end == seq.tokens.len()).then(|| seq.params.clone()),
             draft: seq.draft.len(),
+            propose: 0,
+            context: Vec::new(),
         }
     }
 
@@ -337,7 +340,10 @@ impl Batcher {
                     cached,
                 });
             }
-            plan.step.entries.push(self.entry(id, len));
+            // The backend has not seen the cached tokens: they come with the entry.
+            let mut entry = self.entry(id, len);
+            entry.context = self.seqs[&id].tokens[..entry.start_pos].to_vec();
+            plan.step.entries.push(entry);
             budget -= len;
         }
         plan
