@@ -15,15 +15,18 @@
 //! random stream), until a sample differs from the next proposal. The engine's kernels give
 //! every row the logits it gets alone, so the tokens are those of decoding without speculation.
 //!
+//! Proposing entries (`StepEntry::propose > 0`, with a draft model, [`Drafter`]): the draft model
+//! proposes that many tokens first, and they are verified as speculative entries' are.
+//!
 //! Invariants: a step is checked whole before anything runs, so a bad entry (unknown block, short
 //! block table, token outside the vocabulary, context overflow) fails the step with a typed error
 //! and leaves the cache untouched.
 
+use crate::draft::Drafter;
 use crate::error::BackendError;
 use crate::grammar::{Constraint, TokenMask};
 use crate::kv::KvCache;
 use crate::model::{Model, PackedBatch};
-use crate::ops::AttentionMeta;
 use crate::sampling;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -37,6 +40,8 @@ pub struct Engine {
     history: HashMap<SeqId, Vec<u32>>,
     /// Grammar state of constrained sequences. Dropped on release.
     constraints: HashMap<SeqId, Constraint>,
+    /// The draft model, with draft-model speculation.
+    drafter: Option<Drafter>,
 }
 
 impl Engine {
@@ -46,7 +51,18 @@ impl Engine {
             kv,
             history: HashMap::new(),
             constraints: HashMap::new(),
+            drafter: None,
         }
+    }
+
+    /// The engine with a draft model for the entries that ask for proposals.
+    pub fn with_drafter(mut self, drafter: Drafter) -> Self {
+        self.drafter = Some(drafter);
+        self
+    }
+
+    pub fn drafter(&self) -> Option<&Drafter> {
+        self.drafter.as_ref()
     }
 
     pub fn model(&self) -> &Model {
@@ -117,7 +133,15 @@ impl Engine {
                     start_pos: e.start_pos,
                 });
             }
-            let end = e.start_pos + e.tokens.len();
+            if e.propose > 0 && (e.draft > 0 || e.sample.is_none() || self.drafter.is_none()) {
+                return Err(BackendError::BadPropose {
+                    seq,
+                    propose: e.propose,
+                    drafter: self.drafter.is_some(),
+                });
+            }
+            // Proposals take positions (and cache slots) after the entry's tokens.
+            let end = e.start_pos + e.tokens.len() + e.propose;
             if end > max_context {
                 return Err(BackendError::ContextOverflow {
                     seq,
@@ -153,32 +177,10 @@ impl Engine {
     }
 
     fn pack(&self, step: &Step) -> PackedBatch {
-        let bs = self.kv.block_size();
-        let total: usize = step.entries.iter().map(|e| e.tokens.len()).sum();
-        let mut batch = PackedBatch {
-            tokens: Vec::with_capacity(total),
-            meta: AttentionMeta {
-                block_size: bs,
-                ..Default::default()
-            },
-            sample_rows: Vec::new(),
-        };
-        for (i, e) in step.entries.iter().enumerate() {
-            for (j, &tok) in e.tokens.iter().enumerate() {
-                let pos = e.start_pos + j;
-                batch.tokens.push(tok);
-                batch.meta.positions.push(pos);
-                batch.meta.token_table.push(i);
-                batch
-                    .meta
-                    .slots
-                    .push(e.blocks[pos / bs] as usize * bs + pos % bs);
-            }
-            batch.meta.tables.push(e.blocks.clone());
-            if e.sample.is_some() {
-                let end = batch.tokens.len();
-                batch.sample_rows.extend(end - 1 - e.draft..end);
-            }
+        let mut batch = PackedBatch::new(self.kv.block_size());
+        for e in &step.entries {
+            let samples = if e.sample.is_some() { e.draft + 1 } else { 0 };
+            batch.push(&e.tokens, e.start_pos, &e.blocks, samples);
         }
         batch
     }
@@ -197,6 +199,10 @@ impl Engine {
         if step.entries.is_empty() {
             return Ok(StepOutput::default());
         }
+        let t0 = Instant::now();
+        let drafted = self.draft(step)?;
+        let draft_us = t0.elapsed().as_micros() as u64;
+        let step = drafted.as_ref().unwrap_or(step);
         let batch = self.pack(step);
         let t0 = Instant::now();
         let logits = self.model.forward(&batch, &mut self.kv)?;
@@ -233,7 +239,32 @@ impl Engine {
         Ok(StepOutput {
             generations,
             forward_us,
+            draft_us,
         })
+    }
+
+    /// With a draft model: runs it over the step (see [`Drafter::propose`]) and returns the
+    /// step with each proposing entry's proposals appended as `draft` tokens (and in the
+    /// history); `None` when the step is left as it is.
+    fn draft(&mut self, step: &Step) -> Result<Option<Step>, BackendError> {
+        let Some(drafter) = &mut self.drafter else {
+            return Ok(None);
+        };
+        let proposals = drafter.propose(step, &self.history)?;
+        if proposals.iter().all(Vec::is_empty) {
+            return Ok(None);
+        }
+        let mut step = step.clone();
+        for (e, p) in step.entries.iter_mut().zip(proposals) {
+            if p.is_empty() {
+                continue;
+            }
+            self.history.get_mut(&e.seq).expect("seq ran").extend(&p);
+            e.tokens.extend(&p);
+            e.draft = p.len();
+            e.propose = 0;
+        }
+        Ok(Some(step))
     }
 
     /// Samples `seq`'s token at `pos` from `row`, with the history before `pos` and the mask

@@ -48,6 +48,8 @@ pub enum LoadError {
         blocks: usize,
         needed: usize,
     },
+    #[error("draft model {path}: {reason}")]
+    DraftModel { path: PathBuf, reason: String },
     #[error("device `{device}` is not available: {reason}")]
     Device { device: String, reason: String },
     #[error("matmul kernel: {reason}")]
@@ -113,6 +115,15 @@ pub enum BackendError {
         seq: SeqId,
         draft: usize,
         tokens: usize,
+    },
+    #[error(
+        "sequence {seq}: {propose} proposals from the draft model need a sampling entry without \
+         proposals of its own and a draft model (loaded: {drafter})"
+    )]
+    BadPropose {
+        seq: SeqId,
+        propose: usize,
+        drafter: bool,
     },
     #[error("sequence {seq} starts at position {start_pos} but its context has {context} tokens")]
     BadContext {

@@ -17,10 +17,12 @@
 //! - [`generic`]: the same forward pass in candle ops only (CUDA; CPU on request).
 //! - [`grammar`]: constrained decoding (JSON schema, regex, Lark) with llguidance.
 //! - [`sampling`]: penalties, greedy and seeded sampling, log-probabilities.
+//! - [`draft`]: draft-model speculation: a second model and its cache proposing tokens.
 //! - [`engine`]: model + cache + per-sequence history; one `step` call per batch.
 //! - [`worker`]: the dedicated thread and the [`Backend`] handle.
 
 pub mod config;
+pub mod draft;
 pub mod engine;
 pub mod error;
 pub mod generic;

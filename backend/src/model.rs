@@ -26,6 +26,37 @@ pub struct PackedBatch {
     pub sample_rows: Vec<usize>,
 }
 
+impl PackedBatch {
+    pub fn new(block_size: usize) -> Self {
+        PackedBatch {
+            tokens: Vec::new(),
+            meta: AttentionMeta {
+                block_size,
+                ..Default::default()
+            },
+            sample_rows: Vec::new(),
+        }
+    }
+
+    /// Appends one sequence: `tokens` at the positions from `start_pos`, their K/V written
+    /// through `blocks`; the logits of the last `samples` of them are wanted.
+    pub fn push(&mut self, tokens: &[u32], start_pos: usize, blocks: &[u32], samples: usize) {
+        let bs = self.meta.block_size;
+        let table = self.meta.tables.len();
+        for (j, &tok) in tokens.iter().enumerate() {
+            let pos = start_pos + j;
+            self.tokens.push(tok);
+            self.meta.positions.push(pos);
+            self.meta.token_table.push(table);
+            (self.meta.slots).push(blocks[pos / bs] as usize * bs + pos % bs);
+        }
+        self.meta.tables.push(blocks.to_vec());
+        let end = self.tokens.len();
+        self.sample_rows
+            .extend(end - samples.min(tokens.len())..end);
+    }
+}
+
 /// The forward path the engine runs.
 pub enum Model {
     Cpu(CpuModel),

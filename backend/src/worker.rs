@@ -7,6 +7,7 @@
 //! sends `Shutdown` and joins the thread; dropping every handle closes the channel, which also ends
 //! the loop. No tokio runtime lives in the worker.
 
+use crate::draft::Drafter;
 use crate::engine::Engine;
 use crate::error::{BackendError, LoadError};
 use crate::grammar::Constraint;
@@ -86,6 +87,9 @@ pub struct BackendConfig {
     pub dequantize: bool,
     /// Run the device-generic forward path (candle ops) even on the CPU; always on CUDA.
     pub generic: bool,
+    /// A smaller model of the same vocabulary for draft-model speculation. Its KV cache has as
+    /// many blocks as the target's, and the two share `kv_cache_bytes`.
+    pub draft_model: Option<PathBuf>,
 }
 
 impl BackendConfig {
@@ -109,6 +113,7 @@ impl BackendConfig {
             threads: None,
             dequantize: false,
             generic: false,
+            draft_model: None,
         }
     }
 }
@@ -135,13 +140,40 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
         weights.dequantize();
     }
     let model = Model::new(weights, cfg.uses_generic_path(), &device)?;
+    let draft = (cfg.draft_model.as_deref())
+        .map(|path| load_draft(cfg, path, &model, &device))
+        .transpose()?;
+    // One block of each cache per block id: the budget buys blocks of both.
+    let block_bytes = |m: &Model| KvCache::block_bytes(m.cfg(), cfg.block_size, cfg.kv_dtype);
+    let per_block = block_bytes(&model) + draft.as_ref().map_or(0, block_bytes);
+    let blocks = cfg.kv_cache_bytes / per_block.max(1);
+    if blocks == 0 && cfg.block_size > 0 {
+        return Err(LoadError::KvBudget {
+            budget_bytes: cfg.kv_cache_bytes,
+            blocks: 0,
+            needed: 1,
+        });
+    }
     let kv = KvCache::with_budget(
         model.cfg(),
         cfg.block_size,
-        cfg.kv_cache_bytes,
+        blocks * block_bytes(&model),
         cfg.kv_dtype,
         &device,
     )?;
+    let drafter = match draft {
+        Some(d) => {
+            let dkv = KvCache::with_blocks(
+                d.cfg(),
+                kv.block_size(),
+                kv.num_blocks(),
+                cfg.kv_dtype,
+                &device,
+            )?;
+            Some(Drafter::new(d, dkv, model.cfg().vocab_size))
+        }
+        None => None,
+    };
     let model_id = cfg
         .model_path
         .file_name()
@@ -157,7 +189,56 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
         kv_block_size: kv.block_size(),
         num_kv_blocks: kv.num_blocks(),
     };
-    Ok((Engine::new(model, kv), info))
+    let engine = Engine::new(model, kv);
+    Ok((
+        match drafter {
+            Some(d) => engine.with_drafter(d),
+            None => engine,
+        },
+        info,
+    ))
+}
+
+/// Loads a draft model for `target`, on the same forward path: refused unless its tokenizer is
+/// the target's (the same token for every id) and its vocabulary no larger.
+fn load_draft(
+    cfg: &BackendConfig,
+    path: &std::path::Path,
+    target: &Model,
+    device: &Device,
+) -> Result<Model, LoadError> {
+    let refuse = |reason: String| LoadError::DraftModel {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let vocab = |p: &std::path::Path| -> Result<std::collections::HashMap<String, u32>, LoadError> {
+        Ok(crate::tokenizer::load_tokenizer(p)?
+            .tokenizer
+            .get_vocab(true))
+    };
+    let (ours, theirs) = (vocab(&cfg.model_path)?, vocab(path)?);
+    if ours != theirs {
+        let differs = (theirs.iter())
+            .find(|(t, id)| ours.get(*t) != Some(id))
+            .map(|(t, id)| format!("token {t:?} is id {id} there, {:?} here", ours.get(t)))
+            .unwrap_or_else(|| format!("{} tokens there, {} here", theirs.len(), ours.len()));
+        return Err(refuse(format!(
+            "its tokenizer is not the model's: {differs}"
+        )));
+    }
+    let mut weights = loader::load_weights(path)?;
+    if cfg.dequantize {
+        weights.dequantize();
+    }
+    let draft = Model::new(weights, cfg.uses_generic_path(), device)?;
+    if draft.cfg().vocab_size > target.cfg().vocab_size {
+        return Err(refuse(format!(
+            "its vocabulary of {} is larger than the model's {}",
+            draft.cfg().vocab_size,
+            target.cfg().vocab_size
+        )));
+    }
+    Ok(draft)
 }
 
 enum Command {

@@ -96,6 +96,9 @@ pub struct StepOutput {
     /// Wall time of the forward pass, in microseconds (the scheduler sizes the grammar-mask
     /// budget of a step from it).
     pub forward_us: u64,
+    /// Wall time of the draft model's part of the step (0 without one), in microseconds.
+    #[serde(default)]
+    pub draft_us: u64,
 }
 
 /// A token sampled for one sequence.

@@ -90,6 +90,7 @@ impl Worker for FakeWorker {
             Ok(StepOutput {
                 generations,
                 forward_us: 100,
+                draft_us: 0,
             })
         }
     }
