@@ -127,12 +127,13 @@ impl Drafter {
     }
 
     /// Runs the draft over what `step`'s entries need and returns each entry's proposals (empty
-    /// where it asks for none). `history` holds every sequence's tokens, this step's included.
+    /// where it asks for none) and the rows it ran. `history` holds every sequence's tokens,
+    /// this step's included.
     pub fn propose(
         &mut self,
         step: &Step,
         history: &HashMap<SeqId, Vec<u32>>,
-    ) -> Result<Vec<Vec<u32>>, BackendError> {
+    ) -> Result<(Vec<Vec<u32>>, usize), BackendError> {
         let mut proposals = vec![Vec::new(); step.entries.len()];
         let seq_tokens = |e: &StepEntry| &history[&e.seq][..e.start_pos + e.tokens.len()];
 
@@ -152,8 +153,9 @@ impl Drafter {
             }
         }
         if ran.is_empty() {
-            return Ok(proposals);
+            return Ok((proposals, 0));
         }
+        let mut rows = batch.tokens.len();
         let logits = self.forward(&batch)?;
         for &(i, from) in &ran {
             let e = &step.entries[i];
@@ -178,6 +180,7 @@ impl Drafter {
                 let pos = e.start_pos + e.tokens.len() + round - 1;
                 batch.push(&[proposals[i][round - 1]], pos, &e.blocks, 1);
             }
+            rows += active.len();
             for (&i, token) in active.iter().zip(self.forward(&batch)?) {
                 proposals[i].push(token);
             }
@@ -190,7 +193,7 @@ impl Drafter {
             tokens.extend(&proposals[i][..e.propose - 1]);
             self.records.record(&tokens, &e.blocks, end);
         }
-        Ok(proposals)
+        Ok((proposals, rows))
     }
 
     /// The draft's greedy token for each sampled row of `batch`.

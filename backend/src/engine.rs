@@ -200,7 +200,7 @@ impl Engine {
             return Ok(StepOutput::default());
         }
         let t0 = Instant::now();
-        let drafted = self.draft(step)?;
+        let (drafted, draft_rows) = self.draft(step)?;
         let draft_us = t0.elapsed().as_micros() as u64;
         let step = drafted.as_ref().unwrap_or(step);
         let batch = self.pack(step);
@@ -240,19 +240,20 @@ impl Engine {
             generations,
             forward_us,
             draft_us,
+            draft_rows,
         })
     }
 
     /// With a draft model: runs it over the step (see [`Drafter::propose`]) and returns the
     /// step with each proposing entry's proposals appended as `draft` tokens (and in the
-    /// history); `None` when the step is left as it is.
-    fn draft(&mut self, step: &Step) -> Result<Option<Step>, BackendError> {
+    /// history), `None` when the step is left as it is; and the rows the draft model ran.
+    fn draft(&mut self, step: &Step) -> Result<(Option<Step>, usize), BackendError> {
         let Some(drafter) = &mut self.drafter else {
-            return Ok(None);
+            return Ok((None, 0));
         };
-        let proposals = drafter.propose(step, &self.history)?;
+        let (proposals, rows) = drafter.propose(step, &self.history)?;
         if proposals.iter().all(Vec::is_empty) {
-            return Ok(None);
+            return Ok((None, rows));
         }
         let mut step = step.clone();
         for (e, p) in step.entries.iter_mut().zip(proposals) {
@@ -264,7 +265,7 @@ impl Engine {
             e.draft = p.len();
             e.propose = 0;
         }
-        Ok(Some(step))
+        Ok((Some(step), rows))
     }
 
     /// Samples `seq`'s token at `pos` from `row`, with the history before `pos` and the mask

@@ -99,6 +99,9 @@ pub struct StepOutput {
     /// Wall time of the draft model's part of the step (0 without one), in microseconds.
     #[serde(default)]
     pub draft_us: u64,
+    /// Rows the draft model ran in the step: the tokens it caught up on, and its proposals.
+    #[serde(default)]
+    pub draft_rows: usize,
 }
 
 /// A token sampled for one sequence.

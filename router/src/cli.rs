@@ -59,6 +59,12 @@ pub struct ModelArgs {
     /// Wick's CPU kernels: to check the CUDA code path without a GPU.
     #[arg(long, env = "WICK_GENERIC_PATH")]
     pub generic_path: bool,
+    /// Draft-model speculation: a smaller model with the same tokenizer (a path or a catalogue
+    /// name, as `--model`) proposes tokens that the model verifies in one forward pass; the
+    /// output is the same token for token as without it. Its KV cache shares
+    /// `--kv-cache-memory`.
+    #[arg(long, env = "WICK_DRAFT_MODEL")]
+    pub draft_model: Option<PathBuf>,
 }
 
 /// `scripts/catalogue.txt`, the model catalogue `scripts/fetch-model.sh` fetches from.
@@ -82,34 +88,48 @@ pub fn catalogue_path(name: &str, models_dir: &std::path::Path) -> Option<PathBu
         .map(|(_, file)| models_dir.join(file))
 }
 
+/// A model argument as a path: a catalogue name (that is not also a path here) resolves to its
+/// file in `WICK_MODELS_DIR` or `models/`.
+fn resolve(model: &std::path::Path) -> PathBuf {
+    if model.exists() {
+        return model.to_path_buf();
+    }
+    let dir = std::env::var_os("WICK_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models"));
+    model
+        .to_str()
+        .and_then(|name| catalogue_path(name, &dir))
+        .unwrap_or_else(|| model.to_path_buf())
+}
+
 impl ModelArgs {
     /// `--model` as a path: a catalogue name (that is not also a path here) resolves to its
     /// file in `WICK_MODELS_DIR` or `models/`.
     pub fn model_path(&self) -> PathBuf {
-        if self.model.exists() {
-            return self.model.clone();
-        }
-        let dir = std::env::var_os("WICK_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("models"));
-        self.model
-            .to_str()
-            .and_then(|name| catalogue_path(name, &dir))
-            .unwrap_or_else(|| self.model.clone())
+        resolve(&self.model)
+    }
+
+    /// `--draft-model` as a path, resolved as `--model` is.
+    pub fn draft_model_path(&self) -> Option<PathBuf> {
+        self.draft_model.as_deref().map(resolve)
     }
 
     /// A clear error for a catalogue model that has not been fetched.
     pub fn check_fetched(&self) -> Result<(), CliError> {
-        let path = self.model_path();
-        match self.model.to_str() {
-            Some(name) if !path.exists() && catalogue().any(|(n, _)| n == name) => {
-                Err(CliError::NotFetched {
-                    name: name.to_string(),
-                    path,
-                })
+        for model in std::iter::once(&self.model).chain(&self.draft_model) {
+            let path = resolve(model);
+            match model.to_str() {
+                Some(name) if !path.exists() && catalogue().any(|(n, _)| n == name) => {
+                    return Err(CliError::NotFetched {
+                        name: name.to_string(),
+                        path,
+                    })
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
     }
 
     pub fn backend_config(&self) -> BackendConfig {
@@ -120,6 +140,7 @@ impl ModelArgs {
             block_size: self.block_size,
             kv_dtype: self.kv_cache_dtype,
             generic: self.generic_path,
+            draft_model: self.draft_model_path(),
             ..BackendConfig::new(self.model_path())
         }
     }
@@ -251,10 +272,18 @@ fn parse_ngram(s: &str) -> Result<(usize, usize), String> {
 }
 
 impl SpecArgs {
-    /// The scheduler's speculation settings (`None` when off).
-    pub fn config(&self) -> Option<crate::scheduler::speculate::SpecConfig> {
-        (self.speculate == Speculate::Ngram && self.num_draft_tokens > 0).then_some({
-            crate::scheduler::speculate::SpecConfig {
+    /// The scheduler's speculation settings (`None` when off): n-gram lookup, or the backend's
+    /// draft model when one is loaded.
+    pub fn config(&self, draft_model: bool) -> Option<crate::scheduler::speculate::SpecConfig> {
+        use crate::scheduler::speculate::{Proposer, SpecConfig};
+        let proposer = match (draft_model, self.speculate) {
+            (true, _) => Proposer::DraftModel,
+            (false, Speculate::Ngram) => Proposer::Ngram,
+            (false, Speculate::None) => return None,
+        };
+        (self.num_draft_tokens > 0).then_some({
+            SpecConfig {
+                proposer,
                 max_draft: self.num_draft_tokens,
                 ngram_max: self.ngram.0,
                 ngram_min: self.ngram.1,

@@ -6,7 +6,7 @@
 
 use crate::backend::TokenizerInfo;
 use crate::backend::{load_tokenizer, matmul_kernel, release_free_heap, Backend, Grammars};
-use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs};
+use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs, Speculate};
 use crate::reasoning::Markers;
 use crate::request::Vocab;
 use crate::scheduler::batcher::BatchConfig;
@@ -160,7 +160,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
             block_size: info.kv_block_size,
             prefix_caching: !l.no_prefix_cache,
             max_context: info.max_context,
-            speculate: args.spec.config(),
+            speculate: args.spec.config(args.model.draft_model.is_some()),
         },
         info.num_kv_blocks,
     );
@@ -200,6 +200,12 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
 
 fn check(args: &ServeArgs) -> Result<(), CliError> {
     args.model.check_fetched()?;
+    if args.model.draft_model.is_some() && args.spec.speculate == Speculate::Ngram {
+        return Err(CliError::Flag {
+            flag: "--speculate ngram",
+            rule: "left out with --draft-model (one source of proposals)",
+        });
+    }
     let (l, ops) = (&args.limits, &args.ops);
     let positive = [
         ("--max-batch-tokens", l.max_batch_tokens),

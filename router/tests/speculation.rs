@@ -4,6 +4,8 @@
 //! and the speculating server did accept proposals (its `wick_spec_*` counters). The
 //! speculating server's KV cache is small enough that it also preempts (recomputes) sequences.
 //! Both report the same `system_fingerprint`: speculation is not part of what must match.
+//! On Qwen2.5-Coder-1.5B, the same requests give the same answers without speculation, with
+//! n-gram speculation and with Qwen2.5-Coder-0.5B drafting (`--draft-model`).
 
 mod common;
 use common::*;
@@ -16,6 +18,11 @@ const CODE: &str = "def total(items):\n    result = 0\n    for item in items:\n 
 
 /// The 16 requests: prompts that repeat their input (where lookup pays) and free ones.
 fn requests() -> Vec<Value> {
+    requests_of(48)
+}
+
+/// [`requests`] with `max_tokens` tokens each.
+fn requests_of(max_tokens: u64) -> Vec<Value> {
     let prompts = [
         format!("Repeat this text exactly: {TEXT}"),
         format!("Rewrite this function with `count` renamed to `quantity`:\n{CODE}"),
@@ -27,7 +34,7 @@ fn requests() -> Vec<Value> {
         let base = |extra: Value| {
             let mut body = chat(
                 p,
-                json!({"max_tokens": 48, "logprobs": true, "top_logprobs": 2}),
+                json!({"max_tokens": max_tokens, "logprobs": true, "top_logprobs": 2}),
             );
             for (k, v) in extra.as_object().unwrap() {
                 body[k] = v.clone();
@@ -61,7 +68,11 @@ fn answers(body: &Value) -> Vec<(Vec<Value>, Value)> {
 }
 
 async fn run_all(s: &Server) -> Vec<Vec<(Vec<Value>, Value)>> {
-    let all = requests().into_iter().map(|body| async move {
+    run_these(s, requests()).await
+}
+
+async fn run_these(s: &Server, requests: Vec<Value>) -> Vec<Vec<(Vec<Value>, Value)>> {
+    let all = requests.into_iter().map(|body| async move {
         let (status, r) = post(s, "/v1/chat/completions", body).await;
         assert_eq!(status, 200, "{r}");
         answers(&r)
@@ -104,5 +115,67 @@ async fn ngram_speculation_gives_the_same_tokens_and_logprobs() {
     assert!(
         accepted > 0.0 && accepted <= proposed,
         "{proposed} / {accepted}"
+    );
+}
+
+#[tokio::test]
+async fn draft_model_and_ngram_speculation_give_the_same_tokens_on_qwen() {
+    let (target, draft) = (
+        catalogue_model("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
+        catalogue_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+    );
+    let draft = draft.to_str().unwrap();
+    let plain = start_model(&target, &[]);
+    let ngram = start_model(&target, &["--speculate", "ngram"]);
+    let drafting = start_model(
+        &target,
+        &["--draft-model", draft, "--kv-cache-memory", "40"],
+    );
+    let requests = requests_of(24);
+    let (without, by_lookup, by_draft) = tokio::join!(
+        run_these(&plain, requests.clone()),
+        run_these(&ngram, requests.clone()),
+        run_these(&drafting, requests)
+    );
+    for (i, ((a, b), c)) in without.iter().zip(&by_lookup).zip(&by_draft).enumerate() {
+        assert_eq!(a, b, "request {i} differs with n-gram speculation");
+        assert_eq!(a, c, "request {i} differs with draft-model speculation");
+    }
+    let metrics = metrics(&drafting).await;
+    let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
+    let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
+    let preempted = counter(&metrics, "wick_preemptions_total");
+    println!("draft model: proposed {proposed}, accepted {accepted}, preemptions {preempted}");
+    assert!(
+        accepted > 0.0 && accepted <= proposed,
+        "{proposed} / {accepted}"
+    );
+    assert!(
+        preempted > 0.0,
+        "no preemption: the cache is too large for this test"
+    );
+}
+
+#[tokio::test]
+async fn a_draft_model_with_another_tokenizer_stops_the_server_with_a_clear_error() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--draft-model",
+        ])
+        .arg(model_path())
+        .arg("--model")
+        .arg(catalogue_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("draft model") && err.contains("tokenizer"),
+        "{err}"
     );
 }

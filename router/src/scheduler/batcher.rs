@@ -15,7 +15,7 @@
 //! admitted * prompt blocks).
 
 use super::blocks::{chain_hash, BlockPool};
-use super::speculate::{SpecConfig, Speculator};
+use super::speculate::{Proposer, SpecConfig, Speculator};
 use std::collections::{HashMap, HashSet, VecDeque};
 use wick_proto::{BlockId, SamplingParams, SeqId, Step, StepEntry};
 
@@ -30,7 +30,7 @@ pub struct BatchConfig {
     pub prefix_caching: bool,
     /// Longest sequence the model takes (proposals stop short of it).
     pub max_context: usize,
-    /// Speculative decoding by n-gram lookup, when on.
+    /// Speculative decoding (n-gram lookup or the backend's draft model), when on.
     pub speculate: Option<SpecConfig>,
 }
 
@@ -48,6 +48,8 @@ struct Seq {
     cached_tokens: Option<usize>,
     /// Proposals in the step being run, not yet the sequence's.
     draft: Vec<u32>,
+    /// Proposals the draft model makes in the step being run.
+    propose: usize,
 }
 
 impl Seq {
@@ -115,6 +117,7 @@ impl Batcher {
                 params,
                 cached_tokens: None,
                 draft: Vec::new(),
+                propose: 0,
             },
         );
         self.waiting.push_back(id);
@@ -199,6 +202,7 @@ impl Batcher {
         seq.computed = 0;
         seq.hashes.clear();
         seq.draft.clear();
+        seq.propose = 0;
         let blocks = std::mem::take(&mut seq.blocks);
         self.pool.release(&blocks);
         self.waiting.push_front(id);
@@ -216,29 +220,37 @@ impl Batcher {
             blocks: seq.blocks.clone(),
             sample: (end == seq.tokens.len()).then(|| seq.params.clone()),
             draft: seq.draft.len(),
-            propose: 0,
+            propose: seq.propose,
             context: Vec::new(),
         }
     }
 
     /// A decoding sequence's proposals for this step (none without speculation), at most
-    /// `room`, when their blocks can be had; kept in `draft` for the entry.
+    /// `room`, when their blocks can be had; kept in `draft` (or counted in `propose`) for the
+    /// entry.
     fn speculate(&mut self, id: SeqId, room: usize) {
         let Some(spec) = &mut self.speculator else {
             return;
         };
         let seq = &self.seqs[&id];
         let room = room.min(self.cfg.max_context.saturating_sub(seq.tokens.len()));
-        let draft = spec.propose(id, &seq.tokens, room);
-        if !draft.is_empty() && self.grow(id, seq.computed + 1 + draft.len()) {
-            self.seqs.get_mut(&id).expect("seq exists").draft = draft;
+        let (draft, propose) = match spec.proposer() {
+            Proposer::Ngram => (spec.propose(id, &seq.tokens, room), 0),
+            Proposer::DraftModel => (Vec::new(), spec.propose_count(id, room)),
+        };
+        let k = draft.len() + propose;
+        if k > 0 && self.grow(id, seq.computed + 1 + k) {
+            let seq = self.seqs.get_mut(&id).expect("seq exists");
+            (seq.draft, seq.propose) = (draft, propose);
         }
     }
 
-    /// A step of `rows` tokens ran in `micros` (the speculation's cost model).
-    pub fn observe_step(&mut self, rows: usize, micros: u64) {
+    /// A decode step of `rows` tokens ran in `micros`, its draft model's `proposals` in
+    /// `draft_micros` (the speculation's cost model).
+    pub fn observe_step(&mut self, rows: usize, micros: u64, proposals: usize, draft_micros: u64) {
         if let Some(s) = &mut self.speculator {
             s.observe_step(rows, micros);
+            s.observe_draft(proposals, draft_micros);
         }
     }
 
@@ -248,7 +260,7 @@ impl Batcher {
         let Some(seq) = self.seqs.get_mut(&id) else {
             return;
         };
-        let proposed = std::mem::take(&mut seq.draft).len();
+        let proposed = std::mem::take(&mut seq.draft).len() + std::mem::take(&mut seq.propose);
         if proposed == 0 {
             return;
         }

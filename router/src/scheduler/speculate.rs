@@ -1,17 +1,22 @@
 //! Speculative decoding's policy: which tokens a decoding sequence proposes for the next step,
 //! and how many. A plain synchronous struct the batcher asks while it plans.
 //!
-//! Proposals come from n-gram (prompt) lookup: the longest suffix of the sequence's tokens, of
-//! `ngram_max` down to `ngram_min` tokens, that occurred earlier is looked up (the latest
-//! occurrence), and the tokens that followed it are proposed. The backend verifies them in one
-//! forward pass ([`wick_proto::StepEntry::draft`]) and keeps exactly the tokens plain decoding
-//! would have given, so proposals cost only their rows of the step, never a changed output.
+//! Proposals come from n-gram (prompt) lookup ([`Proposer::Ngram`]): the longest suffix of the
+//! sequence's tokens, of `ngram_max` down to `ngram_min` tokens, that occurred earlier is looked
+//! up (the latest occurrence), and the tokens that followed it are proposed
+//! ([`wick_proto::StepEntry::draft`]); or from the backend's draft model
+//! ([`Proposer::DraftModel`]), which is only told how many ([`wick_proto::StepEntry::propose`]).
+//! The backend verifies them in one forward pass and keeps exactly the tokens plain decoding
+//! would have given, so proposals cost only their rows of the step (and the draft model's
+//! time), never a changed output.
 //!
 //! How many, by cost: a decode step's time is fitted as `fixed + per_row * rows` over the
 //! decode steps seen (steps without prefill chunks, whose many rows cost less each; the
 //! [`StepCost`]). With `B` sequences decoding, a token costs `(fixed + per_row * B) / B` and a
 //! proposal row `per_row`, so the `i`-th proposal pays when the chance that it and those before
-//! it are accepted, `p^i`, exceeds `per_row * B / (fixed + per_row * B)`. `p` is the sequence's
+//! it are accepted, `p^i`, exceeds `(per_row + d) * B / (fixed + per_row * B)`, where `d` is the
+//! draft model's time per proposal (0 for n-gram lookup; measured over decode steps as the
+//! backend reports it). `p` is the sequence's
 //! per-token acceptance, estimated from its verifications (accepted proposals are successes, a
 //! rejection a failure; older ones count less). On a CPU where a decode step is memory-bound
 //! and each extra row costs half a step, a single stream speculates when `p > 0.5`, a batch of
@@ -24,9 +29,19 @@
 use std::collections::HashMap;
 use wick_proto::SeqId;
 
-/// `--speculate ngram` and its limits.
+/// Where proposals come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proposer {
+    /// `--speculate ngram`: looked up in the sequence's own tokens, here.
+    Ngram,
+    /// `--draft-model`: the backend's draft model makes them.
+    DraftModel,
+}
+
+/// Speculation's source and limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecConfig {
+    pub proposer: Proposer,
     /// Most proposals per sequence and step.
     pub max_draft: usize,
     /// Longest suffix matched.
@@ -37,8 +52,7 @@ pub struct SpecConfig {
     pub step_budget: usize,
 }
 
-/// A step's time as `fixed + per_row * rows`: a least-squares fit over the recent steps. Until the steps seen vary in size, a row is taken to cost as much as the
-/// fixed part.
+/// A step's time as `fixed + per_row * rows`: a least-squares fit over the recent steps.
 #[derive(Debug, Clone, Default)]
 pub struct StepCost {
     /// Decayed sums of 1, x, y, x*x and x*y (x: rows, y: microseconds).
@@ -63,23 +77,36 @@ impl StepCost {
         self.sxy = self.sxy * STEP_DECAY + x * y;
     }
 
-    /// `(fixed, per_row)`, both positive.
-    pub fn fit(&self) -> (f64, f64) {
-        let var = self.sxx / self.n.max(1e-9) - (self.sx / self.n.max(1e-9)).powi(2);
-        if self.n < 2.0 || var < 0.25 {
-            return (1.0, 1.0);
+    /// `(fixed, per_row)` in microseconds, both positive; `None` until the steps seen vary in
+    /// size (about one in fifty of another size), or where the fit says rows are free or the
+    /// fixed part negative (noise).
+    pub fn fit(&self) -> Option<(f64, f64)> {
+        let n = self.n.max(1e-9);
+        let var = self.sxx / n - (self.sx / n).powi(2);
+        if self.n < 2.0 || var < MIN_VARIANCE {
+            return None;
         }
         let per_row =
             (self.n * self.sxy - self.sx * self.sy) / (self.n * self.sxx - self.sx * self.sx);
         let fixed = (self.sy - per_row * self.sx) / self.n;
-        match per_row > 0.0 && fixed > 0.0 {
-            true => (fixed, per_row),
-            // A fit that says rows are free or the fixed part negative is noise: a row costs
-            // as much as the fixed part.
-            false => (1.0, 1.0),
-        }
+        (per_row > 0.0 && fixed > 0.0).then_some((fixed, per_row))
+    }
+
+    /// The fit, or else a row costing as much as the fixed part at the mean step time seen (1
+    /// each before any step).
+    pub fn fit_or_even(&self) -> (f64, f64) {
+        self.fit().unwrap_or_else(|| {
+            let even = match self.n > 1e-9 {
+                true => (self.sy / self.n / (1.0 + self.sx / self.n)).max(1e-9),
+                false => 1.0,
+            };
+            (even, even)
+        })
     }
 }
+
+/// The spread of step sizes (variance of rows) a fit needs.
+const MIN_VARIANCE: f64 = 0.02;
 
 /// Proposals and their outcomes, per sequence.
 #[derive(Debug)]
@@ -87,10 +114,14 @@ pub struct Speculator {
     cfg: SpecConfig,
     seqs: HashMap<SeqId, SeqSpec>,
     cost: StepCost,
+    /// The draft model's time per proposal, in microseconds (decayed average; 0 without one).
+    draft_cost: f64,
     /// For the step being planned: the acceptance a proposal row needs to pay.
     threshold: f64,
     /// Proposals left for the step being planned.
     budget: usize,
+    /// Whether a ruled-out sequence may probe in the step being planned.
+    probe: bool,
 }
 
 /// One sequence's speculation state.
@@ -142,8 +173,10 @@ impl Speculator {
             cfg,
             seqs: HashMap::new(),
             cost: StepCost::default(),
+            draft_cost: 0.0,
             threshold: 0.5,
             budget: cfg.step_budget,
+            probe: true,
         }
     }
 
@@ -152,37 +185,67 @@ impl Speculator {
         self.cost.observe(rows, micros);
     }
 
-    /// A new step is being planned with `decoding` sequences decoding.
-    pub fn begin_step(&mut self, decoding: usize) {
-        let (fixed, per_row) = self.cost.fit();
-        let b = decoding.max(1) as f64;
-        self.threshold = per_row * b / (fixed + per_row * b);
-        self.budget = self.cfg.step_budget;
+    /// A decode step's draft model ran `proposals` proposals in `micros`.
+    pub fn observe_draft(&mut self, proposals: usize, micros: u64) {
+        if proposals > 0 {
+            let per = micros as f64 / proposals as f64;
+            self.draft_cost = match self.draft_cost {
+                0.0 => per,
+                d => d * STEP_DECAY + per * (1.0 - STEP_DECAY),
+            };
+        }
     }
 
-    /// The proposals for the token after `tokens` (empty: none), at most `room` of them; taken
-    /// from the step's budget.
+    /// A new step is being planned with `decoding` sequences decoding.
+    pub fn begin_step(&mut self, decoding: usize) {
+        let (fixed, per_row) = self.cost.fit_or_even();
+        let b = decoding.max(1) as f64;
+        self.threshold = (per_row + self.draft_cost) * b / (fixed + per_row * b);
+        self.budget = self.cfg.step_budget;
+        // Probes also teach the cost fit what a row costs, where it does not know yet.
+        self.probe = self.cost.fit().is_none() || self.threshold <= MAX_PROBE_THRESHOLD;
+    }
+
+    pub fn proposer(&self) -> Proposer {
+        self.cfg.proposer
+    }
+
+    /// The proposals for the token after `tokens` by n-gram lookup (empty: none), at most
+    /// `room` of them; taken from the step's budget.
     pub fn propose(&mut self, seq: SeqId, tokens: &[u32], room: usize) -> Vec<u32> {
-        let threshold = self.threshold;
-        let st = self.seqs.entry(seq).or_default();
-        let mut k = worth(st.p(), threshold, self.cfg.max_draft);
-        if k == 0 {
-            // Not worth it by the estimate: sit out, then probe with one, where a probe's
-            // success could make it worth it.
-            if st.wait > 0 || threshold > MAX_PROBE_THRESHOLD {
-                st.wait = st.wait.saturating_sub(1);
-                return Vec::new();
-            }
-            st.wait = (PROBE_WAIT << st.misses.min(4)).min(MAX_WAIT);
-            k = 1;
-        }
-        let k = k.min(room).min(self.budget);
+        let k = self.count(seq, room);
         if k == 0 {
             return Vec::new();
         }
         let proposal = ngram_lookup(tokens, self.cfg.ngram_min, self.cfg.ngram_max, k);
         self.budget -= proposal.len();
         proposal
+    }
+
+    /// How many proposals the draft model makes for `seq` (0: none), at most `room`; taken
+    /// from the step's budget.
+    pub fn propose_count(&mut self, seq: SeqId, room: usize) -> usize {
+        let k = self.count(seq, room);
+        self.budget -= k;
+        k
+    }
+
+    /// How many proposals pay for `seq` now, within `room` and the step's budget (not taken).
+    fn count(&mut self, seq: SeqId, room: usize) -> usize {
+        let threshold = self.threshold;
+        let st = self.seqs.entry(seq).or_default();
+        let mut k = worth(st.p(), threshold, self.cfg.max_draft);
+        if k == 0 {
+            // Not worth it by the estimate: sit out, then probe with one, where a probe's
+            // success could make it worth it.
+            if st.wait > 0 || !self.probe {
+                st.wait = st.wait.saturating_sub(1);
+                return 0;
+            }
+            st.wait = (PROBE_WAIT << st.misses.min(4)).min(MAX_WAIT);
+            k = 1;
+        }
+        k.min(room).min(self.budget)
     }
 
     /// What a verification gave: `accepted` of `proposed` proposals were kept.
@@ -247,21 +310,32 @@ mod tests {
     #[test]
     fn the_step_cost_fit_finds_the_fixed_part_and_the_row_cost() {
         let mut c = StepCost::default();
+        assert_eq!(c.fit(), None);
         assert_eq!(
-            c.fit(),
+            c.fit_or_even(),
             (1.0, 1.0),
             "nothing seen: a row costs the fixed part"
         );
+        c.observe(1, 32_000);
+        c.observe(1, 32_000);
+        assert_eq!(c.fit(), None);
+        let (fixed, per_row) = c.fit_or_even();
+        assert!(
+            (fixed - 16_000.0).abs() < 1.0 && fixed == per_row,
+            "one size seen: half each"
+        );
+        let mut c = StepCost::default();
         for rows in [1, 2, 5, 9, 1, 3, 16, 1] {
             c.observe(rows, 22_000 + 25_000 * rows as u64);
         }
-        let (fixed, per_row) = c.fit();
+        let (fixed, per_row) = c.fit().unwrap();
         assert!((fixed - 22_000.0).abs() < 1.0 && (per_row - 25_000.0).abs() < 1.0);
     }
 
     /// A speculator whose steps cost `fixed + per_row * rows`.
     fn costed(max_draft: usize, fixed: u64, per_row: u64) -> Speculator {
         let cfg = SpecConfig {
+            proposer: Proposer::Ngram,
             max_draft,
             ngram_max: 2,
             ngram_min: 1,
@@ -323,5 +397,37 @@ mod tests {
         // An accepted proposal resets the back-off.
         s.observe(7, 1, 1);
         assert_eq!(s.seqs[&7].misses, 0);
+    }
+}
+
+#[cfg(test)]
+mod draft_cost_tests {
+    use super::*;
+
+    #[test]
+    fn the_draft_models_time_raises_what_a_proposal_must_be_accepted_at() {
+        let cfg = SpecConfig {
+            proposer: Proposer::DraftModel,
+            max_draft: 8,
+            ngram_max: 2,
+            ngram_min: 1,
+            step_budget: 32,
+        };
+        let mut s = Speculator::new(cfg);
+        for rows in [1, 4, 1, 8, 2] {
+            s.observe_step(rows, 40_000 + 10_000 * rows as u64);
+        }
+        for _ in 0..20 {
+            s.seqs.entry(1).or_default();
+            s.observe(1, 10, 9);
+        }
+        s.begin_step(1);
+        let free = s.propose_count(1, 100);
+        // A draft proposal that costs as much as a verifying row: fewer pay.
+        s.observe_draft(4, 40_000);
+        s.begin_step(1);
+        let costly = s.propose_count(1, 100);
+        assert!(free > costly && costly >= 1, "{free} {costly}");
+        assert_eq!(s.budget, 32 - costly, "taken from the step's budget");
     }
 }

@@ -80,15 +80,19 @@ impl<W: Worker> Task<W> {
                 }
             }
             let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
-            let rows: usize = plan.step.entries.iter().map(|e| e.tokens.len()).sum();
+            // Proposals the backend's draft model makes take rows too.
+            let rows: usize = (plan.step.entries.iter())
+                .map(|e| e.tokens.len() + e.propose)
+                .sum();
             // The speculation's cost model reads decode steps only (a prefill chunk's rows cost
             // less each than a decode's few).
             let decode_only =
                 (plan.step.entries.iter()).all(|e| e.draft > 0 || e.tokens.len() == 1);
             let drafts: Vec<(SeqId, usize)> = (plan.step.entries.iter())
-                .filter(|e| e.draft > 0)
-                .map(|e| (e.seq, e.draft))
+                .filter(|e| e.draft + e.propose > 0)
+                .map(|e| (e.seq, e.draft + e.propose))
                 .collect();
+            let proposed_by_model: usize = plan.step.entries.iter().map(|e| e.propose).sum();
             if seqs.len() > 1 {
                 METRICS.batched_steps.inc();
             }
@@ -104,7 +108,16 @@ impl<W: Worker> Task<W> {
                     let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
                     self.masks.observe(out.forward_us, masks);
                     if decode_only {
-                        self.batcher.observe_step(rows, out.forward_us);
+                        // The draft's time is charged to its proposals by their share of its
+                        // rows (the rest caught it up on tokens decoded without it).
+                        let share = proposed_by_model as f64 / out.draft_rows.max(1) as f64;
+                        let draft_us = (out.draft_us as f64 * share.min(1.0)) as u64;
+                        self.batcher.observe_step(
+                            rows,
+                            out.forward_us,
+                            proposed_by_model,
+                            draft_us,
+                        );
                     }
                     let verified = self.on_verified(&drafts, &out.generations);
                     for g in out.generations {

@@ -91,6 +91,7 @@ impl Worker for FakeWorker {
                 generations,
                 forward_us: 100,
                 draft_us: 0,
+                draft_rows: 0,
             })
         }
     }
@@ -217,6 +218,7 @@ async fn a_request_is_prefilled_once_then_decoded_one_token_per_step() {
 async fn speculation_gives_the_same_tokens_in_fewer_steps() {
     let worker = FakeWorker::new(false);
     let cfg = speculate::SpecConfig {
+        proposer: speculate::Proposer::Ngram,
         max_draft: 4,
         ngram_max: 2,
         ngram_min: 1,

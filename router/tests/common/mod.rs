@@ -29,6 +29,24 @@ pub fn model_path() -> PathBuf {
 
 /// Starts `wick serve` on a free loopback port and waits for its "listening" line.
 pub fn start(extra: &[&str]) -> Server {
+    start_model(&model_path(), extra)
+}
+
+/// A catalogue model's file under `models/`.
+pub fn catalogue_model(file: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// [`start`] on another model.
+pub fn start_model(model: &std::path::Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
         .args([
             "serve",
@@ -40,7 +58,7 @@ pub fn start(extra: &[&str]) -> Server {
             "2",
         ])
         .arg("--model")
-        .arg(model_path())
+        .arg(model)
         .args(["--served-model-name", "smol"])
         .args(extra)
         .stdout(Stdio::piped())
