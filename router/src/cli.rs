@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate text for one prompt from the terminal.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Load the model and serve it.
     Serve(Box<ServeArgs>),
 }
@@ -468,7 +468,7 @@ pub enum CliError {
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Generate(args) => run_generate(args),
+        Command::Generate(args) => run_generate(*args),
         Command::Serve(args) => run_serve(*args),
     }
 }
