@@ -1,6 +1,8 @@
 //! Hugging Face directory loading on a tiny model this test writes itself (random weights, a
 //! byte-level BPE tokenizer built in code), checked against a naive reference forward pass written
-//! here independently of the engine (plain loops, whole sequence, no cache).
+//! here independently of the engine (plain loops, whole sequence, no cache). And the acceptance
+//! rule of draft-model speculation with sampling: over many seeds, the first token verified after
+//! a tiny draft model's proposals follows the target's distribution (a chi-square test).
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -441,4 +443,107 @@ fn bad_block_tables_tokens_and_contexts_are_typed_errors_and_leave_the_engine_us
     let out = engine.step(&entry(prompt, vec![0, 1])).unwrap();
     assert_eq!(out.generations.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Pearson's chi-square of `counts` against probabilities `p` (bins expecting fewer than 5
+/// samples lumped into one), and its degrees of freedom.
+fn chi_square(counts: &[usize], p: &[f64]) -> (f64, usize) {
+    let n: usize = counts.iter().sum();
+    let (mut chi, mut bins, mut rest) = (0.0, 0, (0.0, 0.0));
+    for (&c, &p) in counts.iter().zip(p) {
+        let expected = p * n as f64;
+        if expected >= 5.0 {
+            chi += (c as f64 - expected).powi(2) / expected;
+            bins += 1;
+        } else {
+            rest = (rest.0 + c as f64, rest.1 + expected);
+        }
+    }
+    if rest.1 > 0.0 {
+        chi += (rest.0 - rest.1).powi(2) / rest.1;
+        bins += 1;
+    }
+    (chi, bins - 1)
+}
+
+/// The chi-square value a correct sampler exceeds with probability 0.001 (Wilson-Hilferty).
+fn chi_square_critical(df: usize) -> f64 {
+    let (df, z) = (df as f64, 3.09);
+    let a = 2.0 / (9.0 * df);
+    df * (1.0 - a + z * a.sqrt()).powi(3)
+}
+
+fn softmax(logits: &[f32], temperature: f32) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = (logits.iter())
+        .map(|&l| (((l - max) / temperature) as f64).exp())
+        .collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|x| x / z).collect()
+}
+
+#[test]
+fn sampled_tokens_verified_after_a_draft_models_proposals_follow_the_targets_distribution() {
+    let (dir, draft) = (tmp("chi-target"), tmp("chi-draft"));
+    let (_, tok) = write_model(&dir, "LlamaForCausalLM", false, DType::F32);
+    // The draft: the same model in bf16, close to the target but not the same.
+    write_model(&draft, "LlamaForCausalLM", false, DType::BF16);
+    let cfg = BackendConfig {
+        kv_cache_bytes: 1 << 20,
+        block_size: 4,
+        draft_model: Some(draft.clone()),
+        ..BackendConfig::new(&dir)
+    };
+    let mut engine = load_engine(&cfg).unwrap().0;
+    let prompt = tok.encode("hello", false).unwrap().get_ids().to_vec();
+    const TEMPERATURE: f32 = 0.5;
+    let params = |seed| SamplingParams {
+        temperature: TEMPERATURE,
+        seed,
+        ..SamplingParams::default()
+    };
+    let entry = |seq: u64, propose| StepEntry {
+        seq,
+        tokens: prompt.clone(),
+        start_pos: 0,
+        blocks: (0..4).collect(),
+        sample: Some(params(seq)),
+        draft: 0,
+        propose,
+        context: Vec::new(),
+    };
+    let logits = engine
+        .logits(&Step {
+            entries: vec![entry(0, 0)],
+        })
+        .unwrap()
+        .remove(0);
+    let target = softmax(&logits, TEMPERATURE);
+    const SEEDS: u64 = 4000;
+    let mut counts = vec![0; target.len()];
+    let mut accepted = 0;
+    for seed in 1..=SEEDS {
+        let out = engine
+            .step(&Step {
+                entries: vec![entry(seed, 3)],
+            })
+            .unwrap();
+        counts[out.generations[0].token as usize] += 1;
+        accepted += out.generations.len() - 1;
+        engine.release(seed);
+    }
+    let (chi, df) = chi_square(&counts, &target);
+    let critical = chi_square_critical(df);
+    println!("chi-square {chi:.1} on {df} degrees of freedom (critical {critical:.1}); {accepted} proposals accepted");
+    assert!(chi < critical, "{chi} >= {critical}");
+    assert!(
+        accepted > 0,
+        "no proposal was accepted: the rule was not exercised"
+    );
+    // The test can fail: the same samples are far from a distribution only a little off.
+    let off = softmax(&logits, TEMPERATURE * 1.15);
+    let (chi_off, df_off) = chi_square(&counts, &off);
+    assert!(chi_off > chi_square_critical(df_off), "{chi_off}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&draft).unwrap();
 }
