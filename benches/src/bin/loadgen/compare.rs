@@ -84,6 +84,12 @@ const LONG: usize = 490;
 
 /// Starts llama-server like its users do for this model on this machine.
 async fn start_llama(bin: &str, model: &str, threads: &str) -> Server {
+    let (ctx, slots) = (LLAMA_CONTEXT.to_string(), LLAMA_SLOTS.to_string());
+    start_llama_with(bin, model, threads, &["-c", &ctx, "-np", &slots]).await
+}
+
+/// Starts llama-server on `model` with `threads` and the `extra` flags.
+pub async fn start_llama_with(bin: &str, model: &str, threads: &str, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free loopback port")
@@ -100,8 +106,7 @@ async fn start_llama(bin: &str, model: &str, threads: &str) -> Server {
             "127.0.0.1",
         ])
         .args(["--port", &port.to_string()])
-        .args(["-c", &LLAMA_CONTEXT.to_string()])
-        .args(["-np", &LLAMA_SLOTS.to_string()])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
