@@ -7,14 +7,14 @@
 //! of the sequence's tokens before the block, and the tokens written into it), so for any
 //! sequence the drafter knows up to which position its cache is right, instead of assuming it:
 //! blocks shared through the prefix cache, proposals the target rejected, blocks freed and given
-//! to another sequence are all checked. From that position on it runs the tokens itself: every
-//! prefill chunk of a step (so a prompt is drafted while it is prefilled), and for a proposing
-//! entry the tokens decoded since it last proposed.
+//! to another sequence are all checked. From that position on it runs a proposing entry's tokens
+//! itself, lazily: a sequence that never proposes costs the draft nothing, and one that does
+//! catches up on its prompt (in chunks of [`CATCH_UP`] tokens a step, proposing once level) and
+//! on the tokens decoded since it last proposed.
 //!
-//! Per step: one draft forward over the catch-up rows of every such entry, whose last row gives
-//! each proposing entry its first proposal, then one single-row round per further proposal over
-//! the entries that want it. Checking the records costs a hash per block of each drafted
-//! sequence.
+//! Per step: one draft forward over the catch-up rows of every proposing entry, whose last row
+//! gives each its first proposal, then one single-row round per further proposal over the
+//! entries that want it. Checking the records costs a hash per block of each drafted sequence.
 
 use crate::error::BackendError;
 use crate::kv::KvCache;
@@ -60,10 +60,10 @@ fn chain(parent: u64, tokens: &[u32]) -> u64 {
     h.finish()
 }
 
-/// Whether the drafter runs an entry's tokens: a proposing entry, or a prefill chunk.
-fn drafts(e: &StepEntry) -> bool {
-    e.propose > 0 || (e.draft == 0 && e.tokens.len() > 1)
-}
+/// Most tokens the draft catches up on for one sequence in one step. A sequence further behind
+/// (a prompt the draft has not seen) catches up in chunks of this size and proposes once level,
+/// so that no step holds the batch up for a long draft prefill.
+pub const CATCH_UP: usize = 256;
 
 impl Records {
     /// The first position of a sequence's `tokens`, laid out in `blocks`, whose K/V the draft
@@ -137,19 +137,28 @@ impl Drafter {
         let mut proposals = vec![Vec::new(); step.entries.len()];
         let seq_tokens = |e: &StepEntry| &history[&e.seq][..e.start_pos + e.tokens.len()];
 
-        // Catch-up: every drafted entry from the first position the draft cache lacks; a
-        // proposing entry's last row is run even when cached, for its logits.
+        // Catch-up: every proposing entry from the first position the draft cache lacks (its
+        // last row is run even when cached, for its logits); one too far behind only catches up.
         let mut batch = PackedBatch::new(self.kv.block_size());
-        let mut ran = Vec::new();
-        for (i, e) in step.entries.iter().enumerate().filter(|(_, e)| drafts(e)) {
+        let (mut ran, mut proposing) = (Vec::new(), Vec::new());
+        for (i, e) in step
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.propose > 0)
+        {
             let tokens = seq_tokens(e);
-            let mut from = self.records.valid(tokens, &e.blocks);
-            if e.propose > 0 {
-                from = from.min(tokens.len() - 1);
-            }
-            if from < tokens.len() {
-                batch.push(&tokens[from..], from, &e.blocks, usize::from(e.propose > 0));
-                ran.push((i, from));
+            let from = self.records.valid(tokens, &e.blocks).min(tokens.len() - 1);
+            let behind = tokens.len() - from > CATCH_UP + 1;
+            let to = if behind {
+                from + CATCH_UP
+            } else {
+                tokens.len()
+            };
+            batch.push(&tokens[from..to], from, &e.blocks, usize::from(!behind));
+            ran.push((i, from, to));
+            if !behind {
+                proposing.push(i);
             }
         }
         if ran.is_empty() {
@@ -157,13 +166,10 @@ impl Drafter {
         }
         let mut rows = batch.tokens.len();
         let logits = self.forward(&batch)?;
-        for &(i, from) in &ran {
+        for &(i, from, to) in &ran {
             let e = &step.entries[i];
-            self.records.record(seq_tokens(e), &e.blocks, from);
+            self.records.record(&seq_tokens(e)[..to], &e.blocks, from);
         }
-        let proposing: Vec<usize> = (ran.iter().map(|&(i, _)| i))
-            .filter(|&i| step.entries[i].propose > 0)
-            .collect();
         for (&i, token) in proposing.iter().zip(logits) {
             proposals[i].push(token);
         }

@@ -201,6 +201,11 @@ impl Engine {
         }
         let t0 = Instant::now();
         let (drafted, draft_rows) = self.draft(step)?;
+        // Entries still asking (the rewritten step clears what it gave proposals to).
+        let not_proposed: Vec<SeqId> = (drafted.as_ref().unwrap_or(step).entries.iter())
+            .filter(|e| e.propose > 0)
+            .map(|e| e.seq)
+            .collect();
         let draft_us = t0.elapsed().as_micros() as u64;
         let step = drafted.as_ref().unwrap_or(step);
         let batch = self.pack(step);
@@ -241,6 +246,7 @@ impl Engine {
             forward_us,
             draft_us,
             draft_rows,
+            not_proposed,
         })
     }
 

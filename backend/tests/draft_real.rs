@@ -1,10 +1,12 @@
 //! Draft-model speculation on the real models: Qwen2.5-Coder-1.5B-Instruct with 0.5B drafting
 //! (both fetched by `scripts/fetch-model.sh`). Proposing entries give exactly the generations of
 //! decoding one token per step, greedy and seeded, for a sequence of its own and for one that
-//! starts on another's blocks (a prefix-cache hit: the draft cache's records show what it holds);
-//! a draft with another tokenizer is refused at load.
+//! starts on another's blocks (a prefix-cache hit: the draft cache's records show what it holds)
+//! and for a prompt the draft catches up on over several steps; a draft with another tokenizer
+//! is refused at load.
 
 use std::path::PathBuf;
+use wick_backend::draft::CATCH_UP;
 use wick_backend::{load_engine, BackendConfig, Engine, LoadError};
 use wick_proto::{Generation, SamplingParams, Step, StepEntry};
 
@@ -160,6 +162,52 @@ fn draft_model_proposals_give_the_generations_of_plain_decoding() {
             &format!("temperature {temperature}, shared blocks"),
         );
     }
+}
+
+/// A prompt longer than the draft catches up on in one step: the first steps run as plain
+/// decodes and say so (`not_proposed`), proposals start once the draft is level, and the tokens
+/// are those of plain decoding.
+#[test]
+fn a_long_prompt_is_drafted_in_chunks_before_proposals_start() {
+    let (mut engine, _) = load_engine(&config()).unwrap();
+    let tok = wick_backend::tokenizer::load_tokenizer(&qwen("1.5b")).unwrap();
+    let text = "def total(items):\n    return sum(item.price for item in items)\n".repeat(24);
+    let prompt = tok
+        .tokenizer
+        .encode(text.as_str(), false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    assert!(prompt.len() > CATCH_UP + 16, "{}", prompt.len());
+    let params = SamplingParams::default();
+    let blocks: Vec<u32> = (0..48).collect();
+    let (plain, _) = decode(&mut engine, 1, (&[], &prompt), &blocks, &params, 0, 6);
+    let mut first = entry(2, &prompt, 0, &blocks, &params);
+    first.propose = 3;
+    let out = engine
+        .step(&Step {
+            entries: vec![first],
+        })
+        .unwrap();
+    assert_eq!(
+        out.not_proposed,
+        [2],
+        "the draft is {} tokens behind",
+        prompt.len()
+    );
+    assert_eq!(out.generations.len(), 1);
+    let mut got = out.generations;
+    let mut caught_up = false;
+    while got.len() < 6 {
+        let pos = prompt.len() + got.len() - 1;
+        let mut e = entry(2, &[got.last().unwrap().token], pos, &blocks, &params);
+        e.propose = 3;
+        let out = engine.step(&Step { entries: vec![e] }).unwrap();
+        caught_up |= out.not_proposed.is_empty();
+        got.extend(out.generations);
+    }
+    assert!(caught_up, "proposals never started");
+    same(&plain, &got[..6], "long prompt");
 }
 
 #[test]

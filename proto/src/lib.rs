@@ -102,6 +102,10 @@ pub struct StepOutput {
     /// Rows the draft model ran in the step: the tokens it caught up on, and its proposals.
     #[serde(default)]
     pub draft_rows: usize,
+    /// Entries that asked for proposals (`StepEntry::propose`) and got none this step: the
+    /// draft model was still catching up on their tokens. They ran as plain decodes.
+    #[serde(default)]
+    pub not_proposed: Vec<SeqId>,
 }
 
 /// A token sampled for one sequence.

@@ -131,7 +131,7 @@ async fn draft_model_and_ngram_speculation_give_the_same_tokens_on_qwen() {
         &target,
         &["--draft-model", draft, "--kv-cache-memory", "40"],
     );
-    let requests = requests_of(24);
+    let requests = requests_of(16);
     let (without, by_lookup, by_draft) = tokio::join!(
         run_these(&plain, requests.clone()),
         run_these(&ngram, requests.clone()),

@@ -254,19 +254,20 @@ impl Batcher {
         }
     }
 
-    /// After a step: `accepted` of `id`'s proposals were kept (their K/V are in the cache and
-    /// the tokens already pushed); full blocks among them are registered.
-    pub fn accept(&mut self, id: SeqId, accepted: usize) {
+    /// After a step: `accepted` of the `proposed` proposals `id` got were kept (their K/V are
+    /// in the cache and the tokens already pushed); full blocks among them are registered. A
+    /// draft model still catching up proposes none of those planned.
+    pub fn accept(&mut self, id: SeqId, proposed: usize, accepted: usize) {
         let Some(seq) = self.seqs.get_mut(&id) else {
             return;
         };
-        let proposed = std::mem::take(&mut seq.draft).len() + std::mem::take(&mut seq.propose);
-        if proposed == 0 {
+        let planned = std::mem::take(&mut seq.draft).len() + std::mem::take(&mut seq.propose);
+        if planned == 0 {
             return;
         }
-        seq.computed += accepted.min(proposed);
+        seq.computed += accepted.min(proposed).min(planned);
         self.register(id);
-        if let Some(s) = &mut self.speculator {
+        if let Some(s) = (proposed > 0).then_some(()).and(self.speculator.as_mut()) {
             s.observe(id, proposed, accepted);
         }
     }

@@ -202,8 +202,12 @@ impl Speculator {
         let b = decoding.max(1) as f64;
         self.threshold = (per_row + self.draft_cost) * b / (fixed + per_row * b);
         self.budget = self.cfg.step_budget;
-        // Probes also teach the cost fit what a row costs, where it does not know yet.
-        self.probe = self.cost.fit().is_none() || self.threshold <= MAX_PROBE_THRESHOLD;
+        // Where the fit does not know a row's cost yet, probes teach it, unless the batch is
+        // large enough that rows could not pay even at half a step (the draft's time aside).
+        self.probe = match self.cost.fit() {
+            Some(_) => self.threshold <= MAX_PROBE_THRESHOLD,
+            None => b / (1.0 + b) <= MAX_PROBE_THRESHOLD,
+        };
     }
 
     pub fn proposer(&self) -> Proposer {

@@ -108,25 +108,28 @@ impl<W: Worker> Task<W> {
                     let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
                     self.masks.observe(out.forward_us, masks);
                     if decode_only {
+                        // Proposals planned but not made (the draft model was catching up)
+                        // took no rows.
+                        let unmade: usize = (drafts.iter())
+                            .filter(|(s, _)| out.not_proposed.contains(s))
+                            .map(|(_, k)| k)
+                            .sum();
+                        let made = proposed_by_model.saturating_sub(unmade);
                         // The draft's time is charged to its proposals by their share of its
                         // rows (the rest caught it up on tokens decoded without it).
-                        let share = proposed_by_model as f64 / out.draft_rows.max(1) as f64;
+                        let share = made as f64 / out.draft_rows.max(1) as f64;
                         let draft_us = (out.draft_us as f64 * share.min(1.0)) as u64;
-                        self.batcher.observe_step(
-                            rows,
-                            out.forward_us,
-                            proposed_by_model,
-                            draft_us,
-                        );
+                        self.batcher
+                            .observe_step(rows - unmade, out.forward_us, made, draft_us);
                     }
-                    let verified = self.on_verified(&drafts, &out.generations);
+                    let verified = self.on_verified(&drafts, &out);
                     for g in out.generations {
                         if let Some(done) = self.on_token(g, now) {
                             self.finish(done).await;
                         }
                     }
-                    for (seq, accepted) in verified {
-                        self.batcher.accept(seq, accepted);
+                    for (seq, proposed, accepted) in verified {
+                        self.batcher.accept(seq, proposed, accepted);
                     }
                 }
                 Err(e) => {
@@ -284,16 +287,21 @@ impl<W: Worker> Task<W> {
     }
 
     /// Counts the speculative entries' outcomes (every generation but the last of such an
-    /// entry is an accepted proposal); returns each one's accepted proposals.
+    /// entry is an accepted proposal; an entry the draft model made none for proposed none);
+    /// returns each one's proposals and accepted proposals.
     fn on_verified(
         &mut self,
         drafts: &[(SeqId, usize)],
-        generations: &[wick_proto::Generation],
-    ) -> Vec<(SeqId, usize)> {
+        out: &wick_proto::StepOutput,
+    ) -> Vec<(SeqId, usize, usize)> {
         drafts
             .iter()
-            .map(|&(seq, proposed)| {
-                let given = generations.iter().filter(|g| g.seq == seq).count();
+            .map(|&(seq, planned)| {
+                let proposed = match out.not_proposed.contains(&seq) {
+                    true => 0,
+                    false => planned,
+                };
+                let given = out.generations.iter().filter(|g| g.seq == seq).count();
                 let accepted = given.saturating_sub(1).min(proposed);
                 METRICS.spec_proposed.inc_by(proposed as u64);
                 METRICS.spec_accepted.inc_by(accepted as u64);
@@ -301,7 +309,7 @@ impl<W: Worker> Task<W> {
                     l.proposed += proposed;
                     l.accepted += accepted;
                 }
-                (seq, accepted)
+                (seq, proposed, accepted)
             })
             .collect()
     }

@@ -92,6 +92,7 @@ impl Worker for FakeWorker {
                 forward_us: 100,
                 draft_us: 0,
                 draft_rows: 0,
+                not_proposed: Vec::new(),
             })
         }
     }
