@@ -1,13 +1,17 @@
 //! Continuous-batching policy: which sequences run in the next step, with how many tokens, and
 //! which blocks they hold. A plain synchronous struct; the scheduler task calls it.
 //!
+//! Sequences have a priority (lower is more urgent, as vLLM's `priority`; 0 by default): the
+//! waiting queue and the running set are kept in (priority, arrival) order, so admission takes
+//! the most urgent first and preemption the least urgent, newest first.
+//!
 //! Each step: every running sequence that is decoding (and not held) gets its one token
-//! (allocating a block when it crosses a block boundary, preempting the newest running sequence
+//! (allocating a block when it crosses a block boundary, preempting the last running sequence
 //! by recompute when none is free), plus, with speculation, the proposals of its
 //! [`Speculator`] when their blocks are free (the backend keeps the accepted ones, and
 //! [`Batcher::accept`] counts them in); the rest of the token budget goes to prefill chunks, first to running sequences still
-//! prefilling, then to waiting sequences admitted first come, first served while blocks last.
-//! A preempted sequence frees its blocks and goes back to the front of the queue with its
+//! prefilling, then to waiting sequences admitted in queue order while blocks last. A preempted
+//! sequence frees its blocks and goes back to the front of its priority in the queue with its
 //! generated tokens, to be recomputed. With prefix caching, an admitted sequence first takes the
 //! cached blocks its tokens start with and prefills only the rest; every block that fills up is
 //! registered in the cache (prompt and generated tokens alike); the entry that admits a sequence
@@ -50,6 +54,8 @@ struct Seq {
     draft: Vec<u32>,
     /// Proposals the draft model makes in the step being run.
     propose: usize,
+    /// Lower is more urgent (as vLLM's `priority`); 0 by default.
+    priority: i32,
 }
 
 impl Seq {
@@ -84,7 +90,7 @@ pub struct Batcher {
     cfg: BatchConfig,
     pool: BlockPool,
     waiting: VecDeque<SeqId>,
-    /// In admission order: the last is the newest.
+    /// In (priority, admission) order: the last is the least urgent, newest.
     running: Vec<SeqId>,
     seqs: HashMap<SeqId, Seq>,
     /// Running sequences that sit out the next steps' decodes (see `mask_budget`).
@@ -105,8 +111,9 @@ impl Batcher {
         }
     }
 
-    /// Queues a new sequence behind the others.
-    pub fn add(&mut self, id: SeqId, prompt: Vec<u32>, params: SamplingParams) {
+    /// Queues a new sequence behind the others of its priority and ahead of those of a higher
+    /// value.
+    pub fn add(&mut self, id: SeqId, prompt: Vec<u32>, params: SamplingParams, priority: i32) {
         self.seqs.insert(
             id,
             Seq {
@@ -118,9 +125,20 @@ impl Batcher {
                 cached_tokens: None,
                 draft: Vec::new(),
                 propose: 0,
+                priority,
             },
         );
-        self.waiting.push_back(id);
+        let at = (self.waiting.iter()).position(|w| self.seqs[w].priority > priority);
+        self.waiting.insert(at.unwrap_or(self.waiting.len()), id);
+    }
+
+    /// Where `id` goes in `running`, kept in (priority, admission) order: after every running
+    /// sequence of its priority or a lower value. The last is the one preemption takes.
+    fn running_slot(&self, id: SeqId) -> usize {
+        let priority = self.seqs[&id].priority;
+        (self.running.iter())
+            .position(|r| self.seqs[r].priority > priority)
+            .unwrap_or(self.running.len())
     }
 
     /// Forgets a sequence (finished or cancelled) and frees its blocks.
@@ -205,7 +223,10 @@ impl Batcher {
         seq.propose = 0;
         let blocks = std::mem::take(&mut seq.blocks);
         self.pool.release(&blocks);
-        self.waiting.push_front(id);
+        // First of its priority: it was admitted before every waiting one of it.
+        let priority = seq.priority;
+        let at = (self.waiting.iter()).position(|w| self.seqs[w].priority >= priority);
+        self.waiting.insert(at.unwrap_or(self.waiting.len()), id);
     }
 
     fn entry(&self, id: SeqId, len: usize) -> StepEntry {
@@ -288,7 +309,7 @@ impl Batcher {
             s.begin_step(decoding);
         }
 
-        // 1. Decodes: one token each, oldest first; preempt the newest when blocks run out.
+        // 1. Decodes: one token each, in running order; preempt the last when blocks run out.
         let mut i = 0;
         while i < self.running.len() {
             let id = self.running[i];
@@ -343,7 +364,8 @@ impl Batcher {
                 break;
             };
             self.waiting.pop_front();
-            self.running.push(id);
+            let slot = self.running_slot(id);
+            self.running.insert(slot, id);
             let seq = self.seqs.get_mut(&id).expect("seq exists");
             if seq.cached_tokens.is_none() {
                 seq.cached_tokens = Some(cached);
@@ -482,9 +504,9 @@ mod tests {
     #[test]
     fn long_prompts_are_chunked_under_the_budget_and_decodes_go_first() {
         let mut b = batcher(8, 100);
-        b.add(1, vec![0; 3], SamplingParams::default());
+        b.add(1, vec![0; 3], SamplingParams::default(), 0);
         assert_eq!(lens(&run(&mut b)), vec![(1, 3, true)]);
-        b.add(2, vec![0; 20], SamplingParams::default());
+        b.add(2, vec![0; 20], SamplingParams::default(), 0);
         // Sequence 1 decodes, sequence 2 gets the other 7 tokens of the budget.
         assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 7, false)]);
         assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 7, false)]);
@@ -497,9 +519,9 @@ mod tests {
         // 4 blocks of 4 tokens: sequence 1 takes 3, sequence 2 (8 tokens) must wait, and 3
         // (2 tokens) may not jump the queue.
         let mut b = batcher(64, 4);
-        b.add(1, vec![0; 12], SamplingParams::default());
-        b.add(2, vec![0; 8], SamplingParams::default());
-        b.add(3, vec![0; 2], SamplingParams::default());
+        b.add(1, vec![0; 12], SamplingParams::default(), 0);
+        b.add(2, vec![0; 8], SamplingParams::default(), 0);
+        b.add(3, vec![0; 2], SamplingParams::default(), 0);
         let plan = run(&mut b);
         assert_eq!(lens(&plan), vec![(1, 12, true), (2, 4, false)]);
         assert_eq!(b.waiting(), 1);
@@ -511,8 +533,8 @@ mod tests {
     #[test]
     fn a_decode_without_blocks_preempts_the_newest_and_it_recomputes() {
         let mut b = batcher(64, 2);
-        b.add(1, vec![0; 4], SamplingParams::default());
-        b.add(2, vec![0; 4], SamplingParams::default());
+        b.add(1, vec![0; 4], SamplingParams::default(), 0);
+        b.add(2, vec![0; 4], SamplingParams::default(), 0);
         assert_eq!(lens(&run(&mut b)), vec![(1, 4, true), (2, 4, true)]);
         assert_eq!(b.free_blocks(), 0);
         // Both need a second block at position 4; sequence 2 (newest) is preempted.
@@ -531,7 +553,7 @@ mod tests {
     fn removing_sequences_returns_every_block() {
         let mut b = batcher(64, 10);
         for id in 0..3 {
-            b.add(id, vec![0; 9], SamplingParams::default());
+            b.add(id, vec![0; 9], SamplingParams::default(), 0);
         }
         run(&mut b);
         run(&mut b);
@@ -557,7 +579,7 @@ mod tests {
             100,
         );
         for id in 0..3 {
-            b.add(id, vec![0; 2], SamplingParams::default());
+            b.add(id, vec![0; 2], SamplingParams::default(), 0);
         }
         assert_eq!(run(&mut b).step.entries.len(), 2);
         assert_eq!(b.waiting(), 1);
@@ -575,13 +597,13 @@ mod tests {
     fn a_shared_prefix_is_prefilled_once() {
         let mut b = caching_batcher(100);
         let prompt: Vec<u32> = (0..10).collect();
-        b.add(1, prompt.clone(), SamplingParams::default());
+        b.add(1, prompt.clone(), SamplingParams::default(), 0);
         run(&mut b);
         b.remove(1);
         // Same first 8 tokens (two full blocks), different tail: prefill starts at 8.
         let mut other = prompt[..8].to_vec();
         other.extend([99, 98, 97]);
-        b.add(2, other, SamplingParams::default());
+        b.add(2, other, SamplingParams::default(), 0);
         let plan = run(&mut b);
         assert_eq!(starts(&plan), vec![(2, 8, 3)]);
         let admitted = Admitted {
@@ -597,10 +619,10 @@ mod tests {
     fn a_fully_cached_prompt_still_computes_its_last_token() {
         let mut b = caching_batcher(100);
         let prompt: Vec<u32> = (0..8).collect();
-        b.add(1, prompt.clone(), SamplingParams::default());
+        b.add(1, prompt.clone(), SamplingParams::default(), 0);
         run(&mut b);
         b.remove(1);
-        b.add(2, prompt, SamplingParams::default());
+        b.add(2, prompt, SamplingParams::default(), 0);
         let plan = run(&mut b);
         assert_eq!(starts(&plan), vec![(2, 7, 1)]);
         assert!(plan.step.entries[0].sample.is_some());
@@ -609,7 +631,7 @@ mod tests {
     #[test]
     fn generated_tokens_become_cacheable_for_the_next_turn() {
         let mut b = caching_batcher(100);
-        b.add(1, vec![1, 2, 3], SamplingParams::default());
+        b.add(1, vec![1, 2, 3], SamplingParams::default(), 0);
         // Prefill, then decodes until 8 tokens are computed (two full blocks).
         for _ in 0..6 {
             run(&mut b);
@@ -618,7 +640,7 @@ mod tests {
         // The next turn re-sends the conversation (3 prompt + 5 generated tokens of 7) and more.
         let mut next = vec![1, 2, 3, 7, 7, 7, 7, 7];
         next.extend([4, 4]);
-        b.add(2, next, SamplingParams::default());
+        b.add(2, next, SamplingParams::default(), 0);
         assert_eq!(starts(&run(&mut b)), vec![(2, 8, 2)]);
     }
 
@@ -635,8 +657,8 @@ mod tests {
             },
             3,
         );
-        b.add(1, vec![1; 4], SamplingParams::default());
-        b.add(2, vec![2; 8], SamplingParams::default());
+        b.add(1, vec![1; 4], SamplingParams::default(), 0);
+        b.add(2, vec![2; 8], SamplingParams::default(), 0);
         assert_eq!(starts(&run(&mut b)), vec![(1, 0, 4), (2, 0, 8)]);
         // Sequence 1 needs a block for position 4: sequence 2 (newest) is preempted; its blocks
         // stay cached, and the one sequence 1 takes is its tail (tails are evicted first).

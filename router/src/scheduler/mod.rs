@@ -18,6 +18,8 @@ pub mod batcher;
 pub mod blocks;
 mod live;
 pub mod mask_budget;
+#[cfg(test)]
+mod priority_tests;
 pub mod speculate;
 mod task;
 #[cfg(test)]

@@ -170,7 +170,8 @@ impl<W: Worker> Task<W> {
                 // Sent before any step of this sequence; a worker that is gone fails that step.
                 let _gone = self.worker.constrain(id, c.clone()).await;
             }
-            self.batcher.add(id, req.prompt().to_vec(), params);
+            self.batcher
+                .add(id, req.prompt().to_vec(), params, req.priority());
             let output = OutputText::new(self.tokenizer.clone(), req.criteria().clone());
             self.live.insert(
                 id,

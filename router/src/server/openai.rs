@@ -109,6 +109,10 @@ macro_rules! with_sampling_fields {
             pub logit_bias: Option<BTreeMap<String, f32>>,
             /// Wick extension (as vLLM): keep generating after end-of-sequence tokens.
             pub ignore_eos: Option<bool>,
+            /// Wick extension (as vLLM): scheduling priority, lower first (default 0): the
+            /// waiting queue admits the lowest value first, and under KV cache pressure the
+            /// highest value is preempted first.
+            pub priority: Option<i64>,
             $($(#[$fmeta])* pub $field: $ty,)*
         }
 
@@ -132,6 +136,7 @@ macro_rules! with_sampling_fields {
                     logit_bias: self.logit_bias.clone().unwrap_or_default().into_iter().collect(),
                     ignore_eos: self.ignore_eos.unwrap_or(false),
                     grammar: None,
+                    priority: self.priority,
                 }
             }
         }

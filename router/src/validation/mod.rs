@@ -97,6 +97,8 @@ pub struct GenerationInput {
     pub ignore_eos: bool,
     /// What the output must match, with the parameter that asked for it (named in errors).
     pub grammar: Option<(&'static str, GrammarSpec)>,
+    /// Scheduling priority: lower is more urgent (as vLLM's); 0 when absent.
+    pub priority: Option<i64>,
 }
 
 /// A request that passed every check. Only [`Validator::validate`] builds one.
@@ -110,6 +112,8 @@ pub struct ValidRequest {
     constraint: Option<Constraint>,
     /// For a reasoning model's conversation: whether the prompt already opened the reasoning.
     reasoning: Option<bool>,
+    /// Lower is admitted first and preempted last.
+    priority: i32,
 }
 
 impl ValidRequest {
@@ -131,6 +135,9 @@ impl ValidRequest {
     }
     pub fn logprobs(&self) -> bool {
         self.logprobs
+    }
+    pub fn priority(&self) -> i32 {
+        self.priority
     }
     /// `Some(opened)` when the answer may start with reasoning (see [`Reasoning`]).
     pub fn reasoning(&self) -> Option<bool> {
@@ -402,6 +409,8 @@ impl Validator {
         }
         let mut params = self.sampling(&g)?;
         let n = range("n", g.n, 1, self.limits.max_n as u64, true)?.unwrap_or(1) as usize;
+        let (lo, hi) = (i64::from(i32::MIN), i64::from(i32::MAX));
+        let priority = range("priority", g.priority, lo, hi, true)?.unwrap_or(0) as i32;
         let top_logprobs = range(
             "top_logprobs",
             g.logprobs,
@@ -438,6 +447,7 @@ impl Validator {
             logprobs: top_logprobs.is_some(),
             constraint,
             reasoning,
+            priority,
         })
     }
 

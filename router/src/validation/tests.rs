@@ -111,6 +111,14 @@ fn each_range_names_its_parameter_and_bound() {
         ),
         (
             GenerationInput {
+                priority: Some(1 << 40),
+                ..Default::default()
+            },
+            "priority",
+            "[-2147483648, 2147483647]",
+        ),
+        (
+            GenerationInput {
                 repetition_penalty: Some(0.0),
                 ..Default::default()
             },
