@@ -55,12 +55,13 @@ pub struct SpecConfig {
 /// A step's time as `fixed + per_row * rows`: a least-squares fit over the recent steps.
 #[derive(Debug, Clone, Default)]
 pub struct StepCost {
-    /// Decayed sums of 1, x, y, x*x and x*y (x: rows, y: microseconds).
+    /// Decayed sums of 1, x, y, x*x, x*y and y*y (x: rows, y: microseconds).
     n: f64,
     sx: f64,
     sy: f64,
     sxx: f64,
     sxy: f64,
+    syy: f64,
 }
 
 /// Weight of the previous steps against a new one: about the last 20 count, so the fit follows
@@ -75,21 +76,28 @@ impl StepCost {
         self.sy = self.sy * STEP_DECAY + y;
         self.sxx = self.sxx * STEP_DECAY + x * x;
         self.sxy = self.sxy * STEP_DECAY + x * y;
+        self.syy = self.syy * STEP_DECAY + y * y;
     }
 
-    /// `(fixed, per_row)` in microseconds, both positive; `None` until the steps seen vary in
-    /// size (about one in fifty of another size), or where the fit says rows are free or the
-    /// fixed part negative (noise).
+    /// `(fixed, per_row)` in microseconds, both positive; `None` while the row cost is not
+    /// known to within half of itself (its standard error, from the steps' scatter around the
+    /// line and how much their sizes vary): a machine whose step times are noisy needs more
+    /// steps of other sizes before the fit is trusted.
     pub fn fit(&self) -> Option<(f64, f64)> {
-        let n = self.n.max(1e-9);
-        let var = self.sxx / n - (self.sx / n).powi(2);
-        if self.n < 2.0 || var < MIN_VARIANCE {
+        if self.n < 3.0 {
             return None;
         }
-        let per_row =
-            (self.n * self.sxy - self.sx * self.sy) / (self.n * self.sxx - self.sx * self.sx);
+        let sxx = self.sxx - self.sx * self.sx / self.n;
+        let sxy = self.sxy - self.sx * self.sy / self.n;
+        let syy = self.syy - self.sy * self.sy / self.n;
+        if sxx < 1e-6 {
+            return None;
+        }
+        let per_row = sxy / sxx;
         let fixed = (self.sy - per_row * self.sx) / self.n;
-        (per_row > 0.0 && fixed > 0.0).then_some((fixed, per_row))
+        let residual = (syy - per_row * sxy).max(0.0) / (self.n - 2.0);
+        let se = (residual / sxx).sqrt();
+        (per_row > 0.0 && fixed > 0.0 && se < per_row / 2.0).then_some((fixed, per_row))
     }
 
     /// The fit, or else a row costing as much as the fixed part at the mean step time seen (1
@@ -104,9 +112,6 @@ impl StepCost {
         })
     }
 }
-
-/// The spread of step sizes (variance of rows) a fit needs.
-const MIN_VARIANCE: f64 = 0.02;
 
 /// Proposals and their outcomes, per sequence.
 #[derive(Debug)]
@@ -334,6 +339,27 @@ mod tests {
         }
         let (fixed, per_row) = c.fit().unwrap();
         assert!((fixed - 22_000.0).abs() < 1.0 && (per_row - 25_000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_row_cost_lost_in_the_noise_is_not_trusted() {
+        // Steps of 250 ms +- 12 ms, one in twenty a row larger costing 13 ms more: the slope
+        // is not known to within half of itself.
+        let mut c = StepCost::default();
+        for i in 0..40u64 {
+            let noise = [0, 30_000, 10_000, 25_000, 5_000][i as usize % 5];
+            let rows = if i % 20 == 7 { 17 } else { 16 };
+            c.observe(rows, 42_000 + 13_000 * rows as u64 + noise);
+        }
+        assert_eq!(c.fit(), None);
+        // The same machine quiet: trusted.
+        let mut c = StepCost::default();
+        for i in 0..40u64 {
+            let rows = if i % 20 == 7 { 17 } else { 16 };
+            c.observe(rows, 42_000 + 13_000 * rows as u64 + i % 2 * 300);
+        }
+        let (_, per_row) = c.fit().expect("a quiet machine's fit");
+        assert!((per_row - 13_000.0).abs() < 1_000.0, "{per_row}");
     }
 
     /// A speculator whose steps cost `fixed + per_row * rows`.
