@@ -9,8 +9,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 model="$(./scripts/fetch-model.sh)"
-# The tokenizer fixtures of other catalogue models (router/tests/tokenizers.rs) need them.
+# The tokenizer fixtures of other catalogue models (router/tests/tokenizers.rs) need them, and
+# the draft-model speculation tests the two Qwen models.
 ./scripts/fetch-model.sh qwen2.5-coder-0.5b >/dev/null
+./scripts/fetch-model.sh qwen2.5-coder-1.5b >/dev/null
 ./scripts/fetch-model.sh gemma3-270m >/dev/null
 cargo_args=("$@")
 cargo test --workspace "$@"
