@@ -16,15 +16,16 @@
 //! proposal row `per_row`, so the `i`-th proposal pays when the chance that it and those before
 //! it are accepted, `p^i`, exceeds `(per_row + d) * B / (fixed + per_row * B)`, where `d` is the
 //! draft model's time per proposal (0 for n-gram lookup; measured over decode steps as the
-//! backend reports it). `p` is the sequence's
-//! per-token acceptance, estimated from its verifications (accepted proposals are successes, a
-//! rejection a failure; older ones count less). On a CPU where a decode step is memory-bound
-//! and each extra row costs half a step, a single stream speculates when `p > 0.5`, a batch of
-//! 16 only when `p > 0.95`. A sequence the estimate rules out still probes one proposal after
-//! sitting out 8, 16, 32 ... (at most 64) decode steps, so its estimate can recover (not where
-//! a proposal must be accepted more than 80% of the time to pay: no probe could show that). A step's
-//! proposals are capped at `step_budget`, first come first served. Cost per proposal: a
-//! backward scan of the sequence's tokens per n-gram length, O(`ngram_max` * tokens).
+//! backend reports it). `p` is the sequence's per-token acceptance, estimated from its
+//! verifications (accepted proposals are successes, a rejection a failure; older ones count
+//! less). Until the fit is trusted (the row cost's standard error under half of it), a row is
+//! taken to cost as much as the fixed part: a single stream then speculates when `p > 0.5`, a
+//! batch of 16 only when `p > 0.95`. A sequence the estimate rules out still probes one
+//! proposal after sitting out 8, 16, 32 ... (at most 64) decode steps, so its estimate (and,
+//! with at most 4 sequences decoding, the fit) can learn; not where a proposal must be accepted
+//! more than 80% of the time to pay: no probe could show that. A step's proposals are capped
+//! at `step_budget`, first come first served. Cost per proposal: a backward scan of the
+//! sequence's tokens per n-gram length, O(`ngram_max` * tokens).
 
 use std::collections::HashMap;
 use wick_proto::SeqId;
@@ -428,11 +429,6 @@ mod tests {
         s.observe(7, 1, 1);
         assert_eq!(s.seqs[&7].misses, 0);
     }
-}
-
-#[cfg(test)]
-mod draft_cost_tests {
-    use super::*;
 
     #[test]
     fn the_draft_models_time_raises_what_a_proposal_must_be_accepted_at() {
