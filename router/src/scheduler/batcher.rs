@@ -3,7 +3,8 @@
 //!
 //! Sequences have a priority (lower is more urgent, as vLLM's `priority`; 0 by default): the
 //! waiting queue and the running set are kept in (priority, arrival) order, so admission takes
-//! the most urgent first and preemption the least urgent, newest first.
+//! the most urgent first and preemption the least urgent, newest first; a waiting sequence more
+//! urgent than running ones that has no slot or blocks to start preempts them.
 //!
 //! Each step: every running sequence that is decoding (and not held) gets its one token
 //! (allocating a block when it crosses a block boundary, preempting the last running sequence
@@ -309,7 +310,11 @@ impl Batcher {
             s.begin_step(decoding);
         }
 
+        // 0. An urgent waiting sequence takes the place of less urgent running ones.
+        self.make_room_for_urgent(&mut plan);
+
         // 1. Decodes: one token each, in running order; preempt the last when blocks run out.
+        let mut blocks_short = false;
         let mut i = 0;
         while i < self.running.len() {
             let id = self.running[i];
@@ -324,6 +329,7 @@ impl Batcher {
                 let victim = *self.running.last().expect("id is running");
                 self.preempt(victim);
                 plan.preempted.push(victim);
+                blocks_short = true;
                 if victim == id {
                     scheduled = false;
                     break;
@@ -351,8 +357,8 @@ impl Batcher {
                 budget -= len;
             }
         }
-        // No admission in a step that had to preempt: blocks are short.
-        while budget > 0 && self.running.len() < self.cfg.max_running && plan.preempted.is_empty() {
+        // No admission in a step whose decodes had to preempt: blocks are short.
+        while budget > 0 && self.running.len() < self.cfg.max_running && !blocks_short {
             let Some(&id) = self.waiting.front() else {
                 break;
             };
@@ -382,6 +388,26 @@ impl Batcher {
             budget -= len;
         }
         plan
+    }
+
+    /// Preempts the least urgent running sequences while the most urgent waiting one is more
+    /// urgent than they are and could not be admitted otherwise: every running slot taken, or
+    /// too few free blocks for its first chunk (cached blocks not counted: it may preempt one
+    /// more than needed).
+    fn make_room_for_urgent(&mut self, plan: &mut Plan) {
+        while let (Some(&w), Some(&r)) = (self.waiting.front(), self.running.last()) {
+            let (ws, rs) = (&self.seqs[&w], &self.seqs[&r]);
+            if ws.priority >= rs.priority {
+                break;
+            }
+            let chunk = (ws.tokens.len() - ws.computed).min(self.cfg.max_batch_tokens);
+            let full = self.running.len() >= self.cfg.max_running;
+            if !full && self.blocks_needed(chunk) <= self.pool.available() {
+                break;
+            }
+            self.preempt(r);
+            plan.preempted.push(r);
+        }
     }
 
     /// Starts a waiting sequence on the cached blocks its tokens begin with; returns the tokens
