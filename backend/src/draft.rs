@@ -25,11 +25,11 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use wick_proto::{SeqId, Step, StepEntry};
 
 pub struct Drafter {
+    /// Its vocabulary is no larger than the target's (checked at load), so its proposals are
+    /// the target's tokens.
     model: Model,
     kv: KvCache,
     records: Records,
-    /// Proposals are below this id (the target's vocabulary).
-    vocab: usize,
 }
 
 /// What each block of the draft cache holds, by block id.
@@ -107,23 +107,14 @@ impl Records {
 }
 
 impl Drafter {
-    /// A drafter over `model` and its cache (of the target's block size and block count);
-    /// proposals stay below `vocab`.
-    pub fn new(model: Model, kv: KvCache, vocab: usize) -> Self {
+    /// A drafter over `model` (of a vocabulary no larger than the target's) and its cache (of
+    /// the target's block size and block count).
+    pub(crate) fn new(model: Model, kv: KvCache) -> Self {
         let records = Records {
             block_size: kv.block_size(),
             blocks: vec![Record::default(); kv.num_blocks()],
         };
-        Drafter {
-            model,
-            kv,
-            records,
-            vocab,
-        }
-    }
-
-    pub fn model(&self) -> &Model {
-        &self.model
+        Drafter { model, kv, records }
     }
 
     /// Runs the draft over what `step`'s entries need and returns each entry's proposals (empty
@@ -205,11 +196,7 @@ impl Drafter {
     /// The draft's greedy token for each sampled row of `batch`.
     fn forward(&mut self, batch: &PackedBatch) -> Result<Vec<u32>, BackendError> {
         let logits: Vec<Vec<f32>> = self.model.forward(batch, &mut self.kv)?.to_vec2()?;
-        let vocab = self.vocab;
-        Ok(logits
-            .iter()
-            .map(|row| argmax(&row[..vocab.min(row.len())]))
-            .collect())
+        Ok(logits.iter().map(|row| argmax(row)).collect())
     }
 }
 

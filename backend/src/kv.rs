@@ -3,8 +3,8 @@
 //!
 //! The backend owns the storage only; which sequence owns which block is the router's business.
 //! Block tables arriving with a step are checked against `num_blocks` before use. Sizing: one block
-//! costs `2 * layers * block_size * kv_heads * head_dim * (4 or 2)` bytes, and the cache takes as
-//! many blocks as fit the memory budget.
+//! costs `2 * layers * block_size * kv_heads * head_dim * (4 or 2)` bytes, and the caches that
+//! share block ids (the model's, a draft model's) take as many blocks as fit the memory budget.
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
@@ -61,26 +61,24 @@ impl KvCache {
         2 * cfg.num_layers * block_size * cfg.kv_dim() * dtype.dtype().size_in_bytes()
     }
 
-    /// A cache of as many blocks as `budget_bytes` holds (at least one).
-    pub fn with_budget(
-        cfg: &ModelConfig,
-        block_size: usize,
+    /// How many blocks `budget_bytes` buys at `per_block` bytes a block (the blocks of every
+    /// cache that shares the block ids: the model's, and a draft model's): at least one.
+    pub fn blocks_in_budget(
         budget_bytes: usize,
-        dtype: KvDType,
-        device: &Device,
-    ) -> Result<Self, LoadError> {
+        block_size: usize,
+        per_block: usize,
+    ) -> Result<usize, LoadError> {
         if block_size == 0 {
             return Err(LoadError::invalid("kv_block_size", "must be at least 1"));
         }
-        let num_blocks = budget_bytes / Self::block_bytes(cfg, block_size, dtype);
-        if num_blocks == 0 {
-            return Err(LoadError::KvBudget {
+        match budget_bytes / per_block.max(1) {
+            0 => Err(LoadError::KvBudget {
                 budget_bytes,
                 blocks: 0,
                 needed: 1,
-            });
+            }),
+            blocks => Ok(blocks),
         }
-        Self::with_blocks(cfg, block_size, num_blocks, dtype, device)
     }
 
     /// A cache of exactly `num_blocks` blocks.

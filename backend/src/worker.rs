@@ -146,31 +146,14 @@ pub fn load_engine(cfg: &BackendConfig) -> Result<(Engine, ModelInfo), LoadError
     // One block of each cache per block id: the budget buys blocks of both.
     let block_bytes = |m: &Model| KvCache::block_bytes(m.cfg(), cfg.block_size, cfg.kv_dtype);
     let per_block = block_bytes(&model) + draft.as_ref().map_or(0, block_bytes);
-    let blocks = cfg.kv_cache_bytes / per_block.max(1);
-    if blocks == 0 && cfg.block_size > 0 {
-        return Err(LoadError::KvBudget {
-            budget_bytes: cfg.kv_cache_bytes,
-            blocks: 0,
-            needed: 1,
-        });
-    }
-    let kv = KvCache::with_budget(
-        model.cfg(),
-        cfg.block_size,
-        blocks * block_bytes(&model),
-        cfg.kv_dtype,
-        &device,
-    )?;
+    let blocks = KvCache::blocks_in_budget(cfg.kv_cache_bytes, cfg.block_size, per_block)?;
+    let cache =
+        |m: &Model| KvCache::with_blocks(m.cfg(), cfg.block_size, blocks, cfg.kv_dtype, &device);
+    let kv = cache(&model)?;
     let drafter = match draft {
         Some(d) => {
-            let dkv = KvCache::with_blocks(
-                d.cfg(),
-                kv.block_size(),
-                kv.num_blocks(),
-                cfg.kv_dtype,
-                &device,
-            )?;
-            Some(Drafter::new(d, dkv, model.cfg().vocab_size))
+            let dkv = cache(&d)?;
+            Some(Drafter::new(d, dkv))
         }
         None => None,
     };

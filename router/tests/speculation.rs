@@ -87,6 +87,24 @@ fn counter(metrics: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing"))
 }
 
+/// The speculating server `s` accepted some of its proposals (never more than it made) and
+/// preempted sequences (its cache is small enough for the test to cover preemption).
+async fn accepted_proposals_and_preempted(s: &Server, what: &str) {
+    let metrics = metrics(s).await;
+    let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
+    let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
+    let preempted = counter(&metrics, "wick_preemptions_total");
+    println!("{what}: proposed {proposed}, accepted {accepted}, preemptions {preempted}");
+    assert!(
+        accepted > 0.0 && accepted <= proposed,
+        "{proposed} / {accepted}"
+    );
+    assert!(
+        preempted > 0.0,
+        "no preemption: the cache is too large for this test"
+    );
+}
+
 async fn fingerprint(s: &Server) -> Value {
     let body = chat("Hi", json!({"max_tokens": 1}));
     post(s, "/v1/chat/completions", body).await.1["system_fingerprint"].clone()
@@ -103,19 +121,7 @@ async fn ngram_speculation_gives_the_same_tokens_and_logprobs() {
     let (a, b) = tokio::join!(fingerprint(&plain), fingerprint(&spec));
     assert!(a.as_str().is_some_and(|f| f.starts_with("wick-")), "{a}");
     assert_eq!(a, b);
-    let metrics = metrics(&spec).await;
-    let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
-    let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
-    let preempted = counter(&metrics, "wick_preemptions_total");
-    println!("proposed {proposed}, accepted {accepted}, preemptions {preempted}");
-    assert!(
-        preempted > 0.0,
-        "no preemption: the cache is too large for this test"
-    );
-    assert!(
-        accepted > 0.0 && accepted <= proposed,
-        "{proposed} / {accepted}"
-    );
+    accepted_proposals_and_preempted(&spec, "n-gram").await;
 }
 
 #[tokio::test]
@@ -141,35 +147,14 @@ async fn draft_model_and_ngram_speculation_give_the_same_tokens_on_qwen() {
         assert_eq!(a, b, "request {i} differs with n-gram speculation");
         assert_eq!(a, c, "request {i} differs with draft-model speculation");
     }
-    let metrics = metrics(&drafting).await;
-    let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
-    let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
-    let preempted = counter(&metrics, "wick_preemptions_total");
-    println!("draft model: proposed {proposed}, accepted {accepted}, preemptions {preempted}");
-    assert!(
-        accepted > 0.0 && accepted <= proposed,
-        "{proposed} / {accepted}"
-    );
-    assert!(
-        preempted > 0.0,
-        "no preemption: the cache is too large for this test"
-    );
+    accepted_proposals_and_preempted(&drafting, "draft model").await;
 }
 
 #[tokio::test]
 async fn a_draft_model_with_another_tokenizer_stops_the_server_with_a_clear_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wick"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--draft-model",
-        ])
-        .arg(model_path())
-        .arg("--model")
-        .arg(catalogue_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"))
+    let qwen = catalogue_model("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let smol = model_path();
+    let out = serve_command(&qwen, &["--draft-model", smol.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -129,17 +129,25 @@ impl Batcher {
                 priority,
             },
         );
-        let at = (self.waiting.iter()).position(|w| self.seqs[w].priority > priority);
-        self.waiting.insert(at.unwrap_or(self.waiting.len()), id);
+        let at = self.slot(&self.waiting, priority, false);
+        self.waiting.insert(at, id);
     }
 
-    /// Where `id` goes in `running`, kept in (priority, admission) order: after every running
-    /// sequence of its priority or a lower value. The last is the one preemption takes.
-    fn running_slot(&self, id: SeqId) -> usize {
-        let priority = self.seqs[&id].priority;
-        (self.running.iter())
-            .position(|r| self.seqs[r].priority > priority)
-            .unwrap_or(self.running.len())
+    /// Where a sequence of `priority` goes in `order` (the waiting queue or the running set,
+    /// both kept in priority order): behind those of its priority, or ahead of them when
+    /// `first`.
+    fn slot<'a>(
+        &self,
+        order: impl IntoIterator<Item = &'a SeqId>,
+        priority: i32,
+        first: bool,
+    ) -> usize {
+        (order.into_iter())
+            .take_while(|s| {
+                let p = self.seqs[*s].priority;
+                p < priority || (p == priority && !first)
+            })
+            .count()
     }
 
     /// Forgets a sequence (finished or cancelled) and frees its blocks.
@@ -226,8 +234,8 @@ impl Batcher {
         self.pool.release(&blocks);
         // First of its priority: it was admitted before every waiting one of it.
         let priority = seq.priority;
-        let at = (self.waiting.iter()).position(|w| self.seqs[w].priority >= priority);
-        self.waiting.insert(at.unwrap_or(self.waiting.len()), id);
+        let at = self.slot(&self.waiting, priority, true);
+        self.waiting.insert(at, id);
     }
 
     fn entry(&self, id: SeqId, len: usize) -> StepEntry {
@@ -370,8 +378,9 @@ impl Batcher {
                 break;
             };
             self.waiting.pop_front();
-            let slot = self.running_slot(id);
-            self.running.insert(slot, id);
+            // Behind every running sequence of its priority: the last is the one preemption takes.
+            let at = self.slot(&self.running, self.seqs[&id].priority, false);
+            self.running.insert(at, id);
             let seq = self.seqs.get_mut(&id).expect("seq exists");
             if seq.cached_tokens.is_none() {
                 seq.cached_tokens = Some(cached);

@@ -1,34 +1,37 @@
-//! The batcher's unit tests: chunking, admission, preemption, prefix caching and speculation
-//! proposals, on its public and private API.
+//! The batcher's unit tests: chunking, admission, preemption, prefix caching, speculation
+//! proposals and priorities (admission takes the most urgent waiting sequence, preemption
+//! evicts the least urgent running one whatever their arrival order, and an urgent sequence
+//! with no slot or blocks to start preempts less urgent ones, never equals), on its public and
+//! private API.
 
 use super::*;
 
+/// The tests' configuration: 4-token blocks, 64 tokens a step, 8 running, no caching.
+fn config() -> BatchConfig {
+    BatchConfig {
+        max_batch_tokens: 64,
+        max_running: 8,
+        block_size: 4,
+        prefix_caching: false,
+        max_context: 1 << 20,
+        speculate: None,
+    }
+}
+
 fn batcher(max_batch_tokens: usize, blocks: usize) -> Batcher {
-    Batcher::new(
-        BatchConfig {
-            max_batch_tokens,
-            max_running: 8,
-            block_size: 4,
-            prefix_caching: false,
-            max_context: 1 << 20,
-            speculate: None,
-        },
-        blocks,
-    )
+    let cfg = BatchConfig {
+        max_batch_tokens,
+        ..config()
+    };
+    Batcher::new(cfg, blocks)
 }
 
 fn caching_batcher(blocks: usize) -> Batcher {
-    Batcher::new(
-        BatchConfig {
-            max_batch_tokens: 64,
-            max_running: 8,
-            block_size: 4,
-            prefix_caching: true,
-            max_context: 1 << 20,
-            speculate: None,
-        },
-        blocks,
-    )
+    let cfg = BatchConfig {
+        prefix_caching: true,
+        ..config()
+    };
+    Batcher::new(cfg, blocks)
 }
 
 fn lens(plan: &Plan) -> Vec<(SeqId, usize, bool)> {
@@ -119,12 +122,8 @@ fn removing_sequences_returns_every_block() {
 fn running_set_is_capped() {
     let mut b = Batcher::new(
         BatchConfig {
-            max_batch_tokens: 64,
             max_running: 2,
-            block_size: 4,
-            prefix_caching: false,
-            max_context: 1 << 20,
-            speculate: None,
+            ..config()
         },
         100,
     );
@@ -196,17 +195,7 @@ fn generated_tokens_become_cacheable_for_the_next_turn() {
 
 #[test]
 fn a_preempted_sequence_resumes_from_its_cached_blocks() {
-    let mut b = Batcher::new(
-        BatchConfig {
-            max_batch_tokens: 64,
-            max_running: 8,
-            block_size: 4,
-            prefix_caching: true,
-            max_context: 1 << 20,
-            speculate: None,
-        },
-        3,
-    );
+    let mut b = caching_batcher(3);
     b.add(1, vec![1; 4], SamplingParams::default(), 0);
     b.add(2, vec![2; 8], SamplingParams::default(), 0);
     assert_eq!(starts(&run(&mut b)), vec![(1, 0, 4), (2, 0, 8)]);
@@ -218,4 +207,65 @@ fn a_preempted_sequence_resumes_from_its_cached_blocks() {
     // 2 comes back: its first block is still cached; it recomputes the rest and samples.
     let plan = run(&mut b);
     assert_eq!(starts(&plan), vec![(2, 4, 5)]);
+}
+
+fn seqs(plan: &Plan) -> Vec<SeqId> {
+    plan.step.entries.iter().map(|e| e.seq).collect()
+}
+
+#[test]
+fn an_urgent_request_is_admitted_before_ten_that_came_first() {
+    let mut b = Batcher::new(
+        BatchConfig {
+            max_running: 1,
+            ..config()
+        },
+        100,
+    );
+    for id in 0..10 {
+        b.add(id, vec![1; 3], SamplingParams::default(), 5);
+    }
+    assert_eq!(seqs(&run(&mut b)), [0]);
+    // Equals wait for the running one.
+    b.add(12, vec![1; 3], SamplingParams::default(), 5);
+    assert_eq!(seqs(&run(&mut b)), [0]);
+    b.add(10, vec![1; 3], SamplingParams::default(), -1);
+    // A request of the default priority goes behind the urgent one, ahead of the others.
+    b.add(11, vec![1; 3], SamplingParams::default(), 0);
+    // The urgent one takes the only slot at once; the one it preempted goes back first among
+    // its priority, behind the default one.
+    let plan = run(&mut b);
+    assert_eq!((plan.preempted.clone(), seqs(&plan)), (vec![0], vec![10]));
+    let mut order = vec![10];
+    for _ in 0..3 {
+        b.remove(*order.last().unwrap());
+        order.push(seqs(&run(&mut b))[0]);
+    }
+    assert_eq!(order, [10, 11, 0, 1]);
+}
+
+#[test]
+fn preemption_evicts_the_least_urgent_not_the_newest() {
+    // Two blocks of four tokens: both sequences need a second block at position 4.
+    let mut b = batcher(64, 2);
+    b.add(1, vec![1; 4], SamplingParams::default(), 3);
+    b.add(2, vec![1; 4], SamplingParams::default(), 0);
+    assert_eq!(seqs(&run(&mut b)), [2, 1], "the urgent one runs first");
+    let plan = run(&mut b);
+    assert_eq!(plan.preempted, [1], "the older but less urgent one goes");
+    assert_eq!(seqs(&plan), [2]);
+}
+
+#[test]
+fn an_urgent_prompt_without_blocks_preempts_a_less_urgent_sequence() {
+    // Three blocks: sequence 1 holds two; the urgent one needs two for its 8 tokens.
+    let mut b = batcher(64, 3);
+    b.add(1, vec![1; 6], SamplingParams::default(), 0);
+    run(&mut b);
+    b.add(2, vec![1; 8], SamplingParams::default(), -5);
+    let plan = run(&mut b);
+    assert_eq!(plan.preempted, [1]);
+    // The urgent prompt runs whole; the preempted one restarts on the block left.
+    assert_eq!(plan.step.entries[0].seq, 2);
+    assert_eq!(plan.step.entries[0].tokens.len(), 8);
 }

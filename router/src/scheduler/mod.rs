@@ -18,8 +18,6 @@ pub mod batcher;
 pub mod blocks;
 mod live;
 pub mod mask_budget;
-#[cfg(test)]
-mod priority_tests;
 pub mod speculate;
 mod task;
 #[cfg(test)]

@@ -101,16 +101,14 @@ impl StepCost {
         (per_row > 0.0 && fixed > 0.0 && se < per_row / 2.0).then_some((fixed, per_row))
     }
 
-    /// The fit, or else a row costing as much as the fixed part at the mean step time seen (1
-    /// each before any step).
-    pub fn fit_or_even(&self) -> (f64, f64) {
-        self.fit().unwrap_or_else(|| {
-            let even = match self.n > 1e-9 {
-                true => (self.sy / self.n / (1.0 + self.sx / self.n)).max(1e-9),
-                false => 1.0,
-            };
-            (even, even)
-        })
+    /// What stands in for an untrusted fit: a row costing as much as the fixed part, at the
+    /// mean step time seen (1 each before any step).
+    pub fn even(&self) -> (f64, f64) {
+        let even = match self.n > 1e-9 {
+            true => (self.sy / self.n / (1.0 + self.sx / self.n)).max(1e-9),
+            false => 1.0,
+        };
+        (even, even)
     }
 }
 
@@ -204,13 +202,14 @@ impl Speculator {
 
     /// A new step is being planned with `decoding` sequences decoding.
     pub fn begin_step(&mut self, decoding: usize) {
-        let (fixed, per_row) = self.cost.fit_or_even();
+        let fit = self.cost.fit();
+        let (fixed, per_row) = fit.unwrap_or_else(|| self.cost.even());
         let b = decoding.max(1) as f64;
         self.threshold = (per_row + self.draft_cost) * b / (fixed + per_row * b);
         self.budget = self.cfg.step_budget;
         // Where the fit does not know a row's cost yet, probes teach it, unless the batch is
         // large enough that rows could not pay even at half a step (the draft's time aside).
-        self.probe = match self.cost.fit() {
+        self.probe = match fit {
             Some(_) => self.threshold <= MAX_PROBE_THRESHOLD,
             None => b / (1.0 + b) <= MAX_PROBE_THRESHOLD,
         };
@@ -322,14 +321,14 @@ mod tests {
         let mut c = StepCost::default();
         assert_eq!(c.fit(), None);
         assert_eq!(
-            c.fit_or_even(),
+            c.even(),
             (1.0, 1.0),
             "nothing seen: a row costs the fixed part"
         );
         c.observe(1, 32_000);
         c.observe(1, 32_000);
         assert_eq!(c.fit(), None);
-        let (fixed, per_row) = c.fit_or_even();
+        let (fixed, per_row) = c.even();
         assert!(
             (fixed - 16_000.0).abs() < 1.0 && fixed == per_row,
             "one size seen: half each"

@@ -107,12 +107,12 @@ impl<W: Worker> Task<W> {
                     let now = Instant::now();
                     let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
                     self.masks.observe(out.forward_us, masks);
+                    let verified = self.on_verified(&drafts, &out);
                     if decode_only {
                         // Proposals planned but not made (the draft model was catching up)
                         // took no rows.
-                        let unmade: usize = (drafts.iter())
-                            .filter(|(s, _)| out.not_proposed.contains(s))
-                            .map(|(_, k)| k)
+                        let unmade: usize = (drafts.iter().zip(&verified))
+                            .map(|((_, planned), (_, proposed, _))| planned - proposed)
                             .sum();
                         let made = proposed_by_model.saturating_sub(unmade);
                         // The draft's time is charged to its proposals by their share of its
@@ -122,7 +122,6 @@ impl<W: Worker> Task<W> {
                         self.batcher
                             .observe_step(rows - unmade, out.forward_us, made, draft_us);
                     }
-                    let verified = self.on_verified(&drafts, &out);
                     for g in out.generations {
                         if let Some(done) = self.on_token(g, now) {
                             self.finish(done).await;

@@ -21,10 +21,7 @@ impl Drop for Server {
 }
 
 pub fn model_path() -> PathBuf {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(path.exists(), "run scripts/fetch-model.sh first");
-    path
+    catalogue_model("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 /// Starts `wick serve` on a free loopback port and waits for its "listening" line.
@@ -45,22 +42,28 @@ pub fn catalogue_model(file: &str) -> PathBuf {
     path
 }
 
+/// `wick serve` on `model` on a free loopback port, with `extra` flags, not started.
+pub fn serve_command(model: &std::path::Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wick"));
+    cmd.args([
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--threads",
+        "2",
+    ])
+    .arg("--model")
+    .arg(model)
+    .args(["--served-model-name", "smol"])
+    .args(extra);
+    cmd
+}
+
 /// [`start`] on another model.
 pub fn start_model(model: &std::path::Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wick"))
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--threads",
-            "2",
-        ])
-        .arg("--model")
-        .arg(model)
-        .args(["--served-model-name", "smol"])
-        .args(extra)
+    let mut child = serve_command(model, extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -162,25 +165,20 @@ pub fn chat(content: &str, extra: Value) -> Value {
     body
 }
 
-/// The Prometheus text of `GET /metrics`.
-pub async fn metrics(s: &Server) -> String {
+/// `GET path`, answered.
+async fn get(s: &Server, path: &str) -> reqwest::Response {
     client()
-        .get(format!("{}/metrics", s.base))
+        .get(format!("{}{path}", s.base))
         .send()
-        .await
-        .unwrap()
-        .text()
         .await
         .unwrap()
 }
 
+/// The Prometheus text of `GET /metrics`.
+pub async fn metrics(s: &Server) -> String {
+    get(s, "/metrics").await.text().await.unwrap()
+}
+
 pub async fn info(s: &Server) -> Value {
-    client()
-        .get(format!("{}/info", s.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    get(s, "/info").await.json().await.unwrap()
 }
