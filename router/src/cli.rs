@@ -309,7 +309,9 @@ pub struct OpsArgs {
     /// API key that generation routes require as `Authorization: Bearer <key>`.
     #[arg(long, env = "WICK_API_KEY")]
     pub api_key: Option<String>,
-    /// File of API keys, one per line (blank lines and `#` comments ignored).
+    /// File of API keys, one per line, each optionally followed by its name for metrics and its
+    /// limits: `KEY name=alice rpm=60 tpm=20000 streams=4` (requests and tokens per minute,
+    /// concurrent streams; 429 with Retry-After past them). Blank lines and `#` comments ignored.
     #[arg(long, env = "WICK_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
     /// Log format.
@@ -456,6 +458,12 @@ pub enum CliError {
     },
     #[error("--api-key-file {} holds no key", path.display())]
     NoKeyInFile { path: PathBuf },
+    #[error("--api-key-file {}, line {line}: {message}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
     #[error("model `{name}` is not fetched yet ({} is missing); run scripts/fetch-model.sh {name}", path.display())]
     NotFetched { name: String, path: PathBuf },
     /// A start-up or shut-down task panicked or was cancelled.

@@ -3,6 +3,7 @@
 //! Anthropic's routes reshape the body only (`server::anthropic::AnthropicError`), keeping the
 //! status, the failure metric and `Retry-After`.
 
+use crate::quota::Quota;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -48,6 +49,14 @@ pub enum ApiError {
     Loading,
     #[error("the server is overloaded: all {limit} {what} are taken; retry later")]
     Overloaded { what: &'static str, limit: usize },
+    /// An API key is over one of its limits (`--api-key-file`).
+    #[error("API key `{key}` is over its limit of {limit} {}; retry in {retry_after_s} s", quota.what())]
+    QuotaExceeded {
+        key: String,
+        quota: Quota,
+        limit: u64,
+        retry_after_s: u64,
+    },
     #[error("the request waited longer than the queue time limit of {limit_s} s")]
     QueueTimeout { limit_s: f64 },
     #[error("invalid or missing API key: send `Authorization: Bearer <key>` (or `x-api-key`)")]
@@ -103,7 +112,9 @@ impl ApiError {
             ApiError::Unavailable(_) | ApiError::Loading | ApiError::QueueTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { .. } | ApiError::QuotaExceeded { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -137,6 +148,7 @@ impl ApiError {
             ApiError::GrammarFailed { .. } => "grammar",
             ApiError::Unavailable(_) | ApiError::Loading => "unavailable",
             ApiError::Overloaded { .. } => "overloaded",
+            ApiError::QuotaExceeded { .. } => "quota",
             ApiError::QueueTimeout { .. } => "queue_timeout",
             ApiError::Unauthorized => "unauthorized",
         }
@@ -173,6 +185,9 @@ impl ApiError {
                 ("server_error", None, Some("unavailable"))
             }
             ApiError::Overloaded { .. } => ("rate_limit_error", None, Some("overloaded")),
+            ApiError::QuotaExceeded { .. } => {
+                ("rate_limit_error", None, Some("rate_limit_exceeded"))
+            }
             ApiError::QueueTimeout { .. } => ("server_error", None, Some("queue_timeout")),
             ApiError::Unauthorized => ("invalid_request_error", None, Some("invalid_api_key")),
             ApiError::PayloadTooLarge { .. } => {
@@ -214,10 +229,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.count();
         let mut response = (self.status(), axum::Json(self.body())).into_response();
-        if let ApiError::Overloaded { .. } = self {
+        let retry_after = match self {
+            ApiError::Overloaded { .. } => Some(RETRY_AFTER_SECS),
+            ApiError::QuotaExceeded { retry_after_s, .. } => Some(retry_after_s),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+                axum::http::HeaderValue::from(secs),
             );
         }
         response

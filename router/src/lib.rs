@@ -16,6 +16,8 @@
 //! - [`reasoning`]: a reasoning model's reasoning apart from its answer.
 //! - [`tools`]: tool calling in the model's own format: tool prompt, call grammar, reading
 //!   calls back (whole or streamed).
+//! - [`quota`]: each API key's account: its limits (requests and tokens per minute, concurrent
+//!   streams) and what it has used.
 //! - [`metrics`]: every Prometheus metric, registered in one place.
 //! - [`fingerprint`]: `system_fingerprint`, what must match for the same tokens.
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON (Anthropic's
@@ -30,6 +32,7 @@ pub mod error;
 pub mod fingerprint;
 pub mod generate;
 pub mod metrics;
+pub mod quota;
 pub mod reasoning;
 pub mod request;
 pub mod scheduler;

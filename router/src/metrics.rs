@@ -4,11 +4,12 @@
 //! These are the one source of the live figures: `/info` reads them too. Figures are updated
 //! where the event happens: the scheduler sets the gauges each step and
 //! observes TTFT and inter-token latency when the worker returns the token, queue time at
-//! admission; the error mapping counts failures by reason; the listener counts connections.
+//! admission; the error mapping counts failures by reason; the listener counts connections; each
+//! API key's account ([`crate::quota`]) counts its requests, tokens, streams and refusals.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -35,6 +36,11 @@ pub const SPEC_ACCEPTED_TOTAL: &str = "wick_spec_accepted_tokens_total";
 pub const STEP_DURATION: &str = "wick_step_duration_seconds";
 pub const HTTP_CONNECTIONS: &str = "wick_http_connections";
 pub const HTTP_CONNECTIONS_REFUSED_TOTAL: &str = "wick_http_connections_refused_total";
+pub const API_KEY_REQUESTS_TOTAL: &str = "wick_api_key_requests_total";
+pub const API_KEY_PROMPT_TOKENS_TOTAL: &str = "wick_api_key_prompt_tokens_total";
+pub const API_KEY_GENERATION_TOKENS_TOTAL: &str = "wick_api_key_generation_tokens_total";
+pub const API_KEY_STREAMS: &str = "wick_api_key_streams";
+pub const API_KEY_RATE_LIMITED_TOTAL: &str = "wick_api_key_rate_limited_total";
 
 /// Latency buckets in seconds (vLLM's TTFT range, extended for slow CPU prefill).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -68,6 +74,14 @@ pub struct Metrics {
     pub step_duration: Histogram,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounter,
+    /// Per API key (`key`: its name from the key file, or `key-` and a hash prefix).
+    pub key_requests: IntCounterVec,
+    pub key_prompt_tokens: IntCounterVec,
+    pub key_generation_tokens: IntCounterVec,
+    pub key_streams: IntGaugeVec,
+    /// Labels `key` and `limit` (`requests_per_minute`, `tokens_per_minute`,
+    /// `concurrent_streams`).
+    pub key_rate_limited: IntCounterVec,
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
@@ -84,7 +98,11 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid counter");
+    counter_vec_by(registry, name, help, &[label])
+}
+
+fn counter_vec_by(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
     registry.register(Box::new(c.clone())).expect("unique name");
     c
 }
@@ -216,6 +234,39 @@ impl Metrics {
                 HTTP_CONNECTIONS_REFUSED_TOTAL,
                 "HTTP connections closed at once because --max-connections were open.",
             ),
+            key_requests: counter_vec(
+                &r,
+                API_KEY_REQUESTS_TOTAL,
+                "Generation requests admitted under an API key's limits, by key.",
+                "key",
+            ),
+            key_prompt_tokens: counter_vec(
+                &r,
+                API_KEY_PROMPT_TOKENS_TOTAL,
+                "Prompt tokens of admitted requests, by API key.",
+                "key",
+            ),
+            key_generation_tokens: counter_vec(
+                &r,
+                API_KEY_GENERATION_TOKENS_TOTAL,
+                "Tokens generated, by API key.",
+                "key",
+            ),
+            key_streams: {
+                let g = IntGaugeVec::new(
+                    Opts::new(API_KEY_STREAMS, "Generation requests in flight, by API key."),
+                    &["key"],
+                )
+                .expect("valid gauge");
+                r.register(Box::new(g.clone())).expect("unique name");
+                g
+            },
+            key_rate_limited: counter_vec_by(
+                &r,
+                API_KEY_RATE_LIMITED_TOTAL,
+                "Requests refused (429) by an API key's limit, by key and limit.",
+                &["key", "limit"],
+            ),
             registry: r,
         }
     }
@@ -248,6 +299,12 @@ mod tests {
             .request_failure
             .with_label_values(&["validation"])
             .inc_by(0);
+        // Labelled series appear once a label is used (each API key's, when its account is made).
+        let _account = crate::quota::Account::new(
+            "metrics-test".into(),
+            Default::default(),
+            std::time::Instant::now(),
+        );
         let text = METRICS.render();
         for name in [
             REQUESTS_RUNNING,
@@ -271,6 +328,11 @@ mod tests {
             STEP_DURATION,
             HTTP_CONNECTIONS,
             HTTP_CONNECTIONS_REFUSED_TOTAL,
+            API_KEY_REQUESTS_TOTAL,
+            API_KEY_PROMPT_TOKENS_TOTAL,
+            API_KEY_GENERATION_TOKENS_TOTAL,
+            API_KEY_STREAMS,
+            API_KEY_RATE_LIMITED_TOTAL,
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
         }

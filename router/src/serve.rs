@@ -6,12 +6,13 @@
 
 use crate::backend::TokenizerInfo;
 use crate::backend::{load_tokenizer, matmul_kernel, release_free_heap, Backend, Grammars};
-use crate::cli::{CliError, LogFormat, OpsArgs, ServeArgs, Speculate};
+use crate::cli::{CliError, LogFormat, ServeArgs, Speculate};
 use crate::reasoning::Markers;
 use crate::request::Vocab;
 use crate::scheduler::batcher::BatchConfig;
 use crate::scheduler::Scheduler;
-use crate::server::lifecycle::{outer, ApiKeys, BodyLimits, LateRouter, Phase};
+use crate::server::keys::ApiKeys;
+use crate::server::lifecycle::{outer, BodyLimits, LateRouter, Phase};
 use crate::server::listener::{ConnLimits, Listener};
 use crate::server::{app, Admission, AppState};
 use crate::template::ChatTemplate;
@@ -32,25 +33,6 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
-}
-
-fn api_keys(ops: &OpsArgs) -> Result<ApiKeys, CliError> {
-    let mut keys: Vec<String> = ops.api_key.iter().cloned().collect();
-    if let Some(path) = &ops.api_key_file {
-        let text = std::fs::read_to_string(path)?;
-        keys.extend(text.lines().filter_map(key_in_line).map(String::from));
-    }
-    if let (Some(path), true) = (&ops.api_key_file, keys.is_empty()) {
-        return Err(CliError::NoKeyInFile { path: path.clone() });
-    }
-    Ok(ApiKeys(keys))
-}
-
-/// The key on one line of a key file: what precedes a `#` comment, trimmed; `None` for blank
-/// and comment lines. Keys hold no whitespace or `#`.
-fn key_in_line(line: &str) -> Option<&str> {
-    let key = line.split('#').next().unwrap_or("").trim();
-    (!key.is_empty()).then_some(key)
 }
 
 /// Everything loading produces.
@@ -266,7 +248,10 @@ fn check(args: &ServeArgs) -> Result<(), CliError> {
 
 pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     check(&args)?;
-    let keys = Arc::new(api_keys(&args.ops)?);
+    let keys = Arc::new(ApiKeys::load(
+        args.ops.api_key.as_deref(),
+        args.ops.api_key_file.as_deref(),
+    )?);
     let mut signal = std::pin::pin!(shutdown_signal());
     let phase = Arc::new(Phase::default());
     let late = LateRouter::default();
@@ -380,18 +365,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_files_drop_comments_and_blank_lines() {
-        assert_eq!(key_in_line("  sk-one  "), Some("sk-one"));
-        assert_eq!(key_in_line("sk-two # the batch team"), Some("sk-two"));
-        assert_eq!(key_in_line("# a comment"), None);
-        assert_eq!(key_in_line("   "), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Request priorities on the real model (`priority`, as vLLM's: lower first): with one running
 //! slot, an urgent request that arrives after ten others of a lower priority is served next,
-//! not last; an out-of-range priority is a 400 naming the field.
+//! not last; every generation route takes a priority, and an out-of-range one is a 400 naming
+//! the field.
 
 mod common;
 use common::*;
@@ -45,4 +46,23 @@ async fn a_priority_out_of_range_is_a_400_naming_it() {
     assert_eq!(r["error"]["param"], "priority", "{r}");
     let body = chat("Hi", json!({"max_tokens": 1, "priority": -3}));
     assert_eq!(post(&s, "/v1/chat/completions", body).await.0, 200);
+    // Every generation route takes it: Anthropic's messages, OpenAI's responses, TGI's generate.
+    let messages = |p: Value| {
+        json!({"max_tokens": 1, "priority": p,
+                                    "messages": [{"role": "user", "content": "Hi"}]})
+    };
+    let responses = |p: Value| json!({"input": "Hi", "max_output_tokens": 1, "priority": p});
+    let tgi =
+        |p: Value| json!({"inputs": "Hi", "parameters": {"max_new_tokens": 1, "priority": p}});
+    for (path, body) in [
+        ("/v1/messages", &messages as &dyn Fn(Value) -> Value),
+        ("/v1/responses", &responses),
+        ("/generate", &tgi),
+    ] {
+        let (status, r) = post(&s, path, body(json!(1u64 << 40))).await;
+        assert_eq!(status, 400, "{path}: {r}");
+        assert!(r.to_string().contains("priority"), "{path}: {r}");
+        let (status, r) = post(&s, path, body(json!(-3))).await;
+        assert_eq!(status, 200, "{path}: {r}");
+    }
 }

@@ -80,20 +80,13 @@ async fn run_these(s: &Server, requests: Vec<Value>) -> Vec<Vec<(Vec<Value>, Val
     futures::future::join_all(all).await
 }
 
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
-}
-
 /// The speculating server `s` accepted some of its proposals (never more than it made) and
 /// preempted sequences (its cache is small enough for the test to cover preemption).
 async fn accepted_proposals_and_preempted(s: &Server, what: &str) {
     let metrics = metrics(s).await;
-    let proposed = counter(&metrics, "wick_spec_proposed_tokens_total");
-    let accepted = counter(&metrics, "wick_spec_accepted_tokens_total");
-    let preempted = counter(&metrics, "wick_preemptions_total");
+    let proposed = metric(&metrics, "wick_spec_proposed_tokens_total");
+    let accepted = metric(&metrics, "wick_spec_accepted_tokens_total");
+    let preempted = metric(&metrics, "wick_preemptions_total");
     println!("{what}: proposed {proposed}, accepted {accepted}, preemptions {preempted}");
     assert!(
         accepted > 0.0 && accepted <= proposed,

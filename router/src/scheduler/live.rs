@@ -1,9 +1,12 @@
 //! One live sequence (a choice of a request) as the scheduler task tracks it: where its events go,
-//! its output text, and its timings for metrics and the per-request log line.
+//! its output text, its caller's key (charged its tokens), and its timings for metrics and the
+//! per-request log line.
 
 use super::Event;
 use crate::metrics::METRICS;
+use crate::quota::Account;
 use crate::request::OutputText;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use wick_proto::FinishReason;
@@ -14,6 +17,8 @@ pub(super) struct Live {
     pub choice: usize,
     pub output: OutputText,
     pub request_id: String,
+    /// The caller's key, charged each generated token.
+    pub account: Option<Arc<Account>>,
     pub prompt_tokens: usize,
     pub sampled: usize,
     pub arrived: Instant,
@@ -42,6 +47,9 @@ impl Live {
     pub fn on_token(&mut self, now: Instant) {
         self.sampled += 1;
         METRICS.generation_tokens.inc();
+        if let Some(account) = &self.account {
+            account.charge_generated(now);
+        }
         self.first_token.get_or_insert(now);
         match self.last_token {
             None => METRICS
@@ -65,6 +73,7 @@ impl Live {
         let ms = |a: Option<Instant>| a.map(|t| (t - self.arrived).as_secs_f64() * 1e3);
         tracing::info!(
             request_id = %self.request_id,
+            key = self.account.as_ref().map(|a| a.label()),
             choice = self.choice,
             prompt_tokens = self.prompt_tokens,
             cached_tokens,

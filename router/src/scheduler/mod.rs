@@ -25,6 +25,7 @@ mod tests;
 
 use crate::backend::{Backend, BackendError, Constraint};
 use crate::metrics::METRICS;
+use crate::quota::Account;
 use crate::validation::ValidRequest;
 use batcher::BatchConfig;
 use std::future::Future;
@@ -126,6 +127,8 @@ impl Worker for Backend {
 pub struct Submission {
     pub request: ValidRequest,
     pub request_id: String,
+    /// The caller's key, charged the tokens the request uses (none without API keys).
+    pub account: Option<Arc<Account>>,
     pub arrived: Instant,
     /// Give up if not admitted by then.
     pub deadline: Option<Instant>,

@@ -159,6 +159,9 @@ impl<W: Worker> Task<W> {
     async fn admit(&mut self, sub: Submission, events: mpsc::Sender<Event>) {
         let req = &sub.request;
         METRICS.prompt_tokens.inc_by(req.prompt().len() as u64);
+        if let Some(account) = &sub.account {
+            account.charge_prompt(req.prompt().len(), Instant::now());
+        }
         let mut permit = sub.queue_permit;
         for choice in 0..req.n() {
             let id = self.next_id;
@@ -179,6 +182,7 @@ impl<W: Worker> Task<W> {
                     choice,
                     output,
                     request_id: sub.request_id.clone(),
+                    account: sub.account.clone(),
                     prompt_tokens: req.prompt().len(),
                     sampled: 0,
                     arrived: sub.arrived,

@@ -148,6 +148,7 @@ async fn submit(
     let sub = Submission {
         request,
         request_id: "test".into(),
+        account: None,
         arrived: Instant::now(),
         deadline,
         queue_permit: None,

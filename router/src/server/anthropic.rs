@@ -51,6 +51,8 @@ pub struct MessagesRequest {
     /// Accepted and ignored.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    /// Wick extension (as vLLM): scheduling priority, lower first (default 0).
+    pub priority: Option<i64>,
 }
 
 /// `thinking`: `{"type": "enabled", "budget_tokens": N}`, `{"type": "disabled"}`, or
@@ -327,6 +329,7 @@ impl MessagesRequest {
             top_k: self.top_k,
             stop: self.stop_sequences.unwrap_or_default(),
             max_tokens: self.max_tokens,
+            priority: self.priority,
             ..GenerationInput::default()
         };
         Ok((

@@ -7,7 +7,7 @@
 //! first byte; a backend failure mid-stream ends the stream with an error event in OpenAI's shape.
 //! Dropping the response (client gone) drops the event receiver, which cancels the request.
 
-use super::lifecycle::RequestId;
+use super::keys::Caller;
 use super::openai::*;
 use super::structured::{FunctionCall, FunctionDelta, ToolCallDelta, ToolCallOut};
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
@@ -19,7 +19,6 @@ use crate::validation::{GenerationInput, PromptInput};
 use axum::extract::State;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use futures::Stream;
 use std::convert::Infallible;
 use wick_proto::{FinishReason, TokenLogprob};
@@ -102,14 +101,14 @@ pub(super) fn usage_of(started: &Started, choices: &[ChoiceOutput]) -> Usage {
 /// What both OpenAI endpoints do before formatting: check the model, validate and queue.
 pub(super) async fn begin(
     state: &SharedState,
-    rid: &RequestId,
+    caller: &Caller,
     model: Option<String>,
     inputs: Result<(PromptInput, GenerationInput), ApiError>,
     id_prefix: &str,
 ) -> Result<(Started, StreamId), ApiError> {
     state.check_model(model.as_deref())?;
     let (prompt, input) = inputs?;
-    let started = state.start(rid, prompt, input).await?;
+    let started = state.start(caller, prompt, input).await?;
     let sid = StreamId {
         state: state.clone(),
         id: new_id(id_prefix),
@@ -125,7 +124,7 @@ pub(super) async fn begin(
               (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
 pub async fn chat_completions(
     State(state): State<SharedState>,
-    Extension(rid): Extension<RequestId>,
+    caller: Caller,
     ApiJson(req): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let (stream, include_usage) = (req.stream, include_usage(&req.stream_options));
@@ -135,7 +134,7 @@ pub async fn chat_completions(
         Ok((PromptInput::Chat { tools, .. }, _)) => tools.clone(),
         _ => None,
     };
-    let (mut started, sid) = begin(&state, &rid, model, inputs, "chatcmpl").await?;
+    let (mut started, sid) = begin(&state, &caller, model, inputs, "chatcmpl").await?;
     let calls = state.validator.tool_format();
     if stream {
         started.first().await?;

@@ -8,7 +8,7 @@
 
 use super::chat::{include_usage, openai_stream, sse_json, sse_response, usage_of};
 use super::chat::{ChunkFormat, StreamId};
-use super::lifecycle::RequestId;
+use super::keys::Caller;
 use super::openai::*;
 use super::{collect, new_id, now, ApiJson, SharedState, Started};
 use crate::error::ApiError;
@@ -16,7 +16,6 @@ use crate::validation::PromptInput;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use wick_proto::{FinishReason, TokenLogprob};
 
 /// Completions' log-probabilities of `tokens`; `offset` is the text offset of the first one
@@ -48,7 +47,7 @@ fn completion_logprobs(
               (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
 pub async fn completions(
     State(state): State<SharedState>,
-    Extension(rid): Extension<RequestId>,
+    caller: Caller,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let (stream, include_usage) = (req.stream, include_usage(&req.stream_options));
@@ -70,7 +69,7 @@ pub async fn completions(
     };
     let mut each = Vec::with_capacity(prompts.len());
     for prompt in prompts {
-        each.push(state.start(&rid, prompt, input.clone()).await?);
+        each.push(state.start(&caller, prompt, input.clone()).await?);
     }
     let per_prompt = each[0].n;
     let mut started = Started::merge(each);

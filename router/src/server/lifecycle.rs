@@ -1,5 +1,5 @@
 //! The server around the API routes: readiness phases (loading, ready, draining), the API router
-//! bound late (once the model has loaded), request ids, API keys, request bodies read within
+//! bound late (once the model has loaded), request ids, request bodies read within
 //! their size and time limits, `/ready` and `/metrics`.
 //!
 //! The listener is bound before the model loads, so that `/ready` can answer 503 while loading;
@@ -76,55 +76,6 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, v);
     }
     response
-}
-
-/// Accepted API keys; empty means no authentication.
-#[derive(Debug, Default)]
-pub struct ApiKeys(pub Vec<String>);
-
-/// Rejects requests without `Authorization: Bearer <key>` for a configured key.
-pub async fn require_api_key(
-    State(keys): State<Arc<ApiKeys>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    if keys.0.is_empty() {
-        return next.run(req).await;
-    }
-    let headers = req.headers();
-    // OpenAI's `Authorization: Bearer`, or Anthropic's `x-api-key`.
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    match given {
-        // Compare every key in full so timing does not reveal a matching prefix.
-        Some(g) if keys.0.iter().fold(false, |hit, k| hit | constant_eq(k, g)) => {
-            next.run(req).await
-        }
-        _ if req.uri().path().starts_with("/v1/messages") => {
-            super::anthropic::AnthropicError(ApiError::Unauthorized).into_response()
-        }
-        _ => ApiError::Unauthorized.into_response(),
-    }
-}
-
-/// The credentials of a `Bearer` authorization (the scheme is case-insensitive, RFC 9110).
-fn bearer_token(header: &str) -> Option<&str> {
-    let (scheme, token) = header.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
-}
-
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// Bounds on reading a request body.
@@ -278,22 +229,5 @@ mod tests {
             sane_id(&HeaderValue::from_str(&"x".repeat(200)).unwrap()),
             None
         );
-    }
-
-    #[test]
-    fn the_bearer_scheme_is_case_insensitive() {
-        assert_eq!(bearer_token("Bearer sk-1"), Some("sk-1"));
-        assert_eq!(bearer_token("bearer sk-1"), Some("sk-1"));
-        assert_eq!(bearer_token("BEARER   sk-1 "), Some("sk-1"));
-        assert_eq!(bearer_token("Basic sk-1"), None);
-        assert_eq!(bearer_token("Bearer "), None);
-        assert_eq!(bearer_token("Bearersk-1"), None);
-    }
-
-    #[test]
-    fn keys_compare_in_full() {
-        assert!(constant_eq("secret", "secret"));
-        assert!(!constant_eq("secret", "secreT"));
-        assert!(!constant_eq("secret", "secret2"));
     }
 }

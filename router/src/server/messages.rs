@@ -10,7 +10,7 @@
 //! and `message_stop`; a failure after the start ends it with an `error` event.
 
 use super::anthropic::*;
-use super::lifecycle::RequestId;
+use super::keys::Caller;
 use super::{collect, new_id, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
 use crate::scheduler::Event;
@@ -20,7 +20,6 @@ use crate::validation::PromptInput;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use futures::Stream;
 use serde_json::{json, Value};
 use std::convert::Infallible;
@@ -78,7 +77,7 @@ fn blocks(
               (status = 404, description = "Unknown model", body = AnthropicErrorBody)))]
 pub async fn messages(
     State(state): State<SharedState>,
-    Extension(rid): Extension<RequestId>,
+    caller: Caller,
     body: Result<ApiJson<MessagesRequest>, ApiError>,
 ) -> Result<Response, AnthropicError> {
     let ApiJson(req) = body?;
@@ -93,7 +92,7 @@ pub async fn messages(
         _ => None,
     };
     let format = state.validator.tool_format();
-    let mut started = state.start(&rid, prompt, input).await?;
+    let mut started = state.start(&caller, prompt, input).await?;
     let id = new_id("msg");
     if stream {
         started.first().await?;

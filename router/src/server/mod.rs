@@ -10,13 +10,16 @@
 //! - [`openai_responses`] and [`responses`]: OpenAI's `/v1/responses` (stateless).
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
-//! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, API keys, metrics.
+//! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, metrics.
+//! - [`keys`]: API keys, the key check and [`keys::Caller`] (each key's account and limits are
+//!   [`crate::quota`]'s).
 //! - [`listener`]: the connection listener and its limits.
 
 pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod docs;
+pub mod keys;
 pub mod lifecycle;
 pub mod listener;
 pub mod messages;
@@ -29,13 +32,15 @@ pub mod tgi;
 
 use crate::backend::Backend;
 use crate::error::{ApiError, Unavailable};
+use crate::quota::Grant;
 use crate::reasoning::{Gathered, Split};
 use crate::scheduler::{Event, Failure, Scheduler, SchedulerGone, Submission};
 use crate::validation::{GenerationInput, PromptInput, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
 use axum::Router;
-use lifecycle::{Phase, RequestId};
+use keys::Caller;
+use lifecycle::Phase;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,7 +124,7 @@ pub type SharedState = Arc<AppState>;
 
 /// Every route that needs the loaded model. Generation routes sit behind the API-key check
 /// (when keys are configured); info, health and the OpenAPI document stay open.
-pub fn app(state: SharedState, keys: Arc<lifecycle::ApiKeys>) -> Router {
+pub fn app(state: SharedState, keys: Arc<keys::ApiKeys>) -> Router {
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
@@ -133,7 +138,7 @@ pub fn app(state: SharedState, keys: Arc<lifecycle::ApiKeys>) -> Router {
         .route("/detokenize", post(misc::detokenize))
         .route_layer(axum::middleware::from_fn_with_state(
             keys,
-            lifecycle::require_api_key,
+            keys::require_api_key,
         ));
     Router::new()
         .merge(protected)
@@ -233,6 +238,8 @@ pub struct Started {
     queue_limit: Option<Duration>,
     /// The concurrency slot, released when the response (or its stream) ends.
     _permit: OwnedSemaphorePermit,
+    /// The caller's stream place under its key's limits, released with the permit.
+    _grant: Option<Grant>,
 }
 
 /// Events waiting in a merged generation's channel; the forwarders wait when it is full (the
@@ -269,6 +276,8 @@ impl Started {
                 permits.for_each(|p| first.merge(p));
                 first
             },
+            // Each generation keeps its own, until its forwarder ends.
+            _grant: None,
         };
         let mut offset = 0;
         for mut one in all {
@@ -342,11 +351,12 @@ impl AppState {
         }
     }
 
-    /// Admits (concurrency permit first), validates (on a blocking thread) and queues a
-    /// generation.
+    /// Admits (the caller's key quotas, then a concurrency permit), validates (on a blocking
+    /// thread) and queues a generation. Each prompt of a request counts: a completions request
+    /// with a list of prompts starts one generation per prompt.
     pub async fn start(
         &self,
-        request_id: &RequestId,
+        caller: &Caller,
         prompt: PromptInput,
         input: GenerationInput,
     ) -> Result<Started, ApiError> {
@@ -355,6 +365,11 @@ impl AppState {
         }
         let a = &self.admission;
         let arrived = Instant::now();
+        let grant = caller
+            .account
+            .as_ref()
+            .map(|acc| acc.admit(arrived))
+            .transpose()?;
         let permit =
             a.concurrency
                 .clone()
@@ -391,7 +406,8 @@ impl AppState {
                 })?;
         let submission = Submission {
             request: valid,
-            request_id: request_id.0.clone(),
+            request_id: caller.request_id.0.clone(),
+            account: grant.as_ref().map(|g| g.account().clone()),
             arrived,
             deadline: a.max_queue_time.map(|t| arrived + t),
             queue_permit: Some(queue_permit),
@@ -411,6 +427,7 @@ impl AppState {
             reasoning,
             queue_limit: a.max_queue_time,
             _permit: permit,
+            _grant: grant,
         })
     }
 

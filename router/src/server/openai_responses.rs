@@ -47,6 +47,8 @@ pub struct ResponsesRequest {
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
     pub user: Option<String>,
+    /// Wick extension (as vLLM): scheduling priority, lower first (default 0).
+    pub priority: Option<i64>,
 }
 
 /// `reasoning`: `effort` (`none`, `minimal`, `low`, `medium`, `high`); `summary` is accepted
@@ -313,6 +315,7 @@ impl ResponsesRequest {
             top_p: self.top_p,
             max_tokens: self.max_output_tokens,
             grammar,
+            priority: self.priority,
             ..GenerationInput::default()
         };
         let vars = match self.reasoning.and_then(|r| r.effort) {

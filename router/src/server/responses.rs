@@ -14,7 +14,7 @@
 //! response; every event carries its `sequence_number`.
 
 use super::chat::sse_response;
-use super::lifecycle::RequestId;
+use super::keys::Caller;
 use super::openai_responses::*;
 use super::{collect, new_id, now, ApiJson, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
@@ -25,7 +25,6 @@ use crate::validation::PromptInput;
 use axum::extract::State;
 use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use futures::Stream;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -186,7 +185,7 @@ fn finish(
               (status = 404, description = "Unknown model", body = crate::error::ErrorBody)))]
 pub async fn responses(
     State(state): State<SharedState>,
-    Extension(rid): Extension<RequestId>,
+    caller: Caller,
     ApiJson(req): ApiJson<ResponsesRequest>,
 ) -> Result<Response, ApiError> {
     state.check_model(req.model.as_deref())?;
@@ -198,7 +197,7 @@ pub async fn responses(
         _ => None,
     };
     let format = state.validator.tool_format();
-    let mut started = state.start(&rid, prompt, input).await?;
+    let mut started = state.start(&caller, prompt, input).await?;
     if stream {
         started.first().await?;
         return Ok(sse_response(response_stream(

@@ -3,7 +3,7 @@
 //! and put `generated_text` and `details` on the last; TGI sends no `[DONE]`.
 
 use super::chat::{sse_error, sse_json, sse_response};
-use super::lifecycle::RequestId;
+use super::keys::Caller;
 use super::{collect, ApiJson, SharedState, Started};
 use crate::backend::GrammarSpec;
 use crate::error::ApiError;
@@ -11,7 +11,6 @@ use crate::scheduler::Event;
 use crate::validation::{GenerationInput, PromptInput};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use wick_proto::FinishReason;
@@ -46,6 +45,8 @@ pub struct GenerateParameters {
     /// "lark", "value": ...}`.
     #[schema(value_type = Option<Object>, example = json!({"type": "json", "value": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}))]
     pub grammar: Option<TgiGrammar>,
+    /// Wick extension (as vLLM): scheduling priority, lower first (default 0).
+    pub priority: Option<i64>,
 }
 
 /// TGI's `grammar`: a JSON schema (`json`, or `json_schema` with the schema under `schema`), a
@@ -155,6 +156,7 @@ impl GenerateRequest {
             max_tokens: Some(p.max_new_tokens.unwrap_or(100)),
             logprobs: p.top_n_tokens.or(Some(0)),
             grammar: p.grammar.map(|g| ("grammar", g.spec())),
+            priority: p.priority,
             ..GenerationInput::default()
         };
         let prefix = if p.return_full_text {
@@ -185,14 +187,14 @@ fn token(state: &SharedState, id: u32, logprob: f32) -> TgiToken {
               (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody)))]
 pub async fn generate(
     State(state): State<SharedState>,
-    Extension(rid): Extension<RequestId>,
+    caller: Caller,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     if req.stream {
-        return generate_stream(State(state), Extension(rid), ApiJson(req)).await;
+        return generate_stream(State(state), caller, ApiJson(req)).await;
     }
     let (prompt, input, details, prefix) = req.into_inputs()?;
-    let mut started = state.start(&rid, prompt, input).await?;
+    let mut started = state.start(&caller, prompt, input).await?;
     let mut choices = collect(&mut started).await?;
     let c = choices.remove(0);
     let details = details.then(|| TgiDetails {
@@ -217,11 +219,11 @@ pub async fn generate(
               (status = 400, description = "Invalid parameter", body = crate::error::ErrorBody)))]
 pub async fn generate_stream(
     State(state): State<SharedState>,
-    Extension(rid): Extension<RequestId>,
+    caller: Caller,
     ApiJson(req): ApiJson<GenerateRequest>,
 ) -> Result<Response, ApiError> {
     let (prompt, input, _, prefix) = req.into_inputs()?;
-    let mut started = state.start(&rid, prompt, input).await?;
+    let mut started = state.start(&caller, prompt, input).await?;
     started.first().await?;
     Ok(sse_response(tgi_stream(state, started, prefix)))
 }

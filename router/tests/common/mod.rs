@@ -179,6 +179,21 @@ pub async fn metrics(s: &Server) -> String {
     get(s, "/metrics").await.text().await.unwrap()
 }
 
+/// The value of one series (`name` or `name{labels}`, as the text format writes it) in a
+/// Prometheus text exposition.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{series} missing"))
+}
+
 pub async fn info(s: &Server) -> Value {
     get(s, "/info").await.json().await.unwrap()
 }
