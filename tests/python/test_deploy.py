@@ -1,7 +1,9 @@
 """The deployment files, checked offline: the Kubernetes overlays render and validate strictly, the
 Dockerfile passes hadolint with every ignored rule explained, and the rendered manifests agree
 with the real server (probe paths answer, env vars are flags it knows, scaled-on metrics are ones
-it exports, the grace period covers the drain).
+it exports, the grace period covers the drain). The Grafana dashboard is a well-formed dashboard
+model, every overlay provisions it, and every metric and label its queries use is one a real
+server exports.
 
 Run by scripts/test.sh with the server binary and the real model.
 """
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from prometheus_client.parser import text_string_to_metric_families
 from wickserver import start
 
 BIN, MODEL = sys.argv[1], sys.argv[2]
@@ -173,6 +176,99 @@ def check_consistency(overlay, docs, server_help, base, metrics_text):
     print(f"{overlay}: manifests agree with the server")
 
 
+DASHBOARD = ROOT / "k8s" / "components" / "grafana" / "wick-dashboard.json"
+# Labels Prometheus adds when it scrapes a pod, and the histogram buckets' own.
+SCRAPE_LABELS = {"namespace", "pod", "le"}
+
+
+def check_dashboard_model(dash):
+    """The fields of Grafana's dashboard model that it needs to load and lay out the panels."""
+    for field, kind in [("uid", str), ("title", str), ("schemaVersion", int), ("panels", list),
+                        ("templating", dict), ("time", dict), ("tags", list)]:
+        assert isinstance(dash.get(field), kind), f"dashboard.{field} is not a {kind.__name__}"
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids)), f"panel ids repeat: {ids}"
+    cells = set()
+    for p in dash["panels"]:
+        assert p["type"] in {"timeseries", "stat", "gauge"}, p["type"]
+        assert p["title"] and p["datasource"]["uid"] == "${datasource}", p["title"]
+        g = p["gridPos"]
+        assert all(isinstance(g[k], int) for k in "hwxy") and g["x"] + g["w"] <= 24, (p["title"], g)
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps another panel"
+                cells.add((x, y))
+        refs = [t["refId"] for t in p["targets"]]
+        assert refs and len(refs) == len(set(refs)), (p["title"], refs)
+        assert all(t["expr"].strip() for t in p["targets"]), p["title"]
+
+
+def dashboard_queries(dash):
+    yield from (t["expr"] for p in dash["panels"] for t in p["targets"])
+    yield from (v["definition"] for v in dash["templating"]["list"] if v["type"] == "query")
+
+
+def check_dashboard(rendered, metrics_text):
+    dash = json.loads(DASHBOARD.read_text())
+    check_dashboard_model(dash)
+    # Every overlay provisions it, as Grafana's sidecar finds it.
+    for overlay, (_, docs) in rendered.items():
+        (cm,) = [d for d in docs if d["kind"] == "ConfigMap"
+                 and d["metadata"]["name"] == "wick-grafana-dashboard"]
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1", overlay
+        assert json.loads(cm["data"]["wick-dashboard.json"]) == dash, overlay
+    # Every series a query names is exported by the server, with the labels the query uses.
+    labels = {}
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    used = 0
+    for expr in dashboard_queries(dash):
+        names = re.findall(r"\b(wick_[a-z_]+)", expr)
+        assert names, f"a query names no Wick metric: {expr}"
+        for name in names:
+            assert name in labels, f"the dashboard queries {name}, which the server does not export"
+            used += 1
+        for name, matchers in re.findall(r"\b(wick_[a-z_]+)\{([^}]*)\}", expr):
+            for label in re.findall(r"([a-z_]+)\s*=~?", matchers):
+                assert label in labels[name] | SCRAPE_LABELS, f"{name} has no label {label}"
+        for group in re.findall(r"\bby \(([^)]*)\)", expr):
+            for label in (l.strip() for l in group.split(",")):
+                assert label in SCRAPE_LABELS or any(label in labels[n] for n in names), \
+                    f"{expr}: no metric it queries has the label {label}"
+    print(f"dashboard: {len(dash['panels'])} panels, {used} metric references, all exported")
+
+
+def traffic_metrics(tmp):
+    """/metrics of a server with API keys that has served, refused and rate-limited a request,
+    so that the labelled series the dashboard reads all exist."""
+    keys = Path(tmp) / "keys"
+    keys.write_text("sk-dashboard name=dashboard rpm=1\n")
+    proc, base = start(BIN, MODEL, "--api-key-file", str(keys))
+    try:
+        def ask(body):
+            req = urllib.request.Request(
+                f"{base}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+                headers={"content-type": "application/json", "authorization": "Bearer sk-dashboard"})
+            try:
+                with urllib.request.urlopen(req) as r:
+                    return r.status
+            except urllib.error.HTTPError as e:
+                return e.code
+        hi = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert ask(hi) == 200
+        assert ask(hi) == 429
+        status, text = get(base, "/metrics")
+        assert status == 200
+        return text
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def main():
     rendered = {o: render(o) for o in OVERLAYS}
     for o, (text, docs) in rendered.items():
@@ -190,6 +286,8 @@ def main():
     finally:
         proc.kill()
         proc.wait()
+    with tempfile.TemporaryDirectory() as tmp:
+        check_dashboard(rendered, traffic_metrics(tmp))
     print("deployment checks passed")
 
 
