@@ -314,6 +314,11 @@ pub struct OpsArgs {
     /// concurrent streams; 429 with Retry-After past them). Blank lines and `#` comments ignored.
     #[arg(long, env = "WICK_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+    /// Secret (16 bytes or more) shared by the replicas: streams still running when
+    /// `--shutdown-timeout` ends get a resume token signed with it, which `POST /v1/resume`
+    /// continues on any replica with the same key and system_fingerprint.
+    #[arg(long, env = "WICK_RESUME_KEY", hide_env_values = true)]
+    pub resume_key: Option<String>,
     /// Log format.
     #[arg(long, env = "WICK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -67,6 +67,9 @@ pub enum ApiError {
     BodyTimeout { limit_s: f64 },
     #[error("method {method} is not allowed on {path}")]
     MethodNotAllowed { method: String, path: String },
+    /// A resume token made by a server whose output could differ from this one's.
+    #[error("the resume token comes from a server with system_fingerprint {token}; this server is {server}, and its continuation could differ")]
+    FingerprintMismatch { token: String, server: String },
 }
 
 /// Why the server cannot serve a request now (503).
@@ -119,6 +122,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::FingerprintMismatch { .. } => StatusCode::CONFLICT,
         }
     }
 
@@ -138,7 +142,8 @@ impl ApiError {
             | ApiError::Unsupported { .. }
             | ApiError::InvalidBody { .. }
             | ApiError::ContextLength { .. }
-            | ApiError::PayloadTooLarge { .. } => "validation",
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::FingerprintMismatch { .. } => "validation",
             ApiError::BodyTimeout { .. } => "timeout",
             ApiError::ModelNotFound { .. }
             | ApiError::RouteNotFound { .. }
@@ -199,6 +204,11 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => {
                 ("invalid_request_error", None, Some("method_not_allowed"))
             }
+            ApiError::FingerprintMismatch { .. } => (
+                "invalid_request_error",
+                Some("resume_token".to_string()),
+                Some("fingerprint_mismatch"),
+            ),
         };
         ErrorBody {
             error: ErrorDetail {

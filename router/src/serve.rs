@@ -14,6 +14,7 @@ use crate::scheduler::Scheduler;
 use crate::server::keys::ApiKeys;
 use crate::server::lifecycle::{outer, BodyLimits, LateRouter, Phase};
 use crate::server::listener::{ConnLimits, Listener};
+use crate::server::resume::ResumeKey;
 use crate::server::{app, Admission, AppState};
 use crate::template::ChatTemplate;
 use crate::tools::ToolFormat;
@@ -177,6 +178,10 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
             ops.max_queued_requests,
             max_queue_time,
         ),
+        // Checked in `check`.
+        resume_key: (ops.resume_key.as_deref())
+            .and_then(|k| ResumeKey::new(k.as_bytes()))
+            .map(Arc::new),
     })
 }
 
@@ -235,6 +240,16 @@ fn check(args: &ServeArgs) -> Result<(), CliError> {
         return Err(CliError::Flag {
             flag: "--max-queue-time",
             rule: seconds,
+        });
+    }
+    if ops
+        .resume_key
+        .as_deref()
+        .is_some_and(|k| ResumeKey::new(k.as_bytes()).is_none())
+    {
+        return Err(CliError::Flag {
+            flag: "--resume-key",
+            rule: "a secret of 16 bytes or more",
         });
     }
     if !(ops.shutdown_timeout >= 0.0 && ops.shutdown_timeout.is_finite()) {

@@ -105,7 +105,9 @@ def check_consistency(overlay, docs, server_help, base, metrics_text):
     # Every WICK_* setting is a flag the server knows.
     for name in env:
         if name.startswith("WICK_"):
-            assert f"env: {name}=" in server_help, f"{overlay}: {name} is not a `wick serve` flag"
+            # clap writes `[env: NAME=]`, or `[env: NAME]` for a secret whose value it hides.
+            assert f"env: {name}=" in server_help or f"env: {name}]" in server_help, \
+                f"{overlay}: {name} is not a `wick serve` flag"
     assert int(env["WICK_PORT"]) == port_names["http"], (env["WICK_PORT"], port_names)
 
     # Probes: the named port is the server's, and each path answers on the real server.

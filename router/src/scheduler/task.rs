@@ -174,7 +174,13 @@ impl<W: Worker> Task<W> {
             }
             self.batcher
                 .add(id, req.prompt().to_vec(), params, req.priority());
-            let output = OutputText::new(self.tokenizer.clone(), req.criteria().clone());
+            let mut output = OutputText::new(self.tokenizer.clone(), req.criteria().clone());
+            // A resumed request's prompt ends with the ids generated before its stream was cut
+            // (`prompt_len` is the original prompt's): its output text continues from them.
+            let generated = &req.prompt()[req.params().prompt_len..];
+            for &token in generated {
+                output.push(token);
+            }
             self.live.insert(
                 id,
                 Live {
@@ -183,8 +189,8 @@ impl<W: Worker> Task<W> {
                     output,
                     request_id: sub.request_id.clone(),
                     account: sub.account.clone(),
-                    prompt_tokens: req.prompt().len(),
-                    sampled: 0,
+                    prompt_tokens: req.params().prompt_len,
+                    sampled: generated.len(),
                     arrived: sub.arrived,
                     deadline: sub.deadline,
                     admitted: None,
@@ -269,7 +275,8 @@ impl<W: Worker> Task<W> {
             top_logprobs: g.top_logprobs,
         }];
         if let Some(reason) = emit.finish {
-            let cached_tokens = self.batcher.cached_tokens(g.seq);
+            // Of the prompt's tokens (a resumed request's cache hits may reach past them).
+            let cached_tokens = self.batcher.cached_tokens(g.seq).min(live.prompt_tokens);
             live.on_finished(reason, cached_tokens, now);
             events.push(Event::Finished {
                 choice: live.choice,

@@ -9,10 +9,11 @@
 
 use super::keys::Caller;
 use super::openai::*;
+use super::resume::{cut_event, StreamApi};
 use super::structured::{FunctionCall, FunctionDelta, ToolCallDelta, ToolCallOut};
 use super::{collect, new_id, now, ApiJson, ChoiceOutput, SharedState, Started};
 use crate::error::{ApiError, Unavailable};
-use crate::scheduler::Event;
+use crate::scheduler::{Event, Failure};
 use crate::tools::stream::{AnswerStream, Piece};
 use crate::tools::{answer_calls, ToolFormat, Tools};
 use crate::validation::{GenerationInput, PromptInput};
@@ -104,8 +105,12 @@ pub(super) async fn begin(
     caller: &Caller,
     model: Option<String>,
     inputs: Result<(PromptInput, GenerationInput), ApiError>,
-    id_prefix: &str,
+    api: StreamApi,
 ) -> Result<(Started, StreamId), ApiError> {
+    let id_prefix = match api {
+        StreamApi::ChatCompletions => "chatcmpl",
+        StreamApi::Completions => "cmpl",
+    };
     state.check_model(model.as_deref())?;
     let (prompt, input) = inputs?;
     let started = state.start(caller, prompt, input).await?;
@@ -114,6 +119,7 @@ pub(super) async fn begin(
         id: new_id(id_prefix),
         created: now(),
         logprobs: started.logprobs,
+        api,
     };
     Ok((started, sid))
 }
@@ -134,14 +140,15 @@ pub async fn chat_completions(
         Ok((PromptInput::Chat { tools, .. }, _)) => tools.clone(),
         _ => None,
     };
-    let (mut started, sid) = begin(&state, &caller, model, inputs, "chatcmpl").await?;
+    let (mut started, sid) =
+        begin(&state, &caller, model, inputs, StreamApi::ChatCompletions).await?;
     let calls = state.validator.tool_format();
     if stream {
         started.first().await?;
         let answers = (0..started.n)
             .map(|_| AnswerStream::new(tools.as_ref(), calls, started.split()))
             .collect();
-        let format = ChatChunks { sid, answers };
+        let format = ChatChunks::new(sid, answers);
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -219,6 +226,7 @@ fn chat_answer(
 
 /// How one OpenAI stream turns events into chunks; [`openai_stream`] is the shared skeleton.
 pub(super) trait ChunkFormat: Send + Sync + 'static {
+    fn sid(&self) -> &StreamId;
     /// Chunks sent before any token (chat: the role of each choice).
     fn opening(&self, n: usize) -> Vec<SseEvent>;
     /// A token's chunk, or none (nothing to say: no text and no log-probabilities asked).
@@ -236,17 +244,22 @@ pub(super) trait ChunkFormat: Send + Sync + 'static {
 }
 
 /// Token chunks, one finish chunk per choice, the usage chunk when asked, then `[DONE]`; a
-/// failure ends the stream with an error event.
+/// failure ends the stream with an error event, which carries a resume token when the drain
+/// cut a resumable stream ([`super::resume`]). A resumed stream sends no opening chunks.
 pub(super) fn openai_stream<F: ChunkFormat>(
     mut started: Started,
     include_usage: bool,
     mut format: F,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     async_stream::stream! {
-        for event in format.opening(started.n) {
-            yield Ok(event);
+        if !started.resumed {
+            for event in format.opening(started.n) {
+                yield Ok(event);
+            }
         }
         let (mut done, mut completion_tokens, mut cached_tokens) = (0, 0, 0);
+        // The ids this server generated, for a resume token.
+        let mut sent = Vec::new();
         while done < started.n {
             let Some(event) = started.next().await else {
                 yield Ok(sse_error(ApiError::Unavailable(Unavailable::SchedulerGone)));
@@ -254,6 +267,9 @@ pub(super) fn openai_stream<F: ChunkFormat>(
             };
             match event {
                 Event::Token { choice, token, text, logprob, top_logprobs } => {
+                    if started.resume.is_some() {
+                        sent.push(token);
+                    }
                     if let Some(chunk) = format.token(choice, token, text, logprob, &top_logprobs) {
                         yield Ok(chunk);
                     }
@@ -269,7 +285,13 @@ pub(super) fn openai_stream<F: ChunkFormat>(
                     }
                 }
                 Event::Error { failure, message, .. } => {
-                    yield Ok(sse_error(started.failure(failure, message)));
+                    let key = &format.sid().state.resume_key;
+                    match (failure, &started.resume, key) {
+                        (Failure::ShuttingDown, Some(base), Some(key)) => {
+                            yield Ok(cut_event(format.sid(), include_usage, base, &sent, key));
+                        }
+                        _ => yield Ok(sse_error(started.failure(failure, message))),
+                    }
                     return;
                 }
             }
@@ -287,18 +309,23 @@ pub(super) struct StreamId {
     pub(super) id: String,
     pub(super) created: u64,
     pub(super) logprobs: bool,
+    pub(super) api: StreamApi,
 }
 
 /// Chat chunks; each choice's text goes through its [`AnswerStream`], so that a reasoning
 /// model's reasoning streams as `reasoning_content` and with tools a call as OpenAI's
 /// `tool_calls` deltas.
-struct ChatChunks {
+pub(super) struct ChatChunks {
     sid: StreamId,
     /// Per choice.
     answers: Vec<AnswerStream>,
 }
 
 impl ChatChunks {
+    pub(super) fn new(sid: StreamId, answers: Vec<AnswerStream>) -> ChatChunks {
+        ChatChunks { sid, answers }
+    }
+
     fn chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> SseEvent {
         let s = &self.sid;
         sse_json(&ChatCompletionChunk {
@@ -360,6 +387,10 @@ impl ChatChunks {
 }
 
 impl ChunkFormat for ChatChunks {
+    fn sid(&self) -> &StreamId {
+        &self.sid
+    }
+
     fn opening(&self, n: usize) -> Vec<SseEvent> {
         (0..n)
             .map(|index| {

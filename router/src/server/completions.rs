@@ -10,6 +10,7 @@ use super::chat::{include_usage, openai_stream, sse_json, sse_response, usage_of
 use super::chat::{ChunkFormat, StreamId};
 use super::keys::Caller;
 use super::openai::*;
+use super::resume::StreamApi;
 use super::{collect, new_id, now, ApiJson, SharedState, Started};
 use crate::error::ApiError;
 use crate::validation::PromptInput;
@@ -80,14 +81,12 @@ pub async fn completions(
         id: new_id("cmpl"),
         created: now(),
         logprobs: started.logprobs,
+        api: StreamApi::Completions,
     };
     if stream {
         started.first().await?;
-        let format = CompletionChunks {
-            sid,
-            offsets: vec![0; started.n],
-            echo: (0..started.n).map(echo_of).collect(),
-        };
+        let mut format = CompletionChunks::new(sid, started.n);
+        format.echo = (0..started.n).map(echo_of).collect();
         return Ok(sse_response(openai_stream(started, include_usage, format)));
     }
     let choices = collect(&mut started).await?;
@@ -129,7 +128,7 @@ fn prompt_text(state: &SharedState, prompt: &PromptInput) -> String {
 
 /// Completion chunks; `offsets[choice]` is the `text_offset` of that choice's next token, so
 /// that streamed offsets count from the start of the choice's text, as whole answers do.
-struct CompletionChunks {
+pub(super) struct CompletionChunks {
     sid: StreamId,
     offsets: Vec<usize>,
     /// Per choice, its prompt's text when `echo` is on (empty otherwise).
@@ -137,6 +136,15 @@ struct CompletionChunks {
 }
 
 impl CompletionChunks {
+    /// For `n` choices, echoing nothing.
+    pub(super) fn new(sid: StreamId, n: usize) -> CompletionChunks {
+        CompletionChunks {
+            sid,
+            offsets: vec![0; n],
+            echo: vec![String::new(); n],
+        }
+    }
+
     fn chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> SseEvent {
         let s = &self.sid;
         sse_json(&Completion {
@@ -152,6 +160,10 @@ impl CompletionChunks {
 }
 
 impl ChunkFormat for CompletionChunks {
+    fn sid(&self) -> &StreamId {
+        &self.sid
+    }
+
     fn opening(&self, _: usize) -> Vec<SseEvent> {
         let echoed = self.echo.iter().enumerate().filter(|(_, t)| !t.is_empty());
         echoed

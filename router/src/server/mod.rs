@@ -8,6 +8,7 @@
 //! - [`tgi`]: TGI's `/generate` and `/generate_stream`.
 //! - [`anthropic`] and [`messages`]: Anthropic's `/v1/messages` and `/v1/messages/count_tokens`.
 //! - [`openai_responses`] and [`responses`]: OpenAI's `/v1/responses` (stateless).
+//! - [`resume`]: resume tokens of streams cut by a drain, and `POST /v1/resume`.
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
 //! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, metrics.
@@ -27,6 +28,7 @@ pub mod misc;
 pub mod openai;
 pub mod openai_responses;
 pub mod responses;
+pub mod resume;
 pub mod structured;
 pub mod tgi;
 
@@ -35,7 +37,7 @@ use crate::error::{ApiError, Unavailable};
 use crate::quota::Grant;
 use crate::reasoning::{Gathered, Split};
 use crate::scheduler::{Event, Failure, Scheduler, SchedulerGone, Submission};
-use crate::validation::{GenerationInput, PromptInput, ValidRequest, Validator};
+use crate::validation::{GenerationInput, PromptInput, ResumeBase, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
 use axum::Router;
@@ -60,6 +62,8 @@ pub struct AppState {
     pub created: u64,
     pub phase: Arc<Phase>,
     pub admission: Admission,
+    /// Signs and checks resume tokens (`--resume-key`); `None`: streams are not resumable.
+    pub resume_key: Option<Arc<resume::ResumeKey>>,
 }
 
 /// Admission control: generation requests take a concurrency permit before validation (held by
@@ -129,6 +133,7 @@ pub fn app(state: SharedState, keys: Arc<keys::ApiKeys>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/resume", post(resume::resume))
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/models", get(misc::models))
@@ -238,6 +243,10 @@ pub struct Started {
     queue_limit: Option<Duration>,
     /// The concurrency slot, released when the response (or its stream) ends.
     _permit: OwnedSemaphorePermit,
+    /// What a resume token of this generation carries (`None`: it cannot be resumed).
+    pub(crate) resume: Option<ResumeBase>,
+    /// It continues a stream cut by a drain (its opening chunks were sent before the cut).
+    pub(crate) resumed: bool,
     /// The caller's stream place under its key's limits, released with the permit.
     _grant: Option<Grant>,
 }
@@ -278,6 +287,9 @@ impl Started {
             },
             // Each generation keeps its own, until its forwarder ends.
             _grant: None,
+            // Several generations are never resumable.
+            resume: None,
+            resumed: false,
         };
         let mut offset = 0;
         for mut one in all {
@@ -360,6 +372,26 @@ impl AppState {
         prompt: PromptInput,
         input: GenerationInput,
     ) -> Result<Started, ApiError> {
+        self.start_with(caller, move |v| v.validate(&prompt, input))
+            .await
+    }
+
+    /// Admits, checks and queues the rest of a stream cut by a drain ([`resume`]).
+    pub async fn start_resumed(
+        &self,
+        caller: &Caller,
+        base: ResumeBase,
+    ) -> Result<Started, ApiError> {
+        let mut started = self.start_with(caller, move |v| v.resume(base)).await?;
+        started.resumed = true;
+        Ok(started)
+    }
+
+    async fn start_with(
+        &self,
+        caller: &Caller,
+        validate: impl FnOnce(&Validator) -> Result<ValidRequest, ApiError> + Send + 'static,
+    ) -> Result<Started, ApiError> {
         if self.phase.is_draining() {
             return Err(ApiError::Unavailable(Unavailable::ShuttingDown));
         }
@@ -379,22 +411,24 @@ impl AppState {
                     limit: a.max_concurrent,
                 })?;
         let validator = self.validator.clone();
-        let valid: ValidRequest =
-            tokio::task::spawn_blocking(move || validator.validate(&prompt, input))
-                .await
-                .map_err(|e| ApiError::TaskFailed {
-                    task: "validation",
-                    message: e.to_string(),
-                })??;
+        let valid: ValidRequest = tokio::task::spawn_blocking(move || validate(&validator))
+            .await
+            .map_err(|e| ApiError::TaskFailed {
+                task: "validation",
+                message: e.to_string(),
+            })??;
         let reasoning = (valid.reasoning())
             .zip(self.validator.reasoning())
             .map(|(opened, r)| Split::new(&r.markers, opened));
         let (prompt_tokens, n, logprobs, seed) = (
-            valid.prompt().len(),
+            valid.params().prompt_len,
             valid.n(),
             valid.logprobs(),
             valid.params().seed,
         );
+        // With a resume key, a stream of one choice without a grammar can outlive a drain.
+        let resume = (self.resume_key.is_some() && n == 1 && valid.constraint().is_none())
+            .then(|| ResumeBase::of(&valid));
         let permit = a.choices_permit(permit, n)?;
         let queue_permit =
             a.queue
@@ -426,6 +460,8 @@ impl AppState {
             seed,
             reasoning,
             queue_limit: a.max_queue_time,
+            resume,
+            resumed: false,
             _permit: permit,
             _grant: grant,
         })

@@ -3,7 +3,7 @@
 //! anything is queued or a stream starts.
 //!
 //! Runs on a blocking thread (tokenization is CPU work). Messages name the field, the limit and the
-//! value received.
+//! value received. A cut stream's request comes back through [`Validator::resume`] ([`resume`]).
 
 use crate::backend::{Constraint, GrammarError, GrammarSpec, Grammars};
 use crate::chat_tokens::ContentGuard;
@@ -602,5 +602,8 @@ impl Validator {
     }
 }
 
+mod resume;
 #[cfg(test)]
 pub(crate) mod tests;
+
+pub use resume::ResumeBase;
