@@ -24,10 +24,14 @@ from wickserver import start
 BIN, MODEL = sys.argv[1], sys.argv[2]
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-OVERLAYS = ["cpu", "gpu", "cpu-keda"]
+OVERLAYS = ["cpu", "gpu", "cpu-keda", "cpu-gateway"]
 # kubernetes-validate ships the Kubernetes schemas only; these custom resources are checked
 # field by field below instead.
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject")}
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1", "ScaledObject"),
+        ("inference.networking.k8s.io/v1", "InferencePool"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+# Objects of the Gateway API Inference Extension's endpoint picker (k8s/components/gateway).
+EPP = "endpoint-picker"
 
 
 def render(overlay):
@@ -77,8 +81,13 @@ def hadolint():
     print("hadolint: clean, every ignored rule explained")
 
 
+def component(doc):
+    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+
+
 def by_kind(docs):
-    return {d["kind"]: d for d in docs}
+    """The Wick objects by kind (the endpoint picker's own Deployment, Service, ... apart)."""
+    return {d["kind"]: d for d in docs if component(d) != EPP}
 
 
 def env_of(container):
@@ -168,6 +177,9 @@ def check_consistency(overlay, docs, server_help, base, metrics_text):
         for t in so["spec"]["triggers"]:
             for n in re.findall(r"(wick_[a-z_]+)", t["metadata"]["query"]):
                 assert n in exported, f"KEDA queries {n}, which the server does not export"
+
+    if "InferencePool" in k:
+        check_gateway(overlay, docs, labels, int(env["WICK_PORT"]), exported)
 
     if overlay == "gpu":
         assert env["WICK_DEVICE"].startswith("cuda:"), env
@@ -269,6 +281,58 @@ def traffic_metrics(tmp):
     finally:
         proc.kill()
         proc.wait()
+
+
+def check_gateway(overlay, docs, pod_labels, wick_port, exported):
+    """The InferencePool selects the Wick pods on their port and names the EPP's Service; the
+    EPP is configured with metrics the server exports and a scheduling config that holds
+    together; the HTTPRoute sends to the pool."""
+    pool = by_kind(docs)["InferencePool"]["spec"]
+    assert pool["selector"]["matchLabels"].items() <= pod_labels.items(), pool["selector"]
+    assert [p["number"] for p in pool["targetPorts"]] == [wick_port], pool["targetPorts"]
+    epp = {d["kind"]: d for d in docs if component(d) == EPP}
+    svc, dep = epp["Service"], epp["Deployment"]
+    ref = pool["endpointPickerRef"]
+    assert ref["name"] == svc["metadata"]["name"], ref
+    assert ref["port"]["number"] in [p["port"] for p in svc["spec"]["ports"]], ref
+    assert ref["failureMode"] in ("FailOpen", "FailClose"), ref
+    pod = dep["spec"]["template"]
+    assert dep["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    (c,) = pod["spec"]["containers"]
+    assert pod["spec"]["serviceAccountName"] == epp["ServiceAccount"]["metadata"]["name"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for p in svc["spec"]["ports"]:
+        assert p["targetPort"] in ports, p
+    args = dict(a.removeprefix("--").split("=", 1) for a in c["args"])
+    assert args["pool-name"] == by_kind(docs)["InferencePool"]["metadata"]["name"], args
+    assert int(args["grpc-port"]) == ref["port"]["number"], args
+    for flag in ("total-queued-requests-metric", "total-running-requests-metric",
+                 "kv-cache-usage-percentage-metric"):
+        assert args[flag] in exported, f"the EPP reads {args[flag]}, which Wick does not export"
+    assert args["kv-cache-usage-percentage-metric"] == "wick_kv_cache_usage_ratio"
+    # The config file is the mounted ConfigMap's, and its profiles use plugins it declares.
+    (mount,) = c["volumeMounts"]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"
+             and d["metadata"]["name"] == volume["configMap"]["name"]]
+    assert args["config-file"].startswith(mount["mountPath"] + "/"), args["config-file"]
+    config = yaml.safe_load(cm["data"][args["config-file"].rsplit("/", 1)[1]])
+    assert config["kind"] == "EndpointPickerConfig", config
+    declared = {p.get("name", p["type"]) for p in config["plugins"]}
+    for profile in config["schedulingProfiles"]:
+        for ref in profile["plugins"]:
+            assert ref["pluginRef"] in declared, ref
+    # The Role lets the EPP watch the pods and its pool.
+    rules = epp["Role"]["rules"]
+    assert any("pods" in r["resources"] and "watch" in r["verbs"] for r in rules)
+    assert any("inferencepools" in r["resources"] and r["apiGroups"] == ["inference.networking.k8s.io"]
+               for r in rules)
+    route = by_kind(docs)["HTTPRoute"]["spec"]
+    backends = [b for rule in route["rules"] for b in rule["backendRefs"]]
+    assert backends == [{"group": "inference.networking.k8s.io", "kind": "InferencePool",
+                         "name": by_kind(docs)["InferencePool"]["metadata"]["name"]}], backends
+    print(f"{overlay}: InferencePool, endpoint picker and HTTPRoute agree with the server")
 
 
 def main():
