@@ -1,7 +1,8 @@
 //! Automatic prefix caching on the real model: greedy outputs with the cache are token-identical
 //! to outputs without it, for prompts that share prefixes ending mid-block, on a block boundary,
 //! or covering the whole prompt; `cached_tokens` reports what was reused. Penalties read the
-//! whole prompt on a cache hit too (the cached part never goes through the forward pass).
+//! whole prompt on a cache hit too (the cached part never goes through the forward pass), and a
+//! request admitted onto cached blocks is out of the queue (its queue deadline no longer applies).
 
 mod common;
 use common::*;
@@ -111,5 +112,28 @@ async fn penalties_see_the_cached_part_of_the_prompt() {
         unpenalised[..12],
         plain[..12],
         "the penalties must matter here"
+    );
+}
+
+/// A request admitted onto cached blocks has left the queue: `--max-queue-time` no longer
+/// applies to it, however long it then runs (it used to be failed as a queue timeout mid-run,
+/// because only admissions at position 0 counted).
+#[tokio::test]
+async fn the_queue_deadline_ends_at_admission_on_a_cache_hit_too() {
+    let s = start(&["--max-queue-time", "1"]);
+    let text = "You are a careful assistant. Answer briefly and precisely, and never invent \
+                facts. The user is a student of physics who likes short answers with examples.";
+    let prompt = tokenize(&s, text).await;
+    let (_, cached) = complete(&s, &prompt).await;
+    assert_eq!(cached, 0);
+    // Runs for several seconds past the deadline, on the cached prompt.
+    let started = std::time::Instant::now();
+    let (tokens, cached) = complete_with(&s, &prompt, json!({"max_tokens": 600})).await;
+    assert!(cached > 0, "no cache hit");
+    assert_eq!(tokens.len(), 600);
+    assert!(
+        started.elapsed() > Duration::from_millis(1500),
+        "the request ran only {:?}: it shows nothing about the deadline",
+        started.elapsed()
     );
 }

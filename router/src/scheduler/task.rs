@@ -74,8 +74,10 @@ impl<W: Worker> Task<W> {
                 }
             }
             let now = Instant::now();
-            for e in plan.step.entries.iter().filter(|e| e.start_pos == 0) {
-                if let Some(l) = self.live.get_mut(&e.seq) {
+            // Every first admission, also one onto cached blocks (its first entry starts past
+            // them): its queue time ends, and with it its queue deadline.
+            for a in &plan.admitted {
+                if let Some(l) = self.live.get_mut(&a.seq) {
                     l.on_admitted(now);
                 }
             }
