@@ -2,7 +2,8 @@
 # The whole test suite: fetches the real model if needed, runs every unit and integration test,
 # then drives the server with the `openai` Python SDK (metrics checked with a Prometheus parser;
 # structured output and tool calls checked with `jsonschema` and Pydantic), with hostile inputs
-# (tests/python/test_hostile.py) and with schemathesis,
+# (tests/python/test_hostile.py), with schemathesis, and as an OpenTelemetry trace source
+# (tests/python/test_tracing.py: an OTLP/HTTP receiver decodes its spans),
 # installed in a virtualenv under target/; then the deployment files (kubectl kustomize,
 # kubernetes-validate --strict, hadolint, manifests checked against the server), and the GPU
 # smoke script on the CPU.
@@ -53,6 +54,7 @@ cargo build --quiet -p wick-router --bin wick
 "$venv/bin/python" tests/python/test_hostile.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_schemathesis.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_deploy.py target/debug/wick "$model"
+"$venv/bin/python" tests/python/test_tracing.py target/debug/wick "$model"
 # The GPU smoke script, on the CPU through the device-generic path (the code CUDA runs).
 PATH="$venv/bin:$PATH" ./scripts/gpu-smoke.sh --wick target/debug/wick --model "$model" \
   --device cpu --generic-path --seconds 3 --max-tokens 16 --out target/smoke-report-cpu.json

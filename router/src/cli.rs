@@ -229,6 +229,8 @@ pub struct ServeArgs {
     pub ops: OpsArgs,
     #[command(flatten)]
     pub spec: SpecArgs,
+    #[command(flatten)]
+    pub trace: crate::telemetry::TraceArgs,
 }
 
 /// Speculative decoding.
@@ -461,6 +463,8 @@ pub enum CliError {
         flag: &'static str,
         rule: &'static str,
     },
+    #[error("OpenTelemetry exporter: {0}")]
+    Telemetry(String),
     #[error("--api-key-file {} holds no key", path.display())]
     NoKeyInFile { path: PathBuf },
     #[error("--api-key-file {}, line {line}: {message}", path.display())]
@@ -544,12 +548,15 @@ fn run_generate(args: GenerateArgs) -> Result<(), CliError> {
 }
 
 fn run_serve(args: ServeArgs) -> Result<(), CliError> {
-    crate::serve::init_logging(args.ops.log_format);
+    args.trace.check()?;
+    let telemetry = crate::telemetry::init(args.ops.log_format, &args.trace)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("wick-http")
         .build()?;
-    runtime.block_on(crate::serve::serve(args))
+    let served = runtime.block_on(crate::serve::serve(args));
+    telemetry.shutdown();
+    served
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 //! - [`quota`]: each API key's account: its limits (requests and tokens per minute, concurrent
 //!   streams) and what it has used.
 //! - [`metrics`]: every Prometheus metric, registered in one place.
+//! - [`telemetry`]: logs, and OpenTelemetry traces of requests (`--otlp-endpoint`).
 //! - [`fingerprint`]: `system_fingerprint`, what must match for the same tokens.
 //! - [`error`]: the one error type and its mapping to HTTP and OpenAI's error JSON (Anthropic's
 //!   routes reshape the body).
@@ -38,6 +39,7 @@ pub mod request;
 pub mod scheduler;
 pub mod serve;
 pub mod server;
+pub mod telemetry;
 pub mod template;
 #[cfg(test)]
 mod testing;

@@ -6,7 +6,7 @@
 
 use crate::backend::TokenizerInfo;
 use crate::backend::{load_tokenizer, matmul_kernel, release_free_heap, Backend, Grammars};
-use crate::cli::{CliError, LogFormat, ServeArgs, Speculate};
+use crate::cli::{CliError, ServeArgs, Speculate};
 use crate::reasoning::Markers;
 use crate::request::Vocab;
 use crate::scheduler::batcher::BatchConfig;
@@ -22,19 +22,6 @@ use crate::validation::{Limits, Reasoning, Validator};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wick_proto::ModelInfo;
-
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second call (tests) keeps the first subscriber.
-    let _already = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
 
 /// Everything loading produces.
 struct Loaded {

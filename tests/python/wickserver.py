@@ -6,11 +6,11 @@ import urllib.error
 import urllib.request
 
 
-def start(binary, model, *extra):
+def start(binary, model, *extra, env=None):
     proc = subprocess.Popen(
         [binary, "serve", "--host", "127.0.0.1", "--port", "0", "--model", model,
          "--served-model-name", "smol", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     base = None
     for line in proc.stdout:
         if line.startswith("wick: listening on "):

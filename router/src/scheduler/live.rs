@@ -1,14 +1,16 @@
 //! One live sequence (a choice of a request) as the scheduler task tracks it: where its events go,
-//! its output text, its caller's key (charged its tokens), and its timings for metrics and the
-//! per-request log line.
+//! its output text, its caller's key (charged its tokens), its timings for metrics and the
+//! per-request log line, and its trace spans ([`SeqTrace`]).
 
 use super::Event;
 use crate::metrics::METRICS;
 use crate::quota::Account;
 use crate::request::OutputText;
+use crate::telemetry;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tracing::Span;
 use wick_proto::FinishReason;
 
 pub(super) struct Live {
@@ -31,11 +33,48 @@ pub(super) struct Live {
     /// Speculative proposals made for this sequence, and those accepted.
     pub proposed: usize,
     pub accepted: usize,
+    pub trace: SeqTrace,
+}
+
+/// A sequence's trace spans: its request's, and the stage it is in (`queue`, `prefill`,
+/// `decode`), which ends when the next begins. All `Span::none()` when traces are off.
+pub(super) struct SeqTrace {
+    request: Span,
+    stage: Span,
+    choice: usize,
+}
+
+impl SeqTrace {
+    pub fn queued(request: Span, choice: usize) -> SeqTrace {
+        SeqTrace {
+            stage: telemetry::stage(&request, "queue", choice),
+            request,
+            choice,
+        }
+    }
+
+    fn next(&mut self, name: &'static str) {
+        // The stage before ends first.
+        self.stage = Span::none();
+        self.stage = telemetry::stage(&self.request, name, self.choice);
+    }
+
+    /// A span for the part of the prompt one step computes (while prefilling).
+    pub fn chunk(&self, start: usize, tokens: usize) -> Span {
+        telemetry::prefill_chunk(&self.stage, start, tokens)
+    }
+
+    pub fn failed(&self, message: &str) {
+        telemetry::failed(&self.request, message);
+    }
 }
 
 impl Live {
-    pub fn on_admitted(&mut self, now: Instant) {
+    /// The sequence's first admission, `cached` prompt tokens from the prefix cache.
+    pub fn on_admitted(&mut self, now: Instant, cached: usize) {
         if self.admitted.is_none() {
+            self.trace.next("prefill");
+            telemetry::count(&self.trace.stage, "wick.cached_tokens", cached);
             self.admitted = Some(now);
             self.queue_permit = None;
             METRICS
@@ -50,7 +89,10 @@ impl Live {
         if let Some(account) = &self.account {
             account.charge_generated(now);
         }
-        self.first_token.get_or_insert(now);
+        if self.first_token.is_none() {
+            self.first_token = Some(now);
+            self.trace.next("decode");
+        }
         match self.last_token {
             None => METRICS
                 .time_to_first_token
@@ -65,6 +107,16 @@ impl Live {
     /// Counts and logs a sequence that finished normally.
     pub fn on_finished(&self, reason: FinishReason, cached_tokens: usize, now: Instant) {
         let total = now - self.arrived;
+        let t = &self.trace;
+        telemetry::count(&t.stage, "gen_ai.usage.output_tokens", self.sampled);
+        t.stage
+            .record("gen_ai.response.finish_reasons", reason.as_openai());
+        if self.choice == 0 {
+            telemetry::count(&t.request, "gen_ai.usage.output_tokens", self.sampled);
+            telemetry::count(&t.request, "wick.cached_tokens", cached_tokens);
+            t.request
+                .record("gen_ai.response.finish_reasons", reason.as_openai());
+        }
         METRICS
             .request_success
             .with_label_values(&[reason.as_label()])

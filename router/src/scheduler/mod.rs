@@ -129,6 +129,8 @@ pub struct Submission {
     pub request_id: String,
     /// The caller's key, charged the tokens the request uses (none without API keys).
     pub account: Option<Arc<Account>>,
+    /// The request's trace span, parent of each choice's stage spans.
+    pub span: tracing::Span,
     pub arrived: Instant,
     /// Give up if not admitted by then.
     pub deadline: Option<Instant>,

@@ -5,7 +5,7 @@
 //! entries' accepted proposals in.
 
 use super::batcher::{BatchConfig, Batcher};
-use super::live::Live;
+use super::live::{Live, SeqTrace};
 use super::mask_budget::MaskBudget;
 use super::{Command, Event, Failure, Submission, Worker};
 use crate::metrics::METRICS;
@@ -78,9 +78,18 @@ impl<W: Worker> Task<W> {
             // them): its queue time ends, and with it its queue deadline.
             for a in &plan.admitted {
                 if let Some(l) = self.live.get_mut(&a.seq) {
-                    l.on_admitted(now);
+                    l.on_admitted(now, a.cached);
                 }
             }
+            // The prompt chunks this step computes, as spans that end with it.
+            let chunks: Vec<tracing::Span> = (plan.step.entries.iter())
+                .filter_map(|e| {
+                    let l = self.live.get(&e.seq)?;
+                    l.first_token
+                        .is_none()
+                        .then(|| l.trace.chunk(e.start_pos, e.tokens.len()))
+                })
+                .collect();
             let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
             // Proposals the backend's draft model makes take rows too.
             let rows: usize = (plan.step.entries.iter())
@@ -101,7 +110,9 @@ impl<W: Worker> Task<W> {
             METRICS.batch_size.observe(seqs.len() as f64);
             self.publish();
             let started = Instant::now();
-            match self.worker.step(plan.step).await {
+            let result = self.worker.step(plan.step).await;
+            drop(chunks);
+            match result {
                 Ok(out) => {
                     METRICS
                         .step_duration
@@ -201,6 +212,7 @@ impl<W: Worker> Task<W> {
                     queue_permit: permit.take(),
                     proposed: 0,
                     accepted: 0,
+                    trace: SeqTrace::queued(sub.span.clone(), choice),
                 },
             );
         }
@@ -230,6 +242,9 @@ impl<W: Worker> Task<W> {
                 .request_failure
                 .with_label_values(&["cancelled"])
                 .inc();
+            if let Some(l) = self.live.get(&seq) {
+                l.trace.failed("cancelled: the client went away");
+            }
             self.finish(seq).await;
         }
         for seq in expired {
@@ -240,6 +255,7 @@ impl<W: Worker> Task<W> {
 
     async fn fail(&mut self, seq: SeqId, failure: Failure, message: &str) {
         if let Some(l) = self.live.get(&seq) {
+            l.trace.failed(message);
             let event = Event::Error {
                 choice: l.choice,
                 failure,

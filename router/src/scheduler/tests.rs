@@ -149,6 +149,7 @@ async fn submit(
         request,
         request_id: "test".into(),
         account: None,
+        span: tracing::Span::none(),
         arrived: Instant::now(),
         deadline,
         queue_permit: None,

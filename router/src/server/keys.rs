@@ -161,12 +161,13 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// Who sent a request: its id, and the account of its API key (none when the server has no
-/// keys).
+/// Who sent a request: its id, the account of its API key (none when the server has no keys),
+/// and its trace span ([`crate::telemetry::request_span`], under the caller's `traceparent`).
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub request_id: RequestId,
     pub account: Option<Arc<Account>>,
+    pub span: tracing::Span,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -174,11 +175,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
         let ext = &parts.extensions;
+        // The outer router always sets one; a router used alone (tests) gets a fresh one.
+        let request_id =
+            (ext.get::<RequestId>().cloned()).unwrap_or_else(|| RequestId(super::new_id("req")));
+        let span = crate::telemetry::request_span(
+            parts.method.as_str(),
+            parts.uri.path(),
+            &request_id.0,
+            &parts.headers,
+        );
         Ok(Caller {
-            // The outer router always sets one; a router used alone (tests) gets a fresh one.
-            request_id: (ext.get::<RequestId>().cloned())
-                .unwrap_or_else(|| RequestId(super::new_id("req"))),
+            request_id,
             account: ext.get::<Arc<Account>>().cloned(),
+            span,
         })
     }
 }

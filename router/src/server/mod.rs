@@ -37,6 +37,7 @@ use crate::error::{ApiError, Unavailable};
 use crate::quota::Grant;
 use crate::reasoning::{Gathered, Split};
 use crate::scheduler::{Event, Failure, Scheduler, SchedulerGone, Submission};
+use crate::telemetry;
 use crate::validation::{GenerationInput, PromptInput, ResumeBase, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
@@ -249,6 +250,8 @@ pub struct Started {
     pub(crate) resumed: bool,
     /// The caller's stream place under its key's limits, released with the permit.
     _grant: Option<Grant>,
+    /// The request's trace span, which ends when the response (or its stream) does.
+    _span: tracing::Span,
 }
 
 /// Events waiting in a merged generation's channel; the forwarders wait when it is full (the
@@ -290,6 +293,8 @@ impl Started {
             // Several generations are never resumable.
             resume: None,
             resumed: false,
+            // Each generation keeps the request's span too.
+            _span: tracing::Span::none(),
         };
         let mut offset = 0;
         for mut one in all {
@@ -392,6 +397,18 @@ impl AppState {
         caller: &Caller,
         validate: impl FnOnce(&Validator) -> Result<ValidRequest, ApiError> + Send + 'static,
     ) -> Result<Started, ApiError> {
+        let started = self.admit_and_queue(caller, validate).await;
+        if let Err(e) = &started {
+            telemetry::failed(&caller.span, &e.to_string());
+        }
+        started
+    }
+
+    async fn admit_and_queue(
+        &self,
+        caller: &Caller,
+        validate: impl FnOnce(&Validator) -> Result<ValidRequest, ApiError> + Send + 'static,
+    ) -> Result<Started, ApiError> {
         if self.phase.is_draining() {
             return Err(ApiError::Unavailable(Unavailable::ShuttingDown));
         }
@@ -411,12 +428,19 @@ impl AppState {
                     limit: a.max_concurrent,
                 })?;
         let validator = self.validator.clone();
+        let validation = telemetry::stage(&caller.span, "validation", 0);
         let valid: ValidRequest = tokio::task::spawn_blocking(move || validate(&validator))
             .await
             .map_err(|e| ApiError::TaskFailed {
                 task: "validation",
                 message: e.to_string(),
             })??;
+        drop(validation);
+        telemetry::count(
+            &caller.span,
+            "gen_ai.usage.input_tokens",
+            valid.params().prompt_len,
+        );
         let reasoning = (valid.reasoning())
             .zip(self.validator.reasoning())
             .map(|(opened, r)| Split::new(&r.markers, opened));
@@ -442,6 +466,7 @@ impl AppState {
             request: valid,
             request_id: caller.request_id.0.clone(),
             account: grant.as_ref().map(|g| g.account().clone()),
+            span: caller.span.clone(),
             arrived,
             deadline: a.max_queue_time.map(|t| arrived + t),
             queue_permit: Some(queue_permit),
@@ -464,6 +489,7 @@ impl AppState {
             resumed: false,
             _permit: permit,
             _grant: grant,
+            _span: caller.span.clone(),
         })
     }
 
