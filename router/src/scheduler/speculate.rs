@@ -222,11 +222,15 @@ impl Speculator {
     /// The proposals for the token after `tokens` by n-gram lookup (empty: none), at most
     /// `room` of them; taken from the step's budget.
     pub fn propose(&mut self, seq: SeqId, tokens: &[u32], room: usize) -> Vec<u32> {
-        let k = self.count(seq, room);
+        let (k, probe) = self.count(seq, room);
         if k == 0 {
             return Vec::new();
         }
         let proposal = ngram_lookup(tokens, self.cfg.ngram_min, self.cfg.ngram_max, k);
+        // A probe the lookup had nothing for taught nothing: the next step may probe again.
+        if probe && !proposal.is_empty() {
+            self.probed(seq);
+        }
         self.budget -= proposal.len();
         proposal
     }
@@ -234,27 +238,37 @@ impl Speculator {
     /// How many proposals the draft model makes for `seq` (0: none), at most `room`; taken
     /// from the step's budget.
     pub fn propose_count(&mut self, seq: SeqId, room: usize) -> usize {
-        let k = self.count(seq, room);
+        let (k, probe) = self.count(seq, room);
+        if probe && k > 0 {
+            self.probed(seq);
+        }
         self.budget -= k;
         k
     }
 
-    /// How many proposals pay for `seq` now, within `room` and the step's budget (not taken).
-    fn count(&mut self, seq: SeqId, room: usize) -> usize {
+    /// How many proposals pay for `seq` now, within `room` and the step's budget (not taken),
+    /// and whether that is a probe (one proposal the estimate does not ask for).
+    fn count(&mut self, seq: SeqId, room: usize) -> (usize, bool) {
         let threshold = self.threshold;
         let st = self.seqs.entry(seq).or_default();
-        let mut k = worth(st.p(), threshold, self.cfg.max_draft);
-        if k == 0 {
-            // Not worth it by the estimate: sit out, then probe with one, where a probe's
-            // success could make it worth it.
-            if st.wait > 0 || !self.probe {
-                st.wait = st.wait.saturating_sub(1);
-                return 0;
-            }
-            st.wait = (PROBE_WAIT << st.misses.min(4)).min(MAX_WAIT);
-            k = 1;
+        let k = worth(st.p(), threshold, self.cfg.max_draft);
+        if k > 0 {
+            return (k.min(room).min(self.budget), false);
         }
-        k.min(room).min(self.budget)
+        // Not worth it by the estimate: sit out, then probe with one, where a probe's success
+        // could make it worth it.
+        if st.wait > 0 || !self.probe {
+            st.wait = st.wait.saturating_sub(1);
+            return (0, false);
+        }
+        (1.min(room).min(self.budget), true)
+    }
+
+    /// `seq` made a probe: it sits out the next ones, longer after each that accepted nothing.
+    fn probed(&mut self, seq: SeqId) {
+        if let Some(st) = self.seqs.get_mut(&seq) {
+            st.wait = (PROBE_WAIT << st.misses.min(4)).min(MAX_WAIT);
+        }
     }
 
     /// What a verification gave: `accepted` of `proposed` proposals were kept.
@@ -427,6 +441,19 @@ mod tests {
         // An accepted proposal resets the back-off.
         s.observe(7, 1, 1);
         assert_eq!(s.seqs[&7].misses, 0);
+    }
+
+    #[test]
+    fn a_probe_the_lookup_has_nothing_for_is_not_spent() {
+        let mut s = costed(8, 22_000, 25_000);
+        // Nothing repeats yet: the probe finds no proposal, and the next step probes again
+        // instead of sitting out 8 (a short answer would otherwise end before it speculates).
+        s.begin_step(1);
+        assert!(s.propose(7, &[1, 2, 3, 4], 100).is_empty());
+        assert_eq!(s.seqs[&7].wait, 0);
+        s.begin_step(1);
+        assert_eq!(s.propose(7, &[1, 2, 3, 4, 1, 2], 100), [3]);
+        assert_eq!(s.seqs[&7].wait, 8, "a probe made waits");
     }
 
     #[test]
