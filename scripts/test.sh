@@ -9,6 +9,9 @@
 # smoke script on the CPU.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Each part's wall time, printed as it ends (CI keeps its total under 45 minutes).
+mark=$SECONDS
+took() { echo "test: $1 took $((SECONDS - mark))s"; mark=$SECONDS; }
 model="$(./scripts/fetch-model.sh)"
 # The tokenizer fixtures of other catalogue models (router/tests/tokenizers.rs) need them, and
 # the draft-model speculation tests the two Qwen models.
@@ -17,6 +20,7 @@ model="$(./scripts/fetch-model.sh)"
 ./scripts/fetch-model.sh gemma3-270m >/dev/null
 cargo_args=("$@")
 cargo test --workspace "$@"
+took "cargo test --workspace (build and run)"
 # The fixture tests again on Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q4_K/Q6_K weights, biases): Wick's
 # chat prompts against llama.cpp's ids, teacher-forced agreement with llama.cpp, batch and
 # block-size invariance.
@@ -40,6 +44,7 @@ fixture_tests gemma3-270m chat-gemma3-270m.json \
 # And Qwen2.5-Coder-1.5B (Q4_K and Q6_K only, 1.1 GB): prompts and teacher forcing.
 fixture_tests qwen2.5-coder-1.5b chat-qwen2.5-coder-1.5b.json \
   teacher_forced_logits_agree_with_llama_cpp
+took "the other catalogue models' fixture tests"
 
 venv=target/py-venv
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -47,6 +52,7 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 cargo build --quiet -p wick-router --bin wick
+took "the Python environment"
 "$venv/bin/python" tests/python/test_openai_sdk.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_structured.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_agent_tools.py target/debug/wick \
@@ -55,6 +61,8 @@ cargo build --quiet -p wick-router --bin wick
 "$venv/bin/python" tests/python/test_schemathesis.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_deploy.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_tracing.py target/debug/wick "$model"
+took "the Python clients, schemathesis, deployment and tracing checks"
 # The GPU smoke script, on the CPU through the device-generic path (the code CUDA runs).
 PATH="$venv/bin:$PATH" ./scripts/gpu-smoke.sh --wick target/debug/wick --model "$model" \
   --device cpu --generic-path --seconds 3 --max-tokens 16 --out target/smoke-report-cpu.json
+took "the GPU smoke script on the CPU"
