@@ -55,19 +55,15 @@ impl TraceArgs {
                 rule: "a fraction from 0 to 1",
             });
         }
-        if let Some(url) = &self.otlp_endpoint {
-            traces_url(url)
-                .parse::<axum::http::Uri>()
-                .map_err(|_| CliError::Flag {
-                    flag: "--otlp-endpoint",
-                    rule: "an http:// or https:// URL",
-                })?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(CliError::Flag {
-                    flag: "--otlp-endpoint",
-                    rule: "an http:// or https:// URL",
-                });
-            }
+        let bad_url = self.otlp_endpoint.as_deref().is_some_and(|url| {
+            let scheme = url.starts_with("http://") || url.starts_with("https://");
+            !scheme || traces_url(url).parse::<axum::http::Uri>().is_err()
+        });
+        if bad_url {
+            return Err(CliError::Flag {
+                flag: "--otlp-endpoint",
+                rule: "an http:// or https:// URL",
+            });
         }
         Ok(())
     }
@@ -182,20 +178,32 @@ pub fn failed(span: &Span, message: &str) {
     span.record("error.message", message);
 }
 
-/// A stage of one request (`validation`, or a choice's `queue`, `prefill`, `decode`).
-pub fn stage(parent: &Span, name: &'static str, choice: usize) -> Span {
+/// The stages of one request, each a child span of its request's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Validation,
+    /// A choice waiting for admission.
+    Queue,
+    /// A choice's prompt being computed.
+    Prefill,
+    /// A choice's first token to its finish.
+    Decode,
+}
+
+/// The span of a request's `stage` (for choice `choice`).
+pub fn stage(parent: &Span, stage: Stage, choice: usize) -> Span {
     // Integers as i64, which the exporter keeps as integers.
     let choice = choice as i64;
-    match name {
-        "validation" => tracing::trace_span!(target: TARGET, parent: parent, "validation"),
-        "queue" => {
+    match stage {
+        Stage::Validation => tracing::trace_span!(target: TARGET, parent: parent, "validation"),
+        Stage::Queue => {
             tracing::trace_span!(target: TARGET, parent: parent, "queue", wick.choice = choice)
         }
-        "prefill" => tracing::trace_span!(
+        Stage::Prefill => tracing::trace_span!(
             target: TARGET, parent: parent, "prefill",
             wick.choice = choice, wick.cached_tokens = Empty
         ),
-        _ => tracing::trace_span!(
+        Stage::Decode => tracing::trace_span!(
             target: TARGET, parent: parent, "decode",
             wick.choice = choice, gen_ai.usage.output_tokens = Empty,
             gen_ai.response.finish_reasons = Empty
@@ -239,6 +247,6 @@ mod tests {
         );
         let span = request_span("POST", "/v1/chat/completions", "req-1", &HeaderMap::new());
         assert!(span.is_disabled());
-        assert!(stage(&span, "queue", 0).is_disabled());
+        assert!(stage(&span, Stage::Queue, 0).is_disabled());
     }
 }

@@ -6,7 +6,7 @@ use super::Event;
 use crate::metrics::METRICS;
 use crate::quota::Account;
 use crate::request::OutputText;
-use crate::telemetry;
+use crate::telemetry::{self, Stage};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -47,16 +47,16 @@ pub(super) struct SeqTrace {
 impl SeqTrace {
     pub fn queued(request: Span, choice: usize) -> SeqTrace {
         SeqTrace {
-            stage: telemetry::stage(&request, "queue", choice),
+            stage: telemetry::stage(&request, Stage::Queue, choice),
             request,
             choice,
         }
     }
 
-    fn next(&mut self, name: &'static str) {
+    fn next(&mut self, stage: Stage) {
         // The stage before ends first.
         self.stage = Span::none();
-        self.stage = telemetry::stage(&self.request, name, self.choice);
+        self.stage = telemetry::stage(&self.request, stage, self.choice);
     }
 
     /// A span for the part of the prompt one step computes (while prefilling).
@@ -73,7 +73,7 @@ impl Live {
     /// The sequence's first admission, `cached` prompt tokens from the prefix cache.
     pub fn on_admitted(&mut self, now: Instant, cached: usize) {
         if self.admitted.is_none() {
-            self.trace.next("prefill");
+            self.trace.next(Stage::Prefill);
             telemetry::count(&self.trace.stage, "wick.cached_tokens", cached);
             self.admitted = Some(now);
             self.queue_permit = None;
@@ -91,7 +91,7 @@ impl Live {
         }
         if self.first_token.is_none() {
             self.first_token = Some(now);
-            self.trace.next("decode");
+            self.trace.next(Stage::Decode);
         }
         match self.last_token {
             None => METRICS

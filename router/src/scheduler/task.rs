@@ -81,15 +81,7 @@ impl<W: Worker> Task<W> {
                     l.on_admitted(now, a.cached);
                 }
             }
-            // The prompt chunks this step computes, as spans that end with it.
-            let chunks: Vec<tracing::Span> = (plan.step.entries.iter())
-                .filter_map(|e| {
-                    let l = self.live.get(&e.seq)?;
-                    l.first_token
-                        .is_none()
-                        .then(|| l.trace.chunk(e.start_pos, e.tokens.len()))
-                })
-                .collect();
+            let chunks = self.prefill_spans(&plan.step);
             let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
             // Proposals the backend's draft model makes take rows too.
             let rows: usize = (plan.step.entries.iter())
@@ -339,6 +331,17 @@ impl<W: Worker> Task<W> {
                     l.accepted += accepted;
                 }
                 (seq, proposed, accepted)
+            })
+            .collect()
+    }
+
+    /// The prompt chunks `step` computes, as trace spans that end with it (none when traces
+    /// are off).
+    fn prefill_spans(&self, step: &wick_proto::Step) -> Vec<tracing::Span> {
+        (step.entries.iter())
+            .filter_map(|e| {
+                let l = self.live.get(&e.seq)?;
+                (l.first_token.is_none()).then(|| l.trace.chunk(e.start_pos, e.tokens.len()))
             })
             .collect()
     }

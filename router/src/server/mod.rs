@@ -37,7 +37,7 @@ use crate::error::{ApiError, Unavailable};
 use crate::quota::Grant;
 use crate::reasoning::{Gathered, Split};
 use crate::scheduler::{Event, Failure, Scheduler, SchedulerGone, Submission};
-use crate::telemetry;
+use crate::telemetry::{self, Stage};
 use crate::validation::{GenerationInput, PromptInput, ResumeBase, ValidRequest, Validator};
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post};
@@ -428,7 +428,7 @@ impl AppState {
                     limit: a.max_concurrent,
                 })?;
         let validator = self.validator.clone();
-        let validation = telemetry::stage(&caller.span, "validation", 0);
+        let validation = telemetry::stage(&caller.span, Stage::Validation, 0);
         let valid: ValidRequest = tokio::task::spawn_blocking(move || validate(&validator))
             .await
             .map_err(|e| ApiError::TaskFailed {
