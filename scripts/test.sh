@@ -19,7 +19,9 @@ model="$(./scripts/fetch-model.sh)"
 ./scripts/fetch-model.sh qwen2.5-coder-1.5b >/dev/null
 ./scripts/fetch-model.sh gemma3-270m >/dev/null
 cargo_args=("$@")
-cargo test --workspace "$@"
+# The benches crate has no tests (clippy checks it, with its criterion benches): building its
+# test targets here would only compile criterion for nothing.
+cargo test --workspace --exclude wick-benches "$@"
 took "cargo test --workspace (build and run)"
 # The fixture tests again on Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q4_K/Q6_K weights, biases): Wick's
 # chat prompts against llama.cpp's ids, teacher-forced agreement with llama.cpp, batch and
