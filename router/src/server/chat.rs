@@ -107,16 +107,12 @@ pub(super) async fn begin(
     inputs: Result<(PromptInput, GenerationInput), ApiError>,
     api: StreamApi,
 ) -> Result<(Started, StreamId), ApiError> {
-    let id_prefix = match api {
-        StreamApi::ChatCompletions => "chatcmpl",
-        StreamApi::Completions => "cmpl",
-    };
     state.check_model(model.as_deref())?;
     let (prompt, input) = inputs?;
     let started = state.start(caller, prompt, input).await?;
     let sid = StreamId {
         state: state.clone(),
-        id: new_id(id_prefix),
+        id: new_id(api.id_prefix()),
         created: now(),
         logprobs: started.logprobs,
         api,

@@ -76,12 +76,13 @@ pub async fn completions(
     let mut started = Started::merge(each);
     // Choice `c` echoes prompt `c / n`.
     let echo_of = |choice: usize| echoes.get(choice / per_prompt).cloned().unwrap_or_default();
+    let api = StreamApi::Completions;
     let sid = StreamId {
         state: state.clone(),
-        id: new_id("cmpl"),
+        id: new_id(api.id_prefix()),
         created: now(),
         logprobs: started.logprobs,
-        api: StreamApi::Completions,
+        api,
     };
     if stream {
         started.first().await?;

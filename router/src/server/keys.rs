@@ -78,7 +78,7 @@ impl ApiKeys {
     /// matching prefix.
     fn find(&self, given: &str) -> Option<&Arc<Account>> {
         self.0.iter().fold(None, |found, (k, a)| {
-            let hit = constant_eq(k, given);
+            let hit = constant_eq(k.as_bytes(), given.as_bytes());
             found.or(hit.then_some(a))
         })
     }
@@ -229,12 +229,10 @@ fn bearer_token(header: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-fn constant_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+/// Whether two secrets are equal, comparing every byte whatever the first difference (so
+/// timing does not reveal a matching prefix).
+pub(super) fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -336,8 +334,8 @@ mod tests {
 
     #[test]
     fn keys_compare_in_full() {
-        assert!(constant_eq("secret", "secret"));
-        assert!(!constant_eq("secret", "secreT"));
-        assert!(!constant_eq("secret", "secret2"));
+        assert!(constant_eq(b"secret", b"secret"));
+        assert!(!constant_eq(b"secret", b"secreT"));
+        assert!(!constant_eq(b"secret", b"secret2"));
     }
 }

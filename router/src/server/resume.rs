@@ -24,7 +24,7 @@
 
 use super::chat::{openai_stream, sse_json, sse_response, ChatChunks, ChunkFormat, StreamId};
 use super::completions::CompletionChunks;
-use super::keys::Caller;
+use super::keys::{constant_eq, Caller};
 use super::{ApiJson, SharedState};
 use crate::error::ApiError;
 use crate::request::OutputText;
@@ -89,10 +89,7 @@ impl ResumeKey {
         let (body, mac) = token.split_once('.').ok_or_else(|| bad("is malformed"))?;
         let json = B64.decode(body).map_err(|_| bad("is malformed"))?;
         let mac = B64.decode(mac).map_err(|_| bad("is malformed"))?;
-        let expected = self.mac(&json);
-        let same = mac.len() == expected.len()
-            && mac.iter().zip(expected).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0;
-        if !same {
+        if !constant_eq(&mac, &self.mac(&json)) {
             return Err(bad(
                 "does not carry a valid signature (altered, or signed with another --resume-key)",
             ));
@@ -111,6 +108,16 @@ impl ResumeKey {
 pub enum StreamApi {
     ChatCompletions,
     Completions,
+}
+
+impl StreamApi {
+    /// The prefix of its response ids.
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            StreamApi::ChatCompletions => "chatcmpl",
+            StreamApi::Completions => "cmpl",
+        }
+    }
 }
 
 /// A resume token's content.
