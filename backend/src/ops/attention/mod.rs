@@ -1,11 +1,15 @@
 //! Paged attention on the CPU: writing new K/V rows into the block-structured cache, and causal
 //! grouped-query attention that reads keys and values in place through each sequence's block table.
 //!
+//! Work is split into tasks of one sequence's tokens (up to [`TOKENS_PER_TASK`]) and one KV head:
+//! the query heads of its GQA group at those tokens run together in [`kernel::attend_group`],
+//! which reads each tile of keys and values once for all of them (those with the same first key:
+//! all of them without a sliding window).
+//!
 //! Batch invariance: a query's output is an online softmax over its keys in position order (all
-//! earlier positions, or the last `window` of them), in tiles of [`KEY_TILE`] positions counted
-//! from its first key (scores of a tile, one rescale per
-//! tile, a vectorisable exponential, then the weighted values in order), with fixed-order dot
-//! products; nothing depends on the KV block size, on the other sequences in the batch, or on how
+//! earlier positions, or the last `window` of them), in tiles counted from its first key, with
+//! fixed-order dot products ([`kernel`] states the numerics); nothing depends on the KV block
+//! size, on the other queries it is computed with, on the other sequences in the batch, or on how
 //! the prompt was chunked. Cost: `tokens * heads * context * head_dim` multiply-adds; no gather
 //! copies, grouped heads read their shared KV head directly.
 
@@ -13,7 +17,10 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use kernel::Query;
 use rayon::prelude::*;
+
+mod kernel;
 
 /// Where each packed token's attention looks: its absolute position and its sequence's table.
 #[derive(Debug, Default)]
@@ -45,12 +52,15 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<
 
 /// An element type of the KV cache: f32, or f16 (half the memory, converted on read).
 pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Rows are f32 already ([`KvElem::row`] borrows them).
+    const IS_F32: bool;
     fn from_f32(v: f32) -> Self;
     /// `data[off..off + dim]` as f32: borrowed when already f32, else converted into `buf`.
     fn row<'a>(data: &'a [Self], off: usize, dim: usize, buf: &'a mut [f32]) -> &'a [f32];
 }
 
 impl KvElem for f32 {
+    const IS_F32: bool = true;
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -61,6 +71,7 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    const IS_F32: bool = false;
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
     }
@@ -176,25 +187,80 @@ impl PagedAttention<'_> {
         let rows = key_rows(meta, kv_heads)?;
         let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
-        out.par_chunks_mut(dim).enumerate().for_each(|(i, o)| {
-            let (t, h) = (i / heads, i % heads);
-            let end = meta.positions[t] + 1;
-            let keys = &rows[meta.token_table[t]][end.saturating_sub(window)..end];
-            let q = &q[i * dim..(i + 1) * dim];
-            let kvh = h / group;
-            match dim {
-                64 => attend::<T, 64>(q, keys, kvh, k, v, self.scale, o),
-                128 => attend::<T, 128>(q, keys, kvh, k, v, self.scale, o),
-                256 => attend::<T, 256>(q, keys, kvh, k, v, self.scale, o),
-                _ => attend::<T, 0>(q, keys, kvh, k, v, self.scale, o),
+        let out_ptr = OutPtr(out.as_mut_ptr());
+        tasks(meta, kv_heads).into_par_iter().for_each(|task| {
+            let first = |t: usize| (meta.positions[t] + 1).saturating_sub(window);
+            // Runs of tokens that share a first key (all of them without a window) share tiles.
+            for run in task.tokens.chunk_by(|&a, &b| first(a) == first(b)) {
+                let from = first(run[0]);
+                let mut queries: Vec<Query> = run
+                    .iter()
+                    .flat_map(|&t| (0..group).map(move |g| (t, task.kvh * group + g)))
+                    .map(|(t, h)| {
+                        let i = (t * heads + h) * dim;
+                        Query {
+                            q: &q[i..i + dim],
+                            keys: meta.positions[t] + 1 - from,
+                            // SAFETY: `out` holds `tokens * heads * dim` floats; query (t, h)'s
+                            // row belongs to one task (its token's sequence and its head's KV
+                            // head), and `out` outlives the tasks.
+                            out: unsafe { out_ptr.row(i, dim) },
+                        }
+                    })
+                    .collect();
+                let keys = &rows[meta.token_table[run[0]]][from..];
+                kernel::attend_group(&mut queries, keys, task.kvh, k, v, self.scale);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, heads * dim))))
     }
 }
 
-/// Largest head dimension the kernel's stack buffers hold.
+/// Largest head dimension served.
 const MAX_HEAD_DIM: usize = 256;
+
+/// Tokens of one sequence per parallel task (times the GQA group's heads, the queries that
+/// share each tile of keys and values).
+const TOKENS_PER_TASK: usize = 8;
+
+/// One parallel task: some tokens of one sequence (in batch order) and one KV head.
+struct Task {
+    tokens: Vec<usize>,
+    kvh: usize,
+}
+
+/// The step's attention work: each sequence's tokens, in chunks, times each KV head.
+fn tasks(meta: &AttentionMeta, kv_heads: usize) -> Vec<Task> {
+    let mut by_seq = vec![Vec::new(); meta.tables.len()];
+    for (t, &table) in meta.token_table.iter().enumerate() {
+        by_seq[table].push(t);
+    }
+    by_seq
+        .iter()
+        .flat_map(|toks: &Vec<usize>| toks.chunks(TOKENS_PER_TASK))
+        .flat_map(|chunk| {
+            (0..kv_heads).map(move |kvh| Task {
+                tokens: chunk.to_vec(),
+                kvh,
+            })
+        })
+        .collect()
+}
+
+/// The output buffer, shared by the tasks that write disjoint rows of it.
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint rows (see `PagedAttention::run`), and the buffer outlives them.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// `len` floats from element `i`.
+    ///
+    /// # Safety
+    /// They lie inside the buffer, and no other live slice overlaps them.
+    unsafe fn row<'a>(&self, i: usize, len: usize) -> &'a mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(i), len)
+    }
+}
 
 /// For each sequence of the batch, the cache row (`slot * kv_heads`) of each of its key
 /// positions, as far as its furthest query in this batch looks; computed once per call so that
@@ -223,143 +289,9 @@ fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Ve
         .collect()
 }
 
-/// Keys per online-softmax tile. Tiles start every this many keys from a query's first key,
-/// whatever the cache's block size.
-const KEY_TILE: usize = 32;
-
-/// Online-softmax attention of one query over the keys whose cache rows are `keys` (in position
-/// order), reading KV head `kvh`. `D` is the head dimension when known at compile time (so that
-/// the accumulator stays in registers), or 0.
-fn attend<T: KvElem, const D: usize>(
-    q: &[f32],
-    keys: &[usize],
-    kvh: usize,
-    k: &[T],
-    v: &[T],
-    scale: f32,
-    out: &mut [f32],
-) {
-    let dim = if D == 0 { q.len() } else { D };
-    let q = &q[..dim];
-    let mut acc_buf = [0f32; MAX_HEAD_DIM];
-    let acc = &mut acc_buf[..dim];
-    let mut max = f32::NEG_INFINITY;
-    let mut denom = 0f32;
-    let mut w = [0f32; KEY_TILE];
-    let mut kbuf = [[0f32; MAX_HEAD_DIM]; 4];
-    let mut vbuf = [0f32; MAX_HEAD_DIM];
-    for tile in keys.chunks(KEY_TILE) {
-        let w = &mut w[..tile.len()];
-        // Four keys at a time: four independent accumulator chains (same bits as one by one).
-        let mut j = 0;
-        while j + 4 <= tile.len() {
-            let [b0, b1, b2, b3] = &mut kbuf;
-            let off = |i: usize| (tile[j + i] + kvh) * dim;
-            let ks = [
-                T::row(k, off(0), dim, b0),
-                T::row(k, off(1), dim, b1),
-                T::row(k, off(2), dim, b2),
-                T::row(k, off(3), dim, b3),
-            ];
-            for (s, d) in w[j..j + 4].iter_mut().zip(dots(q, ks)) {
-                *s = d * scale;
-            }
-            j += 4;
-        }
-        for (s, &row) in w[j..].iter_mut().zip(&tile[j..]) {
-            let off = (row + kvh) * dim;
-            *s = dots(q, [T::row(k, off, dim, &mut kbuf[0])])[0] * scale;
-        }
-        let tile_max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        if tile_max > max {
-            let rescale = (max - tile_max).exp();
-            denom *= rescale;
-            acc.iter_mut().for_each(|o| *o *= rescale);
-            max = tile_max;
-        }
-        for s in w.iter_mut() {
-            *s = exp(*s - max);
-        }
-        for (&wj, &row) in w.iter().zip(tile) {
-            denom += wj;
-            let off = (row + kvh) * dim;
-            for (o, &x) in acc.iter_mut().zip(T::row(v, off, dim, &mut vbuf)) {
-                *o += wj * x;
-            }
-        }
-    }
-    let inv = 1.0 / denom;
-    for (o, a) in out.iter_mut().zip(acc.iter()) {
-        *o = a * inv;
-    }
-}
-
-/// `e^x` for `x <= 0` (softmax weights), branch-free so that a loop over a tile vectorises:
-/// Cephes' single-precision polynomial after a reduction by `ln 2`, about 1e-7 relative error;
-/// results below about `e^-87.5` (under f32's normal range) are zero.
-#[inline]
-fn exp(x: f32) -> f32 {
-    let x = x.clamp(-88.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * (r * r) + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
-}
-
-/// Dot products of `a` with each of `bs`, each with eight fixed accumulator lanes: vectorisable,
-/// always summed in one order, and several at once so that their add chains overlap.
-#[inline]
-fn dots<const N: usize>(a: &[f32], bs: [&[f32]; N]) -> [f32; N] {
-    let mut acc = [[0f32; 8]; N];
-    let (a8, a_tail) = a.as_chunks::<8>();
-    let b8: [&[[f32; 8]]; N] = std::array::from_fn(|i| bs[i][..a.len()].as_chunks::<8>().0);
-    for (c, x) in a8.iter().enumerate() {
-        for (acc, b) in acc.iter_mut().zip(&b8) {
-            for l in 0..8 {
-                acc[l] += x[l] * b[c][l];
-            }
-        }
-    }
-    std::array::from_fn(|i| {
-        let acc = &acc[i];
-        let mut tail = 0f32;
-        for (x, y) in a_tail.iter().zip(&bs[i][a8.len() * 8..]) {
-            tail += x * y;
-        }
-        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attention_over_one_key_returns_its_value() {
-        let q = [1.0, 0.0];
-        let k = [0.5, 0.5];
-        let v = [3.0, -2.0];
-        let mut out = [0f32; 2];
-        attend::<f32, 0>(&q, &[0], 0, &k, &v, 1.0, &mut out);
-        assert_eq!(out, [3.0, -2.0]);
-    }
-
-    #[test]
-    fn attention_weights_follow_softmax_of_scores() {
-        // Scores 0 and ln(3): weights 1/4 and 3/4.
-        let q = [1.0];
-        let k = [0.0, 3f32.ln()];
-        let v = [4.0, 8.0];
-        let mut out = [0f32; 1];
-        attend::<f32, 0>(&q, &[0, 1], 0, &k, &v, 1.0, &mut out);
-        assert!((out[0] - 7.0).abs() < 1e-5, "{}", out[0]);
-    }
 
     #[test]
     fn a_window_limits_each_query_to_its_last_keys() {
@@ -419,77 +351,6 @@ mod tests {
                     );
                 }
             }
-        }
-    }
-
-    #[test]
-    fn exp_matches_the_standard_library() {
-        for i in 0..=2000 {
-            let x = -(i as f32) * 0.05;
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                (got - want).abs() <= want * 2e-7 + 1e-37,
-                "{x}: {got} vs {want}"
-            );
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert_eq!(exp(-1000.0), 0.0);
-    }
-
-    #[test]
-    fn tiles_give_the_same_result_as_one_key_at_a_time() {
-        // 70 keys span three tiles; compare with a direct softmax.
-        let dim = 8;
-        let k: Vec<f32> = (0..70 * dim)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
-            .collect();
-        let v: Vec<f32> = (0..70 * dim)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0)
-            .collect();
-        let q: Vec<f32> = (0..dim).map(|i| i as f32 / 4.0 - 1.0).collect();
-        let mut out = vec![0f32; dim];
-        let rows: Vec<usize> = (0..70).collect();
-        attend::<f32, 8>(&q, &rows, 0, &k, &v, 0.5, &mut out);
-        let scores: Vec<f64> = (0..70)
-            .map(|p| {
-                (0..dim)
-                    .map(|d| (q[d] * k[p * dim + d]) as f64)
-                    .sum::<f64>()
-                    * 0.5
-            })
-            .collect();
-        let m = scores.iter().cloned().fold(f64::MIN, f64::max);
-        let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
-        for d in 0..dim {
-            let want: f64 = (0..70)
-                .map(|p| (scores[p] - m).exp() / z * v[p * dim + d] as f64)
-                .sum();
-            assert!(
-                (out[d] as f64 - want).abs() < 1e-4,
-                "{d}: {} vs {want}",
-                out[d]
-            );
-        }
-    }
-
-    #[test]
-    fn dot_handles_tails_and_groups_do_not_change_bits() {
-        let a: Vec<f32> = (0..11).map(|i| i as f32).collect();
-        assert_eq!(
-            dots(&a, [&a])[0],
-            (0..11).map(|i| (i * i) as f32).sum::<f32>()
-        );
-        let bs: Vec<Vec<f32>> = (0..4)
-            .map(|j| {
-                (0..70)
-                    .map(|i| ((i * 31 + j * 7) % 13) as f32 / 3.1 - 2.0)
-                    .collect()
-            })
-            .collect();
-        let q: Vec<f32> = (0..70).map(|i| (i % 9) as f32 / 7.0 - 0.5).collect();
-        let four = dots(&q, std::array::from_fn::<_, 4, _>(|j| bs[j].as_slice()));
-        for j in 0..4 {
-            assert_eq!(four[j].to_bits(), dots(&q, [bs[j].as_slice()])[0].to_bits());
         }
     }
 }

@@ -1,0 +1,354 @@
+//! The attention kernel: online-softmax attention of a group of queries that share one KV head,
+//! one sequence and one first key (a GQA group's query heads at the tokens of one sequence in a
+//! step), reading each tile of keys and values once for all of them.
+//!
+//! The numerics of one query, whatever the group it is computed in ([`reference`] is the plain
+//! statement, and the tests hold the kernel to its bits): tiles of [`KEY_TILE`] keys counted from
+//! the query's first key; a key's score is [`dot`] times the scale; per tile, the maximum score,
+//! one rescale of the accumulator when it rises (`exp` of the standard library), the weights by
+//! [`exp`], then the denominator and the weighted values summed key by key in position order.
+//! [`dot`] multiplies and adds in eight fixed lanes (no fused multiply-add) and sums the lanes
+//! in one fixed tree; the AVX2 bodies do the same operations on 256-bit registers, so they give
+//! the portable code's bits (x86-64-v3, the build's baseline, has AVX2; other targets run the
+//! portable code).
+
+/// Keys per online-softmax tile. Tiles start every this many keys from a query's first key,
+/// whatever the cache's block size.
+pub(super) const KEY_TILE: usize = 32;
+
+/// One query of a group: its vector, how many keys it sees from the group's first key, and
+/// where its output goes.
+pub(super) struct Query<'a> {
+    pub q: &'a [f32],
+    pub keys: usize,
+    pub out: &'a mut [f32],
+}
+
+/// The running state of one query.
+struct State {
+    max: f32,
+    denom: f32,
+}
+
+/// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows are
+/// `rows` (from the group's first key, in position order), reading KV head `kvh` of `k` and
+/// `v` (`row_of(data, offset, dim, buf)` gives a row as f32). Each key and value row is read
+/// (and converted) once per tile for the whole group.
+pub(super) fn attend_group<T: super::KvElem>(
+    queries: &mut [Query],
+    rows: &[usize],
+    kvh: usize,
+    k: &[T],
+    v: &[T],
+    scale: f32,
+) {
+    let Some(dim) = queries.first().map(|q| q.q.len()) else {
+        return;
+    };
+    let n = queries.iter().map(|q| q.keys).max().unwrap_or(0);
+    let mut acc = vec![0f32; queries.len() * dim];
+    let mut states: Vec<State> = queries
+        .iter()
+        .map(|_| State {
+            max: f32::NEG_INFINITY,
+            denom: 0.0,
+        })
+        .collect();
+    let mut kbuf = vec![0f32; if T::IS_F32 { 0 } else { KEY_TILE * dim }];
+    let mut vbuf = kbuf.clone();
+    // Every query's weights for the tile: the keys pass once for all scores, then the values
+    // once for all accumulations, so that only one of the two tiles need stay in cache.
+    let mut w = vec![0f32; queries.len() * KEY_TILE];
+    for t0 in (0..n).step_by(KEY_TILE) {
+        let tile = &rows[t0..(t0 + KEY_TILE).min(n)];
+        let len = |query: &Query| query.keys.saturating_sub(t0).min(tile.len());
+        // The next tile's rows are fetched while this one is computed.
+        let next = &rows[(t0 + KEY_TILE).min(n)..(t0 + 2 * KEY_TILE).min(n)];
+        prefetch(k, next, kvh, dim);
+        let kr = tile_rows(k, tile, kvh, dim, &mut kbuf);
+        for (query, w) in queries.iter().zip(w.chunks_mut(KEY_TILE)) {
+            let n = len(query);
+            scores(query.q, &kr[..n], scale, &mut w[..n]);
+        }
+        prefetch(v, next, kvh, dim);
+        let vr = tile_rows(v, tile, kvh, dim, &mut vbuf);
+        let per_query = w.chunks_mut(KEY_TILE).zip(acc.chunks_mut(dim));
+        for (query, ((w, acc), st)) in queries.iter().zip(per_query.zip(states.iter_mut())) {
+            let n = len(query);
+            if n == 0 {
+                continue;
+            }
+            let w = &mut w[..n];
+            let tile_max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            if tile_max > st.max {
+                let rescale = (st.max - tile_max).exp();
+                st.denom *= rescale;
+                acc.iter_mut().for_each(|o| *o *= rescale);
+                st.max = tile_max;
+            }
+            for s in w.iter_mut() {
+                *s = exp(*s - st.max);
+            }
+            for &wj in w.iter() {
+                st.denom += wj;
+            }
+            accumulate(acc, w, &vr[..n]);
+        }
+    }
+    for ((query, acc), st) in queries.iter_mut().zip(acc.chunks(dim)).zip(&states) {
+        let inv = 1.0 / st.denom;
+        for (o, a) in query.out.iter_mut().zip(acc) {
+            *o = a * inv;
+        }
+    }
+}
+
+/// Asks the CPU to start loading the rows of `tile` (a hint; nothing on other targets).
+#[inline]
+fn prefetch<T>(data: &[T], tile: &[usize], kvh: usize, dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for &row in tile {
+        let bytes = std::mem::size_of_val(&data[(row + kvh) * dim..(row + kvh + 1) * dim]);
+        let start = data[(row + kvh) * dim..].as_ptr() as *const i8;
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch is a hint that never faults; the address lies in the row.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    start.add(line),
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, tile, kvh, dim);
+}
+
+/// The f32 rows of a tile of keys (or values) of KV head `kvh`: borrowed from an f32 cache,
+/// converted into `buf` (a tile's worth; empty for f32) otherwise.
+fn tile_rows<'a, T: super::KvElem>(
+    data: &'a [T],
+    tile: &[usize],
+    kvh: usize,
+    dim: usize,
+    buf: &'a mut [f32],
+) -> [&'a [f32]; KEY_TILE] {
+    let mut out: [&[f32]; KEY_TILE] = [&[]; KEY_TILE];
+    let mut bufs = buf.chunks_mut(dim);
+    for (slot, &row) in out.iter_mut().zip(tile) {
+        *slot = T::row(
+            data,
+            (row + kvh) * dim,
+            dim,
+            bufs.next().unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// `w[j] = dot(q, keys[j]) * scale`.
+#[inline]
+fn scores(q: &[f32], keys: &[&[f32]], scale: f32, w: &mut [f32]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if q.len().is_multiple_of(8) {
+        // SAFETY: the build enables AVX2 (checked by the cfg); every key row has `q.len()`
+        // elements (cache rows of the head dimension).
+        unsafe { avx2::scores(q, keys, scale, w) };
+        return;
+    }
+    for (s, key) in w.iter_mut().zip(keys) {
+        *s = dot(q, key) * scale;
+    }
+}
+
+/// `acc += w[j] * values[j]` for each `j` in order.
+#[inline]
+fn accumulate(acc: &mut [f32], w: &[f32], values: &[&[f32]]) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if acc.len().is_multiple_of(8) {
+        // SAFETY: as in `scores`; value rows have `acc.len()` elements.
+        unsafe { avx2::accumulate(acc, w, values) };
+        return;
+    }
+    accumulate_portable(acc, w, values);
+}
+
+fn accumulate_portable(acc: &mut [f32], w: &[f32], values: &[&[f32]]) {
+    for (&wj, row) in w.iter().zip(values) {
+        for (o, &x) in acc.iter_mut().zip(row.iter()) {
+            *o += wj * x;
+        }
+    }
+}
+
+/// The dot product of `a` and `b` (`b` at least as long): eight lanes, lane `l` summing
+/// `a[8 c + l] * b[8 c + l]` over `c` in order, then
+/// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7))`, then the tail past the last eight.
+#[inline]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a8, a_tail) = a.as_chunks::<8>();
+    let (b8, _) = b[..a.len()].as_chunks::<8>();
+    for (x, y) in a8.iter().zip(b8) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in a_tail.iter().zip(&b[a8.len() * 8..]) {
+        tail += x * y;
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `e^x` for `x <= 0` (softmax weights), branch-free so that a loop over a tile vectorises:
+/// Cephes' single-precision polynomial after a reduction by `ln 2`, about 1e-7 relative error;
+/// results below about `e^-87.5` (under f32's normal range) are zero.
+#[inline]
+pub(super) fn exp(x: f32) -> f32 {
+    let x = x.clamp(-88.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * (r * r) + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+mod avx2 {
+    //! [`super::dot`] and the value accumulation on 256-bit registers: the same lanes, the same
+    //! separate multiplies and adds, the same reduction tree.
+    use std::arch::x86_64::*;
+
+    /// Keys scored at once (independent accumulator chains).
+    const KEYS: usize = 8;
+
+    /// `w[j] = dot(q, keys[j]) * scale`; `q.len()` a multiple of 8.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn scores(q: &[f32], keys: &[&[f32]], scale: f32, w: &mut [f32]) {
+        let mut j = 0;
+        while j + KEYS <= keys.len() {
+            let sums = dots::<KEYS>(q, std::array::from_fn(|i| keys[j + i]));
+            for (s, d) in w[j..j + KEYS].iter_mut().zip(sums) {
+                *s = d * scale;
+            }
+            j += KEYS;
+        }
+        while j < keys.len() {
+            w[j] = dots::<1>(q, [keys[j]])[0] * scale;
+            j += 1;
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for c in (0..q.len()).step_by(8) {
+            let x = _mm256_loadu_ps(q.as_ptr().add(c));
+            for i in 0..N {
+                let y = _mm256_loadu_ps(keys[i].as_ptr().add(c));
+                acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(x, y));
+            }
+        }
+        acc.map(|a| reduce(a))
+    }
+
+    /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)) + 0`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn reduce(a: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let pairs = _mm_add_ps(s, _mm_movehdup_ps(s));
+        let total = _mm_add_ss(pairs, _mm_movehl_ps(pairs, pairs));
+        _mm_cvtss_f32(total) + 0.0
+    }
+
+    /// `acc += w[j] * values[j]` for each `j` in order; `acc.len()` a multiple of 8. The
+    /// accumulator is held in registers 64 elements at a time (then 8 at a time) while every
+    /// value row passes.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn accumulate(acc: &mut [f32], w: &[f32], values: &[&[f32]]) {
+        let mut c0 = 0;
+        while c0 + 64 <= acc.len() {
+            accumulate_block::<8>(acc, c0, w, values);
+            c0 += 64;
+        }
+        while c0 < acc.len() {
+            accumulate_block::<1>(acc, c0, w, values);
+            c0 += 8;
+        }
+    }
+
+    /// Elements `c0..c0 + 8 * REGS` of [`accumulate`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn accumulate_block<const REGS: usize>(
+        acc: &mut [f32],
+        c0: usize,
+        w: &[f32],
+        values: &[&[f32]],
+    ) {
+        let base = acc.as_mut_ptr().add(c0);
+        let mut a: [__m256; REGS] = std::array::from_fn(|r| _mm256_loadu_ps(base.add(8 * r)));
+        for (&wj, row) in w.iter().zip(values) {
+            let wb = _mm256_set1_ps(wj);
+            let x = row.as_ptr().add(c0);
+            for (r, a) in a.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(wb, _mm256_loadu_ps(x.add(8 * r))));
+            }
+        }
+        for (r, a) in a.iter().enumerate() {
+            _mm256_storeu_ps(base.add(8 * r), *a);
+        }
+    }
+}
+
+/// One query alone, key by key, with the portable [`dot`] and accumulation: the statement of
+/// the numerics that [`attend_group`] must reproduce bit for bit.
+#[cfg(test)]
+pub(super) fn reference<T: super::KvElem>(
+    q: &[f32],
+    rows: &[usize],
+    kvh: usize,
+    k: &[T],
+    v: &[T],
+    scale: f32,
+    out: &mut [f32],
+) {
+    let dim = q.len();
+    let mut acc = vec![0f32; dim];
+    let (mut max, mut denom) = (f32::NEG_INFINITY, 0f32);
+    let (mut kb, mut vb) = (vec![0f32; dim], vec![0f32; dim]);
+    for tile in rows.chunks(KEY_TILE) {
+        let mut w: Vec<f32> = tile
+            .iter()
+            .map(|&row| dot(q, T::row(k, (row + kvh) * dim, dim, &mut kb)) * scale)
+            .collect();
+        let tile_max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        if tile_max > max {
+            let rescale = (max - tile_max).exp();
+            denom *= rescale;
+            acc.iter_mut().for_each(|o| *o *= rescale);
+            max = tile_max;
+        }
+        for s in w.iter_mut() {
+            *s = exp(*s - max);
+        }
+        for (&wj, &row) in w.iter().zip(tile) {
+            denom += wj;
+            let x = T::row(v, (row + kvh) * dim, dim, &mut vb);
+            accumulate_portable(&mut acc, &[wj], &[x]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(&acc) {
+        *o = a * (1.0 / denom);
+    }
+}
+
+#[cfg(test)]
+mod tests;
