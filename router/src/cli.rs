@@ -236,10 +236,11 @@ pub struct ServeArgs {
 /// Speculative decoding.
 #[derive(Debug, Args)]
 pub struct SpecArgs {
-    /// Speculative decoding: `ngram` proposes the tokens that followed the latest earlier
-    /// occurrence of the output's last few tokens (in the prompt or the output), verified in
-    /// one forward pass; the output is the same token for token as without it. `none` by
-    /// default.
+    /// Speculative decoding: `ngram` proposes the tokens that follow the place in the prompt
+    /// (or the output) that the output is copying, found as the latest earlier occurrence of
+    /// its last few tokens, with the substitutions it was seen to make (a renamed variable)
+    /// applied; they are verified in one forward pass, and the output is the same token for
+    /// token as without it. `none` by default.
     #[arg(long, env = "WICK_SPECULATE", value_enum, default_value_t = Speculate::None)]
     pub speculate: Speculate,
     /// Most proposals per sequence and step (each sequence adapts its own up to this by how

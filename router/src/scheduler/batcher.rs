@@ -285,13 +285,15 @@ impl Batcher {
     }
 
     /// After a step: `accepted` of the `proposed` proposals `id` got were kept (their K/V are
-    /// in the cache and the tokens already pushed); full blocks among them are registered. A
-    /// draft model still catching up proposes none of those planned.
-    pub fn accept(&mut self, id: SeqId, proposed: usize, accepted: usize) {
+    /// in the cache and the tokens already pushed), and `next` is the token generated after
+    /// them; full blocks among them are registered. A draft model still catching up proposes
+    /// none of those planned.
+    pub fn accept(&mut self, id: SeqId, proposed: usize, accepted: usize, next: Option<u32>) {
         let Some(seq) = self.seqs.get_mut(&id) else {
             return;
         };
-        let planned = std::mem::take(&mut seq.draft).len() + std::mem::take(&mut seq.propose);
+        let drafted = std::mem::take(&mut seq.draft).len();
+        let planned = drafted + std::mem::take(&mut seq.propose);
         if planned == 0 {
             return;
         }
@@ -299,6 +301,9 @@ impl Batcher {
         self.register(id);
         if let Some(s) = (proposed > 0).then_some(()).and(self.speculator.as_mut()) {
             s.observe(id, proposed, accepted);
+            if drafted > 0 {
+                s.verified(id, accepted, next);
+            }
         }
     }
 

@@ -18,6 +18,7 @@ pub mod batcher;
 pub mod blocks;
 mod live;
 pub mod mask_budget;
+pub mod ngram;
 pub mod speculate;
 mod task;
 #[cfg(test)]

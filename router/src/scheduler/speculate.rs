@@ -1,10 +1,11 @@
 //! Speculative decoding's policy: which tokens a decoding sequence proposes for the next step,
 //! and how many. A plain synchronous struct the batcher asks while it plans.
 //!
-//! Proposals come from n-gram (prompt) lookup ([`Proposer::Ngram`]): the longest suffix of the
-//! sequence's tokens, of `ngram_max` down to `ngram_min` tokens, that occurred earlier is looked
-//! up (the latest occurrence), and the tokens that followed it are proposed
-//! ([`wick_proto::StepEntry::draft`]); or from the backend's draft model
+//! Proposals come from n-gram (prompt) lookup ([`Proposer::Ngram`]): the tokens after the place
+//! the sequence is copying from, or else after the latest earlier occurrence of its longest
+//! suffix (of `ngram_max` down to `ngram_min` tokens), with the edits it was seen to make
+//! applied ([`super::ngram`]), are proposed ([`wick_proto::StepEntry::draft`]); or from the
+//! backend's draft model
 //! ([`Proposer::DraftModel`]), which is only told how many ([`wick_proto::StepEntry::propose`]).
 //! The backend verifies them in one forward pass and keeps exactly the tokens plain decoding
 //! would have given, so proposals cost only their rows of the step (and the draft model's
@@ -24,9 +25,11 @@
 //! proposal after sitting out 8, 16, 32 ... (at most 64) decode steps, so its estimate (and,
 //! with at most 4 sequences decoding, the fit) can learn; not where a proposal must be accepted
 //! more than 80% of the time to pay: no probe could show that. A step's proposals are capped
-//! at `step_budget`, first come first served. Cost per proposal: a backward scan of the
-//! sequence's tokens per n-gram length, O(`ngram_max` * tokens).
+//! at `step_budget`, first come first served. Cost per proposal: a check of the tokens written
+//! since the last one, else a backward scan of the sequence's tokens per n-gram length,
+//! O(`ngram_max` * tokens).
 
+use super::ngram::Copier;
 use std::collections::HashMap;
 use wick_proto::SeqId;
 
@@ -117,6 +120,8 @@ impl StepCost {
 pub struct Speculator {
     cfg: SpecConfig,
     seqs: HashMap<SeqId, SeqSpec>,
+    /// Each n-gram-speculating sequence's place in what it copies, and its edits.
+    copiers: HashMap<SeqId, Copier>,
     cost: StepCost,
     /// The draft model's time per proposal, in microseconds (decayed average; 0 without one).
     draft_cost: f64,
@@ -176,6 +181,7 @@ impl Speculator {
         Speculator {
             cfg,
             seqs: HashMap::new(),
+            copiers: HashMap::new(),
             cost: StepCost::default(),
             draft_cost: 0.0,
             threshold: 0.5,
@@ -226,7 +232,8 @@ impl Speculator {
         if k == 0 {
             return Vec::new();
         }
-        let proposal = ngram_lookup(tokens, self.cfg.ngram_min, self.cfg.ngram_max, k);
+        let copier = self.copiers.entry(seq).or_default();
+        let proposal = copier.propose(tokens, self.cfg.ngram_min, self.cfg.ngram_max, k);
         // A probe the lookup had nothing for taught nothing: the next step may probe again.
         if probe && !proposal.is_empty() {
             self.probed(seq);
@@ -284,51 +291,24 @@ impl Speculator {
         }
     }
 
+    /// An n-gram proposal's verification: `accepted` of its tokens were kept, then the
+    /// sequence wrote `next` (where its copy is, and the edits it makes to it).
+    pub fn verified(&mut self, seq: SeqId, accepted: usize, next: Option<u32>) {
+        if let Some(c) = self.copiers.get_mut(&seq) {
+            c.verified(accepted, next);
+        }
+    }
+
     /// Forgets a finished sequence.
     pub fn forget(&mut self, seq: SeqId) {
         self.seqs.remove(&seq);
+        self.copiers.remove(&seq);
     }
-}
-
-/// Up to `k` tokens that followed the latest earlier occurrence of the longest suffix of
-/// `tokens` (of `max` down to `min` tokens) that occurred before.
-pub fn ngram_lookup(tokens: &[u32], min: usize, max: usize, k: usize) -> Vec<u32> {
-    let len = tokens.len();
-    for n in (min.max(1)..=max).rev() {
-        if n >= len {
-            continue;
-        }
-        let suffix = &tokens[len - n..];
-        // Latest start `i` of an earlier occurrence (it may overlap the suffix, not be it).
-        let found = (0..len - n).rev().find(|&i| &tokens[i..i + n] == suffix);
-        if let Some(i) = found {
-            let from = i + n;
-            return tokens[from..(from + k).min(len)].to_vec();
-        }
-    }
-    Vec::new()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_longest_suffix_seen_before_proposes_what_followed_it() {
-        // "a b c d x a b c" -> after "a b c" came "d x".
-        let t = [1, 2, 3, 4, 9, 1, 2, 3];
-        assert_eq!(ngram_lookup(&t, 1, 3, 2), [4, 9]);
-        // The proposal stops at the end of the tokens.
-        assert_eq!(ngram_lookup(&t, 1, 3, 10), [4, 9, 1, 2, 3]);
-        // The latest occurrence wins.
-        let t = [5, 6, 1, 5, 7, 5];
-        assert_eq!(ngram_lookup(&t, 1, 2, 1), [7]);
-        // No suffix occurred before: nothing.
-        assert!(ngram_lookup(&[1, 2, 3], 1, 3, 4).is_empty());
-        assert!(ngram_lookup(&[1, 2, 3, 1, 2], 3, 3, 4).is_empty());
-        // A run proposes more of itself.
-        assert_eq!(ngram_lookup(&[7, 7, 7], 1, 2, 3), [7]);
-    }
 
     #[test]
     fn the_step_cost_fit_finds_the_fixed_part_and_the_row_cost() {

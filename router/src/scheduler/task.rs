@@ -117,7 +117,7 @@ impl<W: Worker> Task<W> {
                         // Proposals planned but not made (the draft model was catching up)
                         // took no rows.
                         let unmade: usize = (drafts.iter().zip(&verified))
-                            .map(|((_, planned), (_, proposed, _))| planned - proposed)
+                            .map(|((_, planned), (_, proposed, _, _))| planned - proposed)
                             .sum();
                         let made = proposed_by_model.saturating_sub(unmade);
                         // The draft's time is charged to its proposals by their share of its
@@ -132,8 +132,8 @@ impl<W: Worker> Task<W> {
                             self.finish(done).await;
                         }
                     }
-                    for (seq, proposed, accepted) in verified {
-                        self.batcher.accept(seq, proposed, accepted);
+                    for (seq, proposed, accepted, next) in verified {
+                        self.batcher.accept(seq, proposed, accepted, next);
                     }
                 }
                 Err(e) => {
@@ -309,12 +309,12 @@ impl<W: Worker> Task<W> {
 
     /// Counts the speculative entries' outcomes (every generation but the last of such an
     /// entry is an accepted proposal; an entry the draft model made none for proposed none);
-    /// returns each one's proposals and accepted proposals.
+    /// returns each one's proposals, accepted proposals and last generated token.
     fn on_verified(
         &mut self,
         drafts: &[(SeqId, usize)],
         out: &wick_proto::StepOutput,
-    ) -> Vec<(SeqId, usize, usize)> {
+    ) -> Vec<(SeqId, usize, usize, Option<u32>)> {
         drafts
             .iter()
             .map(|&(seq, planned)| {
@@ -322,7 +322,8 @@ impl<W: Worker> Task<W> {
                     true => 0,
                     false => planned,
                 };
-                let given = out.generations.iter().filter(|g| g.seq == seq).count();
+                let mine = || out.generations.iter().filter(move |g| g.seq == seq);
+                let given = mine().count();
                 let accepted = given.saturating_sub(1).min(proposed);
                 METRICS.spec_proposed.inc_by(proposed as u64);
                 METRICS.spec_accepted.inc_by(accepted as u64);
@@ -330,7 +331,7 @@ impl<W: Worker> Task<W> {
                     l.proposed += proposed;
                     l.accepted += accepted;
                 }
-                (seq, proposed, accepted)
+                (seq, proposed, accepted, mine().last().map(|g| g.token))
             })
             .collect()
     }
