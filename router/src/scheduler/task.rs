@@ -331,7 +331,7 @@ impl<W: Worker> Task<W> {
                     l.proposed += proposed;
                     l.accepted += accepted;
                 }
-                (seq, proposed, accepted, mine().last().map(|g| g.token))
+                (seq, proposed, accepted, mine().next_back().map(|g| g.token))
             })
             .collect()
     }
