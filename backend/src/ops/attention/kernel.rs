@@ -2,8 +2,8 @@
 //! one sequence and one first key (a GQA group's query heads at the tokens of one sequence in a
 //! step), reading each tile of keys and values once for all of them.
 //!
-//! The numerics of one query, whatever the group it is computed in ([`reference`] is the plain
-//! statement, and the tests hold the kernel to its bits): tiles of [`KEY_TILE`] keys counted from
+//! The numerics of one query, whatever the group it is computed in (`reference`, built for the
+//! tests, is the plain statement, and the tests hold the kernel to its bits): tiles of [`KEY_TILE`] keys counted from
 //! the query's first key; a key's score is [`dot`] times the scale; per tile, the maximum score,
 //! one rescale of the accumulator when it rises (`exp` of the standard library), the weights by
 //! [`exp`], then the denominator and the weighted values summed key by key in position order.
@@ -32,8 +32,8 @@ struct State {
 
 /// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows are
 /// `rows` (from the group's first key, in position order), reading KV head `kvh` of `k` and
-/// `v` (`row_of(data, offset, dim, buf)` gives a row as f32). Each key and value row is read
-/// (and converted) once per tile for the whole group.
+/// `v`. Each key and value row is read (and, from an f16 cache, converted) once per tile for
+/// the whole group.
 pub(super) fn attend_group<T: super::KvElem>(
     queries: &mut [Query],
     rows: &[usize],
