@@ -292,18 +292,14 @@ impl Batcher {
         let Some(seq) = self.seqs.get_mut(&id) else {
             return;
         };
-        let drafted = std::mem::take(&mut seq.draft).len();
-        let planned = drafted + std::mem::take(&mut seq.propose);
+        let planned = std::mem::take(&mut seq.draft).len() + std::mem::take(&mut seq.propose);
         if planned == 0 {
             return;
         }
         seq.computed += accepted.min(proposed).min(planned);
         self.register(id);
         if let Some(s) = (proposed > 0).then_some(()).and(self.speculator.as_mut()) {
-            s.observe(id, proposed, accepted);
-            if drafted > 0 {
-                s.verified(id, accepted, next);
-            }
+            s.observe(id, proposed, accepted, next);
         }
     }
 

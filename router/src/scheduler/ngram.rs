@@ -92,17 +92,16 @@ pub fn ngram_source(tokens: &[u32], min: usize, max: usize) -> Option<usize> {
     None
 }
 
-/// Up to `k` tokens that followed the latest earlier occurrence of the longest suffix of
-/// `tokens` (of `max` down to `min` tokens) that occurred before.
-pub fn ngram_lookup(tokens: &[u32], min: usize, max: usize, k: usize) -> Vec<u32> {
-    ngram_source(tokens, min, max).map_or_else(Vec::new, |from| {
-        tokens[from..(from + k).min(tokens.len())].to_vec()
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Up to `k` tokens after [`ngram_source`]'s place.
+    fn ngram_lookup(tokens: &[u32], min: usize, max: usize, k: usize) -> Vec<u32> {
+        ngram_source(tokens, min, max).map_or_else(Vec::new, |from| {
+            tokens[from..(from + k).min(tokens.len())].to_vec()
+        })
+    }
 
     #[test]
     fn the_longest_suffix_seen_before_proposes_what_followed_it() {

@@ -278,8 +278,13 @@ impl Speculator {
         }
     }
 
-    /// What a verification gave: `accepted` of `proposed` proposals were kept.
-    pub fn observe(&mut self, seq: SeqId, proposed: usize, accepted: usize) {
+    /// What a verification gave: `accepted` of `proposed` proposals were kept, then the
+    /// sequence wrote `next`. An n-gram sequence's copier learns from it where its copy is and
+    /// the edits it makes (a draft model's sequences have none).
+    pub fn observe(&mut self, seq: SeqId, proposed: usize, accepted: usize, next: Option<u32>) {
+        if let Some(c) = self.copiers.get_mut(&seq) {
+            c.verified(accepted, next);
+        }
         let Some(st) = self.seqs.get_mut(&seq) else {
             return;
         };
@@ -288,14 +293,6 @@ impl Speculator {
         match accepted {
             0 => st.misses += 1,
             _ => st.misses = 0,
-        }
-    }
-
-    /// An n-gram proposal's verification: `accepted` of its tokens were kept, then the
-    /// sequence wrote `next` (where its copy is, and the edits it makes to it).
-    pub fn verified(&mut self, seq: SeqId, accepted: usize, next: Option<u32>) {
-        if let Some(c) = self.copiers.get_mut(&seq) {
-            c.verified(accepted, next);
         }
     }
 
@@ -380,7 +377,7 @@ mod tests {
         let run: Vec<u32> = [1, 2, 3, 4, 5, 6].repeat(4);
         for _ in 0..20 {
             s.seqs.entry(1).or_default();
-            s.observe(1, 10, 9);
+            s.observe(1, 10, 9, None);
         }
         let p = s.seqs[&1].p();
         assert!(p > 0.85, "{p}");
@@ -405,7 +402,7 @@ mod tests {
             s.begin_step(1);
             let proposed = s.propose(7, &run, 100).len();
             assert!(proposed > 0);
-            s.observe(7, proposed, 0);
+            s.observe(7, proposed, 0, None);
             let mut sat_out = 0;
             loop {
                 s.begin_step(1);
@@ -419,7 +416,7 @@ mod tests {
         }
         assert_eq!(waits, [8, 16, 32]);
         // An accepted proposal resets the back-off.
-        s.observe(7, 1, 1);
+        s.observe(7, 1, 1, None);
         assert_eq!(s.seqs[&7].misses, 0);
     }
 
@@ -451,7 +448,7 @@ mod tests {
         }
         for _ in 0..20 {
             s.seqs.entry(1).or_default();
-            s.observe(1, 10, 9);
+            s.observe(1, 10, 9, None);
         }
         s.begin_step(1);
         let free = s.propose_count(1, 100);

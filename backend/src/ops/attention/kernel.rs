@@ -62,15 +62,11 @@ pub(super) fn attend_group<T: super::KvElem>(
     for t0 in (0..n).step_by(KEY_TILE) {
         let tile = &rows[t0..(t0 + KEY_TILE).min(n)];
         let len = |query: &Query| query.keys.saturating_sub(t0).min(tile.len());
-        // The next tile's rows are fetched while this one is computed.
-        let next = &rows[(t0 + KEY_TILE).min(n)..(t0 + 2 * KEY_TILE).min(n)];
-        prefetch(k, next, kvh, dim);
         let kr = tile_rows(k, tile, kvh, dim, &mut kbuf);
         for (query, w) in queries.iter().zip(w.chunks_mut(KEY_TILE)) {
             let n = len(query);
             scores(query.q, &kr[..n], scale, &mut w[..n]);
         }
-        prefetch(v, next, kvh, dim);
         let vr = tile_rows(v, tile, kvh, dim, &mut vbuf);
         let per_query = w.chunks_mut(KEY_TILE).zip(acc.chunks_mut(dim));
         for (query, ((w, acc), st)) in queries.iter().zip(per_query.zip(states.iter_mut())) {
@@ -101,26 +97,6 @@ pub(super) fn attend_group<T: super::KvElem>(
             *o = a * inv;
         }
     }
-}
-
-/// Asks the CPU to start loading the rows of `tile` (a hint; nothing on other targets).
-#[inline]
-fn prefetch<T>(data: &[T], tile: &[usize], kvh: usize, dim: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for &row in tile {
-        let bytes = std::mem::size_of_val(&data[(row + kvh) * dim..(row + kvh + 1) * dim]);
-        let start = data[(row + kvh) * dim..].as_ptr() as *const i8;
-        for line in (0..bytes).step_by(64) {
-            // SAFETY: a prefetch is a hint that never faults; the address lies in the row.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    start.add(line),
-                )
-            };
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, tile, kvh, dim);
 }
 
 /// The f32 rows of a tile of keys (or values) of KV head `kvh`: borrowed from an f32 cache,
