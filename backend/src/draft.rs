@@ -22,7 +22,15 @@ use crate::model::{Model, PackedBatch};
 use crate::sampling::argmax;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Instant;
 use wick_proto::{SeqId, Step, StepEntry};
+
+/// The draft's first pass in a step: its rows and wall time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchUp {
+    pub rows: usize,
+    pub micros: u64,
+}
 
 pub struct Drafter {
     /// Its vocabulary is no larger than the target's (checked at load), so its proposals are
@@ -118,13 +126,13 @@ impl Drafter {
     }
 
     /// Runs the draft over what `step`'s entries need and returns each entry's proposals (empty
-    /// where it asks for none) and the rows it ran. `history` holds every sequence's tokens,
-    /// this step's included.
+    /// where it asks for none) and its first pass's rows and time. `history` holds every
+    /// sequence's tokens, this step's included.
     pub fn propose(
         &mut self,
         step: &Step,
         history: &HashMap<SeqId, Vec<u32>>,
-    ) -> Result<(Vec<Vec<u32>>, usize), BackendError> {
+    ) -> Result<(Vec<Vec<u32>>, CatchUp), BackendError> {
         let mut proposals = vec![Vec::new(); step.entries.len()];
         let seq_tokens = |e: &StepEntry| &history[&e.seq][..e.start_pos + e.tokens.len()];
 
@@ -153,10 +161,14 @@ impl Drafter {
             }
         }
         if ran.is_empty() {
-            return Ok((proposals, 0));
+            return Ok((proposals, CatchUp::default()));
         }
-        let mut rows = batch.tokens.len();
+        let started = Instant::now();
         let logits = self.forward(&batch)?;
+        let catch_up = CatchUp {
+            rows: batch.tokens.len(),
+            micros: started.elapsed().as_micros() as u64,
+        };
         for &(i, from, to) in &ran {
             let e = &step.entries[i];
             self.records.record(&seq_tokens(e)[..to], &e.blocks, from);
@@ -177,7 +189,6 @@ impl Drafter {
                 let pos = e.start_pos + e.tokens.len() + round - 1;
                 batch.push(&[proposals[i][round - 1]], pos, &e.blocks, 1);
             }
-            rows += active.len();
             for (&i, token) in active.iter().zip(self.forward(&batch)?) {
                 proposals[i].push(token);
             }
@@ -190,7 +201,7 @@ impl Drafter {
             tokens.extend(&proposals[i][..e.propose - 1]);
             self.records.record(&tokens, &e.blocks, end);
         }
-        Ok((proposals, rows))
+        Ok((proposals, catch_up))
     }
 
     /// The draft's greedy token for each sampled row of `batch`.

@@ -22,7 +22,7 @@
 //! block table, token outside the vocabulary, context overflow) fails the step with a typed error
 //! and leaves the cache untouched.
 
-use crate::draft::Drafter;
+use crate::draft::{CatchUp, Drafter};
 use crate::error::BackendError;
 use crate::grammar::{Constraint, TokenMask};
 use crate::kv::KvCache;
@@ -200,7 +200,7 @@ impl Engine {
             return Ok(StepOutput::default());
         }
         let t0 = Instant::now();
-        let (drafted, draft_rows) = self.draft(step)?;
+        let (drafted, catch_up) = self.draft(step)?;
         // Entries still asking (the rewritten step clears what it gave proposals to).
         let not_proposed: Vec<SeqId> = (drafted.as_ref().unwrap_or(step).entries.iter())
             .filter(|e| e.propose > 0)
@@ -245,21 +245,22 @@ impl Engine {
             generations,
             forward_us,
             draft_us,
-            draft_rows,
+            draft_catch_up_us: catch_up.micros,
+            draft_catch_up_rows: catch_up.rows,
             not_proposed,
         })
     }
 
     /// With a draft model: runs it over the step (see [`Drafter::propose`]) and returns the
     /// step with each proposing entry's proposals appended as `draft` tokens (and in the
-    /// history), `None` when the step is left as it is; and the rows the draft model ran.
-    fn draft(&mut self, step: &Step) -> Result<(Option<Step>, usize), BackendError> {
+    /// history), `None` when the step is left as it is; and the draft's first pass.
+    fn draft(&mut self, step: &Step) -> Result<(Option<Step>, CatchUp), BackendError> {
         let Some(drafter) = &mut self.drafter else {
-            return Ok((None, 0));
+            return Ok((None, CatchUp::default()));
         };
-        let (proposals, rows) = drafter.propose(step, &self.history)?;
+        let (proposals, catch_up) = drafter.propose(step, &self.history)?;
         if proposals.iter().all(Vec::is_empty) {
-            return Ok((None, rows));
+            return Ok((None, catch_up));
         }
         let mut step = step.clone();
         for (e, p) in step.entries.iter_mut().zip(proposals) {
@@ -271,7 +272,7 @@ impl Engine {
             e.draft = p.len();
             e.propose = 0;
         }
-        Ok((Some(step), rows))
+        Ok((Some(step), catch_up))
     }
 
     /// Samples `seq`'s token at `pos` from `row`, with the history before `pos` and the mask

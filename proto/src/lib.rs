@@ -99,9 +99,13 @@ pub struct StepOutput {
     /// Wall time of the draft model's part of the step (0 without one), in microseconds.
     #[serde(default)]
     pub draft_us: u64,
-    /// Rows the draft model ran in the step: the tokens it caught up on, and its proposals.
+    /// Of `draft_us`, the draft's first pass (the tokens it caught up on, whose last rows gave
+    /// each proposing entry its first proposal; the rest are one-row rounds of proposals).
     #[serde(default)]
-    pub draft_rows: usize,
+    pub draft_catch_up_us: u64,
+    /// The rows of that first pass.
+    #[serde(default)]
+    pub draft_catch_up_rows: usize,
     /// Entries that asked for proposals (`StepEntry::propose`) and got none this step: the
     /// draft model was still catching up on their tokens. They ran as plain decodes.
     #[serde(default)]

@@ -17,7 +17,8 @@
 //! proposal row `per_row`, so the `i`-th proposal pays when the chance that it and those before
 //! it are accepted, `p^i`, exceeds `(per_row + d) * B / (fixed + per_row * B)`, where `d` is the
 //! draft model's time per proposal (0 for n-gram lookup; measured over decode steps as the
-//! backend reports it). `p` is the sequence's per-token acceptance, estimated from its
+//! backend reports it, less the part of the draft's first pass that caught a sequence up on
+//! tokens decoded without it: [`draft_charge`]). `p` is the sequence's per-token acceptance, estimated from its
 //! verifications (accepted proposals are successes, a rejection a failure; older ones count
 //! less). Until the fit is trusted (the row cost's standard error under half of it), a row is
 //! taken to cost as much as the fixed part: a single stream then speculates when `p > 0.5`, a
@@ -163,6 +164,26 @@ const MAX_WAIT: u32 = 64;
 /// batch): a probe could not show it.
 const MAX_PROBE_THRESHOLD: f64 = 0.8;
 
+/// Rows of the draft's first pass that a sequence proposing every step needs: the last
+/// proposal kept and the token after it.
+const STEADY_CATCH_UP: usize = 2;
+
+/// The draft time a step's proposals cost, of `total_us`: its one-row rounds, and of its first
+/// pass (`catch_up_us` over `catch_up_rows`) the share of the rows that the `proposing`
+/// sequences would need had they proposed in the step before. Rows beyond that caught a
+/// sequence up on tokens decoded without the draft (a prompt, steps sat out): a cost of
+/// starting to propose, paid once, which charged to one proposal would rule out the next.
+pub fn draft_charge(
+    total_us: u64,
+    catch_up_us: u64,
+    catch_up_rows: usize,
+    proposing: usize,
+) -> u64 {
+    let steady = (STEADY_CATCH_UP * proposing) as f64 / catch_up_rows.max(1) as f64;
+    let rounds = total_us.saturating_sub(catch_up_us);
+    rounds + (catch_up_us as f64 * steady.min(1.0)) as u64
+}
+
 /// How many proposals pay at acceptance `p`: the most `k` with `p^k` above `threshold`.
 fn worth(p: f64, threshold: f64, max: usize) -> usize {
     if p <= threshold {
@@ -306,6 +327,17 @@ impl Speculator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_draft_is_charged_its_rounds_and_a_steady_share_of_its_catch_up() {
+        // Steady: two rows per proposing sequence, all charged.
+        assert_eq!(draft_charge(50_000, 20_000, 4, 2), 50_000);
+        assert_eq!(draft_charge(50_000, 20_000, 3, 2), 50_000);
+        // Catching up on 100 rows for one sequence: 2% of that pass.
+        assert_eq!(draft_charge(50_000, 20_000, 100, 1), 30_400);
+        // Nothing proposed: only the rounds (none).
+        assert_eq!(draft_charge(20_000, 20_000, 256, 0), 0);
+    }
 
     #[test]
     fn the_step_cost_fit_finds_the_fixed_part_and_the_row_cost() {

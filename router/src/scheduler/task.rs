@@ -7,6 +7,7 @@
 use super::batcher::{BatchConfig, Batcher};
 use super::live::{Live, SeqTrace};
 use super::mask_budget::MaskBudget;
+use super::speculate::draft_charge;
 use super::{Command, Event, Failure, Submission, Worker};
 use crate::metrics::METRICS;
 use crate::request::OutputText;
@@ -120,10 +121,17 @@ impl<W: Worker> Task<W> {
                             .map(|((_, planned), (_, proposed, _, _))| planned - proposed)
                             .sum();
                         let made = proposed_by_model.saturating_sub(unmade);
-                        // The draft's time is charged to its proposals by their share of its
-                        // rows (the rest caught it up on tokens decoded without it).
-                        let share = made as f64 / out.draft_rows.max(1) as f64;
-                        let draft_us = (out.draft_us as f64 * share.min(1.0)) as u64;
+                        let proposing = (drafts.iter().zip(&verified))
+                            .filter(|((_, planned), (_, proposed, _, _))| {
+                                *planned > 0 && *proposed > 0
+                            })
+                            .count();
+                        let draft_us = draft_charge(
+                            out.draft_us,
+                            out.draft_catch_up_us,
+                            out.draft_catch_up_rows,
+                            proposing,
+                        );
                         self.batcher
                             .observe_step(rows - unmade, out.forward_us, made, draft_us);
                     }

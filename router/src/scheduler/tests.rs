@@ -91,7 +91,8 @@ impl Worker for FakeWorker {
                 generations,
                 forward_us: 100,
                 draft_us: 0,
-                draft_rows: 0,
+                draft_catch_up_us: 0,
+                draft_catch_up_rows: 0,
                 not_proposed: Vec::new(),
             })
         }
