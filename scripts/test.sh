@@ -3,7 +3,8 @@
 # then drives the server with the `openai` Python SDK (metrics checked with a Prometheus parser;
 # structured output and tool calls checked with `jsonschema` and Pydantic), with hostile inputs
 # (tests/python/test_hostile.py), with schemathesis, and as an OpenTelemetry trace source
-# (tests/python/test_tracing.py: an OTLP/HTTP receiver decodes its spans),
+# (tests/python/test_tracing.py: an OTLP/HTTP receiver decodes its spans), and the web
+# playground in Debian's headless Chromium through Playwright (tests/python/test_playground.py),
 # installed in a virtualenv under target/; then the deployment files (kubectl kustomize,
 # kubernetes-validate --strict, hadolint, manifests checked against the server), and the GPU
 # smoke script on the CPU.
@@ -48,6 +49,17 @@ fixture_tests qwen2.5-coder-1.5b chat-qwen2.5-coder-1.5b.json \
   teacher_forced_logits_agree_with_llama_cpp
 took "the other catalogue models' fixture tests"
 
+# The playground's browser test drives Debian's Chromium (never a downloaded browser): installed
+# here when it is missing, where this runs as root with apt.
+if [[ ! -x /usr/bin/chromium ]]; then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq chromium >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null; }
+  else
+    echo "test: the playground test needs Debian's chromium (apt-get install chromium)" >&2
+    exit 1
+  fi
+fi
 venv=target/py-venv
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
@@ -64,6 +76,9 @@ took "the Python environment"
 "$venv/bin/python" tests/python/test_deploy.py target/debug/wick "$model"
 "$venv/bin/python" tests/python/test_tracing.py target/debug/wick "$model"
 took "the Python clients, schemathesis, deployment and tracing checks"
+# The web playground in headless Chromium; its screenshots are kept under target/playground.
+"$venv/bin/python" tests/python/test_playground.py target/debug/wick "$model" target/playground
+took "the playground in a browser"
 # The GPU smoke script, on the CPU through the device-generic path (the code CUDA runs).
 PATH="$venv/bin:$PATH" ./scripts/gpu-smoke.sh --wick target/debug/wick --model "$model" \
   --device cpu --generic-path --seconds 3 --max-tokens 16 --out target/smoke-report-cpu.json

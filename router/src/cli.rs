@@ -383,6 +383,9 @@ pub struct HttpArgs {
     /// mentions `<think>`.
     #[arg(long, env = "WICK_REASONING_MARKERS")]
     pub reasoning_markers: Option<String>,
+    /// Serve no web playground (by default a chat page at `/ui/`, `/` redirecting there).
+    #[arg(long, env = "WICK_NO_UI")]
+    pub no_ui: bool,
 }
 
 /// What one request and one step may hold.

@@ -14,6 +14,7 @@ use crate::scheduler::Scheduler;
 use crate::server::keys::ApiKeys;
 use crate::server::lifecycle::{outer, BodyLimits, LateRouter, Phase};
 use crate::server::listener::{ConnLimits, Listener};
+use crate::server::playground::PageConfig;
 use crate::server::resume::ResumeKey;
 use crate::server::{app, Admission, AppState};
 use crate::template::ChatTemplate;
@@ -268,6 +269,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
             max_bytes: ops.max_body_bytes,
             timeout: Duration::from_secs_f64(ops.body_read_timeout),
         },
+        (!args.http.no_ui).then_some(PageConfig {
+            api_key_required: !keys.is_empty(),
+        }),
     );
     let listener = Listener::new(
         listener,

@@ -3,8 +3,10 @@
 //! their size and time limits, `/ready` and `/metrics`.
 //!
 //! The listener is bound before the model loads, so that `/ready` can answer 503 while loading;
-//! until then every other route answers 503 too.
+//! until then every other route answers 503 too, but for the playground's page
+//! ([`super::playground`]), which shows the server as loading.
 
+use super::playground::PageConfig;
 use crate::error::{ApiError, Unavailable};
 use crate::metrics::METRICS;
 use axum::extract::{Request, State};
@@ -200,14 +202,23 @@ async fn metrics() -> impl IntoResponse {
     )
 }
 
-/// The whole server: `/ready` and `/metrics` always answer; everything else goes to the API
-/// router once it is set.
-pub fn outer(phase: Arc<Phase>, late: LateRouter, body: BodyLimits) -> Router {
+/// The whole server: `/ready`, `/metrics` and the playground (`ui`; `None`: `--no-ui`) always
+/// answer; everything else goes to the API router once it is set.
+pub fn outer(
+    phase: Arc<Phase>,
+    late: LateRouter,
+    body: BodyLimits,
+    ui: Option<PageConfig>,
+) -> Router {
     BODY_LIMIT.store(body.max_bytes, Ordering::Relaxed);
-    Router::new()
+    let mut router = Router::new()
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .with_state(phase)
+        .with_state(phase);
+    if let Some(config) = ui {
+        router = router.merge(super::playground::routes(config));
+    }
+    router
         .fallback_service(late)
         .layer(axum::extract::DefaultBodyLimit::max(body.max_bytes))
         .layer(axum::middleware::from_fn_with_state(body, read_body))

@@ -12,6 +12,7 @@
 //! - [`misc`]: models, info, health, tokenize, detokenize.
 //! - [`docs`]: the OpenAPI document.
 //! - [`lifecycle`]: readiness phases, the late-bound API router, request ids, metrics.
+//! - [`playground`]: the web chat page at `/ui/`, embedded in the binary.
 //! - [`keys`]: API keys, the key check and [`keys::Caller`] (each key's account and limits are
 //!   [`crate::quota`]'s).
 //! - [`listener`]: the connection listener and its limits.
@@ -27,6 +28,7 @@ pub mod messages;
 pub mod misc;
 pub mod openai;
 pub mod openai_responses;
+pub mod playground;
 pub mod responses;
 pub mod resume;
 pub mod structured;
