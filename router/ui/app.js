@@ -40,6 +40,7 @@ function request() {
     body.response_format = { type: "regex", regex: spec };
   } else if (mode === "tools") {
     body.tools = JSON.parse(spec || "[]");
+    if ($("tool-required").checked) body.tool_choice = "required";
   }
   for (const k of Object.keys(body)) if (body[k] === undefined) delete body[k];
   return body;
@@ -51,12 +52,17 @@ const EXAMPLES = {
   tools: JSON.stringify([{ type: "function", function: { name: "get_weather", description: "The weather in a city", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } }], null, 2),
 };
 
+// Each mode keeps its own text (an example to start with) when another is chosen.
+const specs = { ...EXAMPLES };
+
 function showFormat() {
   const mode = $("format").value;
   const spec = $("format-spec");
-  spec.hidden = mode === "none" || mode === "json_object";
-  if (!spec.hidden && !spec.value.trim()) spec.value = EXAMPLES[mode] || "";
+  if (spec.dataset.mode in specs) specs[spec.dataset.mode] = spec.value;
+  spec.hidden = !(mode in specs);
+  spec.value = specs[mode] || "";
   spec.dataset.mode = mode;
+  $("tool-required-box").hidden = mode !== "tools";
 }
 
 function serverStatus(info, error) {

@@ -6,7 +6,7 @@ Playwright with that browser; nothing downloaded) against the real server on 127
 2. a question typed and sent streams its answer token by token (several updates seen), with the
    answer's timings shown;
 3. Stop ends a long stream and the server frees its sequence (running requests back to 0);
-4. a JSON-schema answer is shown parsed;
+4. a JSON-schema answer is shown parsed, a required tool call with its arguments;
 5. a model answer that is `<img src=x onerror=...>` (forced by a regex grammar) is shown as
    text and never runs, in the Markdown view and the token view;
 6. with `--api-key` the page asks for the key before calling anything, a wrong key shows the
@@ -150,6 +150,19 @@ def check_chat(browser, base):
     assert isinstance(value["name"], str) and isinstance(value["age"], int), value
     page.screenshot(path=f"{SHOTS}/structured.png")
     print(f"playground: structured answer parsed: {value}")
+
+    # Tools: a required call is shown with its arguments parsed.
+    page.click("#clear")
+    page.select_option("#format", "tools")
+    page.check("#tool-required")
+    page.fill("#input", "What is the weather in Paris?")
+    page.click("#send")
+    wait_done(page)
+    call = last_answer(page).locator(".tool-call")
+    assert call.locator(".tool-name").inner_text() == "tool call: get_weather"
+    arguments = json.loads(call.locator("pre").inner_text())
+    assert isinstance(arguments["city"], str), arguments
+    print(f"playground: tool call shown: get_weather({arguments})")
 
     # 5. Hostile output: the model is made to answer with an HTML tag that would run script.
     page.click("#clear")
