@@ -27,13 +27,17 @@ took "cargo test --workspace (build and run)"
 # The fixture tests again on Qwen2.5-Coder-0.5B (Q5_0/Q8_0/Q4_K/Q6_K weights, biases): Wick's
 # chat prompts against llama.cpp's ids, teacher-forced agreement with llama.cpp, batch and
 # block-size invariance.
+# Selected from the whole workspace, as above (`-p wick-backend` alone would unify other
+# features and rebuild every dependency, minutes on 2 cores).
 fixture_tests() {
   local name="$1" fixture="$2"
   shift 2
   WICK_TEST_MODEL="$(./scripts/fetch-model.sh "$name")" WICK_TEST_CHAT_FIXTURE="$fixture" \
-    cargo test -p wick-router --test chat_prompts "${cargo_args[@]}" -- --exact prompts_give_llama_cpp_ids
+    cargo test --workspace --exclude wick-benches --test chat_prompts "${cargo_args[@]}" \
+    -- --exact prompts_give_llama_cpp_ids
   WICK_TEST_MODEL="$(./scripts/fetch-model.sh "$name")" WICK_TEST_CHAT_FIXTURE="$fixture" \
-    cargo test -p wick-backend --test engine_real "${cargo_args[@]}" -- --exact "$@"
+    cargo test --workspace --exclude wick-benches --test engine_real "${cargo_args[@]}" \
+    -- --exact "$@"
 }
 fixture_tests qwen2.5-coder-0.5b chat-qwen2.5-coder-0.5b.json \
   teacher_forced_logits_agree_with_llama_cpp batching_and_chunking_do_not_change_logits \
