@@ -2,7 +2,7 @@
 // tokens the server generates per second (from `/metrics`), each with a small chart of the
 // last minute, polled once a second.
 
-import { el, } from "./markdown.js";
+import { el } from "./markdown.js";
 import { getJson, getText } from "./api.js";
 
 const SAMPLES = 60;

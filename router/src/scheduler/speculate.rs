@@ -18,9 +18,9 @@
 //! it are accepted, `p^i`, exceeds `(per_row + d) * B / (fixed + per_row * B)`, where `d` is the
 //! draft model's time per proposal (0 for n-gram lookup; measured over decode steps as the
 //! backend reports it, less the part of the draft's first pass that caught a sequence up on
-//! tokens decoded without it: [`draft_charge`]). `p` is the sequence's per-token acceptance, estimated from its
-//! verifications (accepted proposals are successes, a rejection a failure; older ones count
-//! less). Until the fit is trusted (the row cost's standard error under half of it), a row is
+//! tokens decoded without it: [`draft_charge`]). `p` is the sequence's per-token acceptance,
+//! estimated from its verifications (accepted proposals are successes, a rejection a failure;
+//! older ones count less). Until the fit is trusted (the row cost's standard error under half of it), a row is
 //! taken to cost as much as the fixed part: a single stream then speculates when `p > 0.5`, a
 //! batch of 16 only when `p > 0.95`. A sequence the estimate rules out still probes one
 //! proposal after sitting out 8, 16, 32 ... (at most 64) decode steps, so its estimate (and,

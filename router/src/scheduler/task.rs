@@ -121,10 +121,8 @@ impl<W: Worker> Task<W> {
                             .map(|((_, planned), (_, proposed, _, _))| planned - proposed)
                             .sum();
                         let made = proposed_by_model.saturating_sub(unmade);
-                        let proposing = (drafts.iter().zip(&verified))
-                            .filter(|((_, planned), (_, proposed, _, _))| {
-                                *planned > 0 && *proposed > 0
-                            })
+                        let proposing = (verified.iter())
+                            .filter(|(_, proposed, _, _)| *proposed > 0)
                             .count();
                         let draft_us = draft_charge(
                             out.draft_us,

@@ -24,44 +24,25 @@ pub struct PageConfig {
     pub api_key_required: bool,
 }
 
-/// The embedded files, by name under `/ui/`, with their content types.
-const FILES: &[(&str, &str, &str)] = &[
-    (
-        "index.html",
-        "text/html; charset=utf-8",
-        include_str!("../../ui/index.html"),
-    ),
-    (
-        "style.css",
-        "text/css; charset=utf-8",
-        include_str!("../../ui/style.css"),
-    ),
-    (
-        "app.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../ui/app.js"),
-    ),
-    (
-        "api.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../ui/api.js"),
-    ),
-    (
-        "markdown.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../ui/markdown.js"),
-    ),
-    (
-        "panel.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../ui/panel.js"),
-    ),
-    (
-        "chat.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../ui/chat.js"),
-    ),
+/// The embedded files, by name under `/ui/`.
+const FILES: &[(&str, &str)] = &[
+    ("index.html", include_str!("../../ui/index.html")),
+    ("style.css", include_str!("../../ui/style.css")),
+    ("app.js", include_str!("../../ui/app.js")),
+    ("api.js", include_str!("../../ui/api.js")),
+    ("markdown.js", include_str!("../../ui/markdown.js")),
+    ("panel.js", include_str!("../../ui/panel.js")),
+    ("chat.js", include_str!("../../ui/chat.js")),
 ];
+
+/// A file's content type, by its extension.
+fn content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next() {
+        Some("html") => "text/html; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        _ => "text/javascript; charset=utf-8",
+    }
+}
 
 /// Only this origin's scripts, styles, images and connections; no inline script, no frames.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -82,7 +63,7 @@ pub fn routes(config: PageConfig) -> Router {
 
 /// One embedded file with the page's headers, or a 404.
 fn file(name: &str) -> Response {
-    let Some(&(_, content_type, body)) = FILES.iter().find(|(n, _, _)| *n == name) else {
+    let Some(&(_, body)) = FILES.iter().find(|(n, _)| *n == name) else {
         return crate::error::ApiError::RouteNotFound {
             path: format!("/ui/{name}"),
         }
@@ -91,7 +72,7 @@ fn file(name: &str) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     let set = [
-        (header::CONTENT_TYPE, content_type),
+        (header::CONTENT_TYPE, content_type(name)),
         (header::CONTENT_SECURITY_POLICY, CSP),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
@@ -110,8 +91,8 @@ mod tests {
 
     #[test]
     fn every_file_the_page_names_is_embedded_and_nothing_comes_from_elsewhere() {
-        let names: Vec<&str> = FILES.iter().map(|(n, _, _)| *n).collect();
-        for (name, _, body) in FILES {
+        let names: Vec<&str> = FILES.iter().map(|(n, _)| *n).collect();
+        for (name, body) in FILES {
             for (at, _) in body.match_indices("/ui/") {
                 let rest = &body[at + 4..];
                 let end = rest
@@ -144,6 +125,14 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("script-src 'self'"));
+        assert_eq!(
+            file("index.html").headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(
+            file("style.css").headers()[header::CONTENT_TYPE],
+            "text/css; charset=utf-8"
+        );
         assert_eq!(file("../Cargo.toml").status(), StatusCode::NOT_FOUND);
         assert_eq!(file("nothing.js").status(), StatusCode::NOT_FOUND);
     }
