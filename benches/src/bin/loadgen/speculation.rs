@@ -6,14 +6,19 @@
 //! slow minutes hit all of them:
 //!
 //! - code editing: one client asks for a given 40-line function back with one change (greedy,
-//!   up to 640 tokens); decode tokens/s after the first token (median of 5);
+//!   up to 640 tokens); decode tokens/s after the first token;
 //! - free chat: one client, a short story (greedy, 256 tokens, `ignore_eos`); the same;
 //! - aggregate: 16 clients, short chat prompts, 96 output tokens each; output tokens per second
-//!   of wall time (median of 3).
+//!   of wall time.
+//!
+//! Each server's rate is the median of its samples; each ratio is the median of the ratios
+//! within a round, printed with their range, so that the machine's slow minutes, which hit
+//! neighbours in a round alike, cancel.
 //!
 //! Wick's answers are checked to be the same text with and without speculation (it changes
 //! nothing). Flags: `--bin`, `--model`, `--draft-model` (default Qwen2.5-Coder-0.5B),
-//! `--llama-server PATH`, `--runs N` (single-client samples per server, default 5),
+//! `--llama-server PATH`, `--runs N` (rounds of each workload; default one per server, so that
+//! each takes each place in the order once),
 //! `--threads`, `--json FILE`.
 
 use super::compare::start_llama_with;
@@ -76,9 +81,9 @@ fn decode_rate(t: &Trace) -> f64 {
     (t.completion_tokens.saturating_sub(1)) as f64 / (t.total - t.ttft).as_secs_f64()
 }
 
-/// The median of `runs` samples of `sample` on each server (the order rotating each run),
-/// and the answers of the last.
-async fn rotate<F, Fut>(bases: &[&str], runs: usize, sample: F) -> (Vec<f64>, Vec<Vec<String>>)
+/// Each server's samples over `runs` rounds of `sample` (the order rotating each round), and
+/// the answers of the last.
+async fn rotate<F, Fut>(bases: &[&str], runs: usize, sample: F) -> (Samples, Vec<Vec<String>>)
 where
     F: Fn(String) -> Fut,
     Fut: std::future::Future<Output = (f64, Vec<String>)>,
@@ -93,11 +98,52 @@ where
             texts[i] = t;
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
-    (rates.into_iter().map(median).collect(), texts)
+    (Samples(rates), texts)
+}
+
+/// One workload's rates: per server, one sample per round.
+struct Samples(Vec<Vec<f64>>);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+impl Samples {
+    fn median(&self, server: usize) -> f64 {
+        median(self.0[server].clone())
+    }
+
+    /// Server `a`'s rate over server `b`'s, round by round (the two took their turns minutes
+    /// apart at most, so a slow stretch of the machine hits both): the median and the range.
+    fn ratio(&self, a: usize, b: usize) -> Ratio {
+        let r: Vec<f64> = (self.0[a].iter().zip(&self.0[b]))
+            .map(|(x, y)| x / y)
+            .collect();
+        let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = r.iter().copied().fold(0.0, f64::max);
+        Ratio {
+            median: median(r),
+            lo,
+            hi,
+        }
+    }
+}
+
+struct Ratio {
+    median: f64,
+    lo: f64,
+    hi: f64,
+}
+
+impl std::fmt::Display for Ratio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2}x", self.median)?;
+        if self.hi > self.lo {
+            write!(f, " ({:.2}-{:.2})", self.lo, self.hi)?;
+        }
+        Ok(())
+    }
 }
 
 const TOPICS: [&str; 16] = [
@@ -132,6 +178,27 @@ async fn aggregate(base: String) -> (f64, Vec<String>) {
     (tokens as f64 / start.elapsed().as_secs_f64(), texts)
 }
 
+/// Each server's proposed and accepted draft tokens so far (`wick_spec_*`).
+async fn spec_counts(bases: &[&str]) -> Vec<[u64; 2]> {
+    let mut out = Vec::new();
+    for base in bases {
+        let text = (reqwest::get(format!("{base}/metrics")).await)
+            .and_then(|r| r.error_for_status())
+            .expect("/metrics");
+        let text = text.text().await.expect("/metrics");
+        let value = |name: &str| {
+            (text.lines())
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        };
+        out.push([
+            value("wick_spec_proposed_tokens_total"),
+            value("wick_spec_accepted_tokens_total"),
+        ]);
+    }
+    out
+}
+
 async fn single(base: String, body: Value) -> (f64, Vec<String>) {
     let t = stream_chat(&base, &body).await;
     (decode_rate(&t), vec![t.text])
@@ -142,7 +209,7 @@ pub async fn run(threads: &str) {
         "--draft-model",
         "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     );
-    let runs: usize = arg("--runs", "5").parse().expect("--runs N");
+
     let mut servers: Vec<(&str, Server)> = vec![
         ("without", start(&["--threads", threads]).await),
         (
@@ -162,10 +229,17 @@ pub async fn run(threads: &str) {
         servers.push(("llama-server -md", server));
     }
     let bases: Vec<&str> = servers.iter().map(|(_, s)| s.base.as_str()).collect();
+    // By default each server takes each place in the order once.
+    let runs: usize = (arg("--runs", &bases.len().to_string()).parse()).expect("--runs N");
+    let wick = &bases[..3];
+    let counts = spec_counts(wick).await;
     let (edit, edit_texts) = rotate(&bases, runs, |b| single(b, edit_body())).await;
+    let edit_counts = spec_counts(wick).await;
     let story = chat_prompt("a lighthouse keeper", 256);
     let (chat, chat_texts) = rotate(&bases, runs, |b| single(b, story.clone())).await;
-    let (agg, agg_texts) = rotate(&bases, runs.div_ceil(2), aggregate).await;
+    let chat_counts = spec_counts(wick).await;
+    let (agg, agg_texts) = rotate(&bases, runs, aggregate).await;
+    let agg_counts = spec_counts(wick).await;
     for (name, texts) in [
         ("code editing", &edit_texts),
         ("chat", &chat_texts),
@@ -187,16 +261,39 @@ pub async fn run(threads: &str) {
     );
     println!("|---|{}---|---|", "---|".repeat(names.len()));
     for (name, v) in rows {
-        let cells: Vec<String> = v.iter().map(|x| format!("{x:.1}")).collect();
-        let (ngram, drafted) = (v[1] / v[0], v[2] / v[0]);
-        println!(
-            "| {name} | {} | {ngram:.2}x | {drafted:.2}x |",
-            cells.join(" | ")
-        );
+        let cells: Vec<String> = (0..names.len())
+            .map(|i| format!("{:.1}", v.median(i)))
+            .collect();
+        let (ngram, drafted) = (v.ratio(1, 0), v.ratio(2, 0));
+        println!("| {name} | {} | {ngram} | {drafted} |", cells.join(" | "));
     }
-    if let Some(l) = edit.get(3) {
-        let ratios = [edit[2] / l, chat[2] / chat[3], agg[2] / agg[3]];
-        println!("\nWick with its draft / llama-server with its draft: code editing {:.2}x, free chat {:.2}x, 16 clients {:.2}x.", ratios[0], ratios[1], ratios[2]);
+    println!(
+        "\nRates: medians of each server's {runs} samples; ratios: medians of the ratios within \
+         each round (their range in brackets)."
+    );
+    println!("\n| workload | n-gram: proposed / accepted | draft model: proposed / accepted |");
+    println!("|---|---|---|");
+    let spans = [
+        ("code editing", &counts, &edit_counts),
+        ("free chat", &edit_counts, &chat_counts),
+        ("16 clients", &chat_counts, &agg_counts),
+    ];
+    for (name, before, after) in spans {
+        let cell = |i: usize| {
+            let (p, a) = (after[i][0] - before[i][0], after[i][1] - before[i][1]);
+            format!("{p} / {a} ({:.0}%)", 100.0 * a as f64 / p.max(1) as f64)
+        };
+        println!("| {name}, {runs} rounds | {} | {} |", cell(1), cell(2));
+    }
+    if names.len() > 3 {
+        println!(
+            "\nWick with n-gram lookup / llama-server with its draft: code editing {}. Wick with \
+             its draft / llama-server with its draft: code editing {}, free chat {}, 16 clients {}.",
+            edit.ratio(1, 3),
+            edit.ratio(2, 3),
+            chat.ratio(2, 3),
+            agg.ratio(2, 3)
+        );
     }
     println!("\nEvery Wick answer identical with and without speculation.");
     let json_path = arg("--json", "");
@@ -205,8 +302,8 @@ pub async fn run(threads: &str) {
             .iter()
             .map(|(n, v)| {
                 let mut row = json!({"workload": n});
-                for (name, x) in names.iter().zip(v.iter()) {
-                    row[*name] = json!(x);
+                for (i, name) in names.iter().enumerate() {
+                    row[*name] = json!(v.0[i]);
                 }
                 row
             })
