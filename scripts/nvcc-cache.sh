@@ -76,4 +76,5 @@ fi
 mkdir -p "$cache"
 tmp="$(mktemp "$cache/.tmp.XXXXXX")"
 cp "$out" "$tmp"
+chmod 644 "$tmp"
 mv "$tmp" "$hit"

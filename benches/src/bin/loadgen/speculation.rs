@@ -209,7 +209,6 @@ pub async fn run(threads: &str) {
         "--draft-model",
         "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     );
-
     let mut servers: Vec<(&str, Server)> = vec![
         ("without", start(&["--threads", threads]).await),
         (
