@@ -1,8 +1,9 @@
 //! Reading a GGUF file's header safely. candle's reader trusts the lengths it reads (a string
 //! of 2^40 bytes is allocated before a byte is read), so a truncated or hostile file aborts the
 //! process instead of failing to load. [`read_content`] first walks the header itself, checking
-//! that every string, array and dimension count fits in the bytes that remain and that arrays
-//! nest at most [`MAX_ARRAY_DEPTH`] deep, and only then hands the file to candle.
+//! that every string, array and dimension count fits in the bytes that remain, that arrays
+//! nest at most [`MAX_ARRAY_DEPTH`] deep and that `general.alignment` (which candle divides by)
+//! is not zero, and only then hands the file to candle.
 //!
 //! Cost: the header's bytes read once into memory (up to [`HEADER_WINDOW`]), one pass over them
 //! (metadata and tensor infos); the tensor data is never read here.
@@ -20,6 +21,9 @@ pub const MAX_DIMS: u32 = 4;
 /// few MB: Gemma 3's 262,144-token vocabulary makes 6.5 MB). Parsing straight from the file costs
 /// a system call per value, seconds for a large vocabulary.
 const HEADER_WINDOW: u64 = 32 << 20;
+
+/// The key candle reads the tensor data's alignment from.
+const ALIGNMENT: &str = "general.alignment";
 
 /// Checks the header of the GGUF in `reader`, then reads it with candle. `name` names the
 /// file in errors.
@@ -117,6 +121,54 @@ impl<R: Read + Seek> Header<'_, R> {
         self.skip(n, 1, "a string")
     }
 
+    /// Skips a key, saying whether it is `name` as candle reads it (trailing NUL bytes
+    /// dropped).
+    fn key_is(&mut self, v1: bool, name: &str) -> Result<bool, String> {
+        let n = self.count(v1)?;
+        if n < name.len() as u64 || n > self.remaining()? {
+            self.skip(n, 1, "a string")?;
+            return Ok(false);
+        }
+        let mut same = true;
+        let mut left = n;
+        let mut chunk = [0u8; 256];
+        while left > 0 {
+            let k = left.min(chunk.len() as u64) as usize;
+            self.reader
+                .read_exact(&mut chunk[..k])
+                .map_err(|_| "the header ends early".to_string())?;
+            let at = (n - left) as usize;
+            for (i, &b) in chunk[..k].iter().enumerate() {
+                same &= name.as_bytes().get(at + i).map_or(b == 0, |&c| c == b);
+            }
+            left -= k as u64;
+        }
+        Ok(same)
+    }
+
+    /// candle aligns the tensor data to `general.alignment` when it is an integer of up to 32
+    /// bits (a negative one meaning the default), and divides by it: zero is refused here.
+    /// Leaves the reader where it was.
+    fn nonzero_alignment(&mut self, ty: u32) -> Result<(), String> {
+        let size = match ty {
+            0 | 1 => 1,
+            2 | 3 => 2,
+            4 | 5 => 4,
+            _ => return Ok(()),
+        };
+        let mut v = [0u8; 4];
+        self.reader
+            .read_exact(&mut v[..size])
+            .map_err(|_| "the header ends early".to_string())?;
+        self.reader
+            .seek(SeekFrom::Current(-(size as i64)))
+            .map_err(|e| e.to_string())?;
+        match v == [0; 4] {
+            true => Err(format!("{ALIGNMENT} is 0")),
+            false => Ok(()),
+        }
+    }
+
     fn value(&mut self, ty: u32, v1: bool, depth: usize) -> Result<(), String> {
         match ty {
             0 | 1 | 7 => self.skip(1, 1, "a value"),
@@ -161,8 +213,11 @@ impl<R: Read + Seek> Header<'_, R> {
             return Err(format!("{keys} metadata keys do not fit in the file"));
         }
         for _ in 0..keys {
-            self.string(v1)?;
+            let alignment = self.key_is(v1, ALIGNMENT)?;
             let ty = self.u32()?;
+            if alignment {
+                self.nonzero_alignment(ty)?;
+            }
             self.value(ty, v1, 0)?;
         }
         if tensors.saturating_mul(least) > self.remaining()? {
@@ -238,6 +293,25 @@ mod tests {
         let mut array = 4u32.to_le_bytes().to_vec();
         array.extend(u64::MAX.to_le_bytes());
         let bytes = header(&[("tokenizer.ggml.scores", 9, array)]);
+        assert!(read_content(&mut Cursor::new(bytes), "t.gguf").is_err());
+    }
+
+    #[test]
+    fn a_zero_alignment_is_refused() {
+        // candle divides by it (a fuzz finding: an abort).
+        for (ty, v) in [(0u32, vec![0u8]), (3, vec![0, 0]), (4, vec![0, 0, 0, 0])] {
+            let bytes = header(&[("general.alignment", ty, v)]);
+            let err = read_content(&mut Cursor::new(bytes), "t.gguf").unwrap_err();
+            assert!(err.to_string().contains("general.alignment is 0"), "{err}");
+        }
+        let bytes = header(&[("general.alignment", 4, 64u32.to_le_bytes().to_vec())]);
+        assert!(read_content(&mut Cursor::new(bytes), "t.gguf").is_ok());
+        // Another key with a zero value is fine.
+        let bytes = header(&[("general.alignmenx", 4, vec![0; 4])]);
+        assert!(read_content(&mut Cursor::new(bytes), "t.gguf").is_ok());
+        // The key padded with NUL bytes, which candle drops (the second finding).
+        let padded = format!("general.alignment{}", "\0".repeat(300));
+        let bytes = header(&[(padded.as_str(), 4, vec![0; 4])]);
         assert!(read_content(&mut Cursor::new(bytes), "t.gguf").is_err());
     }
 
