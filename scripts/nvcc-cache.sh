@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # nvcc with a cache of what it writes, for CI's CUDA build (.ci/run): candle-kernels compiles
-# about 25 CUDA files, one at a time, in its build script (most of the CUDA step's time on 2
+# 26 CUDA files, one at a time, in its build script (most of the CUDA step's time on 2
 # cores), and they only change with candle's version, the CUDA toolkit or the target GPU.
 #
 # Usage: scripts/nvcc-cache.sh install ROOT  makes ROOT a CUDA root for cudaforge's NVCC
@@ -51,12 +51,12 @@ if [[ -z "$out" && -n "$outdir" && "$ptx" == 1 ]]; then
   name="$(basename "$input")"
   out="$outdir/${name%.cu}.ptx"
 fi
-src="$(dirname "$input")"
-while [[ "$src" != / && "$(basename "$src")" != src ]]; do src="$(dirname "$src")"; done
-[[ "$src" == / ]] && src="$(dirname "$input")"
 if [[ -z "$out" ]]; then
   exec "$real" "$@"
 fi
+src="$(dirname "$input")"
+while [[ "$src" != / && "$(basename "$src")" != src ]]; do src="$(dirname "$src")"; done
+[[ "$src" == / ]] && src="$(dirname "$input")"
 
 key="$(
   {

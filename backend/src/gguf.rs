@@ -79,11 +79,15 @@ impl<R: Read + Seek> Header<'_, R> {
         Ok(self.len.saturating_sub(pos))
     }
 
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), String> {
+        self.reader
+            .read_exact(buf)
+            .map_err(|_| "the header ends early".to_string())
+    }
+
     fn bytes<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let mut b = [0u8; N];
-        self.reader
-            .read_exact(&mut b)
-            .map_err(|_| "the header ends early".to_string())?;
+        self.fill(&mut b)?;
         Ok(b)
     }
 
@@ -134,9 +138,7 @@ impl<R: Read + Seek> Header<'_, R> {
         let mut chunk = [0u8; 256];
         while left > 0 {
             let k = left.min(chunk.len() as u64) as usize;
-            self.reader
-                .read_exact(&mut chunk[..k])
-                .map_err(|_| "the header ends early".to_string())?;
+            self.fill(&mut chunk[..k])?;
             let at = (n - left) as usize;
             for (i, &b) in chunk[..k].iter().enumerate() {
                 same &= name.as_bytes().get(at + i).map_or(b == 0, |&c| c == b);
@@ -157,9 +159,7 @@ impl<R: Read + Seek> Header<'_, R> {
             _ => return Ok(()),
         };
         let mut v = [0u8; 4];
-        self.reader
-            .read_exact(&mut v[..size])
-            .map_err(|_| "the header ends early".to_string())?;
+        self.fill(&mut v[..size])?;
         self.reader
             .seek(SeekFrom::Current(-(size as i64)))
             .map_err(|e| e.to_string())?;

@@ -16,20 +16,19 @@
 //! [`StepCost`]). With `B` sequences decoding, a token costs `(fixed + per_row * B) / B` and a
 //! proposal row `per_row`, so the `i`-th proposal pays when the chance that it and those before
 //! it are accepted, `p^i`, exceeds `(per_row + d) * B / (fixed + per_row * B)` by a margin of
-//! [`MARGIN`] (see there), where `d` is the
-//! draft model's time per proposal (0 for n-gram lookup; measured over decode steps as the
-//! backend reports it, less the part of the draft's first pass that caught a sequence up on
-//! tokens decoded without it: [`draft_charge`]). `p` is the sequence's per-token acceptance,
-//! estimated from its verifications (accepted proposals are successes, a rejection a failure;
-//! older ones count less). Until the fit is trusted (the row cost's standard error under half of it), a row is
-//! taken to cost as much as the fixed part: a single stream then speculates when `p > 0.6`, a
-//! batch of 16 never. A sequence the estimate rules out still probes one
-//! proposal after sitting out 8, 16, 32 ... (at most 64) decode steps, so its estimate (and,
-//! with at most 4 sequences decoding, the fit) can learn; not where a proposal must be accepted
-//! more than 80% of the time to pay: no probe could show that. A step's proposals are capped
-//! at `step_budget`, first come first served. Cost per proposal: a check of the tokens written
-//! since the last one, else a backward scan of the sequence's tokens per n-gram length,
-//! O(`ngram_max` * tokens).
+//! [`MARGIN`] (see there), where `d` is the draft model's time per proposal (0 for n-gram
+//! lookup; measured over decode steps as the backend reports it, less the part of the draft's
+//! first pass that caught a sequence up on tokens decoded without it: [`draft_charge`]). `p` is
+//! the sequence's per-token acceptance, estimated from its verifications (accepted proposals
+//! are successes, a rejection a failure; older ones count less). Until the fit is trusted (the
+//! row cost's standard error under half of it), a row is taken to cost as much as the fixed
+//! part: a single stream then speculates when `p > 0.6`, a batch of 16 never. A sequence the
+//! estimate rules out still probes one proposal after sitting out 8, 16, 32 ... (at most 64)
+//! decode steps, so its estimate (and, with at most 4 sequences decoding, the fit) can learn;
+//! not where a proposal must be accepted more than 80% of the time to pay: no probe could show
+//! that. A step's proposals are capped at `step_budget`, first come first served. Cost per
+//! proposal: a check of the tokens written since the last one, else a backward scan of the
+//! sequence's tokens per n-gram length, O(`ngram_max` * tokens).
 
 use super::ngram::Copier;
 use std::collections::HashMap;
