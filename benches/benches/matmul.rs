@@ -1,5 +1,6 @@
-//! The quantized matmul alone at SmolLM2-135M's shapes, batch 1, 4, 16 and 64: Wick's kernels
-//! (each one this CPU has) against candle 0.11's `QMatMul` on the same weights, in one run.
+//! The quantized matmul alone at SmolLM2-135M's shapes and at Qwen2.5-Coder-1.5B's feed-forward
+//! shapes (its Q4_K and Q6_K matrices), batch 1, 4, 16 and 64: Wick's kernels (each one this CPU
+//! has) against candle 0.11's `QMatMul` on the same weights, in one run.
 //!
 //! Run: `cargo bench -p wick-benches --bench matmul`. Throughput is in weight-row dot products
 //! per second (criterion's elements/s: `rows * batch`); the ratio of medians is what
@@ -13,12 +14,14 @@ use wick_backend::ops::qgemm::{self, Kernel};
 use wick_backend::ops::QWeight;
 
 /// (name, output rows, input width, stored type) of the model's matrices.
-const SHAPES: [(&str, usize, usize, GgmlDType); 5] = [
+const SHAPES: [(&str, usize, usize, GgmlDType); 7] = [
     ("q_o_576x576", 576, 576, GgmlDType::Q4_1),
     ("kv_192x576", 192, 576, GgmlDType::Q4_1),
     ("gate_up_1536x576", 1536, 576, GgmlDType::Q4_1),
     ("down_576x1536", 576, 1536, GgmlDType::Q4_1),
     ("lm_head_49152x576", 49152, 576, GgmlDType::Q8_0),
+    ("qwen_gate_8960x1536", 8960, 1536, GgmlDType::Q4K),
+    ("qwen_down_1536x8960", 1536, 8960, GgmlDType::Q6K),
 ];
 const BATCHES: [usize; 4] = [1, 4, 16, 64];
 

@@ -299,3 +299,66 @@ fn q5_k_kernels_agree_and_match_the_reference() {
         }
     }
 }
+
+/// `n` blocks whose bytes are all `0xFF` (every quantized value at its largest, every scale
+/// byte set) except the f16 fields at `halves` (byte offsets), which hold 1.0.
+fn saturated<T: GgmlType>(n: usize, halves: &[usize]) -> Vec<T> {
+    let mut v: Vec<T> = (0..n).map(|_| T::zeros()).collect();
+    let size = std::mem::size_of::<T>();
+    // SAFETY: candle's blocks are plain-old-data `repr(C)` structs of bytes, u8/i8 arrays and
+    // f16s; any bit pattern is a valid value of each.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, n * size) };
+    bytes.fill(0xFF);
+    for block in bytes.chunks_exact_mut(size) {
+        for &at in halves {
+            block[at..at + 2].copy_from_slice(&f16::ONE.to_le_bytes());
+        }
+    }
+    v
+}
+
+/// The widest integer sums a kernel can meet: every weight at its largest value against every
+/// activation at +127, then at -127, in tiles of each size. The SIMD kernels keep partial sums
+/// in 16-bit lanes for a few steps; an overflow there would show here as different bits.
+fn check_saturated<F: Format>(src: &[F::Src], rows: usize, kb: usize) {
+    let packed = Packed::<F>::pack(src, rows, kb);
+    let k = kb * F::Src::BLCK_SIZE;
+    for sign in [1.0f32, -1.0] {
+        for batch in [1, 3, 4, 8, 9] {
+            let acts = QActs::quantize(&vec![sign; batch * k], k);
+            assert!(acts
+                .row(0)
+                .iter()
+                .all(|b| b.qs.iter().all(|&q| q == 127 * sign as i8)));
+            let mut want = vec![0f32; batch * rows];
+            packed.matmul(Kernel::Scalar, &acts, &mut want);
+            for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
+                let mut got = vec![0f32; batch * rows];
+                packed.matmul(kernel, &acts, &mut got);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(
+                    same,
+                    "{kernel:?}, {sign} x 127, batch {batch}: {got:?} vs {want:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_largest_integer_sums_give_the_same_bits_in_every_kernel() {
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
+    let (rows, kb) = (9, 2);
+    let n = rows * kb;
+    check_saturated::<Q4_0x8>(&saturated::<BlockQ4_0>(n, &[0]), rows, kb);
+    check_saturated::<Q4_1x8>(&saturated::<BlockQ4_1>(n, &[0, 2]), rows, kb);
+    check_saturated::<Q5_0x8>(&saturated::<BlockQ5_0>(n, &[0]), rows, kb);
+    check_saturated::<Q4_Kx8>(&saturated::<BlockQ4K>(n, &[0, 2]), rows, kb);
+    check_saturated::<Q5_Kx8>(&saturated::<BlockQ5K>(n, &[0, 2]), rows, kb);
+    // Q6_K's f16 scale is its last field; its sub-block scales are then -1.
+    let q6_d = std::mem::size_of::<BlockQ6K>() - 2;
+    check_saturated::<Q6_Kx8>(&saturated::<BlockQ6K>(n, &[q6_d]), rows, kb);
+}

@@ -9,6 +9,9 @@
 //! with separate multiplies and adds in the scalar kernel's order, so the bits are the same.
 //! Products cannot overflow: 15 x 127 (4-bit), 31 x 127 (Q5_0), 63 x 127 (Q6_K) and 128 x 127
 //! (8-bit, signs moved onto the activations) summed in pairs stay within i16 for `vpmaddubsw`.
+//! AVX2 adds those pair sums as 16-bit lanes over several steps (as many as stay within i16) and
+//! widens them to 32 bits once per span, not once per step; integer sums are exact in any order,
+//! so the bits do not change.
 //! The K-quants (`kquants`) run eight 32-element sub-blocks per stored block with the same loads.
 //! Compiled on x86-64 only (`portable` stands in elsewhere).
 
@@ -138,12 +141,27 @@ dispatch!(q4_k, Q4_Kx8);
 dispatch!(q5_k, Q5_Kx8);
 dispatch!(q6_k, Q6_Kx8);
 
-/// The kernel bodies for one instruction set. `$dp` defines `dp(acc, u, s)`: `acc` plus, per
-/// 32-bit lane, the sum of four products of unsigned bytes `u` with signed bytes `s`. `$chains`
-/// independent accumulators hide its latency where it accumulates in place (VNNI); AVX2's
-/// separate add has a one-cycle latency and needs none.
+/// The kernel bodies for one instruction set. `$dp` defines three functions:
+/// - `dp(acc, u, s)`: `acc` plus, per 32-bit lane, the sum of four products of unsigned bytes
+///   `u` with signed bytes `s`;
+/// - `step(part, u, s)`: the same products added to a partial sum, which may be narrower
+///   (AVX2: sixteen 16-bit pair sums, so no widening instruction per step);
+/// - `widen(part)`: a partial sum as 32-bit lane sums (the lane's four products added).
+///
+/// `$budget` is how many steps a partial sum may take of values up to a given maximum before it
+/// is widened, and `$merge` whether a block's two nibble halves share one partial sum where the
+/// caller adds them anyway (AVX2, whose 16-bit add has a one-cycle latency; VNNI keeps them apart,
+/// as its accumulating step's latency would serialise them). `$chains` independent accumulators
+/// hide the step's latency where it accumulates in place (VNNI); AVX2 needs none.
 macro_rules! kernels {
-    ($module:ident, $features:literal, $chains:literal, $dp:item) => {
+    (
+        $module:ident,
+        $features:literal,
+        $chains:literal,
+        $merge:literal,
+        $budget:expr,
+        $($dp:item)*
+    ) => {
         mod $module {
             // With one chain (AVX2) `l % CHAINS` is 0 and `1..CHAINS` empty, as intended.
             #![allow(clippy::modulo_one, clippy::reversed_empty_ranges)]
@@ -155,8 +173,16 @@ macro_rules! kernels {
 
             /// Independent accumulator chains per row and nibble half.
             const CHAINS: usize = $chains;
+            /// Whether the nibble halves share a partial sum where the caller adds them.
+            const MERGE: bool = $merge;
 
-            $dp
+            /// Steps of values up to `max` a partial sum may take.
+            #[inline(always)]
+            fn budget(max: i32) -> usize {
+                $budget(max)
+            }
+
+            $($dp)*
 
             /// Four activation bytes at `p`, repeated in every lane.
             #[inline]
@@ -231,7 +257,7 @@ macro_rules! kernels {
             /// Always inlined, and so compiled with its caller's target features (it has none of
             /// its own: `inline(always)` and `target_feature` do not go together).
             #[inline(always)]
-            unsafe fn nibble_dots<const MR: usize>(
+            unsafe fn nibble_dots<const MR: usize, const SPLIT: bool>(
                 qs: &[u8; 128],
                 high: High,
                 xs: &[&ActBlock; MR],
@@ -244,6 +270,17 @@ macro_rules! kernels {
                     ],
                     _ => [_mm256_setzero_si256(); 2],
                 };
+                // Partial sums (`step`), widened into the totals every `span` loads. Merged, the
+                // high half's steps go into the low half's sums (and `hi` stays zero).
+                let max = match high {
+                    High::None => 15,
+                    High::Fifth(_) => 31,
+                    High::Two(_) => 63,
+                };
+                let merged = MERGE && !SPLIT;
+                let span = (budget(max) / if merged { 2 } else { 1 }).clamp(1, 4);
+                let mut lo_sum = [_mm256_setzero_si256(); MR];
+                let mut hi_sum = [_mm256_setzero_si256(); MR];
                 let mut lo = [[_mm256_setzero_si256(); MR]; CHAINS];
                 let mut hi = [[_mm256_setzero_si256(); MR]; CHAINS];
                 for l in 0..4 {
@@ -266,15 +303,25 @@ macro_rules! kernels {
                     let c = if MR >= 4 { 0 } else { l % CHAINS };
                     for i in 0..MR {
                         let q = xs[i].qs.as_ptr();
-                        lo[c][i] = dp(lo[c][i], vlo, bcast(q.add(4 * l)));
-                        hi[c][i] = dp(hi[c][i], vhi, bcast(q.add(16 + 4 * l)));
+                        lo[c][i] = step(lo[c][i], vlo, bcast(q.add(4 * l)));
+                        let x_hi = bcast(q.add(16 + 4 * l));
+                        if merged {
+                            lo[c][i] = step(lo[c][i], vhi, x_hi);
+                        } else {
+                            hi[c][i] = step(hi[c][i], vhi, x_hi);
+                        }
                     }
-                }
-                let (mut lo_sum, mut hi_sum) = (lo[0], hi[0]);
-                for c in 1..CHAINS {
-                    for i in 0..MR {
-                        lo_sum[i] = _mm256_add_epi32(lo_sum[i], lo[c][i]);
-                        hi_sum[i] = _mm256_add_epi32(hi_sum[i], hi[c][i]);
+                    if (l + 1) % span == 0 {
+                        for c in 0..CHAINS {
+                            for i in 0..MR {
+                                lo_sum[i] = _mm256_add_epi32(lo_sum[i], widen(lo[c][i]));
+                                lo[c][i] = _mm256_setzero_si256();
+                                if !merged {
+                                    hi_sum[i] = _mm256_add_epi32(hi_sum[i], widen(hi[c][i]));
+                                    hi[c][i] = _mm256_setzero_si256();
+                                }
+                            }
+                        }
                     }
                 }
                 (lo_sum, hi_sum)
@@ -291,7 +338,7 @@ macro_rules! kernels {
                 for (b, wb) in w.iter().enumerate() {
                     let xs = blocks_at(&x, b);
                     let high = wb.qh().map_or(High::None, High::Fifth);
-                    let (lo, hi) = nibble_dots(wb.qs(), high, &xs);
+                    let (lo, hi) = nibble_dots::<MR, false>(wb.qs(), high, &xs);
                     let dw = scales(wb.d());
                     for i in 0..MR {
                         let sumi = _mm256_add_epi32(lo[i], hi[i]);
@@ -362,7 +409,7 @@ macro_rules! kernels {
                     for j in 0..SUBS {
                         let xs = blocks_at(&x, SUBS * b + j);
                         let high = wb.qh(j).map_or(High::None, High::Fifth);
-                        let (lo, hi) = nibble_dots(wb.qs(j), high, &xs);
+                        let (lo, hi) = nibble_dots::<MR, false>(wb.qs(j), high, &xs);
                         let scale = _mm256_mul_ps(d, bytes_f32(&ks.sc[j]));
                         let min = _mm256_mul_ps(dmin, bytes_f32(&ks.m[j]));
                         for i in 0..MR {
@@ -405,7 +452,7 @@ macro_rules! kernels {
                     for j in 0..SUBS {
                         let xs = blocks_at(&x, SUBS * b + j);
                         let sub = &wb.subs[j];
-                        let (lo, hi) = nibble_dots(&sub.ql, High::Two(&sub.qh), &xs);
+                        let (lo, hi) = nibble_dots::<MR, true>(&sub.ql, High::Two(&sub.qh), &xs);
                         let (s0, s1) = (sbytes_i32(&wb.sc[2 * j]), sbytes_i32(&wb.sc[2 * j + 1]));
                         for i in 0..MR {
                             let l0 = _mm256_sub_epi32(lo[i], _mm256_set1_epi32(32 * xs[i].hsum[0]));
@@ -460,15 +507,29 @@ macro_rules! kernels {
     };
 }
 
+// AVX2's partial sums are 16-bit pair sums, exact while they stay within i16: a step adds at
+// most 2 x max x 127 per lane (activations are within +-127), so 2 steps of 6-bit values (32,004),
+// 4 of 5-bit ones (31,496) and 8 of 4-bit ones (30,480).
 kernels!(
     avx2,
     "avx2,fma,f16c",
     1,
+    true,
+    |max: i32| (i16::MAX as i32 / (2 * max * 127)) as usize,
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
-        let pairs = _mm256_maddubs_epi16(u, s);
-        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        _mm256_add_epi32(acc, widen(_mm256_maddubs_epi16(u, s)))
+    },
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn step(part: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        _mm256_add_epi16(part, _mm256_maddubs_epi16(u, s))
+    },
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen(part: __m256i) -> __m256i {
+        _mm256_madd_epi16(part, _mm256_set1_epi16(1))
     }
 );
 
@@ -476,9 +537,21 @@ kernels!(
     vnni,
     "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
     2,
+    false,
+    |_max: i32| 4,
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     unsafe fn dp(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         _mm256_dpbusd_epi32(acc, u, s)
+    },
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn step(part: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        dp(part, u, s)
+    },
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn widen(part: __m256i) -> __m256i {
+        part
     }
 );
