@@ -160,7 +160,8 @@ macro_rules! kernels {
         $chains:literal,
         $merge:literal,
         $budget:expr,
-        $($dp:item)*
+        $($dp:item),+
+        $(,)?
     ) => {
         mod $module {
             // With one chain (AVX2) `l % CHAINS` is 0 and `1..CHAINS` empty, as intended.
