@@ -70,16 +70,33 @@ impl QActs {
 
 /// Candle's Q8_1 quantization of one block (`BlockQ8_1::from_float`: the same operations in the
 /// same order, so the same bits), written over fixed-size arrays so that it vectorises.
+///
+/// Written so that it vectorises, with the same results for every input: the largest magnitude
+/// over eight lanes, then across them (a maximum is exact in any order; one running maximum is a
+/// serial chain of 32), by comparisons (`f32::max` ignores a NaN operand, and so does `v > m`
+/// false); then each rounded value is clamped the way `as i8` clamps (NaN to 0, saturating at
+/// -128 and 127) before an unchecked conversion.
 fn quantize_block(x: &[f32; 32]) -> ActBlock {
-    let mut amax = 0f32;
-    for &v in x {
-        amax = amax.max(v.abs());
-    }
+    let max = |a: f32, b: f32| if a > b { a } else { b };
+    let c = x.as_chunks::<8>().0;
+    let lanes: [f32; 8] = std::array::from_fn(|j| {
+        let (a, b) = (
+            max(c[0][j].abs(), c[1][j].abs()),
+            max(c[2][j].abs(), c[3][j].abs()),
+        );
+        max(a, b)
+    });
+    let amax = lanes.into_iter().fold(0f32, max);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; 32];
     for (q, &v) in qs.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        let r = (v * id).round();
+        let r = if r.is_nan() { 0.0 } else { r };
+        let r = if r > 127.0 { 127.0 } else { r };
+        let r = if r < -128.0 { -128.0 } else { r };
+        // SAFETY: `r` is a whole number within i8's range (NaN and infinities replaced above).
+        *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
     }
     let half = |h: usize| {
         qs[16 * h..16 * h + 16]

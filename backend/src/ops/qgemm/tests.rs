@@ -189,6 +189,26 @@ fn activation_quantization_is_candles_bit_for_bit() {
     let mut x = values(32 * 40, 9);
     x.extend(std::iter::repeat_n(0.0, 32));
     x.extend((0..32).map(|i| if i == 0 { 127.0 } else { i as f32 - 16.5 }));
+    // Blocks with a NaN, infinities, a huge value, subnormals and negative zeros among ordinary
+    // values: the vectorised form must clamp and convert as `as i8` does.
+    let special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        3e38,
+        1e-40,
+        -0.0,
+    ];
+    for (n, &v) in special.iter().enumerate() {
+        x.extend((0..32).map(|i| {
+            if i % 7 == n {
+                v
+            } else {
+                (i as f32 - 15.0) * 0.3
+            }
+        }));
+    }
+    x.extend(std::iter::repeat_n(1e-40, 32));
     let ours = QActs::quantize(&x, 32);
     let mut theirs: Vec<BlockQ8_1> = (0..x.len() / 32).map(|_| BlockQ8_1::zeros()).collect();
     BlockQ8_1::from_float(&x, &mut theirs);
