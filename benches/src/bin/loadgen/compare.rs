@@ -16,7 +16,9 @@
 //! `--json FILE` (the figures as JSON; the table goes to stdout), `--completions` (plain prompts
 //! on `/v1/completions`, for base models), `--quick` (decode, prefill and 16 clients only: the
 //! figures the real-models targets name, in a fraction of the time on larger models; both servers
-//! run at once and their samples alternate, so that a shared machine's slow minutes hit both), `--wick-kv-mib` and `--wick-kv-dtype` (Wick's KV cache; give it the same
+//! run at once and their samples alternate, so that a shared machine's slow minutes hit both),
+//! `--long` (the long-context workloads instead, see [`super::long_context`]),
+//! `--wick-kv-mib` and `--wick-kv-dtype` (Wick's KV cache; give it the same
 //! 65,536 tokens llama-server holds in f16: SmolLM2's default 3,072 MiB of f32, 1,792 MiB of
 //! f16 for Qwen2.5-1.5B).
 
@@ -56,7 +58,7 @@ const WORDS: [&str; 24] = [
 ];
 
 /// A user message of about `words + 8` tokens that no other request shares a prefix with.
-fn prompt(words: usize) -> Value {
+pub(super) fn prompt(words: usize) -> Value {
     let id = NEXT_PROMPT.fetch_add(1, Ordering::Relaxed);
     let mut text = format!("Request {id}. Write a story that uses these words:");
     for i in 0..words {
@@ -68,7 +70,7 @@ fn prompt(words: usize) -> Value {
 
 /// A streamed request for `messages`: chat, or with `--completions` the user message's text as
 /// a plain prompt (base models without a chat template, such as Gemma 3 270M).
-fn body(messages: Value, max_tokens: u64) -> Value {
+pub(super) fn body(messages: Value, max_tokens: u64) -> Value {
     let mut body = json!({"max_tokens": max_tokens, "temperature": 0, "ignore_eos": true,
                           "stream": true, "stream_options": {"include_usage": true}});
     if std::env::args().any(|a| a == "--completions") {
@@ -115,7 +117,7 @@ pub async fn start_llama_with(bin: &str, model: &str, threads: &str, extra: &[&s
     wait_ready(Server { child, base }, "/health").await
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -316,6 +318,9 @@ const ROWS: [(&str, &str); 13] = [
 ];
 
 pub async fn run(threads: &str) {
+    if std::env::args().any(|a| a == "--long") {
+        return super::long_context::run(threads).await;
+    }
     let model = arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let quick = std::env::args().any(|a| a == "--quick");
     let kv_mib = arg("--wick-kv-mib", WICK_KV_MIB);

@@ -9,7 +9,8 @@
 //! - `multi-turn`: Wick with and without prefix caching; one conversation re-sent with each new
 //!   turn: prompt tokens computed per turn.
 //! - `compare`: Wick against llama.cpp's `llama-server` on the same GGUF and threads (see
-//!   [`compare`]): decode, prefill, aggregate throughput and latency percentiles, also as JSON.
+//!   [`compare`]): decode, prefill, aggregate throughput and latency percentiles, also as JSON;
+//!   with `--long`, prefill and decode at ~4,000 tokens of context ([`long_context`]).
 //! - `speculation`: Wick with and without n-gram speculation (see [`speculation`]): code
 //!   editing and free chat decode rates, 16-client throughput, answers checked identical.
 //!
@@ -18,6 +19,7 @@
 //! `cargo run --release -p wick-benches --bin loadgen -- compare --llama-server "$(scripts/build-llama-server.sh)"`
 
 mod compare;
+mod long_context;
 mod speculation;
 
 use futures::StreamExt;
@@ -50,8 +52,16 @@ fn arg(name: &str, default: &str) -> String {
 
 /// Starts `wick serve` on a port the OS picks and waits until it is ready.
 async fn start(extra: &[&str]) -> Server {
+    start_model(
+        &arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        extra,
+    )
+    .await
+}
+
+/// [`start`] on `model`.
+async fn start_model(model: &str, extra: &[&str]) -> Server {
     let bin = arg("--bin", "target/release/wick");
-    let model = arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let mut child = Command::new(&bin)
         .args([
             "serve",
@@ -60,7 +70,7 @@ async fn start(extra: &[&str]) -> Server {
             "--port",
             "0",
             "--model",
-            &model,
+            model,
         ])
         .args(extra)
         .stdout(Stdio::piped())
@@ -143,7 +153,11 @@ async fn stream_chat(base: &str, body: &Value) -> Trace {
         buf.push_str(&String::from_utf8_lossy(&chunk.expect("body")));
         while let Some(end) = buf.find("\n\n") {
             let event: String = buf.drain(..end + 2).collect();
-            let data = event.trim().trim_start_matches("data: ");
+            // Comment lines (`:`, the keep-alives of a long prefill) carry no data.
+            let Some(data) = event.lines().find_map(|l| l.strip_prefix("data:")) else {
+                continue;
+            };
+            let data = data.trim();
             if data == "[DONE]" {
                 continue;
             }
