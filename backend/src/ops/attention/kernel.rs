@@ -208,10 +208,10 @@ mod avx2 {
     pub(super) unsafe fn scores(q: &[f32], keys: &[&[f32]], scale: f32, w: &mut [f32]) {
         let mut j = 0;
         while j + KEYS <= keys.len() {
-            let sums = dots::<KEYS>(q, std::array::from_fn(|i| keys[j + i]));
-            for (s, d) in w[j..j + KEYS].iter_mut().zip(sums) {
-                *s = d * scale;
-            }
+            let acc = lanes::<KEYS>(q, std::array::from_fn(|i| keys[j + i]));
+            let sums = _mm256_add_ps(reduce8(acc), _mm256_setzero_ps());
+            let scaled = _mm256_mul_ps(sums, _mm256_set1_ps(scale));
+            _mm256_storeu_ps(w[j..j + KEYS].as_mut_ptr(), scaled);
             j += KEYS;
         }
         while j < keys.len() {
@@ -223,6 +223,13 @@ mod avx2 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
+        lanes(q, keys).map(|a| reduce(a))
+    }
+
+    /// Each key's eight lane sums of [`super::dot`], before the reduction.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn lanes<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [__m256; N] {
         let mut acc = [_mm256_setzero_ps(); N];
         for c in (0..q.len()).step_by(8) {
             let x = _mm256_loadu_ps(q.as_ptr().add(c));
@@ -231,7 +238,25 @@ mod avx2 {
                 acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(x, y));
             }
         }
-        acc.map(|a| reduce(a))
+        acc
+    }
+
+    /// [`reduce`] of eight keys' lanes at once, key `i` in lane `i` (without the final `+ 0`):
+    /// the same additions of the same operands, `l + l'` four apart first (each 128-bit half of
+    /// two keys at a time), then neighbours, then the two pair sums.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn reduce8(a: [__m256; 8]) -> __m256 {
+        let halves = |x: __m256, y: __m256| {
+            let lo = _mm256_permute2f128_ps(x, y, 0x20);
+            let hi = _mm256_permute2f128_ps(x, y, 0x31);
+            _mm256_add_ps(lo, hi)
+        };
+        let (s01, s23) = (halves(a[0], a[1]), halves(a[2], a[3]));
+        let (s45, s67) = (halves(a[4], a[5]), halves(a[6], a[7]));
+        let pairs = _mm256_hadd_ps(_mm256_hadd_ps(s01, s23), _mm256_hadd_ps(s45, s67));
+        // Lanes hold keys 0, 2, 4, 6, 1, 3, 5, 7.
+        _mm256_permutevar8x32_ps(pairs, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
     }
 
     /// `((l0 + l4) + (l1 + l5)) + ((l2 + l6) + (l3 + l7)) + 0`.
