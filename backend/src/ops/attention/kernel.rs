@@ -215,15 +215,10 @@ mod avx2 {
             j += KEYS;
         }
         while j < keys.len() {
-            w[j] = dots::<1>(q, [keys[j]])[0] * scale;
+            let [acc] = lanes::<1>(q, [keys[j]]);
+            w[j] = reduce(acc) * scale;
             j += 1;
         }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn dots<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [f32; N] {
-        lanes(q, keys).map(|a| reduce(a))
     }
 
     /// Each key's eight lane sums of [`super::dot`], before the reduction.

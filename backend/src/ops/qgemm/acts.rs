@@ -68,14 +68,12 @@ impl QActs {
     }
 }
 
-/// Candle's Q8_1 quantization of one block (`BlockQ8_1::from_float`: the same operations in the
-/// same order, so the same bits), written over fixed-size arrays so that it vectorises.
-///
-/// Written so that it vectorises, with the same results for every input: the largest magnitude
-/// over eight lanes, then across them (a maximum is exact in any order; one running maximum is a
-/// serial chain of 32), by comparisons (`f32::max` ignores a NaN operand, and so does `v > m`
-/// false); then each rounded value is clamped the way `as i8` clamps (NaN to 0, saturating at
-/// -128 and 127) before an unchecked conversion.
+/// Candle's Q8_1 quantization of one block (`BlockQ8_1::from_float`: the same results for every
+/// input, so the same bits), written over fixed-size arrays so that it vectorises: the largest
+/// magnitude over eight lanes, then across them (a maximum is exact in any order; one running
+/// maximum is a serial chain of 32), by comparisons (`f32::max` ignores a NaN operand, and so
+/// does `v > m` false); then each rounded value is clamped the way `as i8` clamps (NaN to 0,
+/// saturating at -128 and 127) before an unchecked conversion.
 fn quantize_block(x: &[f32; 32]) -> ActBlock {
     let max = |a: f32, b: f32| if a > b { a } else { b };
     let c = x.as_chunks::<8>().0;

@@ -252,8 +252,11 @@ macro_rules! kernels {
             /// One 32-element block of eight rows in Q4_0's nibble layout (`qs`, with `high`
             /// ORed in above the nibbles) against `MR` activation blocks: per row, the integer
             /// dot of its first 16 elements (the low nibbles) and of its last 16 (the high
-            /// ones). Partial sums run in `CHAINS` independent accumulators per row and half, so
-            /// that an accumulating dot-product instruction's latency does not serialise a row.
+            /// ones); with `MERGE` and not `SPLIT`, both halves' sum comes as the first and the
+            /// second is zero (for callers that add them). Partial sums run in `CHAINS`
+            /// independent accumulators per row and half, so that an accumulating dot-product
+            /// instruction's latency does not serialise a row, and are widened every span of
+            /// loads that `budget` allows.
             ///
             /// Always inlined, and so compiled with its caller's target features (it has none of
             /// its own: `inline(always)` and `target_feature` do not go together).

@@ -117,6 +117,28 @@ pub async fn start_llama_with(bin: &str, model: &str, threads: &str, extra: &[&s
     wait_ready(Server { child, base }, "/health").await
 }
 
+/// A table cell: the figure to one decimal, or `-` where there is none.
+pub(super) fn cell(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1}"))
+}
+
+/// `a / b` as a table cell (`1.23x`), or `-`.
+pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".into(),
+    }
+}
+
+/// Writes `report` to the `--json` file, when one is named.
+pub(super) fn write_json(report: &Value) {
+    let json_path = arg("--json", "");
+    if !json_path.is_empty() {
+        let text = serde_json::to_string_pretty(report).expect("JSON");
+        std::fs::write(&json_path, text).unwrap_or_else(|e| panic!("{json_path}: {e}"));
+    }
+}
+
 pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -364,11 +386,7 @@ pub async fn run(threads: &str) {
         }
     }
     let report = json!({"threads": threads, "model": model, "results": results});
-    let json_path = arg("--json", "");
-    if !json_path.is_empty() {
-        let text = serde_json::to_string_pretty(&report).expect("JSON");
-        std::fs::write(&json_path, text).unwrap_or_else(|e| panic!("{json_path}: {e}"));
-    }
+    write_json(&report);
     let figure = |server: &str, ptr: &str| match ptr.strip_prefix("aggregate:") {
         Some(n) => aggregate(&report["results"][server], n.parse().ok()?),
         None => report["results"][server].pointer(ptr)?.as_f64(),
@@ -377,11 +395,6 @@ pub async fn run(threads: &str) {
     println!("|---|---|---|---|");
     for (label, ptr) in ROWS {
         let (w, l) = (figure("wick", ptr), figure("llama-server", ptr));
-        let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-        let ratio = match (w, l) {
-            (Some(w), Some(l)) if l > 0.0 => format!("{:.2}x", w / l),
-            _ => "-".into(),
-        };
-        println!("| {label} | {} | {} | {ratio} |", cell(w), cell(l));
+        println!("| {label} | {} | {} | {} |", cell(w), cell(l), ratio(w, l));
     }
 }

@@ -11,7 +11,7 @@
 //! with one slot of 8,192 tokens (`-c 8192 -np 1`, its f16 cache); Wick with 1,024 MiB of KV
 //! cache (enough for one such sequence in either type).
 
-use super::compare::{body, median, prompt, start_llama_with};
+use super::compare::{body, cell, median, prompt, ratio, start_llama_with, write_json};
 use super::{arg, start_model, stream_chat, Server};
 use serde_json::{json, Value};
 
@@ -76,21 +76,12 @@ pub async fn run(threads: &str) {
         );
     }
     let report = json!({"threads": threads, "model": model, "runs": runs, "results": results});
-    let json_path = arg("--json", "");
-    if !json_path.is_empty() {
-        let text = serde_json::to_string_pretty(&report).expect("JSON");
-        std::fs::write(&json_path, text).unwrap_or_else(|e| panic!("{json_path}: {e}"));
-    }
+    write_json(&report);
     print_table(&report["results"]);
 }
 
 fn print_table(results: &Value) {
     let figure = |server: &str, key: &str| results[server][key].as_f64();
-    let cell = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-        _ => "-".into(),
-    };
     println!(
         "| measure | Wick, f32 KV | Wick, f16 KV | llama-server | f32 / llama | f16 / llama |"
     );
