@@ -9,8 +9,9 @@
 //! [`exp`], then the denominator and the weighted values summed key by key in position order.
 //! [`dot`] multiplies and adds in eight fixed lanes (no fused multiply-add) and sums the lanes
 //! in one fixed tree; the AVX2 bodies do the same operations on 256-bit registers, so they give
-//! the portable code's bits (x86-64-v3, the build's baseline, has AVX2; other targets run the
-//! portable code).
+//! the portable code's bits (x86-64-v3, the build's baseline, has AVX2 and F16C; other targets
+//! run the portable code). An f16 cache's rows are widened to f32 where they are loaded (the
+//! portable code widens each row into a buffer): the same values either way.
 
 /// Keys per online-softmax tile. Tiles start every this many keys from a query's first key,
 /// whatever the cache's block size.
@@ -32,8 +33,8 @@ struct State {
 
 /// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows are
 /// `rows` (from the group's first key, in position order), reading KV head `kvh` of `k` and
-/// `v`. Each key and value row is read (and, from an f16 cache, converted) once per tile for
-/// the whole group.
+/// `v`. Each key and value row is read once per tile for the whole group; f16 rows are widened
+/// to f32 (exactly) as they are loaded.
 pub(super) fn attend_group<T: super::KvElem>(
     queries: &mut [Query],
     rows: &[usize],
@@ -54,20 +55,18 @@ pub(super) fn attend_group<T: super::KvElem>(
             denom: 0.0,
         })
         .collect();
-    let mut kbuf = vec![0f32; if T::IS_F32 { 0 } else { KEY_TILE * dim }];
-    let mut vbuf = kbuf.clone();
     // Every query's weights for the tile: the keys pass once for all scores, then the values
     // once for all accumulations, so that only one of the two tiles need stay in cache.
     let mut w = vec![0f32; queries.len() * KEY_TILE];
     for t0 in (0..n).step_by(KEY_TILE) {
         let tile = &rows[t0..(t0 + KEY_TILE).min(n)];
         let len = |query: &Query| query.keys.saturating_sub(t0).min(tile.len());
-        let kr = tile_rows(k, tile, kvh, dim, &mut kbuf);
+        let kr = tile_rows(k, tile, kvh, dim);
         for (query, w) in queries.iter().zip(w.chunks_mut(KEY_TILE)) {
             let n = len(query);
             scores(query.q, &kr[..n], scale, &mut w[..n]);
         }
-        let vr = tile_rows(v, tile, kvh, dim, &mut vbuf);
+        let vr = tile_rows(v, tile, kvh, dim);
         let per_query = w.chunks_mut(KEY_TILE).zip(acc.chunks_mut(dim));
         for (query, ((w, acc), st)) in queries.iter().zip(per_query.zip(states.iter_mut())) {
             let n = len(query);
@@ -99,53 +98,53 @@ pub(super) fn attend_group<T: super::KvElem>(
     }
 }
 
-/// The f32 rows of a tile of keys (or values) of KV head `kvh`: borrowed from an f32 cache,
-/// converted into `buf` (a tile's worth; empty for f32) otherwise.
-fn tile_rows<'a, T: super::KvElem>(
-    data: &'a [T],
-    tile: &[usize],
-    kvh: usize,
-    dim: usize,
-    buf: &'a mut [f32],
-) -> [&'a [f32]; KEY_TILE] {
-    let mut out: [&[f32]; KEY_TILE] = [&[]; KEY_TILE];
-    let mut bufs = buf.chunks_mut(dim);
+/// The rows of a tile of keys (or values) of KV head `kvh`, in the cache's element type.
+fn tile_rows<'a, T>(data: &'a [T], tile: &[usize], kvh: usize, dim: usize) -> [&'a [T]; KEY_TILE] {
+    let mut out: [&[T]; KEY_TILE] = [&[]; KEY_TILE];
     for (slot, &row) in out.iter_mut().zip(tile) {
-        *slot = T::row(
-            data,
-            (row + kvh) * dim,
-            dim,
-            bufs.next().unwrap_or_default(),
-        );
+        let off = (row + kvh) * dim;
+        *slot = &data[off..off + dim];
     }
     out
 }
 
 /// `w[j] = dot(q, keys[j]) * scale`.
 #[inline]
-fn scores(q: &[f32], keys: &[&[f32]], scale: f32, w: &mut [f32]) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn scores<T: super::KvElem>(q: &[f32], keys: &[&[T]], scale: f32, w: &mut [f32]) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "f16c"
+    ))]
     if q.len().is_multiple_of(8) {
-        // SAFETY: the build enables AVX2 (checked by the cfg); every key row has `q.len()`
-        // elements (cache rows of the head dimension).
+        // SAFETY: the build enables AVX2 and F16C (checked by the cfg); every key row has
+        // `q.len()` elements (cache rows of the head dimension).
         unsafe { avx2::scores(q, keys, scale, w) };
         return;
     }
+    let mut buf = vec![0f32; q.len()];
     for (s, key) in w.iter_mut().zip(keys) {
-        *s = dot(q, key) * scale;
+        *s = dot(q, T::row(key, 0, q.len(), &mut buf)) * scale;
     }
 }
 
 /// `acc += w[j] * values[j]` for each `j` in order.
 #[inline]
-fn accumulate(acc: &mut [f32], w: &[f32], values: &[&[f32]]) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn accumulate<T: super::KvElem>(acc: &mut [f32], w: &[f32], values: &[&[T]]) {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "f16c"
+    ))]
     if acc.len().is_multiple_of(8) {
         // SAFETY: as in `scores`; value rows have `acc.len()` elements.
         unsafe { avx2::accumulate(acc, w, values) };
         return;
     }
-    accumulate_portable(acc, w, values);
+    let mut buf = vec![0f32; acc.len()];
+    for (&wj, row) in w.iter().zip(values) {
+        accumulate_portable(acc, &[wj], &[T::row(row, 0, acc.len(), &mut buf)]);
+    }
 }
 
 fn accumulate_portable(acc: &mut [f32], w: &[f32], values: &[&[f32]]) {
@@ -194,28 +193,34 @@ pub(super) fn exp(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "f16c"
+))]
 mod avx2 {
     //! [`super::dot`] and the value accumulation on 256-bit registers: the same lanes, the same
-    //! separate multiplies and adds, the same reduction tree.
+    //! separate multiplies and adds, the same reduction tree. Rows are read through
+    //! [`KvElem::load8`], which widens f16 to f32 in the load.
+    use super::super::KvElem;
     use std::arch::x86_64::*;
 
     /// Keys scored at once (independent accumulator chains).
     const KEYS: usize = 8;
 
     /// `w[j] = dot(q, keys[j]) * scale`; `q.len()` a multiple of 8.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn scores(q: &[f32], keys: &[&[f32]], scale: f32, w: &mut [f32]) {
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn scores<T: KvElem>(q: &[f32], keys: &[&[T]], scale: f32, w: &mut [f32]) {
         let mut j = 0;
         while j + KEYS <= keys.len() {
-            let acc = lanes::<KEYS>(q, std::array::from_fn(|i| keys[j + i]));
+            let acc = lanes::<T, KEYS>(q, std::array::from_fn(|i| keys[j + i]));
             let sums = _mm256_add_ps(reduce8(acc), _mm256_setzero_ps());
             let scaled = _mm256_mul_ps(sums, _mm256_set1_ps(scale));
             _mm256_storeu_ps(w[j..j + KEYS].as_mut_ptr(), scaled);
             j += KEYS;
         }
         while j < keys.len() {
-            let [acc] = lanes::<1>(q, [keys[j]]);
+            let [acc] = lanes::<T, 1>(q, [keys[j]]);
             w[j] = reduce(acc) * scale;
             j += 1;
         }
@@ -223,13 +228,13 @@ mod avx2 {
 
     /// Each key's eight lane sums of [`super::dot`], before the reduction.
     #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn lanes<const N: usize>(q: &[f32], keys: [&[f32]; N]) -> [__m256; N] {
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn lanes<T: KvElem, const N: usize>(q: &[f32], keys: [&[T]; N]) -> [__m256; N] {
         let mut acc = [_mm256_setzero_ps(); N];
         for c in (0..q.len()).step_by(8) {
             let x = _mm256_loadu_ps(q.as_ptr().add(c));
             for i in 0..N {
-                let y = _mm256_loadu_ps(keys[i].as_ptr().add(c));
+                let y = T::load8(keys[i].as_ptr().add(c));
                 acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(x, y));
             }
         }
@@ -267,27 +272,27 @@ mod avx2 {
     /// `acc += w[j] * values[j]` for each `j` in order; `acc.len()` a multiple of 8. The
     /// accumulator is held in registers 64 elements at a time (then 8 at a time) while every
     /// value row passes.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn accumulate(acc: &mut [f32], w: &[f32], values: &[&[f32]]) {
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) unsafe fn accumulate<T: KvElem>(acc: &mut [f32], w: &[f32], values: &[&[T]]) {
         let mut c0 = 0;
         while c0 + 64 <= acc.len() {
-            accumulate_block::<8>(acc, c0, w, values);
+            accumulate_block::<T, 8>(acc, c0, w, values);
             c0 += 64;
         }
         while c0 < acc.len() {
-            accumulate_block::<1>(acc, c0, w, values);
+            accumulate_block::<T, 1>(acc, c0, w, values);
             c0 += 8;
         }
     }
 
     /// Elements `c0..c0 + 8 * REGS` of [`accumulate`].
     #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn accumulate_block<const REGS: usize>(
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn accumulate_block<T: KvElem, const REGS: usize>(
         acc: &mut [f32],
         c0: usize,
         w: &[f32],
-        values: &[&[f32]],
+        values: &[&[T]],
     ) {
         let base = acc.as_mut_ptr().add(c0);
         let mut a: [__m256; REGS] = std::array::from_fn(|r| _mm256_loadu_ps(base.add(8 * r)));
@@ -295,7 +300,7 @@ mod avx2 {
             let wb = _mm256_set1_ps(wj);
             let x = row.as_ptr().add(c0);
             for (r, a) in a.iter_mut().enumerate() {
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(wb, _mm256_loadu_ps(x.add(8 * r))));
+                *a = _mm256_add_ps(*a, _mm256_mul_ps(wb, T::load8(x.add(8 * r))));
             }
         }
         for (r, a) in a.iter().enumerate() {

@@ -50,17 +50,25 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<
     Ok(&v[a..b])
 }
 
-/// An element type of the KV cache: f32, or f16 (half the memory, converted on read).
+/// An element type of the KV cache: f32, or f16 (half the memory, widened to f32 on read;
+/// the widening is exact).
 pub trait KvElem: Copy + Send + Sync + 'static {
-    /// Rows are f32 already ([`KvElem::row`] borrows them).
-    const IS_F32: bool;
     fn from_f32(v: f32) -> Self;
     /// `data[off..off + dim]` as f32: borrowed when already f32, else converted into `buf`.
     fn row<'a>(data: &'a [Self], off: usize, dim: usize, buf: &'a mut [f32]) -> &'a [f32];
+    /// The eight elements at `p`, as f32.
+    ///
+    /// # Safety
+    /// `p` points at eight readable elements, and the CPU has AVX2 and F16C.
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "f16c"
+    ))]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
 }
 
 impl KvElem for f32 {
-    const IS_F32: bool = true;
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -68,10 +76,18 @@ impl KvElem for f32 {
     fn row<'a>(data: &'a [f32], off: usize, dim: usize, _: &'a mut [f32]) -> &'a [f32] {
         &data[off..off + dim]
     }
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "f16c"
+    ))]
+    #[inline]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
 }
 
 impl KvElem for f16 {
-    const IS_F32: bool = false;
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
     }
@@ -80,6 +96,16 @@ impl KvElem for f16 {
         let buf = &mut buf[..dim];
         data[off..off + dim].convert_to_f32_slice(buf);
         buf
+    }
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "f16c"
+    ))]
+    #[inline]
+    unsafe fn load8(p: *const f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
     }
 }
 
@@ -263,8 +289,8 @@ impl OutPtr {
 }
 
 /// For each sequence of the batch, the cache row (`slot * kv_heads`) of each of its key
-/// positions, as far as its furthest query in this batch looks; computed once per call so that
-/// the inner loops do no division.
+/// positions, as far as its furthest query in this batch looks; computed once per call (block
+/// by block, without a division per key) so that the inner loops do no division.
 fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Vec<usize>>> {
     let mut keys = vec![0usize; meta.tables.len()];
     for (&table, &pos) in meta.token_table.iter().zip(&meta.positions) {
@@ -282,8 +308,10 @@ fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Ve
                     table.len()
                 );
             }
-            Ok((0..n)
-                .map(|p| (table[p / bs] as usize * bs + p % bs) * kv_heads)
+            Ok(table
+                .iter()
+                .flat_map(|&b| (0..bs).map(move |o| (b as usize * bs + o) * kv_heads))
+                .take(n)
                 .collect())
         })
         .collect()

@@ -155,7 +155,11 @@ fn dot_handles_tails() {
 
 /// The SIMD scores and accumulation against the portable ones directly, on rows long enough
 /// to use every register block (and a remainder block).
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "f16c"
+))]
 #[test]
 fn the_avx2_bodies_give_the_portable_bits() {
     for dim in [8usize, 64, 72, 128, 256] {
@@ -163,7 +167,7 @@ fn the_avx2_bodies_give_the_portable_bits() {
         let rows: Vec<Vec<f32>> = (0..13).map(|j| noise(dim, 20 + j)).collect();
         let keys: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
         let mut w = vec![0f32; keys.len()];
-        // SAFETY: the cfg guarantees AVX2; rows have `dim` elements, a multiple of 8.
+        // SAFETY: the cfg guarantees AVX2 and F16C; rows have `dim` elements, a multiple of 8.
         unsafe { avx2::scores(&q, &keys, 0.3, &mut w) };
         for (j, key) in keys.iter().enumerate() {
             assert_eq!(
