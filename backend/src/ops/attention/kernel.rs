@@ -6,12 +6,14 @@
 //! tests, is the plain statement, and the tests hold the kernel to its bits): tiles of [`KEY_TILE`] keys counted from
 //! the query's first key; a key's score is [`dot`] times the scale; per tile, the maximum score,
 //! one rescale of the accumulator when it rises (`exp` of the standard library), the weights by
-//! [`exp`], then the denominator and the weighted values summed key by key in position order.
+//! [`exp`](crate::ops::math::exp), then the denominator and the weighted values summed key by key in position order.
 //! [`dot`] multiplies and adds in eight fixed lanes (no fused multiply-add) and sums the lanes
 //! in one fixed tree; the AVX2 bodies do the same operations on 256-bit registers, so they give
 //! the portable code's bits (x86-64-v3, the build's baseline, has AVX2 and F16C; other targets
 //! run the portable code). An f16 cache's rows are widened to f32 where they are loaded (the
 //! portable code widens each row into a buffer): the same values either way.
+
+use crate::ops::math::exp;
 
 /// Keys per online-softmax tile. Tiles start every this many keys from a query's first key,
 /// whatever the cache's block size.
@@ -173,24 +175,6 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-/// `e^x` for `x <= 0` (softmax weights), branch-free so that a loop over a tile vectorises:
-/// Cephes' single-precision polynomial after a reduction by `ln 2`, about 1e-7 relative error;
-/// results below about `e^-87.5` (under f32's normal range) are zero.
-#[inline]
-pub(super) fn exp(x: f32) -> f32 {
-    let x = x.clamp(-88.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let y = p * (r * r) + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[cfg(all(
