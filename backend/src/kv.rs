@@ -10,12 +10,13 @@ use crate::config::ModelConfig;
 use crate::error::LoadError;
 use candle_core::{DType, Device, Tensor};
 
-/// The element type of the cache. f16 holds twice the tokens in the same memory; keys and values
-/// are rounded to f16 when written and widened to f32 when read.
+/// The element type of the cache. f16 (the default, as llama.cpp's) holds twice the tokens in
+/// the same memory and halves the bytes attention reads; keys and values are rounded to f16 when
+/// written and widened to f32 when read. f32 keeps them as computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KvDType {
-    #[default]
     F32,
+    #[default]
     F16,
 }
 

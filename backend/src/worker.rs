@@ -109,7 +109,7 @@ impl BackendConfig {
             device: DeviceSpec::Cpu,
             kv_cache_bytes: Self::DEFAULT_KV_CACHE_MIB << 20,
             block_size: Self::DEFAULT_BLOCK_SIZE,
-            kv_dtype: KvDType::F32,
+            kv_dtype: KvDType::default(),
             threads: None,
             dequantize: false,
             generic: false,

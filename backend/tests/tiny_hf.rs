@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
-use wick_backend::{load_engine, BackendConfig, Engine};
+use wick_backend::{load_engine, BackendConfig, Engine, KvDType};
 use wick_proto::{SamplingParams, Step, StepEntry};
 
 const HIDDEN: usize = 32;
@@ -263,10 +263,13 @@ fn tmp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("wick-tiny-{name}-{}", std::process::id()))
 }
 
+/// An engine with an f32 KV cache, so that its logits are the f32 reference forward's up to
+/// the order of summation.
 fn engine(dir: &Path) -> Engine {
     let cfg = BackendConfig {
         kv_cache_bytes: 1 << 20,
         block_size: 4,
+        kv_dtype: KvDType::F32,
         ..BackendConfig::new(dir)
     };
     load_engine(&cfg).unwrap().0

@@ -52,8 +52,9 @@ pub struct ModelArgs {
     /// Tokens per KV cache block.
     #[arg(long, env = "WICK_BLOCK_SIZE", default_value_t = BackendConfig::DEFAULT_BLOCK_SIZE)]
     pub block_size: usize,
-    /// Element type of the KV cache: `f32`, or `f16` (twice the tokens in the same memory).
-    #[arg(long, env = "WICK_KV_CACHE_DTYPE", default_value = "f32")]
+    /// Element type of the KV cache: `f16` (twice the tokens of `f32` in the same memory, and
+    /// faster attention), or `f32` (keys and values kept as computed).
+    #[arg(long, env = "WICK_KV_CACHE_DTYPE", default_value = "f16")]
     pub kv_cache_dtype: KvDType,
     /// Run the device-generic forward path (candle ops, as on CUDA) on the CPU too, instead of
     /// Wick's CPU kernels: to check the CUDA code path without a GPU.

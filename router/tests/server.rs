@@ -385,9 +385,9 @@ async fn a_stop_string_spanning_tokens_is_never_partly_streamed() {
 
 #[tokio::test]
 async fn preemption_by_recompute_keeps_outputs_exact() {
-    // 8 MiB of KV is 11 blocks of 16 tokens: six concurrent requests of about 70 tokens each
+    // 4 MiB of f16 KV is 11 blocks of 16 tokens: six concurrent requests of about 70 tokens each
     // cannot all hold their blocks, so running sequences get preempted and recomputed.
-    let s = start(&["--kv-cache-memory", "8", "--max-batch-tokens", "256"]);
+    let s = start(&["--kv-cache-memory", "4", "--max-batch-tokens", "256"]);
     assert_eq!(info(&s).await["kv_blocks_total"], 11);
     let prompts: Vec<String> = (0..6)
         .map(|i| format!("Write a short poem about the number {i}."))

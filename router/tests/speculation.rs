@@ -111,7 +111,7 @@ async fn fingerprint(s: &Server) -> Value {
 #[tokio::test]
 async fn ngram_speculation_gives_the_same_tokens_and_logprobs() {
     let plain = start(&[]);
-    let spec = start(&["--speculate", "ngram", "--kv-cache-memory", "24"]);
+    let spec = start(&["--speculate", "ngram", "--kv-cache-memory", "12"]);
     let (without, with) = tokio::join!(run_all(&plain), run_all(&spec));
     for (i, (a, b)) in without.iter().zip(&with).enumerate() {
         assert_eq!(a, b, "request {i} differs with speculation");
@@ -147,7 +147,7 @@ async fn draft_model_and_ngram_speculation_give_the_same_tokens_on_qwen() {
     let ngram = start_model(&target, &["--speculate", "ngram"]);
     let drafting = start_model(
         &target,
-        &["--draft-model", draft, "--kv-cache-memory", "40"],
+        &["--draft-model", draft, "--kv-cache-memory", "20"],
     );
     let requests = requests_of(16);
     let (without, by_lookup, by_draft) = tokio::join!(

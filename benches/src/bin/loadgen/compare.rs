@@ -18,9 +18,9 @@
 //! figures the real-models targets name, in a fraction of the time on larger models; both servers
 //! run at once and their samples alternate, so that a shared machine's slow minutes hit both),
 //! `--long` (the long-context workloads instead, see [`super::long_context`]),
-//! `--wick-kv-mib` and `--wick-kv-dtype` (Wick's KV cache; give it the same
-//! 65,536 tokens llama-server holds in f16: SmolLM2's default 3,072 MiB of f32, 1,792 MiB of
-//! f16 for Qwen2.5-1.5B).
+//! `--wick-kv-mib` and `--wick-kv-dtype` (Wick's KV cache, f16 by default as the server's; give
+//! it the same 65,536 tokens llama-server holds in f16: SmolLM2's default 1,536 MiB, 1,792 MiB
+//! for Qwen2.5-1.5B).
 
 use super::{arg, percentile, start, stream_chat, wait_ready, Server, Trace};
 use serde_json::{json, Value};
@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 /// Context and slots for llama-server: 64 slots of 1,024 tokens (a long prompt plus its output).
 const LLAMA_SLOTS: usize = 64;
 const LLAMA_CONTEXT: usize = 64 * 1024;
-/// Wick's KV cache for the same 65,536 tokens (f32 K and V: 46 KiB per token for SmolLM2).
-const WICK_KV_MIB: &str = "3072";
+/// Wick's KV cache for the same 65,536 tokens (f16 K and V: 23 KiB per token for SmolLM2).
+const WICK_KV_MIB: &str = "1536";
 
 /// Resident memory of process `pid` in MB (Linux `VmRSS`).
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -346,7 +346,7 @@ pub async fn run(threads: &str) {
     let model = arg("--model", "models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let quick = std::env::args().any(|a| a == "--quick");
     let kv_mib = arg("--wick-kv-mib", WICK_KV_MIB);
-    let kv_dtype = arg("--wick-kv-dtype", "f32");
+    let kv_dtype = arg("--wick-kv-dtype", "f16");
     let mut results = serde_json::Map::new();
     let wick = start(&[
         "--threads",
