@@ -28,7 +28,6 @@ use crate::grammar::{Constraint, TokenMask};
 use crate::kv::KvCache;
 use crate::model::{Model, PackedBatch};
 use crate::sampling;
-use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 use wick_proto::{Generation, SamplingParams, SeqId, Step, StepOutput};
@@ -95,14 +94,21 @@ impl Engine {
             .filter(|e| e.sample.is_some())
             .map(|e| e.seq)
             .collect();
-        self.constraints
-            .par_iter_mut()
+        type Masked = Option<(Result<TokenMask, String>, u64)>;
+        let mut work: Vec<(SeqId, &mut _, Masked)> = self
+            .constraints
+            .iter_mut()
             .filter(|(seq, _)| sampling.contains(seq))
-            .map(|(&seq, c)| {
-                let t = Instant::now();
-                let mask = c.mask().map_err(|e| e.to_string());
-                (seq, (mask, t.elapsed().as_micros() as u64))
-            })
+            .map(|(&seq, c)| (seq, c, None))
+            .collect();
+        crate::team::for_each_chunk_mut(&mut work, 1, |_, one| {
+            let (_, c, masked) = &mut one[0];
+            let t = Instant::now();
+            let mask = c.mask().map_err(|e| e.to_string());
+            *masked = Some((mask, t.elapsed().as_micros() as u64));
+        });
+        work.into_iter()
+            .filter_map(|(seq, _, masked)| Some((seq, masked?)))
             .collect()
     }
 

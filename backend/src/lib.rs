@@ -11,6 +11,7 @@
 //! - [`tokenizer`]: tokenizers (byte-level BPE, SentencePiece) from GGUF metadata or
 //!   `tokenizer.json`, chat template, special ids.
 //! - [`ops`]: the CPU kernels (quantized matmul, paged attention, per-token ops).
+//! - [`team`]: the compute threads that run a step's parallel work.
 //! - [`kv`]: the paged KV cache tensors.
 //! - [`model`]: the engine's [`Model`](model::Model): Wick's CPU kernels' forward pass over a
 //!   packed batch, or [`generic`]'s.
@@ -33,6 +34,7 @@ pub mod loader;
 pub mod model;
 pub mod ops;
 pub mod sampling;
+pub mod team;
 pub mod tokenizer;
 pub mod weights;
 pub mod worker;

@@ -266,14 +266,25 @@ impl Backend {
                         return;
                     }
                 };
-                pool.install(|| match load_engine(&cfg) {
-                    Ok((engine, info)) => {
-                        if ready_tx.send(Ok(info)).is_ok() {
-                            run(engine, rx);
+                // The step's parallel work runs on a compute team of as many threads as the
+                // pool (this one included); rayon's threads serve what candle runs itself.
+                pool.install(|| {
+                    let threads = rayon::current_num_threads();
+                    let ran = crate::team::install(threads, || match load_engine(&cfg) {
+                        Ok((engine, info)) => {
+                            if ready_tx.send(Ok(info)).is_ok() {
+                                run(engine, rx);
+                            }
                         }
+                        // If nobody waits for the result there is nobody to tell.
+                        Err(e) => drop(ready_tx.send(Err(e))),
+                    });
+                    if let Err(e) = ran {
+                        let _unheard = ready_tx.send(Err(LoadError::Device {
+                            device: "cpu".into(),
+                            reason: format!("compute threads: {e}"),
+                        }));
                     }
-                    // If nobody waits for the result there is nobody to tell.
-                    Err(e) => drop(ready_tx.send(Err(e))),
                 })
             })
             .map_err(|e| LoadError::io("wick-backend thread", e))?;

@@ -2,7 +2,7 @@
 //! dimension 128, f32 cache in blocks of 16): one sequence whose last 1, 5 or 8 positions are
 //! the step's queries (a decode, a speculative verification of 4 and of 7 proposals), over 500
 //! and 2,000 keys, for 28 layers (each with its own cache, so that the keys stream from memory
-//! as in a step). Run inside a rayon pool, as the engine's worker runs.
+//! as in a step). Run on a compute team of every core, as the engine's worker runs.
 //!
 //! Run: `cargo bench -p wick-benches --bench attention`. Throughput is in key-query pairs per
 //! second (criterion's elements/s: `layers * heads * keys * rows`); comparing two commits means
@@ -12,6 +12,7 @@ use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 use wick_backend::ops::{AttentionMeta, PagedAttention};
+use wick_backend::team;
 
 const HEADS: usize = 12;
 const KV_HEADS: usize = 2;
@@ -20,7 +21,7 @@ const BLOCK: usize = 16;
 const LAYERS: usize = 28;
 
 fn bench_attention(c: &mut Criterion) {
-    let pool = rayon::ThreadPoolBuilder::new().build().unwrap();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dev = Device::Cpu;
     let mut group = c.benchmark_group("attention");
     group.sample_size(10);
@@ -47,13 +48,14 @@ fn bench_attention(c: &mut Criterion) {
             group.throughput(Throughput::Elements((LAYERS * HEADS * keys * rows) as u64));
             let id = BenchmarkId::new(format!("keys_{keys}"), format!("rows_{rows}"));
             group.bench_with_input(id, &q, |b, q| {
-                pool.install(|| {
+                team::install(threads, || {
                     b.iter(|| {
                         for (k, v) in &caches {
                             q.apply_op3_no_bwd(k, v, &op).unwrap();
                         }
                     })
                 })
+                .unwrap()
             });
         }
     }

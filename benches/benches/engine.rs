@@ -10,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
 use wick_backend::ops::qgemm::{self, Kernel};
-use wick_backend::{load_engine, BackendConfig, Engine};
+use wick_backend::{load_engine, team, BackendConfig, Engine};
 use wick_benches::model_path;
 use wick_proto::{SamplingParams, Step, StepEntry};
 
@@ -54,10 +54,12 @@ fn engine() -> Engine {
 }
 
 fn bench_engine(c: &mut Criterion) {
-    // The scalar kernel first (the baseline), then the SIMD ones, in the same run.
+    // The scalar kernel first (the baseline), then the SIMD ones, in the same run; each on a
+    // compute team of every core, as the server's worker runs.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     for kernel in Kernel::ALL.into_iter().filter(|k| k.available()) {
         qgemm::select(kernel).unwrap();
-        bench_steps(c, kernel.name());
+        team::install(threads, || bench_steps(c, kernel.name())).unwrap();
     }
 }
 

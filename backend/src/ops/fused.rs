@@ -2,10 +2,8 @@
 //! where possible: RMSNorm, rotary embedding, SwiGLU (and Gemma's GELU-gated form), residual add. Each computes exactly the
 //! expressions of candle's CPU ops (`candle_nn::ops::rms_norm`, `rope_thd`, `silu` then `mul`,
 //! `add`), so the model's outputs keep their bits; unlike them, these split large inputs across
-//! the rayon pool the matmuls use (candle runs rope on one thread for a single sequence and hands
+//! the compute team the matmuls use ([`crate::team`]) (candle runs rope on one thread for a single sequence and hands
 //! large element-wise ops to a second, spinning thread pool), and allocate nothing.
-
-use rayon::prelude::*;
 
 /// Elements below which an element-wise op runs on the calling thread.
 const PAR_MIN: usize = 32 * 1024;
@@ -18,9 +16,7 @@ where
     if out.len() < PAR_MIN {
         out.chunks_mut(row).enumerate().for_each(|(i, r)| f(i, r));
     } else {
-        out.par_chunks_mut(row)
-            .enumerate()
-            .for_each(|(i, r)| f(i, r));
+        crate::team::for_each_chunk_mut(out, row, f);
     }
 }
 

@@ -20,7 +20,6 @@ use candle_core::quantized::k_quants::{BlockQ2K, BlockQ3K, BlockQ5_1, GgmlType};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 /// The stored elements of a weight matrix, row-major, `rows * cols / block_size` blocks.
 enum Blocks {
@@ -335,14 +334,11 @@ where
     }
     // Column-major scratch so that each task owns one contiguous slice of it.
     let mut out_t = vec![0f32; n * m];
-    out_t
-        .par_chunks_mut(COLS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let c0 = task * COLS_PER_TASK;
-            let cols = chunk.len() / m;
-            columns(&w[c0 * kb..(c0 + cols) * kb], kb, &xq, m, chunk);
-        });
+    crate::team::for_each_chunk_mut(&mut out_t, COLS_PER_TASK * m, |task, chunk| {
+        let c0 = task * COLS_PER_TASK;
+        let cols = chunk.len() / m;
+        columns(&w[c0 * kb..(c0 + cols) * kb], kb, &xq, m, chunk);
+    });
     for c in 0..n {
         for r in 0..m {
             out[r * n + c] = out_t[c * m + r];

@@ -18,7 +18,6 @@ use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 use kernel::Query;
-use rayon::prelude::*;
 
 mod kernel;
 
@@ -214,7 +213,9 @@ impl PagedAttention<'_> {
         let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
         let out_ptr = OutPtr(out.as_mut_ptr());
-        tasks(meta, kv_heads).into_par_iter().for_each(|task| {
+        let tasks = tasks(meta, kv_heads);
+        crate::team::for_each(tasks.len(), |i| {
+            let task = &tasks[i];
             let first = |t: usize| (meta.positions[t] + 1).saturating_sub(window);
             // Runs of tokens that share a first key (all of them without a window) share tiles.
             for run in task.tokens.chunk_by(|&a, &b| first(a) == first(b)) {

@@ -3,7 +3,6 @@
 //! that reads it ([`QActs`]).
 
 use half::f16;
-use rayon::prelude::*;
 
 /// One 32-element block of a quantized activation row: candle's Q8_0/Q8_1 quantization (the two
 /// give the same values and scale), with the scale, the scaled sum and the integer sum kept as
@@ -47,18 +46,19 @@ impl QActs {
             hsum: [0; 2],
         };
         let mut blocks = vec![empty; rows * kb];
-        let quantize_rows = |(xs, out): (&[f32], &mut [ActBlock])| {
+        let quantize_rows = |xs: &[f32], out: &mut [ActBlock]| {
             let (chunks, _) = xs.as_chunks::<32>();
             for (chunk, b) in chunks.iter().zip(out.iter_mut()) {
                 *b = quantize_block(chunk);
             }
         };
         if rows > QUANT_ROWS_PER_TASK {
-            x.par_chunks(k * QUANT_ROWS_PER_TASK)
-                .zip(blocks.par_chunks_mut(kb * QUANT_ROWS_PER_TASK))
-                .for_each(quantize_rows);
+            let per_task = k * QUANT_ROWS_PER_TASK;
+            crate::team::for_each_chunk_mut(&mut blocks, kb * QUANT_ROWS_PER_TASK, |i, out| {
+                quantize_rows(&x[i * per_task..((i + 1) * per_task).min(x.len())], out)
+            });
         } else {
-            quantize_rows((x, &mut blocks));
+            quantize_rows(x, &mut blocks);
         }
         QActs { rows, kb, blocks }
     }

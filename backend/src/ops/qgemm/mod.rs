@@ -42,7 +42,6 @@ pub use q5_0::Q5_0x8;
 
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlType};
 use half::f16;
-use rayon::prelude::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Weight rows per interleaved group (eight f32 lanes of a 256-bit register).
@@ -553,9 +552,10 @@ pub fn matmul_many(kernel: Kernel, ws: &[PackedRef], x: &QActs, outs: &mut [&mut
             tasks.push((j, g0..(g0 + GROUPS_PER_TASK).min(n_groups)));
         }
     }
-    tasks
-        .into_par_iter()
-        .for_each(|(j, gs)| ws[j].run_groups(kernel, gs, x, &ptrs[j]));
+    crate::team::for_each(tasks.len(), |t| {
+        let (j, gs) = &tasks[t];
+        ws[*j].run_groups(kernel, gs.clone(), x, &ptrs[*j]);
+    });
 }
 
 /// Weight groups per parallel task.
