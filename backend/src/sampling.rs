@@ -31,18 +31,40 @@ pub fn uniform(seed: u64, pos: usize) -> f64 {
 /// and the same bits wherever it is computed. One pass of the vocabulary without a libm call per
 /// token: this runs for every sampled row.
 fn log_normaliser(logits: &[f32]) -> f64 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let (rows, tail) = logits.as_chunks::<8>();
-    let mut lanes = [0f64; 8];
+    // The largest logit, over eight lanes (a maximum is exact in any order; NaNs are skipped,
+    // as `f32::max` skips them).
+    let mut top = [f32::NEG_INFINITY; 8];
     for row in rows {
-        for (lane, &l) in lanes.iter_mut().zip(row) {
-            *lane += exp(l - max) as f64;
+        for (m, &l) in top.iter_mut().zip(row) {
+            *m = if l > *m { l } else { *m };
         }
     }
-    let tail: f64 = tail.iter().map(|&l| exp(l - max) as f64).sum();
+    let max = top
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max);
+    // The terms a block at a time (a plain loop over a slice, which vectorises), each added to
+    // lane `index % 8`; the last `len % 8` summed apart.
+    let mut lanes = [0f64; 8];
+    let mut terms = [0f32; 512];
+    let mut rest = 0f64;
+    for block in logits.chunks(terms.len()) {
+        let terms = &mut terms[..block.len()];
+        for (t, &l) in terms.iter_mut().zip(block) {
+            *t = exp(l - max);
+        }
+        let (rows, tail) = terms.as_chunks::<8>();
+        for row in rows {
+            for (lane, &t) in lanes.iter_mut().zip(row) {
+                *lane += t as f64;
+            }
+        }
+        rest += tail.iter().map(|&t| t as f64).sum::<f64>();
+    }
     let sum = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
         + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
-        + tail;
+        + rest;
     max as f64 + sum.ln()
 }
 
@@ -104,15 +126,30 @@ pub fn apply_mask(logits: &mut [f32], mask: &[u32]) {
     }
 }
 
-/// Greedy choice: the highest logit, the lowest id among equals.
+/// Greedy choice: the highest logit, the lowest id among equals (the order of [`better`]: by
+/// `total_cmp`). Two passes that vectorise: the largest [`order_key`] in eight lanes, then the
+/// first logit with that key.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = (f32::NEG_INFINITY, 0u32);
-    for (i, &l) in logits.iter().enumerate() {
-        if better((l, i as u32), best).is_lt() {
-            best = (l, i as u32);
+    let (rows, tail) = logits.as_chunks::<8>();
+    let mut lanes = [order_key(f32::NEG_INFINITY); 8];
+    for row in rows {
+        for (m, &l) in lanes.iter_mut().zip(row) {
+            *m = (*m).max(order_key(l));
         }
     }
-    best.1
+    let best = tail.iter().map(|&l| order_key(l)).chain(lanes).max();
+    let best = best.unwrap_or(order_key(f32::NEG_INFINITY));
+    logits
+        .iter()
+        .position(|&l| order_key(l) == best)
+        .unwrap_or(0) as u32
+}
+
+/// `x`'s place in `f32::total_cmp`'s order as an integer: `order_key(a).cmp(&order_key(b))` is
+/// `a.total_cmp(&b)` (negative values' magnitude bits flipped).
+fn order_key(x: f32) -> i32 {
+    let bits = x.to_bits() as i32;
+    bits ^ (((bits >> 31) as u32) >> 1) as i32
 }
 
 /// Tempered logit distance below the best token past which a token is never sampled.

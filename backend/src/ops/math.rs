@@ -16,7 +16,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * (r * r) + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // `n as i32` (`n` is a whole number in -127..=127) without the saturating conversion, which
+    // does not vectorise: `n + 1.5 * 2^23` is exact and holds `n` in its low mantissa bits.
+    let n = (n + 12_582_912.0).to_bits() as i32 - 0x4B40_0000;
+    y * f32::from_bits(((n + 127) as u32) << 23)
 }
 
 #[cfg(test)]
@@ -35,5 +38,6 @@ mod tests {
         }
         assert_eq!(exp(0.0), 1.0);
         assert_eq!(exp(-1000.0), 0.0);
+        assert!(exp(f32::NAN).is_nan());
     }
 }
