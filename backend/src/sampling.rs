@@ -131,14 +131,14 @@ pub fn apply_mask(logits: &mut [f32], mask: &[u32]) {
 /// first logit with that key.
 pub fn argmax(logits: &[f32]) -> u32 {
     let (rows, tail) = logits.as_chunks::<8>();
-    let mut lanes = [order_key(f32::NEG_INFINITY); 8];
+    let mut lanes = [i32::MIN; 8];
     for row in rows {
         for (m, &l) in lanes.iter_mut().zip(row) {
             *m = (*m).max(order_key(l));
         }
     }
     let best = tail.iter().map(|&l| order_key(l)).chain(lanes).max();
-    let best = best.unwrap_or(order_key(f32::NEG_INFINITY));
+    let best = best.unwrap_or(i32::MIN);
     logits
         .iter()
         .position(|&l| order_key(l) == best)
@@ -389,6 +389,34 @@ mod tests {
             "{}",
             g.top_logprobs.capacity()
         );
+    }
+
+    #[test]
+    fn argmax_is_the_best_by_total_order_and_lowest_id() {
+        // The definition, one comparison at a time.
+        let slow = |l: &[f32]| {
+            (0..l.len() as u32)
+                .min_by(|&a, &b| better((l[a as usize], a), (l[b as usize], b)))
+                .unwrap()
+        };
+        let special = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, 3.5];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for len in [1usize, 7, 8, 9, 64, 1000] {
+            for _ in 0..50 {
+                let row: Vec<f32> = (0..len)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        match x % 10 {
+                            0 => special[(x >> 8) as usize % special.len()],
+                            _ => ((x >> 20) % 9) as f32 - 4.0,
+                        }
+                    })
+                    .collect();
+                assert_eq!(argmax(&row), slow(&row), "{row:?}");
+            }
+        }
     }
 
     #[test]
