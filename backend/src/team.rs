@@ -1,10 +1,10 @@
 //! The compute team: the engine's thread and `threads - 1` helper threads that run the parallel
 //! parts of a step (the matmuls' weight groups, attention's tasks, quantization and element-wise
-//! chunks, grammar masks) as numbered tasks claimed from one shared counter.
+//! chunks, grammar masks) as numbered tasks.
 //!
 //! Why not rayon's fork-join: a decode step is some 150 parallel operations of 10-50 us each. A
 //! rayon worker with nothing to steal yields and then sleeps, and waking it goes through the
-//! kernel, so on two cores the second one idled a fifth of a SmolLM2 decode step. A helper here
+//! kernel: on two cores the second one idled about a fifth of a SmolLM2 decode step. A helper here
 //! spins (on one atomic load) for [`SPIN`] after its last job, which covers the gaps inside a
 //! step, and parks after that, so an idle server uses no CPU. Each thread gets a contiguous
 //! share of a job's tasks (neighbouring weight rows, as rayon's halving gave it, which the
