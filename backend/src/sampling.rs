@@ -399,7 +399,15 @@ mod tests {
                 .min_by(|&a, &b| better((l[a as usize], a), (l[b as usize], b)))
                 .unwrap()
         };
-        let special = [0.0, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, 3.5];
+        let special = [
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            3.5,
+        ];
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         for len in [1usize, 7, 8, 9, 64, 1000] {
             for _ in 0..50 {
