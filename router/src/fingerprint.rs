@@ -1,6 +1,7 @@
 //! `system_fingerprint`: what must match for two servers to give the same tokens for the same
 //! request (see `docs/reproducibility.md`): Wick's version, the forward path and its matmul
-//! kernel, and a checksum of the model's bytes. Computed once at start-up.
+//! kernel, the KV cache's element type (f16 keys and values are rounded), and a checksum of the
+//! model's bytes. Computed once at start-up.
 //!
 //! The checksum is CRC-32 over the model file (or, for a Hugging Face directory, over its
 //! files in name order): not a cryptographic hash, but any change of the weights changes it in
@@ -9,12 +10,18 @@
 
 use std::io::Read;
 use std::path::Path;
+use wick_backend::KvDType;
 
 /// The fingerprint of a server on `model` (`generic`: the device-generic forward path).
-pub fn fingerprint(model: &Path, kernel: &str, generic: bool) -> std::io::Result<String> {
+pub fn fingerprint(
+    model: &Path,
+    kernel: &str,
+    generic: bool,
+    kv: KvDType,
+) -> std::io::Result<String> {
     let path = if generic { "generic" } else { kernel };
     Ok(format!(
-        "wick-{}-{path}-{:08x}",
+        "wick-{}-{path}-{kv}kv-{:08x}",
         env!("CARGO_PKG_VERSION"),
         checksum(model)?
     ))
@@ -54,22 +61,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fingerprint_names_the_version_the_path_and_the_bytes() {
+    fn the_fingerprint_names_the_version_the_path_the_kv_type_and_the_bytes() {
         let dir = std::env::temp_dir().join(format!("wick-fp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("m.gguf");
         std::fs::write(&file, b"weights").unwrap();
-        let a = fingerprint(&file, "avx512vnni", false).unwrap();
-        assert!(a.starts_with(&format!("wick-{}-avx512vnni-", env!("CARGO_PKG_VERSION"))));
-        assert!(fingerprint(&file, "avx512vnni", true)
+        let f16 = KvDType::F16;
+        let a = fingerprint(&file, "avx512vnni", false, f16).unwrap();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            a.starts_with(&format!("wick-{version}-avx512vnni-f16kv-")),
+            "{a}"
+        );
+        assert!(fingerprint(&file, "avx512vnni", true, f16)
             .unwrap()
             .contains("-generic-"));
+        let f32_kv = fingerprint(&file, "avx512vnni", false, KvDType::F32).unwrap();
+        assert!(f32_kv.contains("-f32kv-"), "{f32_kv}");
         std::fs::write(&file, b"weightz").unwrap();
-        assert_ne!(fingerprint(&file, "avx512vnni", false).unwrap(), a);
+        assert_ne!(fingerprint(&file, "avx512vnni", false, f16).unwrap(), a);
         // A directory's files count, in name order.
-        let d = fingerprint(&dir, "x", false).unwrap();
+        let d = fingerprint(&dir, "x", false, f16).unwrap();
         std::fs::write(dir.join("n.json"), b"{}").unwrap();
-        assert_ne!(fingerprint(&dir, "x", false).unwrap(), d);
+        assert_ne!(fingerprint(&dir, "x", false, f16).unwrap(), d);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

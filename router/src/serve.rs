@@ -46,8 +46,9 @@ async fn load(args: &ServeArgs) -> Result<Loaded, CliError> {
         .map_err(blocking)??;
     // The model's checksum is read while the backend loads (the same pages, from the cache).
     let (path, generic) = (model_cfg.model_path.clone(), model_cfg.uses_generic_path());
+    let kv = model_cfg.kv_dtype;
     let fingerprint = tokio::task::spawn_blocking(move || {
-        crate::fingerprint::fingerprint(&path, matmul_kernel(), generic)
+        crate::fingerprint::fingerprint(&path, matmul_kernel(), generic, kv)
     });
     let (backend, info) = tokio::task::spawn_blocking(move || Backend::spawn(model_cfg))
         .await
