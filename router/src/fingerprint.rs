@@ -8,9 +8,9 @@
 //! all but one case in four billion, and it runs at memory speed (about 0.2 s for a 1 GB file
 //! already in the page cache).
 
+use crate::backend::KvDType;
 use std::io::Read;
 use std::path::Path;
-use wick_backend::KvDType;
 
 /// The fingerprint of a server on `model` (`generic`: the device-generic forward path).
 pub fn fingerprint(
