@@ -11,8 +11,9 @@
 //! hardware prefetchers follow) and takes the others' last tasks when it is done with its own;
 //! claiming a task is one uncontended compare-and-swap on the thread's own cache line.
 //!
-//! Which thread runs a task never changes a result: tasks write disjoint outputs, each computed
-//! the same way wherever it runs. [`for_each`] and [`for_each_chunk_mut`] use the team installed
+//! Which thread runs a task never changes a result: tasks write disjoint outputs (one chunk each
+//! through [`for_each_chunk_mut`], or scattered parts of a buffer through [`SharedMut`]), each
+//! computed the same way wherever it runs. [`for_each`] and [`for_each_chunk_mut`] use the team installed
 //! on the calling thread ([`install`]), and rayon's pool elsewhere (tests and benchmarks that
 //! call the kernels directly), with the same tasks.
 
@@ -54,13 +55,13 @@ pub fn for_each_chunk_mut<T: Send, F: Fn(usize, &mut [T]) + Sync>(
     f: F,
 ) {
     let len = data.len();
-    let base = SendPtr(data.as_mut_ptr());
+    let shared = SharedMut::new(data);
     for_each(len.div_ceil(chunk_len), |i| {
         let start = i * chunk_len;
         let end = (start + chunk_len).min(len);
         // SAFETY: chunk `i` is `start..end` of `data`, which is borrowed mutably for the whole
         // call; each index runs once, so no two live slices overlap.
-        let chunk = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), end - start) };
+        let chunk = unsafe { shared.slice(start, end - start) };
         f(i, chunk);
     });
 }
@@ -302,14 +303,26 @@ impl Range {
     }
 }
 
-/// A raw pointer that may cross threads (each task touches its own elements only).
-struct SendPtr<T>(*mut T);
-// SAFETY: used only by `for_each_chunk_mut`, whose tasks touch disjoint elements.
-unsafe impl<T: Send> Sync for SendPtr<T> {}
+/// An output buffer shared by a job's tasks, each of which writes elements no other task
+/// touches (which ones is the caller's to guarantee, at each [`SharedMut::slice`]).
+pub(crate) struct SharedMut<T>(*mut T);
+// SAFETY: tasks reach the buffer only through `slice`, whose callers promise disjoint elements.
+unsafe impl<T: Send> Sync for SharedMut<T> {}
 
-impl<T> SendPtr<T> {
-    fn get(&self) -> *mut T {
-        self.0
+impl<T> SharedMut<T> {
+    /// Shares `data` for as long as the borrow lasts (the pointer must not outlive it).
+    pub(crate) fn new(data: &mut [T]) -> SharedMut<T> {
+        SharedMut(data.as_mut_ptr())
+    }
+
+    /// `len` elements from element `start`.
+    ///
+    /// # Safety
+    /// They lie inside the buffer, which is still borrowed, and no other live slice overlaps
+    /// them.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice<'a>(&self, start: usize, len: usize) -> &'a mut [T] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 

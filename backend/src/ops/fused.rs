@@ -2,8 +2,9 @@
 //! where possible: RMSNorm, rotary embedding, SwiGLU (and Gemma's GELU-gated form), residual add. Each computes exactly the
 //! expressions of candle's CPU ops (`candle_nn::ops::rms_norm`, `rope_thd`, `silu` then `mul`,
 //! `add`), so the model's outputs keep their bits; unlike them, these split large inputs across
-//! the compute team the matmuls use ([`crate::team`]) (candle runs rope on one thread for a single sequence and hands
-//! large element-wise ops to a second, spinning thread pool), and allocate nothing.
+//! the compute team the matmuls use ([`crate::team`]; candle runs rope on one thread for a
+//! single sequence and hands large element-wise ops to a second, spinning thread pool), and
+//! allocate nothing.
 
 /// Elements below which an element-wise op runs on the calling thread.
 const PAR_MIN: usize = 32 * 1024;

@@ -6,7 +6,8 @@
 //! tests, is the plain statement, and the tests hold the kernel to its bits): tiles of [`KEY_TILE`] keys counted from
 //! the query's first key; a key's score is [`dot`] times the scale; per tile, the maximum score,
 //! one rescale of the accumulator when it rises (`exp` of the standard library), the weights by
-//! [`exp`](crate::ops::math::exp), then the denominator and the weighted values summed key by key in position order.
+//! [`exp`](crate::ops::math::exp), then the denominator and the weighted values summed key by
+//! key in position order.
 //! [`dot`] multiplies and adds in eight fixed lanes (no fused multiply-add) and sums the lanes
 //! in one fixed tree; the AVX2 bodies do the same operations on 256-bit registers, so they give
 //! the portable code's bits (x86-64-v3, the build's baseline, has AVX2 and F16C; other targets

@@ -13,6 +13,7 @@
 //! the prompt was chunked. Cost: `tokens * heads * context * head_dim` multiply-adds; no gather
 //! copies, grouped heads read their shared KV head directly.
 
+use crate::team::SharedMut;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape};
 use half::f16;
@@ -212,7 +213,7 @@ impl PagedAttention<'_> {
         let rows = key_rows(meta, kv_heads)?;
         let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
-        let out_ptr = OutPtr(out.as_mut_ptr());
+        let shared_out = SharedMut::new(&mut out);
         let tasks = tasks(meta, kv_heads);
         crate::team::for_each(tasks.len(), |i| {
             let task = &tasks[i];
@@ -231,7 +232,7 @@ impl PagedAttention<'_> {
                             // SAFETY: `out` holds `tokens * heads * dim` floats; query (t, h)'s
                             // row belongs to one task (its token's sequence and its head's KV
                             // head), and `out` outlives the tasks.
-                            out: unsafe { out_ptr.row(i, dim) },
+                            out: unsafe { shared_out.slice(i, dim) },
                         }
                     })
                     .collect();
@@ -272,21 +273,6 @@ fn tasks(meta: &AttentionMeta, kv_heads: usize) -> Vec<Task> {
             })
         })
         .collect()
-}
-
-/// The output buffer, shared by the tasks that write disjoint rows of it.
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint rows (see `PagedAttention::run`), and the buffer outlives them.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// `len` floats from element `i`.
-    ///
-    /// # Safety
-    /// They lie inside the buffer, and no other live slice overlaps them.
-    unsafe fn row<'a>(&self, i: usize, len: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(i), len)
-    }
 }
 
 /// For each sequence of the batch, the cache row (`slot * kv_heads`) of each of its key

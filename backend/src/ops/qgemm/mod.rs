@@ -40,6 +40,7 @@ pub use acts::{ActBlock, QActs};
 pub use kquants::{Q4_Kx8, Q5_Kx8, Q6_Kx8};
 pub use q5_0::Q5_0x8;
 
+use crate::team::SharedMut;
 use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlType};
 use half::f16;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -400,7 +401,13 @@ impl<F: Format> Packed<F> {
 
     /// Groups `gs` against every activation row, in chunks of rows that stay in cache, in tiles
     /// of as many rows as the kernel's registers hold (AVX-512 has 32 vector registers, AVX2 16).
-    fn run_groups(&self, kernel: Kernel, gs: std::ops::Range<usize>, x: &QActs, out: &OutPtr) {
+    fn run_groups(
+        &self,
+        kernel: Kernel,
+        gs: std::ops::Range<usize>,
+        x: &QActs,
+        out: &SharedMut<f32>,
+    ) {
         match kernel {
             Kernel::Avx512Vnni => self.run_tiles::<8>(kernel, gs, x, out),
             _ => self.run_tiles::<4>(kernel, gs, x, out),
@@ -412,7 +419,7 @@ impl<F: Format> Packed<F> {
         kernel: Kernel,
         gs: std::ops::Range<usize>,
         x: &QActs,
-        out: &OutPtr,
+        out: &SharedMut<f32>,
     ) {
         let kb = self.kb;
         for i0 in (0..x.rows).step_by(ROWS_PER_CHUNK) {
@@ -450,7 +457,7 @@ impl<F: Format> Packed<F> {
         x: &QActs,
         i: usize,
         g: usize,
-        out: &OutPtr,
+        out: &SharedMut<f32>,
     ) {
         let tile = F::tile::<N>(kernel, w, std::array::from_fn(|t| x.row(i + t)));
         for (t, vals) in tile.iter().enumerate() {
@@ -459,15 +466,14 @@ impl<F: Format> Packed<F> {
     }
 
     /// Writes group `g`'s values for activation row `i` (dropping the padding rows).
-    fn store(&self, out: &OutPtr, i: usize, g: usize, vals: &[f32; GROUP]) {
+    fn store(&self, out: &SharedMut<f32>, i: usize, g: usize, vals: &[f32; GROUP]) {
         let c0 = g * GROUP;
         let n = GROUP.min(self.rows - c0);
-        // SAFETY: `out` holds `x.rows * self.rows` floats (asserted in `matmul_many`); this writes
-        // row `i`'s columns `c0..c0 + n`, which belong to group `g` only, and each group is run
-        // by exactly one task, so no two tasks write the same element.
-        unsafe {
-            std::ptr::copy_nonoverlapping(vals.as_ptr(), out.0.add(i * self.rows + c0), n);
-        }
+        // SAFETY: `out` holds `x.rows * self.rows` floats (asserted in `matmul_many`, which
+        // borrows them until every task has finished); this writes row `i`'s columns
+        // `c0..c0 + n`, which belong to group `g` only, and each group is run by exactly one
+        // task, so no two tasks write the same element.
+        unsafe { out.slice(i * self.rows + c0, n) }.copy_from_slice(&vals[..n]);
     }
 }
 
@@ -509,7 +515,13 @@ impl PackedRef<'_> {
         }
     }
 
-    fn run_groups(self, kernel: Kernel, gs: std::ops::Range<usize>, x: &QActs, out: &OutPtr) {
+    fn run_groups(
+        self,
+        kernel: Kernel,
+        gs: std::ops::Range<usize>,
+        x: &QActs,
+        out: &SharedMut<f32>,
+    ) {
         match self {
             PackedRef::Q4_0(p) => p.run_groups(kernel, gs, x, out),
             PackedRef::Q4_1(p) => p.run_groups(kernel, gs, x, out),
@@ -544,7 +556,7 @@ pub fn matmul_many(kernel: Kernel, ws: &[PackedRef], x: &QActs, outs: &mut [&mut
     } else {
         Kernel::Scalar
     };
-    let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+    let ptrs: Vec<SharedMut<f32>> = outs.iter_mut().map(|o| SharedMut::new(o)).collect();
     let mut tasks = Vec::new();
     for (j, w) in ws.iter().enumerate() {
         let n_groups = w.rows().div_ceil(GROUP);
@@ -562,12 +574,6 @@ pub fn matmul_many(kernel: Kernel, ws: &[PackedRef], x: &QActs, outs: &mut [&mut
 const GROUPS_PER_TASK: usize = 4;
 /// Activation rows per cache chunk: 64 rows of a 1,536-wide input are 132 KiB.
 const ROWS_PER_CHUNK: usize = 64;
-
-/// The output buffer, shared by the tasks that write disjoint parts of it.
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint elements (see `Packed::store`), and the buffer outlives them
-// (`matmul_many` returns only after every task has finished).
-unsafe impl Sync for OutPtr {}
 
 #[cfg(test)]
 mod tests;
