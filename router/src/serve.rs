@@ -133,6 +133,7 @@ fn build_state(args: &ServeArgs, loaded: Loaded, phase: Arc<Phase>) -> Result<Ap
             prefix_caching: !l.no_prefix_cache,
             max_context: info.max_context,
             speculate: args.spec.config(args.model.draft_model.is_some()),
+            target_step: l.target_inter_token_ms.map(Duration::from_millis),
         },
         info.num_kv_blocks,
     );

@@ -284,8 +284,20 @@ async fn errors_are_openai_shaped() {
 
 #[tokio::test]
 async fn concurrent_requests_batch_and_match_sequential_outputs() {
-    let s = start(&["--max-batch-tokens", "64"]);
-    let prompts: Vec<(String, u64)> = (0..16)
+    concurrent_outputs_match_sequential(&["--max-batch-tokens", "64"], 16).await;
+}
+
+#[tokio::test]
+async fn time_budgeted_chunks_keep_outputs_exact() {
+    // A target no step meets: every prompt beside decodes is prefilled 16 tokens a step.
+    concurrent_outputs_match_sequential(&["--target-inter-token-ms", "1"], 8).await;
+}
+
+/// `n` chat requests give the same text sent at once as one by one, on a server with `flags`,
+/// and some of its steps batched several sequences.
+async fn concurrent_outputs_match_sequential(flags: &[&str], n: usize) {
+    let s = start(flags);
+    let prompts: Vec<(String, u64)> = (0..n)
         .map(|i| {
             let topic = [
                 "the sea", "a cat", "CPUs", "rain", "music", "bread", "stars", "trees",

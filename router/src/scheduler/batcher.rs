@@ -10,18 +10,22 @@
 //! (allocating a block when it crosses a block boundary, preempting the last running sequence
 //! by recompute when none is free), plus, with speculation, the proposals of its
 //! [`Speculator`] when their blocks are free (the backend keeps the accepted ones, and
-//! [`Batcher::accept`] counts them in); the rest of the token budget goes to prefill chunks, first to running sequences still
-//! prefilling, then to waiting sequences admitted in queue order while blocks last. A preempted
+//! [`Batcher::accept`] counts them in); the rest of the token budget goes to prefill chunks,
+//! first to running sequences still prefilling, then to waiting sequences admitted in queue
+//! order while blocks last. With time-budgeted steps ([`StepClock`]) and decodes in the step,
+//! each chunk is cut to what keeps the step's predicted time within the target. A preempted
 //! sequence frees its blocks and goes back to the front of its priority in the queue with its
 //! generated tokens, to be recomputed. With prefix caching, an admitted sequence first takes the
 //! cached blocks its tokens start with and prefills only the rest; every block that fills up is
 //! registered in the cache (prompt and generated tokens alike); the entry that admits a sequence
-//! carries the tokens before its first computed one (the backend's penalties read them). Cost per plan: O(running +
-//! admitted * prompt blocks).
+//! carries the tokens before its first computed one (the backend's penalties read them). Cost
+//! per plan: O(running + admitted * prompt blocks).
 
 use super::blocks::{chain_hash, BlockPool};
 use super::speculate::{Proposer, SpecConfig, Speculator};
+use super::step_time::{StepClock, Work};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
 use wick_proto::{BlockId, SamplingParams, SeqId, Step, StepEntry};
 
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +41,9 @@ pub struct BatchConfig {
     pub max_context: usize,
     /// Speculative decoding (n-gram lookup or the backend's draft model), when on.
     pub speculate: Option<SpecConfig>,
+    /// Time-budgeted steps (`--target-inter-token-ms`): the most a step with decodes in it
+    /// should take; prefill chunks shrink to fit ([`StepClock`]).
+    pub target_step: Option<Duration>,
 }
 
 #[derive(Debug)]
@@ -97,6 +104,8 @@ pub struct Batcher {
     /// Running sequences that sit out the next steps' decodes (see `mask_budget`).
     held: HashSet<SeqId>,
     speculator: Option<Speculator>,
+    /// The step-time model, with a target.
+    clock: Option<StepClock>,
 }
 
 impl Batcher {
@@ -109,6 +118,7 @@ impl Batcher {
             seqs: HashMap::new(),
             held: HashSet::new(),
             speculator: cfg.speculate.map(Speculator::new),
+            clock: cfg.target_step.map(StepClock::new),
         }
     }
 
@@ -284,6 +294,46 @@ impl Batcher {
         }
     }
 
+    /// A step that computed `work` took `took`, from sending it to its samples (the step-time
+    /// model's data).
+    pub fn observe_work(&mut self, work: Work, took: Duration) {
+        if let Some(c) = &mut self.clock {
+            c.observe(work, took);
+        }
+    }
+
+    /// The step-time model, with time-budgeted steps.
+    pub fn clock(&mut self) -> Option<&mut StepClock> {
+        self.clock.as_mut()
+    }
+
+    /// Blocks for `positions` positions of a scratch sequence outside the batch (the step-time
+    /// model's start-up steps), if free; give them back with [`Batcher::free_scratch`].
+    pub fn scratch(&mut self, positions: usize) -> Option<Vec<BlockId>> {
+        self.pool.allocate(self.blocks_needed(positions))
+    }
+
+    /// The context of the step-time model's long-context start-up steps: 2,048 tokens where
+    /// the model and half the free blocks allow.
+    pub fn calibration_context(&self) -> usize {
+        let half = self.pool.available() * self.cfg.block_size / 2;
+        2048.min(self.cfg.max_context).min(half)
+    }
+
+    pub fn free_scratch(&mut self, blocks: &[BlockId]) {
+        self.pool.release(blocks);
+    }
+
+    /// The prefill tokens, of `want`, a chunk at `start` may take in a step already holding
+    /// `planned`: with time-budgeted steps and decodes in the step, what keeps it within the
+    /// target; otherwise all.
+    fn allowance(&self, planned: Work, decodes: bool, start: usize, want: usize) -> usize {
+        match &self.clock {
+            Some(c) if decodes => c.allowance(planned, start, want),
+            _ => want,
+        }
+    }
+
     /// After a step: `accepted` of the `proposed` proposals `id` got were kept (their K/V are
     /// in the cache and the tokens already pushed), and `next` is the token generated after
     /// them; full blocks among them are registered. A draft model still catching up proposes
@@ -353,15 +403,20 @@ impl Batcher {
             }
         }
 
-        // 2. Prefill chunks of running sequences, then admission of waiting ones.
+        // 2. Prefill chunks of running sequences, then admission of waiting ones; with
+        // decodes in the step and a time target, each chunk as long as the target allows.
+        let decodes = !plan.step.entries.is_empty();
+        let mut planned = Work::of(&plan.step.entries);
         for id in self.running.clone() {
             let seq = &self.seqs[&id];
-            let remaining = seq.tokens.len() - seq.computed;
+            let (start, remaining) = (seq.computed, seq.tokens.len() - seq.computed);
             // One token left is a decode, already planned above.
             if remaining <= 1 || budget == 0 {
                 continue;
             }
-            if let Some(len) = self.reserve_chunk(id, remaining.min(budget)) {
+            let want = self.allowance(planned, decodes, start, remaining.min(budget));
+            if let Some(len) = self.reserve_chunk(id, want) {
+                planned = planned.plus(Work::chunk(start, len));
                 plan.step.entries.push(self.entry(id, len));
                 budget -= len;
             }
@@ -373,11 +428,13 @@ impl Batcher {
             };
             let cached = self.take_cached_prefix(id);
             let seq = &self.seqs[&id];
-            let remaining = seq.tokens.len() - seq.computed;
-            let Some(len) = self.reserve_chunk(id, remaining.min(budget)) else {
+            let (start, remaining) = (seq.computed, seq.tokens.len() - seq.computed);
+            let want = self.allowance(planned, decodes, start, remaining.min(budget));
+            let Some(len) = self.reserve_chunk(id, want) else {
                 self.drop_cached_prefix(id);
                 break;
             };
+            planned = planned.plus(Work::chunk(start, len));
             self.waiting.pop_front();
             // Behind every running sequence of its priority: the last is the one preemption takes.
             let at = self.slot(&self.running, self.seqs[&id].priority, false);

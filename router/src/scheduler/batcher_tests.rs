@@ -4,6 +4,7 @@
 //! with no slot or blocks to start preempts less urgent ones, never equals), on its public and
 //! private API.
 
+use super::super::step_time::MIN_CHUNK;
 use super::*;
 
 /// The tests' configuration: 4-token blocks, 64 tokens a step, 8 running, no caching.
@@ -15,6 +16,7 @@ fn config() -> BatchConfig {
         prefix_caching: false,
         max_context: 1 << 20,
         speculate: None,
+        target_step: None,
     }
 }
 
@@ -65,6 +67,60 @@ fn long_prompts_are_chunked_under_the_budget_and_decodes_go_first() {
     assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 7, false)]);
     assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 6, true)]);
     assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 1, true)]);
+}
+
+/// A batcher with a 40 ms step target whose model has been taught that a step costs 4 ms plus
+/// 1 ms a token (and nothing per context token).
+fn timed_batcher(max_batch_tokens: usize) -> Batcher {
+    let cfg = BatchConfig {
+        max_batch_tokens,
+        max_running: 64,
+        target_step: Some(Duration::from_millis(40)),
+        ..config()
+    };
+    let mut b = Batcher::new(cfg, 1000);
+    let clock = b.clock().expect("a target");
+    for tokens in [1, 2, 8, 32, 64] {
+        let ms = 4 + tokens as u64;
+        clock.anchor(Work { tokens, pairs: 0 }, Duration::from_millis(ms));
+    }
+    b
+}
+
+#[test]
+fn with_a_time_target_prefill_chunks_fit_beside_the_decodes() {
+    let mut b = timed_batcher(256);
+    // Alone, a prompt takes the token budget: no stream waits on the step.
+    b.add(1, vec![0; 300], SamplingParams::default(), 0);
+    assert_eq!(lens(&run(&mut b)), vec![(1, 256, false)]);
+    assert_eq!(lens(&run(&mut b)), vec![(1, 44, true)]);
+    // Beside its decode, the next prompt gets 40 - 4 - 1 = 35 tokens a step.
+    b.add(2, vec![0; 100], SamplingParams::default(), 0);
+    assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 35, false)]);
+    // Two prompts share what is left, the second admitted with the rest.
+    b.add(3, vec![0; 100], SamplingParams::default(), 0);
+    assert_eq!(
+        lens(&run(&mut b)),
+        vec![(1, 1, true), (2, 35, false), (3, 16, false)]
+    );
+}
+
+#[test]
+fn with_a_time_target_a_full_batch_still_moves_a_prompt() {
+    let mut b = timed_batcher(256);
+    for id in 1..=4 {
+        b.add(id, vec![0; 2], SamplingParams::default(), 0);
+    }
+    run(&mut b);
+    // 40 decodes would take 44 ms alone: the prompt still gets its 16 tokens.
+    for id in 5..=40 {
+        b.add(id, vec![0; 2], SamplingParams::default(), 0);
+    }
+    run(&mut b);
+    b.add(99, vec![0; 100], SamplingParams::default(), 0);
+    let plan = run(&mut b);
+    assert_eq!(plan.step.entries.len(), 41);
+    assert_eq!(lens(&plan).last(), Some(&(99, MIN_CHUNK, false)));
 }
 
 #[test]

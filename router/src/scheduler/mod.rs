@@ -10,9 +10,12 @@
 //!
 //! Each iteration: take new commands -> drop sequences whose client is gone or whose queue
 //! deadline passed -> hold costly grammars back ([`mask_budget::MaskBudget`]) -> plan a step
-//! (with speculation, decoding sequences' proposals from [`speculate::Speculator`]) -> run it on
-//! the backend -> hand out tokens, check stops, free finished sequences -> count accepted
-//! proposals in. Metrics are updated here, where the events happen.
+//! (with speculation, decoding sequences' proposals from [`speculate::Speculator`]; with a time
+//! target, prefill chunks cut to fit, [`step_time::StepClock`]) -> run it on the backend -> hand
+//! out tokens, check stops, free finished sequences -> count accepted proposals in, and the
+//! step's time into the step-time model. Before the first iteration, with a time target, a few
+//! timed steps on a scratch sequence seed that model. Metrics are updated here, where the events
+//! happen.
 
 pub mod batcher;
 pub mod blocks;
@@ -20,6 +23,7 @@ mod live;
 pub mod mask_budget;
 pub mod ngram;
 pub mod speculate;
+pub mod step_time;
 mod task;
 #[cfg(test)]
 mod tests;

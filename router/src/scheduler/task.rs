@@ -8,6 +8,7 @@ use super::batcher::{BatchConfig, Batcher};
 use super::live::{Live, SeqTrace};
 use super::mask_budget::MaskBudget;
 use super::speculate::draft_charge;
+use super::step_time::{self, Work};
 use super::{Command, Event, Failure, Submission, Worker};
 use crate::metrics::METRICS;
 use crate::request::OutputText;
@@ -16,7 +17,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc;
-use wick_proto::SeqId;
+use wick_proto::{SamplingParams, SeqId, Step, StepEntry};
+
+/// The scratch sequence of the start-up timing steps (requests' ids start at 1).
+const SCRATCH: SeqId = 0;
+/// What the start-up timing steps run (any tokens would do; these are ordinary ones).
+const CALIBRATION_TEXT: &str = "The quick brown fox jumps over the lazy dog, and then it \
+    runs back home along the river, counting the trees it passes on the way.";
 
 pub(super) struct Task<W> {
     worker: W,
@@ -41,6 +48,7 @@ impl<W: Worker> Task<W> {
     }
 
     pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        self.calibrate().await;
         loop {
             if self.live.is_empty() {
                 match rx.recv().await {
@@ -97,6 +105,7 @@ impl<W: Worker> Task<W> {
                 .map(|e| (e.seq, e.draft + e.propose))
                 .collect();
             let proposed_by_model: usize = plan.step.entries.iter().map(|e| e.propose).sum();
+            let work = Work::of(&plan.step.entries);
             if seqs.len() > 1 {
                 METRICS.batched_steps.inc();
             }
@@ -107,9 +116,9 @@ impl<W: Worker> Task<W> {
             drop(chunks);
             match result {
                 Ok(out) => {
-                    METRICS
-                        .step_duration
-                        .observe(started.elapsed().as_secs_f64());
+                    let took = started.elapsed();
+                    METRICS.step_duration.observe(took.as_secs_f64());
+                    self.batcher.observe_work(work, took);
                     let now = Instant::now();
                     let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
                     self.masks.observe(out.forward_us, masks);
@@ -151,6 +160,62 @@ impl<W: Worker> Task<W> {
                 }
             }
             self.publish();
+        }
+    }
+
+    /// With time-budgeted steps, runs the step-time model's start-up steps
+    /// ([`step_time::calibration`]) on a scratch sequence, before any request is served (those
+    /// that arrive meanwhile wait in the channel). Without free blocks for them, or if the
+    /// backend fails one, the model learns from the served steps alone.
+    async fn calibrate(&mut self) {
+        let Some(far) = self.batcher.clock().is_some().then(|| self.batcher.calibration_context())
+        else {
+            return;
+        };
+        let steps = step_time::calibration(far);
+        let Some(end) = steps.iter().map(|&(start, len, _)| start + len).max() else {
+            return;
+        };
+        let Some(blocks) = self.batcher.scratch(end) else {
+            tracing::warn!("no free KV blocks to time the start-up steps");
+            return;
+        };
+        let text = self.tokenizer.encode(CALIBRATION_TEXT, false).ok();
+        let ids = text.map(|e| e.get_ids().to_vec()).filter(|ids| !ids.is_empty());
+        let ids = ids.unwrap_or_else(|| vec![0]);
+        let started = Instant::now();
+        for (i, &(start, len, sample)) in steps.iter().enumerate() {
+            let entry = StepEntry {
+                seq: SCRATCH,
+                tokens: (start..start + len).map(|p| ids[p % ids.len()]).collect(),
+                start_pos: start,
+                blocks: blocks.clone(),
+                sample: sample.then(SamplingParams::default),
+                draft: 0,
+                propose: 0,
+                context: Vec::new(),
+            };
+            let t = Instant::now();
+            if let Err(e) = self.worker.step(Step { entries: vec![entry] }).await {
+                tracing::warn!(error = %e, "a start-up timing step failed");
+                break;
+            }
+            // The first touches the weights for the first time.
+            if let (Some(clock), true) = (self.batcher.clock(), i > 0) {
+                clock.anchor(Work::chunk(start, len), t.elapsed());
+            }
+        }
+        // A worker that is gone fails the next step anyway.
+        let _gone = self.worker.release(SCRATCH).await;
+        self.batcher.free_scratch(&blocks);
+        if let Some(c) = self.batcher.clock().and_then(|c| c.coefficients()) {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                fixed_ms = c[0] / 1e3,
+                per_token_ms = c[1] / 1e3,
+                per_1k_context_tokens_ms = c[2] / 1e3,
+                "step time model"
+            );
         }
     }
 

@@ -112,19 +112,34 @@ fn start(worker: &FakeWorker, num_blocks: usize) -> Scheduler {
     start_with(worker, num_blocks, None)
 }
 
-fn start_with(
-    worker: &FakeWorker,
-    num_blocks: usize,
-    speculate: Option<speculate::SpecConfig>,
-) -> Scheduler {
-    let cfg = BatchConfig {
+fn config() -> BatchConfig {
+    BatchConfig {
         max_batch_tokens: 64,
         max_running: 8,
         block_size: 2,
         prefix_caching: false,
         max_context: 1 << 20,
-        speculate,
-    };
+        speculate: None,
+        target_step: None,
+    }
+}
+
+fn start_with(
+    worker: &FakeWorker,
+    num_blocks: usize,
+    speculate: Option<speculate::SpecConfig>,
+) -> Scheduler {
+    start_config(
+        worker,
+        num_blocks,
+        BatchConfig {
+            speculate,
+            ..config()
+        },
+    )
+}
+
+fn start_config(worker: &FakeWorker, num_blocks: usize, cfg: BatchConfig) -> Scheduler {
     Scheduler::start(
         worker.clone(),
         validator().tokenizer().clone(),
@@ -216,6 +231,31 @@ async fn a_request_is_prefilled_once_then_decoded_one_token_per_step() {
         ]
     );
     until("the release", || worker.released() == vec![1]).await;
+}
+
+#[tokio::test]
+async fn a_time_target_first_times_scratch_steps_then_frees_them() {
+    let worker = FakeWorker::new(false);
+    let cfg = BatchConfig {
+        target_step: Some(Duration::from_millis(50)),
+        ..config()
+    };
+    // 400 blocks of 2 tokens: the long-context steps run at 400 tokens (half the cache).
+    let s = start_config(&worker, 400, cfg);
+    worker.gate.add_permits(100);
+    let mut rx = submit(&s, 2, None).await;
+    let (tokens, _) = run_to_end(&mut rx).await;
+    assert_eq!(tokens, vec![token_at(4), token_at(5)]);
+    let timing: Vec<_> = (step_time::calibration(400).into_iter())
+        .map(|(start, len, sample)| vec![(0, start, len, sample)])
+        .collect();
+    let steps = worker.steps();
+    assert_eq!(steps[..timing.len()], timing[..]);
+    assert_eq!(
+        steps[timing.len()..],
+        [vec![(1, 0, 4, true)], vec![(1, 4, 1, true)]]
+    );
+    until("both releases", || worker.released() == vec![0, 1]).await;
 }
 
 #[tokio::test]
