@@ -3,16 +3,17 @@
 //! step), reading each tile of keys and values once for all of them.
 //!
 //! The numerics of one query, whatever the group it is computed in (`reference`, built for the
-//! tests, is the plain statement, and the tests hold the kernel to its bits): tiles of [`KEY_TILE`] keys counted from
-//! the query's first key; a key's score is [`dot`] times the scale; per tile, the maximum score,
-//! one rescale of the accumulator when it rises (`exp` of the standard library), the weights by
-//! [`exp`](crate::ops::math::exp), then the denominator and the weighted values summed key by
-//! key in position order.
+//! tests, is the plain statement, and the tests hold the kernel to its bits): tiles of
+//! [`KEY_TILE`] keys counted from the query's first key; a key's score is [`dot`] times the
+//! scale; per tile, the maximum score, one rescale of the accumulator when it rises (`exp` of
+//! the standard library), the weights by [`exp`](crate::ops::math::exp), then the denominator
+//! and the weighted values summed key by key in position order.
 //! [`dot`] multiplies and adds in eight fixed lanes (no fused multiply-add) and sums the lanes
 //! in one fixed tree; the AVX2 bodies do the same operations on 256-bit registers, so they give
 //! the portable code's bits (x86-64-v3, the build's baseline, has AVX2 and F16C; other targets
-//! run the portable code). An f16 cache's rows are widened to f32 where they are loaded (the
-//! portable code widens each row into a buffer): the same values either way.
+//! run the portable code). An f16 cache's rows are widened to f32 where they are loaded, or,
+//! for a group of [`WIDEN_AT`] queries or more, once per tile into buffers (the portable code
+//! widens each row into a buffer): the same values either way.
 
 use crate::ops::math::exp;
 
@@ -34,10 +35,15 @@ struct State {
     denom: f32,
 }
 
+/// Queries in a group from which a narrow (f16) cache's tiles are widened once into f32
+/// buffers for all of them, instead of in every query's loads (a prefill chunk's group; a
+/// decode's few queries are faster widening in their loads).
+const WIDEN_AT: usize = 8;
+
 /// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows are
 /// `rows` (from the group's first key, in position order), reading KV head `kvh` of `k` and
 /// `v`. Each key and value row is read once per tile for the whole group; f16 rows are widened
-/// to f32 (exactly) as they are loaded.
+/// to f32 (exactly) as they are loaded, or, for [`WIDEN_AT`] queries or more, once per tile.
 pub(super) fn attend_group<T: super::KvElem>(
     queries: &mut [Query],
     rows: &[usize],
@@ -61,17 +67,66 @@ pub(super) fn attend_group<T: super::KvElem>(
     // Every query's weights for the tile: the keys pass once for all scores, then the values
     // once for all accumulations, so that only one of the two tiles need stay in cache.
     let mut w = vec![0f32; queries.len() * KEY_TILE];
+    let widen = T::NARROW && queries.len() >= WIDEN_AT;
+    let (mut kb, mut vb) = match widen {
+        true => (vec![0f32; KEY_TILE * dim], vec![0f32; KEY_TILE * dim]),
+        false => (Vec::new(), Vec::new()),
+    };
     for t0 in (0..n).step_by(KEY_TILE) {
         let tile = &rows[t0..(t0 + KEY_TILE).min(n)];
-        let len = |query: &Query| query.keys.saturating_sub(t0).min(tile.len());
-        let kr = tile_rows(k, tile, kvh, dim);
-        for (query, w) in queries.iter().zip(w.chunks_mut(KEY_TILE)) {
-            let n = len(query);
-            scores(query.q, &kr[..n], scale, &mut w[..n]);
+        let mut group = Group {
+            queries,
+            states: &mut states,
+            acc: &mut acc,
+            w: &mut w,
+            t0,
+            len: tile.len(),
+            scale,
+        };
+        if widen {
+            let kr = widened_rows(k, tile, kvh, dim, &mut kb);
+            let vr = widened_rows(v, tile, kvh, dim, &mut vb);
+            group.tile(&kr, &vr);
+        } else {
+            group.tile(&tile_rows(k, tile, kvh, dim), &tile_rows(v, tile, kvh, dim));
         }
-        let vr = tile_rows(v, tile, kvh, dim);
-        let per_query = w.chunks_mut(KEY_TILE).zip(acc.chunks_mut(dim));
-        for (query, ((w, acc), st)) in queries.iter().zip(per_query.zip(states.iter_mut())) {
+    }
+    for ((query, acc), st) in queries.iter_mut().zip(acc.chunks(dim)).zip(&states) {
+        let inv = 1.0 / st.denom;
+        for (o, a) in query.out.iter_mut().zip(acc) {
+            *o = a * inv;
+        }
+    }
+}
+
+/// A group's running state, and the tile at key `t0` of `len` keys.
+struct Group<'a, 'q> {
+    queries: &'a [Query<'q>],
+    states: &'a mut [State],
+    acc: &'a mut [f32],
+    w: &'a mut [f32],
+    t0: usize,
+    len: usize,
+    scale: f32,
+}
+
+impl Group<'_, '_> {
+    /// One tile of keys `kr` and values `vr` for every query of the group: all scores first,
+    /// then each query's softmax step and weighted values.
+    fn tile<R: super::KvElem>(&mut self, kr: &[&[R]; KEY_TILE], vr: &[&[R]; KEY_TILE]) {
+        let dim = self.acc.len() / self.queries.len();
+        let (t0, tile_len) = (self.t0, self.len);
+        let len = move |query: &Query| query.keys.saturating_sub(t0).min(tile_len);
+        for (query, w) in self.queries.iter().zip(self.w.chunks_mut(KEY_TILE)) {
+            let n = len(query);
+            scores(query.q, &kr[..n], self.scale, &mut w[..n]);
+        }
+        let per_query = self.w.chunks_mut(KEY_TILE).zip(self.acc.chunks_mut(dim));
+        for (query, ((w, acc), st)) in self
+            .queries
+            .iter()
+            .zip(per_query.zip(self.states.iter_mut()))
+        {
             let n = len(query);
             if n == 0 {
                 continue;
@@ -93,12 +148,26 @@ pub(super) fn attend_group<T: super::KvElem>(
             accumulate(acc, w, &vr[..n]);
         }
     }
-    for ((query, acc), st) in queries.iter_mut().zip(acc.chunks(dim)).zip(&states) {
-        let inv = 1.0 / st.denom;
-        for (o, a) in query.out.iter_mut().zip(acc) {
-            *o = a * inv;
-        }
+}
+
+/// The rows of a tile of keys (or values) of KV head `kvh`, widened to f32 into `buf`.
+fn widened_rows<'a, T: super::KvElem>(
+    data: &[T],
+    tile: &[usize],
+    kvh: usize,
+    dim: usize,
+    buf: &'a mut [f32],
+) -> [&'a [f32]; KEY_TILE] {
+    for (slot, &row) in buf.chunks_mut(dim).zip(tile) {
+        let widened = T::row(data, (row + kvh) * dim, dim, slot);
+        // f32 rows come borrowed, not copied (only narrow caches are widened).
+        debug_assert!(std::ptr::eq(widened.as_ptr(), slot.as_ptr()));
     }
+    let mut out: [&[f32]; KEY_TILE] = [&[]; KEY_TILE];
+    for (slot, row) in out.iter_mut().zip(buf.chunks(dim)).take(tile.len()) {
+        *slot = row;
+    }
+    out
 }
 
 /// The rows of a tile of keys (or values) of KV head `kvh`, in the cache's element type.

@@ -53,6 +53,8 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<
 /// An element type of the KV cache: f32, or f16 (half the memory, widened to f32 on read;
 /// the widening is exact).
 pub trait KvElem: Copy + Send + Sync + 'static {
+    /// Stored narrower than f32 (widened when read).
+    const NARROW: bool;
     fn from_f32(v: f32) -> Self;
     /// `data[off..off + dim]` as f32: borrowed when already f32, else converted into `buf`.
     fn row<'a>(data: &'a [Self], off: usize, dim: usize, buf: &'a mut [f32]) -> &'a [f32];
@@ -69,6 +71,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
 }
 
 impl KvElem for f32 {
+    const NARROW: bool = false;
     fn from_f32(v: f32) -> Self {
         v
     }
@@ -88,6 +91,7 @@ impl KvElem for f32 {
 }
 
 impl KvElem for f16 {
+    const NARROW: bool = true;
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
     }

@@ -78,9 +78,15 @@ fn noise(n: usize, salt: u64) -> Vec<f32> {
 
 /// Groups of queries with different key counts (partial last tiles, one key, several tiles),
 /// in a cache of two KV heads with scattered rows: every query's output has the bits of the
-/// reference computing it alone, for each head dimension (the SIMD path and the tail path).
+/// reference computing it alone, for each head dimension (the SIMD path and the tail path) and
+/// group size (a narrow cache widened in the loads, and once per tile from `WIDEN_AT`).
 fn group_matches_reference<T: super::super::KvElem>(convert: fn(f32) -> T) {
-    for dim in [8usize, 64, 128, 12] {
+    let all = [130usize, 1, 31, 32, 33, 64, 100, 7, 129, 2];
+    assert!(all.len() >= WIDEN_AT && 3 < WIDEN_AT);
+    for (dim, counts) in [8usize, 64, 128, 12]
+        .into_iter()
+        .flat_map(|d| [(d, &all[..]), (d, &all[..3])])
+    {
         let kv_heads = 2;
         let slots = 150;
         let k: Vec<T> = noise(slots * kv_heads * dim, 1)
@@ -93,7 +99,6 @@ fn group_matches_reference<T: super::super::KvElem>(convert: fn(f32) -> T) {
             .collect();
         // Key positions map to scattered cache rows (slot * kv_heads).
         let rows: Vec<usize> = (0..130).map(|p| ((p * 37) % slots) * kv_heads).collect();
-        let counts = [130usize, 1, 31, 32, 33, 64, 100, 7];
         let qs = noise(counts.len() * dim, 3);
         let scale = 3.0 / (dim as f32).sqrt();
         for kvh in 0..kv_heads {
@@ -116,7 +121,8 @@ fn group_matches_reference<T: super::super::KvElem>(convert: fn(f32) -> T) {
                 assert_eq!(
                     bits(&outs[i]),
                     bits(&want),
-                    "dim {dim}, head {kvh}, {n} keys"
+                    "dim {dim}, head {kvh}, {n} keys, {} queries",
+                    counts.len()
                 );
             }
         }
