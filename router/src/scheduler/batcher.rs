@@ -23,7 +23,7 @@
 
 use super::blocks::{chain_hash, BlockPool};
 use super::speculate::{Proposer, SpecConfig, Speculator};
-use super::step_time::{StepClock, Work};
+use super::step_time::{StepClock, Work, MIN_CHUNK};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use wick_proto::{BlockId, SamplingParams, SeqId, Step, StepEntry};
@@ -326,10 +326,18 @@ impl Batcher {
 
     /// The prefill tokens, of `want`, a chunk at `start` may take in a step already holding
     /// `planned`: with time-budgeted steps and decodes in the step, what keeps it within the
-    /// target; otherwise all.
-    fn allowance(&self, planned: Work, decodes: bool, start: usize, want: usize) -> usize {
+    /// target (at least [`MIN_CHUNK`] for the step's `first` chunk); otherwise all.
+    fn allowance(
+        &self,
+        planned: Work,
+        decodes: bool,
+        first: bool,
+        start: usize,
+        want: usize,
+    ) -> usize {
+        let floor = if first { MIN_CHUNK } else { 0 };
         match &self.clock {
-            Some(c) if decodes => c.allowance(planned, start, want),
+            Some(c) if decodes => c.allowance(planned, start, want, floor),
             _ => want,
         }
     }
@@ -407,6 +415,7 @@ impl Batcher {
         // decodes in the step and a time target, each chunk as long as the target allows.
         let decodes = !plan.step.entries.is_empty();
         let mut planned = Work::of(&plan.step.entries);
+        let mut first = true;
         for id in self.running.clone() {
             let seq = &self.seqs[&id];
             let (start, remaining) = (seq.computed, seq.tokens.len() - seq.computed);
@@ -414,9 +423,9 @@ impl Batcher {
             if remaining <= 1 || budget == 0 {
                 continue;
             }
-            let want = self.allowance(planned, decodes, start, remaining.min(budget));
+            let want = self.allowance(planned, decodes, first, start, remaining.min(budget));
             if let Some(len) = self.reserve_chunk(id, want) {
-                planned = planned.plus(Work::chunk(start, len));
+                (planned, first) = (planned.plus(Work::chunk(start, len)), false);
                 plan.step.entries.push(self.entry(id, len));
                 budget -= len;
             }
@@ -429,12 +438,12 @@ impl Batcher {
             let cached = self.take_cached_prefix(id);
             let seq = &self.seqs[&id];
             let (start, remaining) = (seq.computed, seq.tokens.len() - seq.computed);
-            let want = self.allowance(planned, decodes, start, remaining.min(budget));
+            let want = self.allowance(planned, decodes, first, start, remaining.min(budget));
             let Some(len) = self.reserve_chunk(id, want) else {
                 self.drop_cached_prefix(id);
                 break;
             };
-            planned = planned.plus(Work::chunk(start, len));
+            (planned, first) = (planned.plus(Work::chunk(start, len)), false);
             self.waiting.pop_front();
             // Behind every running sequence of its priority: the last is the one preemption takes.
             let at = self.slot(&self.running, self.seqs[&id].priority, false);

@@ -82,7 +82,12 @@ fn timed_batcher(max_batch_tokens: usize) -> Batcher {
     let clock = b.clock().expect("a target");
     for tokens in [1, 2, 8, 32, 64] {
         let ms = 4 + tokens as u64;
-        clock.anchor(Work { tokens, pairs: 0 }, Duration::from_millis(ms));
+        let work = Work {
+            tokens,
+            pairs: 0,
+            samples: 0,
+        };
+        clock.anchor(work, Duration::from_millis(ms));
     }
     b
 }
@@ -97,12 +102,15 @@ fn with_a_time_target_prefill_chunks_fit_beside_the_decodes() {
     // Beside its decode, the next prompt gets 40 - 4 - 1 = 35 tokens a step.
     b.add(2, vec![0; 100], SamplingParams::default(), 0);
     assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 35, false)]);
-    // Two prompts share what is left, the second admitted with the rest.
+    // The next waits while nothing is left: only a step's first chunk may pass the target.
     b.add(3, vec![0; 100], SamplingParams::default(), 0);
-    assert_eq!(
-        lens(&run(&mut b)),
-        vec![(1, 1, true), (2, 35, false), (3, 16, false)]
-    );
+    assert_eq!(lens(&run(&mut b)), vec![(1, 1, true), (2, 35, false)]);
+    assert_eq!(b.waiting(), 1);
+    // When 2 is gone, 3 takes its room and 4 waits.
+    b.remove(2);
+    b.add(4, vec![0; 100], SamplingParams::default(), 0);
+    let plan = run(&mut b);
+    assert_eq!(lens(&plan), vec![(1, 1, true), (3, 35, false)]);
 }
 
 #[test]
@@ -116,7 +124,11 @@ fn with_a_time_target_a_full_batch_still_moves_a_prompt() {
     for id in 5..=40 {
         b.add(id, vec![0; 2], SamplingParams::default(), 0);
     }
-    run(&mut b);
+    // One prompt a step passes the target beside the decodes: all are in within 36 steps.
+    for _ in 0..36 {
+        run(&mut b);
+    }
+    assert_eq!((b.waiting(), b.running()), (0, 40));
     b.add(99, vec![0; 100], SamplingParams::default(), 0);
     let plan = run(&mut b);
     assert_eq!(plan.step.entries.len(), 41);

@@ -3,20 +3,23 @@
 //! chunked to keep every stream's inter-token time near the target, whatever the model, the
 //! machine, the batch and the contexts, instead of by a fixed token count.
 //!
-//! The model ([`StepClock`]): `fixed + per_token * tokens + per_pair * pairs`, where a step's
-//! tokens are its rows (prefill tokens, decodes, proposals) and its pairs the (query, key) pairs
-//! its attention scores (a token at position `p` attends to `p + 1` keys: [`Work::chunk`]), so a
-//! chunk costs more the longer its context. Fitted by non-negative least squares to the steps
+//! The model ([`StepClock`]): `fixed + per_token * tokens + per_pair * pairs + per_sample *
+//! samples`, where a step's tokens are its rows (prefill tokens, decodes, proposals), its pairs
+//! the (query, key) pairs its attention scores (a token at position `p` attends to `p + 1`
+//! keys: [`Work::chunk`]), so a chunk costs more the longer its context, and its samples the
+//! rows whose logits are computed and sampled (a decode's row: the output layer and the
+//! sampler make it cost several prefill rows). Fitted by non-negative least squares to the steps
 //! the server runs, older ones weighted down ([`DECAY`]: about the last 50 count), and to the
 //! steps run at start-up ([`calibration`]), which fade with them but keep a little weight
 //! ([`ANCHOR_FLOOR`]): a server that has only decoded short contexts since it started has
 //! taught the fit nothing about a long prompt's attention.
 //!
 //! The allowance ([`StepClock::allowance`]): the most prefill tokens that keep the step's
-//! predicted time within the target, at least [`MIN_CHUNK`] (a prompt always moves, however
-//! loaded the batch) and at most what the token budget allows. A step without decodes has no
+//! predicted time within the target, at most what the token budget allows; the step's first
+//! chunk gets at least [`MIN_CHUNK`] (a prompt always moves, however loaded the batch), the
+//! others nothing past the target. A step without decodes has no
 //! stream waiting on it and takes the token budget. Plain and synchronous; the batcher asks it
-//! while it plans. Cost: a 3x3 fit per step, a binary search per prefill chunk.
+//! while it plans. Cost: a 4-feature fit per step, a binary search per prefill chunk.
 
 use std::time::Duration;
 use wick_proto::StepEntry;
@@ -28,7 +31,13 @@ pub struct Work {
     pub tokens: usize,
     /// (query, key) pairs of its attention.
     pub pairs: u64,
+    /// Rows sampled: each also runs the output layer and the sampler (a decode's row costs
+    /// more than a prefill row for it).
+    pub samples: usize,
 }
+
+/// The model's features: 1, tokens, thousands of pairs, samples.
+const F: usize = 4;
 
 impl Work {
     /// `len` tokens at positions `start..start + len`.
@@ -37,26 +46,42 @@ impl Work {
         Work {
             tokens: len,
             pairs: n * s + n * (n + 1) / 2,
+            samples: 0,
+        }
+    }
+
+    /// A decode of `rows` tokens (its token and `rows - 1` proposals) at `start`, each sampled.
+    pub fn decode(start: usize, rows: usize) -> Work {
+        Work {
+            samples: rows,
+            ..Work::chunk(start, rows)
         }
     }
 
     /// What a step's entries compute (a draft model's proposals take rows too).
     pub fn of(entries: &[StepEntry]) -> Work {
-        (entries.iter())
-            .map(|e| Work::chunk(e.start_pos, e.tokens.len() + e.propose))
-            .fold(Work::default(), Work::plus)
+        let entry = |e: &StepEntry| {
+            let rows = e.tokens.len() + e.propose;
+            Work {
+                samples: e.sample.as_ref().map_or(0, |_| e.draft + e.propose + 1),
+                ..Work::chunk(e.start_pos, rows)
+            }
+        };
+        entries.iter().map(entry).fold(Work::default(), Work::plus)
     }
 
     pub fn plus(self, other: Work) -> Work {
         Work {
             tokens: self.tokens + other.tokens,
             pairs: self.pairs + other.pairs,
+            samples: self.samples + other.samples,
         }
     }
 
-    /// The fit's features: 1, tokens, thousands of pairs (in about the tokens' range).
-    fn features(self) -> [f64; 3] {
-        [1.0, self.tokens as f64, self.pairs as f64 / 1000.0]
+    /// The fit's features (thousands of pairs: in about the tokens' range).
+    fn features(self) -> [f64; F] {
+        let pairs = self.pairs as f64 / 1000.0;
+        [1.0, self.tokens as f64, pairs, self.samples as f64]
     }
 }
 
@@ -71,15 +96,15 @@ pub const MIN_CHUNK: usize = 16;
 /// Decayed sums of a least-squares problem in three features.
 #[derive(Debug, Clone, Default)]
 struct Sums {
-    xx: [[f64; 3]; 3],
-    xy: [f64; 3],
+    xx: [[f64; F]; F],
+    xy: [f64; F],
     yy: f64,
 }
 
 impl Sums {
-    fn add(&mut self, x: [f64; 3], y: f64) {
-        for i in 0..3 {
-            for j in 0..3 {
+    fn add(&mut self, x: [f64; F], y: f64) {
+        for i in 0..F {
+            for j in 0..F {
                 self.xx[i][j] += x[i] * x[j];
             }
             self.xy[i] += x[i] * y;
@@ -97,8 +122,8 @@ impl Sums {
     fn blend(&self, w: f64, o: &Sums) -> Sums {
         let mut s = self.clone();
         s.scale(w);
-        for i in 0..3 {
-            for j in 0..3 {
+        for i in 0..F {
+            for j in 0..F {
                 s.xx[i][j] += o.xx[i][j];
             }
             s.xy[i] += o.xy[i];
@@ -108,12 +133,12 @@ impl Sums {
     }
 
     /// The non-negative least-squares coefficients: the best of the unconstrained fits on
-    /// each subset of the features whose coefficients are all non-negative (with three
-    /// features the constrained optimum is one of them); where two fit alike, the first in
+    /// each subset of the features whose coefficients are all non-negative (the constrained
+    /// optimum is one of them); where two fit alike, the first in
     /// binary order (the fixed cost alone first).
-    fn fit(&self) -> Option<[f64; 3]> {
-        let mut best: Option<([f64; 3], f64)> = None;
-        for subset in 1u8..8 {
+    fn fit(&self) -> Option<[f64; F]> {
+        let mut best: Option<([f64; F], f64)> = None;
+        for subset in 1u8..(1 << F) {
             let Some(beta) = self.solve(subset) else {
                 continue;
             };
@@ -129,24 +154,24 @@ impl Sums {
     }
 
     /// The residual sum of squares of `beta`.
-    fn sse(&self, beta: &[f64; 3]) -> f64 {
+    fn sse(&self, beta: &[f64; F]) -> f64 {
         let mut quad = 0.0;
-        for i in 0..3 {
-            for j in 0..3 {
+        for i in 0..F {
+            for j in 0..F {
                 quad += beta[i] * self.xx[i][j] * beta[j];
             }
         }
-        let lin: f64 = (0..3).map(|i| beta[i] * self.xy[i]).sum();
+        let lin: f64 = (0..F).map(|i| beta[i] * self.xy[i]).sum();
         self.yy - 2.0 * lin + quad
     }
 
     /// The least-squares coefficients on the features in `subset` (bit `i`: feature `i`), the
     /// others 0; `None` when the system is singular.
-    fn solve(&self, subset: u8) -> Option<[f64; 3]> {
-        let idx: Vec<usize> = (0..3).filter(|i| subset & (1 << i) != 0).collect();
+    fn solve(&self, subset: u8) -> Option<[f64; F]> {
+        let idx: Vec<usize> = (0..F).filter(|i| subset & (1 << i) != 0).collect();
         let k = idx.len();
         // Gaussian elimination with partial pivoting on [A | b].
-        let mut m = [[0.0f64; 4]; 3];
+        let mut m = [[0.0f64; F + 1]; F];
         for (r, &i) in idx.iter().enumerate() {
             for (c, &j) in idx.iter().enumerate() {
                 m[r][c] = self.xx[i][j];
@@ -169,7 +194,7 @@ impl Sums {
                 }
             }
         }
-        let mut beta = [0.0; 3];
+        let mut beta = [0.0; F];
         for (r, &i) in idx.iter().enumerate() {
             beta[i] = m[r][k] / m[r][r];
         }
@@ -191,8 +216,9 @@ pub struct StepClock {
     recent: Sums,
     /// Steps seen, start-up steps included: no fit before three.
     seen: usize,
-    /// The fit after the last step (`[fixed, per token, per thousand pairs]`, microseconds).
-    coef: Option<[f64; 3]>,
+    /// The fit after the last step (`[fixed, per token, per thousand pairs, per sample]`,
+    /// microseconds).
+    coef: Option<[f64; F]>,
 }
 
 impl StepClock {
@@ -233,8 +259,8 @@ impl StepClock {
         }
     }
 
-    /// `[fixed, per token, per thousand pairs]` in microseconds, once fitted.
-    pub fn coefficients(&self) -> Option<[f64; 3]> {
+    /// `[fixed, per token, per thousand pairs, per sample]` in microseconds, once fitted.
+    pub fn coefficients(&self) -> Option<[f64; F]> {
         self.coef
     }
 
@@ -242,14 +268,14 @@ impl StepClock {
     pub fn predict(&self, work: Work) -> Option<f64> {
         let c = self.coef?;
         let x = work.features();
-        Some(c[0] * x[0] + c[1] * x[1] + c[2] * x[2])
+        Some((0..F).map(|i| c[i] * x[i]).sum())
     }
 
     /// The most tokens, up to `max`, of a prefill chunk at `start` that keep a step already
-    /// holding `planned` within the target (at least [`MIN_CHUNK`], or `max` if smaller);
-    /// `max` before the model is fitted.
-    pub fn allowance(&self, planned: Work, start: usize, max: usize) -> usize {
-        let floor = MIN_CHUNK.min(max);
+    /// holding `planned` within the target, but at least `floor` (or `max` if smaller); `max`
+    /// before the model is fitted.
+    pub fn allowance(&self, planned: Work, start: usize, max: usize, floor: usize) -> usize {
+        let floor = floor.min(max);
         let fits = |n: usize| {
             let p = self.predict(planned.plus(Work::chunk(start, n)));
             p.is_none_or(|t| t <= self.target_us)
@@ -302,15 +328,25 @@ mod tests {
         Duration::from_secs_f64(v / 1e6)
     }
 
-    /// A machine whose steps cost 5 ms + 1 ms a token + 0.02 ms per thousand pairs.
+    /// A machine whose steps cost 5 ms + 1 ms a token + 0.02 ms per thousand pairs + 2 ms a
+    /// sample.
     fn truth(w: Work) -> f64 {
-        5_000.0 + 1_000.0 * w.tokens as f64 + 20.0 * w.pairs as f64 / 1000.0
+        let pairs = w.pairs as f64 / 1000.0;
+        5_000.0 + 1_000.0 * w.tokens as f64 + 20.0 * pairs + 2_000.0 * w.samples as f64
+    }
+
+    /// A start-up step's work, as the scheduler counts it.
+    fn timed(start: usize, len: usize, sample: bool) -> Work {
+        match sample {
+            true => Work::decode(start, len),
+            false => Work::chunk(start, len),
+        }
     }
 
     fn calibrated(target_ms: u64) -> StepClock {
         let mut c = StepClock::new(Duration::from_millis(target_ms));
-        for (start, len, _) in calibration(2048).into_iter().skip(1) {
-            let w = Work::chunk(start, len);
+        for (start, len, sample) in calibration(2048).into_iter().skip(1) {
+            let w = timed(start, len, sample);
             c.anchor(w, us(truth(w)));
         }
         c
@@ -318,9 +354,15 @@ mod tests {
 
     #[test]
     fn chunk_counts_each_tokens_keys() {
-        assert_eq!(Work::chunk(0, 1), Work { tokens: 1, pairs: 1 });
-        assert_eq!(Work::chunk(0, 4), Work { tokens: 4, pairs: 10 });
-        assert_eq!(Work::chunk(10, 2), Work { tokens: 2, pairs: 23 });
+        let work = |tokens, pairs, samples| Work {
+            tokens,
+            pairs,
+            samples,
+        };
+        assert_eq!(Work::chunk(0, 1), work(1, 1, 0));
+        assert_eq!(Work::chunk(0, 4), work(4, 10, 0));
+        assert_eq!(Work::chunk(10, 2), work(2, 23, 0));
+        assert_eq!(Work::decode(10, 2), work(2, 23, 2));
     }
 
     #[test]
@@ -329,30 +371,33 @@ mod tests {
         assert!((c[0] - 5_000.0).abs() < 1.0, "{c:?}");
         assert!((c[1] - 1_000.0).abs() < 0.1, "{c:?}");
         assert!((c[2] - 20.0).abs() < 0.01, "{c:?}");
+        assert!((c[3] - 2_000.0).abs() < 1.0, "{c:?}");
     }
 
     #[test]
     fn allowance_fills_the_target_and_no_more() {
         let clock = calibrated(100);
-        // 16 decodes at 500 tokens of context: 5 + 16 + 0.16 ms.
-        let decodes = (0..16).fold(Work::default(), |w, _| w.plus(Work::chunk(500, 1)));
-        let n = clock.allowance(decodes, 0, 256);
+        // 16 decodes at 500 tokens of context: 5 + 16 + 0.16 + 32 ms.
+        let decodes = (0..16).fold(Work::default(), |w, _| w.plus(Work::decode(500, 1)));
+        let n = clock.allowance(decodes, 0, 256, MIN_CHUNK);
         let within = |n| truth(decodes.plus(Work::chunk(0, n))) <= 100_000.0;
         assert!(within(n) && !within(n + 1), "{n}");
         // Deeper into a long prompt, its chunks cost more each.
-        assert!(clock.allowance(decodes, 3_000, 256) < n);
+        assert!(clock.allowance(decodes, 3_000, 256, MIN_CHUNK) < n);
         // A target the decodes alone exceed still moves the prompt.
-        let full = (0..120).fold(Work::default(), |w, _| w.plus(Work::chunk(500, 1)));
-        assert_eq!(clock.allowance(full, 0, 256), MIN_CHUNK);
-        assert_eq!(clock.allowance(full, 0, 5), 5);
+        let full = (0..40).fold(Work::default(), |w, _| w.plus(Work::decode(500, 1)));
+        assert_eq!(clock.allowance(full, 0, 256, MIN_CHUNK), MIN_CHUNK);
+        assert_eq!(clock.allowance(full, 0, 5, MIN_CHUNK), 5);
+        // ... but a second prompt in the same step does not.
+        assert_eq!(clock.allowance(full, 0, 256, 0), 0);
         // Room for everything: the whole budget.
-        assert_eq!(clock.allowance(Work::chunk(10, 1), 0, 8), 8);
+        assert_eq!(clock.allowance(Work::chunk(10, 1), 0, 8, 0), 8);
     }
 
     #[test]
     fn unfitted_clock_allows_the_token_budget() {
         let clock = StepClock::new(Duration::from_millis(1));
-        assert_eq!(clock.allowance(Work::chunk(0, 100), 0, 256), 256);
+        assert_eq!(clock.allowance(Work::chunk(0, 100), 0, 256, 0), 256);
         assert_eq!(clock.predict(Work::chunk(0, 1)), None);
     }
 
@@ -377,6 +422,7 @@ mod tests {
             let w = Work {
                 tokens,
                 pairs: kpairs * 1000,
+                samples: 0,
             };
             clock.observe(w, us(t));
         }
@@ -394,6 +440,9 @@ mod tests {
         // One point repeated: only the fixed cost is determined (the other subsets are
         // singular), and it is the step's time.
         let c = clock.coefficients().expect("fitted");
-        assert!((c[0] - 7_000.0).abs() < 1e-6 && c[1] == 0.0 && c[2] == 0.0, "{c:?}");
+        assert!(
+            (c[0] - 7_000.0).abs() < 1e-6 && c[1] == 0.0 && c[2] == 0.0,
+            "{c:?}"
+        );
     }
 }

@@ -118,6 +118,14 @@ impl<W: Worker> Task<W> {
                 Ok(out) => {
                     let took = started.elapsed();
                     METRICS.step_duration.observe(took.as_secs_f64());
+                    tracing::debug!(
+                        tokens = work.tokens,
+                        pairs = work.pairs,
+                        samples = work.samples,
+                        took_us = took.as_micros() as u64,
+                        predicted_us = self.batcher.clock().and_then(|c| c.predict(work)),
+                        "step"
+                    );
                     self.batcher.observe_work(work, took);
                     let now = Instant::now();
                     let masks = out.generations.iter().map(|g| (g.seq, g.mask_us));
@@ -168,7 +176,11 @@ impl<W: Worker> Task<W> {
     /// that arrive meanwhile wait in the channel). Without free blocks for them, or if the
     /// backend fails one, the model learns from the served steps alone.
     async fn calibrate(&mut self) {
-        let Some(far) = self.batcher.clock().is_some().then(|| self.batcher.calibration_context())
+        let Some(far) = self
+            .batcher
+            .clock()
+            .is_some()
+            .then(|| self.batcher.calibration_context())
         else {
             return;
         };
@@ -181,7 +193,9 @@ impl<W: Worker> Task<W> {
             return;
         };
         let text = self.tokenizer.encode(CALIBRATION_TEXT, false).ok();
-        let ids = text.map(|e| e.get_ids().to_vec()).filter(|ids| !ids.is_empty());
+        let ids = text
+            .map(|e| e.get_ids().to_vec())
+            .filter(|ids| !ids.is_empty());
         let ids = ids.unwrap_or_else(|| vec![0]);
         let started = Instant::now();
         for (i, &(start, len, sample)) in steps.iter().enumerate() {
@@ -196,13 +210,23 @@ impl<W: Worker> Task<W> {
                 context: Vec::new(),
             };
             let t = Instant::now();
-            if let Err(e) = self.worker.step(Step { entries: vec![entry] }).await {
+            if let Err(e) = self
+                .worker
+                .step(Step {
+                    entries: vec![entry],
+                })
+                .await
+            {
                 tracing::warn!(error = %e, "a start-up timing step failed");
                 break;
             }
             // The first touches the weights for the first time.
+            let work = match sample {
+                true => Work::decode(start, len),
+                false => Work::chunk(start, len),
+            };
             if let (Some(clock), true) = (self.batcher.clock(), i > 0) {
-                clock.anchor(Work::chunk(start, len), t.elapsed());
+                clock.anchor(work, t.elapsed());
             }
         }
         // A worker that is gone fails the next step anyway.
@@ -213,7 +237,8 @@ impl<W: Worker> Task<W> {
                 took_ms = started.elapsed().as_millis() as u64,
                 fixed_ms = c[0] / 1e3,
                 per_token_ms = c[1] / 1e3,
-                per_1k_context_tokens_ms = c[2] / 1e3,
+                per_1k_attention_pairs_ms = c[2] / 1e3,
+                per_sample_ms = c[3] / 1e3,
                 "step time model"
             );
         }
