@@ -180,16 +180,17 @@ impl Sums {
         }
         for col in 0..k {
             let pivot = (col..k).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs()))?;
-            let scale = (0..k).map(|r| self.xx[idx[r]][idx[r]]).fold(0.0, f64::max);
+            let scale = idx.iter().map(|&i| self.xx[i][i]).fold(0.0, f64::max);
             if m[pivot][col].abs() <= 1e-12 * scale.max(1e-300) {
                 return None;
             }
             m.swap(col, pivot);
-            for r in 0..k {
+            let pivot_row = m[col];
+            for (r, row) in m.iter_mut().enumerate().take(k) {
                 if r != col {
-                    let f = m[r][col] / m[col][col];
-                    for c in col..=k {
-                        m[r][c] -= f * m[col][c];
+                    let f = row[col] / pivot_row[col];
+                    for (x, p) in row[col..=k].iter_mut().zip(&pivot_row[col..=k]) {
+                        *x -= f * p;
                     }
                 }
             }
