@@ -2,7 +2,8 @@
 //! the grammar-mask budget. Each iteration: take new commands -> drop sequences whose client is
 //! gone or whose queue deadline passed -> hold costly grammars back -> plan a step -> run it on
 //! the worker -> hand out tokens, check stops, free finished sequences -> count speculative
-//! entries' accepted proposals in.
+//! entries' accepted proposals in, and the step's time into the step-time model. With a time
+//! target, the loop starts with a few timed steps on a scratch sequence ([`Task::calibrate`]).
 
 use super::batcher::{BatchConfig, Batcher};
 use super::live::{Live, SeqTrace};
