@@ -17,9 +17,10 @@
 //! The allowance ([`StepClock::allowance`]): the most prefill tokens that keep the step's
 //! predicted time within the target, at most what the token budget allows; the step's first
 //! chunk gets at least [`MIN_CHUNK`] (a prompt always moves, however loaded the batch), the
-//! others nothing past the target. A step without decodes has no
-//! stream waiting on it and takes the token budget. Plain and synchronous; the batcher asks it
-//! while it plans. Cost: a 4-feature fit per step, a binary search per prefill chunk.
+//! others nothing past the target. A step without decodes has no stream waiting on it and takes
+//! the token budget. Plain and synchronous; the batcher asks it while it plans. Cost per step:
+//! the fits on the 15 subsets of the four features (each a small elimination), and a binary
+//! search per prefill chunk.
 
 use std::time::Duration;
 use wick_proto::StepEntry;
