@@ -37,7 +37,8 @@ struct State {
 
 /// Queries in a group from which a narrow (f16) cache's tiles are widened once into f32
 /// buffers for all of them, instead of in every query's loads (a prefill chunk's group; a
-/// decode's few queries are faster widening in their loads).
+/// decode's few queries were measured faster widening in their loads). Not tuned between 3
+/// (SmolLM2's decode group) and a prefill chunk's hundreds.
 const WIDEN_AT: usize = 8;
 
 /// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows are
