@@ -13,9 +13,9 @@
 //!
 //! Which thread runs a task never changes a result: tasks write disjoint outputs (one chunk each
 //! through [`for_each_chunk_mut`], or scattered parts of a buffer through [`SharedMut`]), each
-//! computed the same way wherever it runs. [`for_each`] and [`for_each_chunk_mut`] use the team installed
-//! on the calling thread ([`install`]), and rayon's pool elsewhere (tests and benchmarks that
-//! call the kernels directly), with the same tasks.
+//! computed the same way wherever it runs. [`for_each`] and [`for_each_chunk_mut`] use the team
+//! installed on the calling thread ([`install`]), and rayon's pool elsewhere (tests and
+//! benchmarks that call the kernels directly), with the same tasks.
 
 use rayon::prelude::*;
 use std::any::Any;

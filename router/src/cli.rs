@@ -403,11 +403,11 @@ pub struct LimitArgs {
     /// tokens (about 0.4 s per step at 256 on two CPU cores).
     #[arg(long, env = "WICK_MAX_BATCH_TOKENS", default_value_t = 256)]
     pub max_batch_tokens: usize,
-    /// Plan steps by time: while sequences are decoding, prefill chunks shrink (to 16 tokens at
-    /// least) so that each step is predicted to take at most this many milliseconds, by a model
-    /// of step time fitted to a few steps timed at start-up and to every step served since
-    /// (its tokens and their context lengths). Off by default: chunks take what
-    /// `--max-batch-tokens` leaves.
+    /// Plan steps by time: while sequences are decoding, prefill chunks shrink so that each step
+    /// is predicted to take at most this many milliseconds (one prompt a step still gets 16
+    /// tokens), by a model of step time fitted to a few steps timed at start-up and to every
+    /// step served since (its tokens, their context lengths, its sampled rows). Off by default:
+    /// chunks take what `--max-batch-tokens` leaves.
     #[arg(long, env = "WICK_TARGET_INTER_TOKEN_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub target_inter_token_ms: Option<u64>,
     /// Most sequences running at once.

@@ -289,7 +289,7 @@ async fn concurrent_requests_batch_and_match_sequential_outputs() {
 
 #[tokio::test]
 async fn time_budgeted_chunks_keep_outputs_exact() {
-    // A target no step meets: every prompt beside decodes is prefilled 16 tokens a step.
+    // A target no step meets: beside decodes, one prompt a step is prefilled, 16 tokens of it.
     concurrent_outputs_match_sequential(&["--target-inter-token-ms", "1"], 8).await;
 }
 

@@ -93,10 +93,6 @@ impl<W: Worker> Task<W> {
             }
             let chunks = self.prefill_spans(&plan.step);
             let seqs: Vec<SeqId> = plan.step.entries.iter().map(|e| e.seq).collect();
-            // Proposals the backend's draft model makes take rows too.
-            let rows: usize = (plan.step.entries.iter())
-                .map(|e| e.tokens.len() + e.propose)
-                .sum();
             // The speculation's cost model reads decode steps only (a prefill chunk's rows cost
             // less each than a decode's few).
             let decode_only =
@@ -106,6 +102,7 @@ impl<W: Worker> Task<W> {
                 .map(|e| (e.seq, e.draft + e.propose))
                 .collect();
             let proposed_by_model: usize = plan.step.entries.iter().map(|e| e.propose).sum();
+            // Its rows count the proposals the backend's draft model makes.
             let work = Work::of(&plan.step.entries);
             if seqs.len() > 1 {
                 METRICS.batched_steps.inc();
@@ -148,8 +145,12 @@ impl<W: Worker> Task<W> {
                             out.draft_catch_up_rows,
                             proposing,
                         );
-                        self.batcher
-                            .observe_step(rows - unmade, out.forward_us, made, draft_us);
+                        self.batcher.observe_step(
+                            work.tokens - unmade,
+                            out.forward_us,
+                            made,
+                            draft_us,
+                        );
                     }
                     for g in out.generations {
                         if let Some(done) = self.on_token(g, now) {
@@ -177,15 +178,10 @@ impl<W: Worker> Task<W> {
     /// that arrive meanwhile wait in the channel). Without free blocks for them, or if the
     /// backend fails one, the model learns from the served steps alone.
     async fn calibrate(&mut self) {
-        let Some(far) = self
-            .batcher
-            .clock()
-            .is_some()
-            .then(|| self.batcher.calibration_context())
-        else {
+        if self.batcher.clock().is_none() {
             return;
-        };
-        let steps = step_time::calibration(far);
+        }
+        let steps = step_time::calibration(self.batcher.calibration_context());
         let Some(end) = steps.iter().map(|&(start, len, _)| start + len).max() else {
             return;
         };
