@@ -17,6 +17,14 @@
 
 use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP};
 
+/// How far ahead of the block being multiplied the kernels prefetch the weights, in bytes.
+/// The packed matrices are read front to back, but the hardware prefetchers stop at every 4 KiB
+/// page; without this a batch-1 decode step of SmolLM2 or Qwen2.5-Coder-1.5B took 8-9% longer
+/// (interleaved steps in one process on an AMD EPYC Zen 3: 512 bytes gained about a third of
+/// that, 1,024 and 1,536 all of it, 4,096 less). A prefetch never faults, so reading past the
+/// matrix's end is harmless.
+const PREFETCH: usize = 1024;
+
 pub(super) fn avx2_available() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
@@ -185,6 +193,16 @@ macro_rules! kernels {
 
             $($dp)*
 
+            /// Prefetches the cache lines [`super::PREFETCH`] bytes past the start of block
+            /// `b`, one block's size of them.
+            #[inline(always)]
+            unsafe fn ahead<W>(w: &[W], b: usize) {
+                let p = w.as_ptr().wrapping_add(b).cast::<i8>().wrapping_add(super::PREFETCH);
+                for o in (0..std::mem::size_of::<W>()).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o));
+                }
+            }
+
             /// Four activation bytes at `p`, repeated in every lane.
             #[inline]
             #[target_feature(enable = $features)]
@@ -340,6 +358,7 @@ macro_rules! kernels {
             ) -> [[f32; GROUP]; MR] {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
+                    ahead(w, b);
                     let xs = blocks_at(&x, b);
                     let high = wb.qh().map_or(High::None, High::Fifth);
                     let (lo, hi) = nibble_dots::<MR, false>(wb.qs(), high, &xs);
@@ -408,6 +427,7 @@ macro_rules! kernels {
             ) -> [[f32; GROUP]; MR] {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
+                    ahead(w, b);
                     let ks = wb.scales();
                     let (d, dmin) = (scales(&ks.d), scales(&ks.dmin));
                     for j in 0..SUBS {
@@ -452,6 +472,7 @@ macro_rules! kernels {
             ) -> [[f32; GROUP]; MR] {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
+                    ahead(w, b);
                     let d = scales(&wb.d);
                     for j in 0..SUBS {
                         let xs = blocks_at(&x, SUBS * b + j);
@@ -481,6 +502,7 @@ macro_rules! kernels {
             ) -> [[f32; GROUP]; MR] {
                 let mut acc = [_mm256_setzero_ps(); MR];
                 for (b, wb) in w.iter().enumerate() {
+                    ahead(w, b);
                     let xs = blocks_at(&x, b);
                     let mut chains = [[_mm256_setzero_si256(); MR]; 2 * CHAINS];
                     for l in 0..8 {
