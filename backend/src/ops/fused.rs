@@ -6,15 +6,25 @@
 //! single sequence and hands large element-wise ops to a second, spinning thread pool), and
 //! allocate nothing.
 
-/// Elements below which an element-wise op runs on the calling thread.
+/// Elements below which a cheap element-wise op (residual add, rotary embedding) runs on the
+/// calling thread.
 const PAR_MIN: usize = 32 * 1024;
+/// The same for RMSNorm, whose rows are serial chains of adds (about 1 ns an element): several
+/// rows of a batch are worth a team job (a few microseconds).
+const PAR_MIN_NORM: usize = 4096;
+/// The same for the gated activations, with an `exp` or `tanh` per element (about 4 ns): one
+/// token's SwiGLU (1,536 elements in SmolLM2) already gains from two threads.
+const PAR_MIN_GATE: usize = 1024;
+/// Elements per task of the gated activations.
+const GATE_CHUNK: usize = 512;
 
-/// Applies `f` to matching chunks of `rows`-aligned slices, in parallel when there is enough work.
-fn for_rows<F>(out: &mut [f32], row: usize, f: F)
+/// Applies `f` to matching chunks of `rows`-aligned slices, in parallel when `out` has `min`
+/// elements or more.
+fn for_rows<F>(out: &mut [f32], row: usize, min: usize, f: F)
 where
     F: Fn(usize, &mut [f32]) + Sync,
 {
-    if out.len() < PAR_MIN {
+    if out.len() < min {
         out.chunks_mut(row).enumerate().for_each(|(i, r)| f(i, r));
     } else {
         crate::team::for_each_chunk_mut(out, row, f);
@@ -25,7 +35,7 @@ where
 pub fn rms_norm(x: &[f32], alpha: &[f32], eps: f32, out: &mut [f32]) {
     let n = alpha.len();
     debug_assert_eq!(x.len(), out.len());
-    for_rows(out, n, |r, dst| {
+    for_rows(out, n, PAR_MIN_NORM, |r, dst| {
         let src = &x[r * n..(r + 1) * n];
         let sum2 = src.iter().map(|&v| v * v).sum::<f32>();
         let m = (sum2 / n as f32 + eps).sqrt();
@@ -39,7 +49,7 @@ pub fn rms_norm(x: &[f32], alpha: &[f32], eps: f32, out: &mut [f32]) {
 /// of token `t` by the angles whose cosines and sines are `cos[t]`, `sin[t]` (`dim / 2` each).
 pub fn rope(x: &mut [f32], heads: usize, dim: usize, cos: &[f32], sin: &[f32]) {
     let half = dim / 2;
-    for_rows(x, heads * dim, |t, row| {
+    for_rows(x, heads * dim, PAR_MIN, |t, row| {
         let (c, s) = (
             &cos[t * half..(t + 1) * half],
             &sin[t * half..(t + 1) * half],
@@ -57,8 +67,8 @@ pub fn rope(x: &mut [f32], heads: usize, dim: usize, cos: &[f32], sin: &[f32]) {
 
 /// `gate = silu(gate) * up`, element-wise.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    let row = 4096;
-    for_rows(gate, row, |i, g| {
+    let row = GATE_CHUNK;
+    for_rows(gate, row, PAR_MIN_GATE, |i, g| {
         for (g, &u) in g.iter_mut().zip(&up[i * row..]) {
             *g = *g / (1.0 + (-*g).exp()) * u;
         }
@@ -69,8 +79,8 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
 /// `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))` (the one Gemma and llama.cpp use).
 pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let row = 4096;
-    for_rows(gate, row, |i, g| {
+    let row = GATE_CHUNK;
+    for_rows(gate, row, PAR_MIN_GATE, |i, g| {
         for (g, &u) in g.iter_mut().zip(&up[i * row..]) {
             let x = *g;
             let inner = SQRT_2_OVER_PI * x * (1.0 + 0.044_715 * x * x);
@@ -82,7 +92,7 @@ pub fn gelu_mul(gate: &mut [f32], up: &[f32]) {
 /// `x += y`, element-wise.
 pub fn add(x: &mut [f32], y: &[f32]) {
     let row = 4096;
-    for_rows(x, row, |i, x| {
+    for_rows(x, row, PAR_MIN, |i, x| {
         for (x, &y) in x.iter_mut().zip(&y[i * row..]) {
             *x += y;
         }

@@ -56,6 +56,9 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// Stored narrower than f32 (widened when read).
     const NARROW: bool;
     fn from_f32(v: f32) -> Self;
+    /// `dst[i] = from_f32(src[i])` for each element (the same values, converted several at a
+    /// time).
+    fn store_row(dst: &mut [Self], src: &[f32]);
     /// `data[off..off + dim]` as f32: borrowed when already f32, else converted into `buf`.
     fn row<'a>(data: &'a [Self], off: usize, dim: usize, buf: &'a mut [f32]) -> &'a [f32];
     /// The eight elements at `p`, as f32.
@@ -74,6 +77,9 @@ impl KvElem for f32 {
     const NARROW: bool = false;
     fn from_f32(v: f32) -> Self {
         v
+    }
+    fn store_row(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
     }
     #[inline]
     fn row<'a>(data: &'a [f32], off: usize, dim: usize, _: &'a mut [f32]) -> &'a [f32] {
@@ -94,6 +100,9 @@ impl KvElem for f16 {
     const NARROW: bool = true;
     fn from_f32(v: f32) -> Self {
         f16::from_f32(v)
+    }
+    fn store_row(dst: &mut [f16], src: &[f32]) {
+        dst.convert_from_f32_slice(src);
     }
     #[inline]
     fn row<'a>(data: &'a [f16], off: usize, dim: usize, buf: &'a mut [f32]) -> &'a [f32] {
@@ -134,9 +143,7 @@ impl InplaceOp2 for KvWrite<'_> {
             let start = cl.start_offset();
             for (t, &slot) in slots.iter().enumerate() {
                 let dst = start + slot * row;
-                for (d, &x) in cache[dst..dst + row].iter_mut().zip(&src[t * row..]) {
-                    *d = T::from_f32(x);
-                }
+                T::store_row(&mut cache[dst..dst + row], &src[t * row..(t + 1) * row]);
             }
         }
         let src = f32_slice(src, sl, "new K/V")?;
@@ -311,6 +318,29 @@ fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn f16_rows_are_stored_as_each_value_converts() {
+        // Ordinary values, both sides of f16's range and its subnormals, values halfway between
+        // two f16s (rounded to even), infinities and NaN; more than a vector's worth, and a tail.
+        let mut src: Vec<f32> = (0..1000)
+            .map(|i| ((i as f32) - 500.0) * 0.37 * (1.0 + (i % 7) as f32))
+            .collect();
+        src.extend([
+            65504.0, 65520.0, 1e6, -1e6, 6e-8, 3e-8, 1e-9, -6.1e-5, 0.0, -0.0,
+        ]);
+        src.extend([
+            1.0 + 1.0 / 2048.0,
+            1.0 + 3.0 / 2048.0,
+            f32::INFINITY,
+            f32::NAN,
+        ]);
+        let mut got = vec![f16::ZERO; src.len()];
+        f16::store_row(&mut got, &src);
+        for (g, &s) in got.iter().zip(&src) {
+            assert_eq!(g.to_bits(), f16::from_f32(s).to_bits(), "{s}");
+        }
+    }
 
     #[test]
     fn a_window_limits_each_query_to_its_last_keys() {
