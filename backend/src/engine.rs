@@ -9,6 +9,9 @@
 //! in parallel, after the forward pass, each timed into `Generation::mask_us`) and is advanced
 //! with the sampled token. Sequences without one pay nothing.
 //!
+//! Entries that sample one row without a grammar are sampled across the compute team (each is
+//! a function of its row, parameters, history and position only); the others in turn after them.
+//!
 //! Speculative entries (`StepEntry::draft > 0`): the logits of the last `draft + 1` rows are
 //! sampled in turn, each exactly as a single decode step at that position would sample it (the
 //! history up to it, its grammar mask after the accepted proposals, the (seed, position)
@@ -220,12 +223,18 @@ impl Engine {
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         let forward_us = t0.elapsed().as_micros() as u64;
         let mut masks = self.masks(step);
+        let mut plain = self.sample_plain(step, &logits);
         let mut rows = logits.iter();
         let mut generations = Vec::with_capacity(logits.len());
-        for e in &step.entries {
+        for (e, plain) in step.entries.iter().zip(&mut plain) {
             let Some(params) = &e.sample else {
                 continue;
             };
+            if let Some(g) = plain.take() {
+                rows.next();
+                generations.push(g);
+                continue;
+            }
             let entry_rows: Vec<&Vec<f32>> = rows.by_ref().take(e.draft + 1).collect();
             // Position of the first sample; the proposals follow the token before it.
             let first = e.start_pos + e.tokens.len() - e.draft;
@@ -279,6 +288,39 @@ impl Engine {
             e.propose = 0;
         }
         Ok((Some(step), catch_up))
+    }
+
+    /// The generations of the entries that sample one row without a grammar (no proposals to
+    /// verify), by entry, sampled across the compute team: each depends on its own row,
+    /// parameters and history only, so the order they run in changes nothing. `None` for the
+    /// other entries, which [`Engine::step`] samples in turn.
+    fn sample_plain(&self, step: &Step, logits: &[Vec<f32>]) -> Vec<Option<Generation>> {
+        let mut jobs = Vec::new();
+        let mut row = 0;
+        for (i, e) in step.entries.iter().enumerate() {
+            let Some(params) = &e.sample else {
+                continue;
+            };
+            if e.draft == 0 && !self.constraints.contains_key(&e.seq) {
+                jobs.push((i, row, params));
+            }
+            row += e.draft + 1;
+        }
+        let history = &self.history;
+        let mut done: Vec<Option<Generation>> = jobs.iter().map(|_| None).collect();
+        crate::team::for_each_chunk_mut(&mut done, 1, |j, slot| {
+            let (i, row, params) = jobs[j];
+            let e = &step.entries[i];
+            let pos = e.start_pos + e.tokens.len();
+            let h = history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
+            let h = &h[..pos.min(h.len())];
+            slot[0] = Some(sampling::sample(e.seq, &logits[row], params, h, pos, None));
+        });
+        let mut out: Vec<Option<Generation>> = step.entries.iter().map(|_| None).collect();
+        for (&(i, _, _), g) in jobs.iter().zip(done) {
+            out[i] = g;
+        }
+        out
     }
 
     /// Samples `seq`'s token at `pos` from `row`, with the history before `pos` and the mask

@@ -417,3 +417,62 @@ fn speculative_entries_give_the_generations_of_plain_decoding() {
         assert!(verify_steps < STEPS - 1, "{verify_steps} verifying steps");
     }
 }
+
+/// A step's samplings run across the compute team (those without a grammar or proposals): each
+/// entry still gets the generation it gets alone, whatever its parameters, seed and history.
+#[test]
+fn a_batch_sampled_on_a_team_gives_each_entry_its_generation_alone() {
+    let params = |i: u64| SamplingParams {
+        temperature: [0.0, 0.7, 1.3][i as usize % 3],
+        top_k: [0, 40, 0][i as usize % 3],
+        repetition_penalty: [1.0, 1.0, 1.2][i as usize % 3],
+        seed: 11 + i,
+        top_logprobs: 2,
+        ..SamplingParams::default()
+    };
+    let prompts: Vec<Vec<u32>> = (0..5u32)
+        .map(|i| (0..10 + 3 * i).map(|j| 100 + 37 * j + i).collect())
+        .collect();
+    let run = |batched: bool| {
+        wick_backend::team::install(2, || {
+            let (mut engine, _) = load_engine(&config(16)).unwrap();
+            let bs = engine.kv().block_size();
+            let mut last: Vec<(u32, usize)> = Vec::new();
+            let mut out = Vec::new();
+            for (s, p) in prompts.iter().enumerate() {
+                let step = Step {
+                    entries: vec![StepEntry {
+                        sample: Some(params(s as u64)),
+                        ..entry(s as u64, p, 0, bs, true)
+                    }],
+                };
+                let g = engine.step(&step).unwrap().generations.remove(0);
+                last.push((g.token, p.len()));
+                out.push(g);
+            }
+            for _ in 0..4 {
+                let entries: Vec<StepEntry> = (0..prompts.len())
+                    .map(|s| StepEntry {
+                        sample: Some(params(s as u64)),
+                        ..entry(s as u64, &[last[s].0], last[s].1, bs, true)
+                    })
+                    .collect();
+                let gens = if batched {
+                    engine.step(&Step { entries }).unwrap().generations
+                } else {
+                    (entries.into_iter())
+                        .map(|e| engine.step(&Step { entries: vec![e] }).unwrap())
+                        .map(|mut o| o.generations.remove(0))
+                        .collect()
+                };
+                for (s, g) in gens.into_iter().enumerate() {
+                    last[s] = (g.token, last[s].1 + 1);
+                    out.push(g);
+                }
+            }
+            out
+        })
+        .unwrap()
+    };
+    assert_eq!(run(true), run(false));
+}
