@@ -11,7 +11,10 @@
 //!   TTFT and inter-token latency p50/p90/p99, output tokens/s.
 //!
 //! Every prompt starts with a number no other request has, so neither server's prefix cache can
-//! help. Each server's resident memory once ready (before any request) is reported too.
+//! help. Each server's resident memory once ready (before any request) is reported too, and
+//! below the table how close each server's decode and prefill come to the machine's limits
+//! ([`limits`]): the memory bandwidth measured before and after the servers ran, against the
+//! weight bytes a decode token reads; the multiply-adds a second its prefill does.
 //! Flags: `--llama-server PATH` (else Wick alone), `--bin`, `--model`, `--threads`,
 //! `--json FILE` (the figures as JSON; the table goes to stdout), `--completions` (plain prompts
 //! on `/v1/completions`, for base models), `--quick` (decode, prefill and 16 clients only: the
@@ -22,7 +25,7 @@
 //! it the same 65,536 tokens llama-server holds in f16: SmolLM2's default 1,536 MiB, 1,792 MiB
 //! for Qwen2.5-1.5B).
 
-use super::{arg, percentile, start, stream_chat, wait_ready, Server, Trace};
+use super::{arg, limits, percentile, start, stream_chat, wait_ready, Server, Trace};
 use serde_json::{json, Value};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -347,6 +350,8 @@ pub async fn run(threads: &str) {
     let quick = std::env::args().any(|a| a == "--quick");
     let kv_mib = arg("--wick-kv-mib", WICK_KV_MIB);
     let kv_dtype = arg("--wick-kv-dtype", "f16");
+    let n_threads: usize = threads.parse().expect("--threads: a number");
+    let bandwidth_before = limits::bandwidth_gbs(n_threads);
     let mut results = serde_json::Map::new();
     let wick = start(&[
         "--threads",
@@ -385,7 +390,19 @@ pub async fn run(threads: &str) {
             results.insert("llama-server".into(), figures);
         }
     }
-    let report = json!({"threads": threads, "model": model, "results": results});
+    let bandwidth = [bandwidth_before, limits::bandwidth_gbs(n_threads)];
+    let cost = limits::token_cost(&model);
+    let report = json!({
+        "threads": threads,
+        "model": model,
+        "results": results,
+        "limits": {
+            "bandwidth_gbs_before": bandwidth[0],
+            "bandwidth_gbs_after": bandwidth[1],
+            "decode_bytes_per_token": cost.as_ref().map(|c| c.decode_bytes),
+            "prefill_macs_per_token": cost.as_ref().map(|c| c.prefill_macs),
+        },
+    });
     write_json(&report);
     let figure = |server: &str, ptr: &str| match ptr.strip_prefix("aggregate:") {
         Some(n) => aggregate(&report["results"][server], n.parse().ok()?),
@@ -396,5 +413,37 @@ pub async fn run(threads: &str) {
     for (label, ptr) in ROWS {
         let (w, l) = (figure("wick", ptr), figure("llama-server", ptr));
         println!("| {label} | {} | {} | {} |", cell(w), cell(l), ratio(w, l));
+    }
+    println!(
+        "\nMemory read bandwidth ({threads} threads, a sum over 1 GiB, best of 4 passes): \
+         {:.1} GB/s before the servers ran, {:.1} GB/s after.",
+        bandwidth[0], bandwidth[1]
+    );
+    let Some(cost) = cost else {
+        return;
+    };
+    let (low, high) = (
+        bandwidth[0].min(bandwidth[1]),
+        bandwidth[0].max(bandwidth[1]),
+    );
+    for (server, name) in [("wick", "Wick"), ("llama-server", "llama-server")] {
+        if let Some(rate) = figure(server, "/decode_tokens_per_s") {
+            let gbs = rate * cost.decode_bytes as f64 / 1e9;
+            println!(
+                "- {name}, decode: {rate:.1} tokens/s x {:.1} MB of weights a token = {gbs:.1} \
+                 GB/s, {:.0}% of the higher bandwidth figure ({:.0}% of the lower)",
+                cost.decode_bytes as f64 / 1e6,
+                100.0 * gbs / high,
+                100.0 * gbs / low,
+            );
+        }
+        if let Some(rate) = figure(server, "/prefill_tokens_per_s") {
+            println!(
+                "- {name}, prefill: {rate:.1} tokens/s x {:.1} M multiply-adds a token = {:.1} G \
+                 multiply-adds a second",
+                cost.prefill_macs as f64 / 1e6,
+                rate * cost.prefill_macs as f64 / 1e9,
+            );
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! `cargo run --release -p wick-benches --bin loadgen -- compare --llama-server "$(scripts/build-llama-server.sh)"`
 
 mod compare;
+mod limits;
 mod long_context;
 mod speculation;
 
