@@ -406,8 +406,9 @@ pub struct LimitArgs {
     /// Plan steps by time: while sequences are decoding, prefill chunks shrink so that each step
     /// is predicted to take at most this many milliseconds (one prompt a step still gets 16
     /// tokens), by a model of step time fitted to a few steps timed at start-up and to every
-    /// step served since (its tokens, their context lengths, its sampled rows). Off by default:
-    /// chunks take what `--max-batch-tokens` leaves.
+    /// step served since (its tokens, their context lengths, its sampled rows); `/ready`
+    /// answers once those start-up steps have run. Off by default: chunks take what
+    /// `--max-batch-tokens` leaves.
     #[arg(long, env = "WICK_TARGET_INTER_TOKEN_MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub target_inter_token_ms: Option<u64>,
     /// Most sequences running at once.

@@ -301,6 +301,15 @@ pub async fn serve(args: ServeArgs) -> Result<(), CliError> {
     let _ = late.0.set(app(state.clone(), keys));
     // What loading freed goes back to the system before the server reports ready.
     release_free_heap();
+    // With a time target, the scheduler's start-up steps run first (requests sent meanwhile
+    // wait for them); a signal meanwhile stops the server as one while loading does.
+    tokio::select! {
+        () = state.scheduler.serving() => {}
+        _ = &mut signal => {
+            tracing::info!("signal received while timing the start-up steps; exiting");
+            return stop(stop_tx, server).await;
+        }
+    }
     phase.set_ready();
     tracing::info!(
         model = %state.served_name,

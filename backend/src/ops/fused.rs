@@ -3,10 +3,9 @@
 //! add. Each computes exactly the expressions of candle's CPU ops (`candle_nn::ops::rms_norm`,
 //! `rope_thd`, `silu` then `mul`, `add`), except that SwiGLU's `exp` is Wick's vectorised
 //! [`exp`](crate::ops::math::exp) (about 1e-7 relative error; the standard library's took 6% of
-//! a SmolLM2 prefill) instead of the standard library's; unlike them, these split large inputs across
-//! the compute team the matmuls use ([`crate::team`]; candle runs rope on one thread for a
-//! single sequence and hands large element-wise ops to a second, spinning thread pool), and
-//! allocate nothing.
+//! a SmolLM2 prefill). Unlike candle's, these split large inputs across the compute team the
+//! matmuls use ([`crate::team`]; candle runs rope on one thread for a single sequence and hands
+//! large element-wise ops to a second, spinning thread pool), and allocate nothing.
 
 /// Elements below which a cheap element-wise op (residual add, rotary embedding) runs on the
 /// calling thread.

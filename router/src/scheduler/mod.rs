@@ -37,7 +37,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 use tokenizers::Tokenizer;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use wick_proto::{FinishReason, SeqId, Step, StepOutput, TokenLogprob};
 
 /// Why a request failed after it was queued.
@@ -154,6 +154,8 @@ pub(crate) enum Command {
 pub struct Scheduler {
     /// Closed when every handle is dropped, which ends the task.
     tx: mpsc::Sender<Command>,
+    /// Becomes true once the task serves requests (after its start-up steps, if any).
+    serving: watch::Receiver<bool>,
 }
 
 /// Commands waiting for the task. The task drains this every step, so the bound only matters under
@@ -171,8 +173,18 @@ impl Scheduler {
         let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
         METRICS.kv_cache_blocks_total.set(num_blocks as i64);
         METRICS.kv_cache_blocks_free.set(num_blocks as i64);
-        tokio::spawn(task::Task::new(worker, tokenizer, cfg, num_blocks).run(rx));
-        Scheduler { tx }
+        let (serving_tx, serving) = watch::channel(false);
+        tokio::spawn(task::Task::new(worker, tokenizer, cfg, num_blocks).run(rx, serving_tx));
+        Scheduler { tx, serving }
+    }
+
+    /// Returns once the task serves requests: at once, or after the step-time model's
+    /// start-up steps with a time target (so that `/ready` waits for them), or when the task
+    /// has ended.
+    pub async fn serving(&self) {
+        let mut serving = self.serving.clone();
+        // An error means the task is gone: nothing left to wait for.
+        let _gone = serving.wait_for(|s| *s).await;
     }
 
     /// Queues a request; its events arrive on the returned receiver.

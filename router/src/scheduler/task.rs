@@ -3,7 +3,8 @@
 //! gone or whose queue deadline passed -> hold costly grammars back -> plan a step -> run it on
 //! the worker -> hand out tokens, check stops, free finished sequences -> count speculative
 //! entries' accepted proposals in, and the step's time into the step-time model. With a time
-//! target, the loop starts with a few timed steps on a scratch sequence ([`Task::calibrate`]).
+//! target, the loop starts with a few timed steps on a scratch sequence ([`Task::calibrate`]);
+//! the task says when it serves (after them) on a watch channel, which `/ready` waits for.
 
 use super::batcher::{BatchConfig, Batcher};
 use super::live::{Live, SeqTrace};
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokenizers::Tokenizer;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use wick_proto::{SamplingParams, SeqId, Step, StepEntry};
 
 /// The scratch sequence of the start-up timing steps (requests' ids start at 1).
@@ -48,8 +49,11 @@ impl<W: Worker> Task<W> {
         }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// The loop, after the start-up steps; `serving` becomes true between the two.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Command>, serving: watch::Sender<bool>) {
         self.calibrate().await;
+        // Nobody waiting is fine.
+        let _unwatched = serving.send(true);
         loop {
             if self.live.is_empty() {
                 match rx.recv().await {
@@ -175,8 +179,9 @@ impl<W: Worker> Task<W> {
 
     /// With time-budgeted steps, runs the step-time model's start-up steps
     /// ([`step_time::calibration`]) on a scratch sequence, before any request is served (those
-    /// that arrive meanwhile wait in the channel). Without free blocks for them, or if the
-    /// backend fails one, the model learns from the served steps alone.
+    /// that arrive meanwhile wait in the channel; `/ready` answers after them). Without free
+    /// blocks for them, or if the backend fails one, the model learns from the served steps
+    /// alone.
     async fn calibrate(&mut self) {
         if self.batcher.clock().is_none() {
             return;

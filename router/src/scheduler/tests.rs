@@ -259,6 +259,28 @@ async fn a_time_target_first_times_scratch_steps_then_frees_them() {
 }
 
 #[tokio::test]
+async fn the_scheduler_serves_after_its_start_up_steps() {
+    let wait = |s: &Scheduler, ms: u64| {
+        let s = s.clone();
+        async move { tokio::time::timeout(Duration::from_millis(ms), s.serving()).await }
+    };
+    // Without a time target: at once, before any step.
+    let worker = FakeWorker::new(false);
+    assert!(wait(&start(&worker, 16), 5000).await.is_ok());
+    // With one: not while the timing steps wait on the worker, then once they have run.
+    let worker = FakeWorker::new(false);
+    let cfg = BatchConfig {
+        target_step: Some(Duration::from_millis(50)),
+        ..config()
+    };
+    let s = start_config(&worker, 400, cfg);
+    assert!(wait(&s, 200).await.is_err());
+    worker.gate.add_permits(step_time::calibration(400).len());
+    assert!(wait(&s, 5000).await.is_ok());
+    assert_eq!(worker.steps().len(), step_time::calibration(400).len());
+}
+
+#[tokio::test]
 async fn speculation_gives_the_same_tokens_in_fewer_steps() {
     let worker = FakeWorker::new(false);
     let cfg = speculate::SpecConfig {
