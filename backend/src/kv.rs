@@ -8,7 +8,9 @@
 
 use crate::config::ModelConfig;
 use crate::error::LoadError;
+use crate::memory;
 use candle_core::{DType, Device, Tensor};
+use half::f16;
 
 /// The element type of the cache. f16 (the default, as llama.cpp's) holds twice the tokens in
 /// the same memory and halves the bytes attention reads; keys and values are rounded to f16 when
@@ -91,7 +93,15 @@ impl KvCache {
         device: &Device,
     ) -> Result<Self, LoadError> {
         let shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim);
-        let alloc = || Tensor::zeros(shape, dtype.dtype(), device);
+        // On the CPU in huge pages where the system gives them (read by every step).
+        let n = num_blocks * block_size * cfg.num_kv_heads * cfg.head_dim;
+        let alloc = || match (device, dtype) {
+            (Device::Cpu, KvDType::F16) => {
+                Tensor::from_vec(memory::filled(n, f16::ZERO), shape, device)
+            }
+            (Device::Cpu, KvDType::F32) => Tensor::from_vec(memory::filled(n, 0f32), shape, device),
+            _ => Tensor::zeros(shape, dtype.dtype(), device),
+        };
         let k = (0..cfg.num_layers)
             .map(|_| alloc())
             .collect::<Result<_, _>>()?;

@@ -13,6 +13,7 @@
 //! - [`ops`]: the CPU kernels (quantized matmul, paged attention, per-token ops).
 //! - [`team`]: the compute threads that run a step's parallel work.
 //! - [`kv`]: the paged KV cache tensors.
+//! - [`memory`]: large buffers (packed weights, the KV cache) in huge pages.
 //! - [`model`]: the engine's [`Model`](model::Model): Wick's CPU kernels' forward pass over a
 //!   packed batch, or [`generic`]'s.
 //! - [`generic`]: the same forward pass in candle ops only (CUDA; CPU on request).
@@ -31,6 +32,7 @@ pub mod gguf;
 pub mod grammar;
 pub mod kv;
 pub mod loader;
+pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod sampling;

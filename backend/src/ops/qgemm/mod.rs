@@ -368,7 +368,8 @@ impl<F: Format> Packed<F> {
     pub fn pack(src: &[F::Src], rows: usize, kb: usize) -> Self {
         debug_assert_eq!(src.len(), rows * kb);
         let n_groups = rows.div_ceil(GROUP);
-        let mut groups = Vec::with_capacity(n_groups * kb);
+        let mut groups: Vec<F> = Vec::with_capacity(n_groups * kb);
+        crate::memory::advise_huge(groups.as_ptr().cast(), n_groups * kb * size_of::<F>());
         for g in 0..n_groups {
             for b in 0..kb {
                 groups.push(F::pack(std::array::from_fn(|r| {
