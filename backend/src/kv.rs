@@ -1,5 +1,6 @@
 //! The paged KV cache storage: per layer, one K and one V tensor of shape
-//! `[num_blocks, block_size, kv_heads, head_dim]`, in f32 or f16 ([`KvDType`]).
+//! `[num_blocks, block_size, kv_heads, head_dim]`, in f32 or f16 ([`KvDType`]); on the CPU in
+//! huge pages where the system gives them ([`memory`]).
 //!
 //! The backend owns the storage only; which sequence owns which block is the router's business.
 //! Block tables arriving with a step are checked against `num_blocks` before use. Sizing: one block

@@ -11,8 +11,8 @@
 //!   compile (up to `--grammar-compile-timeout`) on the worker thread would stall every running
 //!   sequence's next step. So the compiled matcher, not a spec, crosses to the worker: it is
 //!   built once per request, cloned per choice, and owned by the worker from then on.
-//! - **Start-up facts**: the matmul kernel chosen for this CPU (logged when ready), and
-//!   [`release_free_heap`].
+//! - **Start-up facts**: the matmul kernel chosen for this CPU (logged when ready), the
+//!   numerics' revision ([`NUMERICS`], in `system_fingerprint`), and [`release_free_heap`].
 
 pub use wick_backend::grammar::bounds::SourceLimits;
 pub use wick_backend::grammar::{
@@ -21,6 +21,7 @@ pub use wick_backend::grammar::{
 pub use wick_backend::tokenizer::{load_tokenizer, TokenizerInfo};
 pub use wick_backend::{
     release_free_heap, Backend, BackendConfig, BackendError, DeviceSpec, KvDType, LoadError,
+    NUMERICS,
 };
 
 /// The name of the quantized-matmul kernel this CPU runs (`avx512-vnni`, `avx2`, ...).

@@ -1,14 +1,15 @@
 //! `system_fingerprint`: what must match for two servers to give the same tokens for the same
-//! request (see `docs/reproducibility.md`): Wick's version, the forward path and its matmul
-//! kernel, the KV cache's element type (f16 keys and values are rounded), and a checksum of the
-//! model's bytes. Computed once at start-up.
+//! request (see `docs/reproducibility.md`): Wick's version and the revision of its numerics
+//! ([`NUMERICS`], raised by any change that can move an output's bits between two builds of
+//! one version), the forward path and its matmul kernel, the KV cache's element type (f16 keys
+//! and values are rounded), and a checksum of the model's bytes. Computed once at start-up.
 //!
 //! The checksum is CRC-32 over the model file (or, for a Hugging Face directory, over its
 //! files in name order): not a cryptographic hash, but any change of the weights changes it in
 //! all but one case in four billion, and it runs at memory speed (about 0.2 s for a 1 GB file
 //! already in the page cache).
 
-use crate::backend::KvDType;
+use crate::backend::{KvDType, NUMERICS};
 use std::io::Read;
 use std::path::Path;
 
@@ -21,7 +22,7 @@ pub fn fingerprint(
 ) -> std::io::Result<String> {
     let path = if generic { "generic" } else { kernel };
     Ok(format!(
-        "wick-{}-{path}-{kv}kv-{:08x}",
+        "wick-{}-n{NUMERICS}-{path}-{kv}kv-{:08x}",
         env!("CARGO_PKG_VERSION"),
         checksum(model)?
     ))
@@ -61,7 +62,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_fingerprint_names_the_version_the_path_the_kv_type_and_the_bytes() {
+    fn the_fingerprint_names_the_version_the_numerics_the_path_the_kv_type_and_the_bytes() {
         let dir = std::env::temp_dir().join(format!("wick-fp-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("m.gguf");
@@ -70,7 +71,7 @@ mod tests {
         let a = fingerprint(&file, "avx512vnni", false, f16).unwrap();
         let version = env!("CARGO_PKG_VERSION");
         assert!(
-            a.starts_with(&format!("wick-{version}-avx512vnni-f16kv-")),
+            a.starts_with(&format!("wick-{version}-n{NUMERICS}-avx512vnni-f16kv-")),
             "{a}"
         );
         assert!(fingerprint(&file, "avx512vnni", true, f16)
