@@ -20,9 +20,9 @@ use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8
 /// How far ahead of the block being multiplied the kernels prefetch the weights, in bytes.
 /// The packed matrices are read front to back, but the hardware prefetchers stop at every 4 KiB
 /// page; without this a batch-1 decode step of SmolLM2 or Qwen2.5-Coder-1.5B took 8-9% longer
-/// (interleaved steps in one process on an AMD EPYC Zen 3: 512 bytes gained about a third of
-/// that, 1,024 and 1,536 all of it, 4,096 less). A prefetch never faults, so reading past the
-/// matrix's end is harmless.
+/// (interleaved steps in one process on an AMD EPYC Zen 3: 512 bytes gained a third to a half
+/// of that, 1,024 to 4,096 about all of it, 1,024 and 1,536 the most). A prefetch never faults,
+/// so reading past the matrix's end is harmless.
 const PREFETCH: usize = 1024;
 
 pub(super) fn avx2_available() -> bool {
