@@ -312,8 +312,7 @@ impl Engine {
             let (i, row, params) = jobs[j];
             let e = &step.entries[i];
             let pos = e.start_pos + e.tokens.len();
-            let h = history.get(&e.seq).map(Vec::as_slice).unwrap_or(&[]);
-            let h = &h[..pos.min(h.len())];
+            let h = history_before(history, e.seq, pos);
             slot[0] = Some(sampling::sample(e.seq, &logits[row], params, h, pos, None));
         });
         let mut out: Vec<Option<Generation>> = step.entries.iter().map(|_| None).collect();
@@ -333,8 +332,7 @@ impl Engine {
         pos: usize,
         mask: Option<(Result<TokenMask, String>, u64)>,
     ) -> Generation {
-        let history = self.history.get(&seq).map(Vec::as_slice).unwrap_or(&[]);
-        let history = &history[..pos.min(history.len())];
+        let history = history_before(&self.history, seq, pos);
         // A failed mask leaves the token meaningless: the router ends the sequence with the
         // error.
         let (mask, error, mask_us) = match &mask {
@@ -365,4 +363,10 @@ impl Engine {
         let batch = self.pack(step);
         Ok(self.model.forward(&batch, &mut self.kv)?.to_vec2()?)
     }
+}
+
+/// The tokens `seq` ran before position `pos` (what sampling penalties see).
+fn history_before(history: &HashMap<SeqId, Vec<u32>>, seq: SeqId, pos: usize) -> &[u32] {
+    let h = history.get(&seq).map(Vec::as_slice).unwrap_or(&[]);
+    &h[..pos.min(h.len())]
 }
