@@ -6,10 +6,10 @@
 //!
 //! - Weights: every matrix dequantized once, at load, into a dense f32 tensor on the device
 //!   (cuBLAS matmuls; 4 bytes per weight, so about 0.6 GB for a 135M model).
-//! - KV cache: the same paged tensors as the CPU path, written with `scatter_set` at each token's
-//!   slot.
+//! - KV cache: the same paged tensors as the CPU path, viewed as rows of `head_dim` and written
+//!   with `scatter_set` at each token's rows (one per KV head: [`CacheRows`]).
 //! - Attention: per sequence, its cached K/V rows are gathered through its block table
-//!   (`index_select` on the slots of positions `0..end`), then causal softmax attention with
+//!   (`index_select` on the rows of positions `0..end`), then causal softmax attention with
 //!   grouped-query heads repeated. Correct for any batch mix; a paged-attention kernel that reads
 //!   blocks in place is the next step.
 //! - Only the sampled rows' logits leave the device.
@@ -133,15 +133,19 @@ impl DeviceModel {
         };
         let global = tables(&self.inv_freq)?;
         let local = self.inv_freq_local.as_ref().map(tables).transpose()?;
-        let slots: Vec<u32> = meta.slots.iter().map(|&s| s as u32).collect();
-        let slots = Tensor::from_vec(slots, (t, 1), dev)?
-            .broadcast_as((t, kv_heads * d))?
+        let layout = CacheRows {
+            block_size: meta.block_size,
+            kv_heads,
+        };
+        let rows: Vec<u32> = meta.slots.iter().flat_map(|&s| layout.of(s)).collect();
+        let slots = Tensor::from_vec(rows, (t * kv_heads, 1), dev)?
+            .broadcast_as((t * kv_heads, d))?
             .contiguous()?;
         let spans = sequence_spans(meta);
         let window = cfg.local_attention.map(|l| l.window);
         let gathers = spans
             .iter()
-            .map(|s| context_slots(meta, s, window, dev))
+            .map(|s| context_slots(meta, layout, s, window, dev))
             .collect::<candle_core::Result<Vec<_>>>()?;
 
         let mut x = self.embed.index_select(&tokens, 0)?;
@@ -170,16 +174,21 @@ impl DeviceModel {
             let q = rope(&q, heads, d, cos, sin)?;
             let k = rope(&k, kv_heads, d, cos, sin)?;
             let (kc, vc) = (&kv.k[li], &kv.v[li]);
-            let flat = |c: &Tensor| c.reshape(((), kv_heads * d));
+            // One row per (slot, KV head): the cache's `[blocks, kv_heads, block_size, d]`.
+            let flat = |c: &Tensor| c.reshape(((), d));
             let (kflat, vflat) = (flat(kc)?, flat(vc)?);
-            kflat.scatter_set(&slots, &k.to_dtype(kc.dtype())?, 0)?;
-            vflat.scatter_set(&slots, &v.to_dtype(vc.dtype())?, 0)?;
+            let per_head = |x: &Tensor| x.reshape((t * kv_heads, d))?.to_dtype(kc.dtype());
+            kflat.scatter_set(&slots, &per_head(&k)?, 0)?;
+            vflat.scatter_set(&slots, &per_head(&v)?, 0)?;
 
             let mut outs = Vec::with_capacity(spans.len());
             for (span, ctx) in spans.iter().zip(&gathers) {
                 let qs = q.narrow(0, span.row, span.len)?;
-                let ks = kflat.index_select(&ctx.slots, 0)?.to_dtype(DType::F32)?;
-                let vs = vflat.index_select(&ctx.slots, 0)?.to_dtype(DType::F32)?;
+                let gather = |flat: &Tensor| {
+                    let rows = flat.index_select(&ctx.slots, 0)?;
+                    rows.reshape(((), kv_heads * d))?.to_dtype(DType::F32)
+                };
+                let (ks, vs) = (gather(&kflat)?, gather(&vflat)?);
                 let mask = match (&ctx.windowed, windowed) {
                     (Some(mask), true) => mask,
                     _ => &ctx.causal,
@@ -260,8 +269,26 @@ fn sequence_spans(meta: &crate::ops::AttentionMeta) -> Vec<Span> {
     spans
 }
 
-/// What one sequence's attention reads: the cache slots of its positions `0..end`, and its masks
-/// `(len, end)`: causal, and causal within the sliding window when the model has one.
+/// Where a slot's rows are in a cache viewed as rows of `head_dim`: head `h` of slot
+/// `block * block_size + offset` at `(block * kv_heads + h) * block_size + offset`.
+#[derive(Clone, Copy)]
+struct CacheRows {
+    block_size: usize,
+    kv_heads: usize,
+}
+
+impl CacheRows {
+    /// The slot's rows, head by head.
+    fn of(self, slot: usize) -> impl Iterator<Item = u32> {
+        let (block, offset) = (slot / self.block_size, slot % self.block_size);
+        (0..self.kv_heads)
+            .map(move |h| ((block * self.kv_heads + h) * self.block_size + offset) as u32)
+    }
+}
+
+/// What one sequence's attention reads: the cache rows of its positions `0..end` (position by
+/// position, each position's heads together), and its masks `(len, end)`: causal, and causal
+/// within the sliding window when the model has one.
 struct Context {
     slots: Tensor,
     causal: Tensor,
@@ -270,6 +297,7 @@ struct Context {
 
 fn context_slots(
     meta: &crate::ops::AttentionMeta,
+    layout: CacheRows,
     s: &Span,
     window: Option<usize>,
     dev: &Device,
@@ -278,7 +306,7 @@ fn context_slots(
     let end = s.start + s.len;
     let table = &meta.tables[s.table];
     let slots: Vec<u32> = (0..end)
-        .map(|p| table[p / bs] * bs as u32 + (p % bs) as u32)
+        .flat_map(|p| layout.of(table[p / bs] as usize * bs + p % bs))
         .collect();
     // Query `i` (at position `start + i`) sees positions `lo..=start + i`.
     let mask = |window: usize| -> candle_core::Result<Tensor> {
@@ -297,7 +325,7 @@ fn context_slots(
         Tensor::from_vec(mask, (s.len, end), dev)
     };
     Ok(Context {
-        slots: Tensor::from_vec(slots, end, dev)?,
+        slots: Tensor::from_vec(slots, end * layout.kv_heads, dev)?,
         causal: mask(usize::MAX)?,
         windowed: window.map(mask).transpose()?,
     })

@@ -1,6 +1,8 @@
 //! The paged KV cache storage: per layer, one K and one V tensor of shape
-//! `[num_blocks, block_size, kv_heads, head_dim]`, in f32 or f16 ([`KvDType`]); on the CPU in
-//! huge pages where the system gives them ([`memory`]).
+//! `[num_blocks, kv_heads, block_size, head_dim]`, in f32 or f16 ([`KvDType`]); on the CPU in
+//! huge pages where the system gives them ([`memory`]). Within a block each KV head's rows are
+//! contiguous, so attention, which reads one head's keys and values per task, streams whole
+//! runs of memory instead of every `kv_heads`-th row.
 //!
 //! The backend owns the storage only; which sequence owns which block is the router's business.
 //! Block tables arriving with a step are checked against `num_blocks` before use. Sizing: one block
@@ -93,7 +95,7 @@ impl KvCache {
         dtype: KvDType,
         device: &Device,
     ) -> Result<Self, LoadError> {
-        let shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim);
+        let shape = (num_blocks, cfg.num_kv_heads, block_size, cfg.head_dim);
         // On the CPU in huge pages where the system gives them (read by every step).
         let n = num_blocks * block_size * cfg.num_kv_heads * cfg.head_dim;
         let alloc = || match (device, dtype) {

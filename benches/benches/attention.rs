@@ -29,7 +29,7 @@ fn bench_attention(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     for keys in [500usize, 2000] {
         let blocks = keys.div_ceil(BLOCK);
-        let cache = || Tensor::randn(0f32, 1.0, (blocks, BLOCK, KV_HEADS, DIM), &dev).unwrap();
+        let cache = || Tensor::randn(0f32, 1.0, (blocks, KV_HEADS, BLOCK, DIM), &dev).unwrap();
         let caches: Vec<(Tensor, Tensor)> = (0..LAYERS).map(|_| (cache(), cache())).collect();
         for rows in [1usize, 5, 8] {
             let meta = AttentionMeta {

@@ -42,13 +42,13 @@ struct State {
 const WIDEN_AT: usize = 8;
 
 /// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows are
-/// `rows` (from the group's first key, in position order), reading KV head `kvh` of `k` and
-/// `v`. Each key and value row is read once per tile for the whole group; f16 rows are widened
+/// `rows` plus `head` (from the group's first key, in position order; `head` places the KV
+/// head's rows in the cache) of `k` and `v`. Each key and value row is read once per tile for the whole group; f16 rows are widened
 /// to f32 (exactly) as they are loaded, or, for [`WIDEN_AT`] queries or more, once per tile.
 pub(super) fn attend_group<T: super::KvElem>(
     queries: &mut [Query],
     rows: &[usize],
-    kvh: usize,
+    head: usize,
     k: &[T],
     v: &[T],
     scale: f32,
@@ -85,11 +85,14 @@ pub(super) fn attend_group<T: super::KvElem>(
             scale,
         };
         if widen {
-            let kr = widened_rows(k, tile, kvh, dim, &mut kb);
-            let vr = widened_rows(v, tile, kvh, dim, &mut vb);
+            let kr = widened_rows(k, tile, head, dim, &mut kb);
+            let vr = widened_rows(v, tile, head, dim, &mut vb);
             group.tile(&kr, &vr);
         } else {
-            group.tile(&tile_rows(k, tile, kvh, dim), &tile_rows(v, tile, kvh, dim));
+            group.tile(
+                &tile_rows(k, tile, head, dim),
+                &tile_rows(v, tile, head, dim),
+            );
         }
     }
     for ((query, acc), st) in queries.iter_mut().zip(acc.chunks(dim)).zip(&states) {
@@ -151,16 +154,16 @@ impl Group<'_, '_> {
     }
 }
 
-/// The rows of a tile of keys (or values) of KV head `kvh`, widened to f32 into `buf`.
+/// The rows of a tile of keys (or values), `head` rows on, widened to f32 into `buf`.
 fn widened_rows<'a, T: super::KvElem>(
     data: &[T],
     tile: &[usize],
-    kvh: usize,
+    head: usize,
     dim: usize,
     buf: &'a mut [f32],
 ) -> [&'a [f32]; KEY_TILE] {
     for (slot, &row) in buf.chunks_mut(dim).zip(tile) {
-        let widened = T::row(data, (row + kvh) * dim, dim, slot);
+        let widened = T::row(data, (row + head) * dim, dim, slot);
         // f32 rows come borrowed, not copied (only narrow caches are widened).
         debug_assert!(std::ptr::eq(widened.as_ptr(), slot.as_ptr()));
     }
@@ -171,11 +174,11 @@ fn widened_rows<'a, T: super::KvElem>(
     out
 }
 
-/// The rows of a tile of keys (or values) of KV head `kvh`, in the cache's element type.
-fn tile_rows<'a, T>(data: &'a [T], tile: &[usize], kvh: usize, dim: usize) -> [&'a [T]; KEY_TILE] {
+/// The rows of a tile of keys (or values), `head` rows on, in the cache's element type.
+fn tile_rows<'a, T>(data: &'a [T], tile: &[usize], head: usize, dim: usize) -> [&'a [T]; KEY_TILE] {
     let mut out: [&[T]; KEY_TILE] = [&[]; KEY_TILE];
     for (slot, &row) in out.iter_mut().zip(tile) {
-        let off = (row + kvh) * dim;
+        let off = (row + head) * dim;
         *slot = &data[off..off + dim];
     }
     out
@@ -370,7 +373,7 @@ mod avx2 {
 pub(super) fn reference<T: super::KvElem>(
     q: &[f32],
     rows: &[usize],
-    kvh: usize,
+    head: usize,
     k: &[T],
     v: &[T],
     scale: f32,
@@ -383,7 +386,7 @@ pub(super) fn reference<T: super::KvElem>(
     for tile in rows.chunks(KEY_TILE) {
         let mut w: Vec<f32> = tile
             .iter()
-            .map(|&row| dot(q, T::row(k, (row + kvh) * dim, dim, &mut kb)) * scale)
+            .map(|&row| dot(q, T::row(k, (row + head) * dim, dim, &mut kb)) * scale)
             .collect();
         let tile_max = w.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         if tile_max > max {
@@ -397,7 +400,7 @@ pub(super) fn reference<T: super::KvElem>(
         }
         for (&wj, &row) in w.iter().zip(tile) {
             denom += wj;
-            let x = T::row(v, (row + kvh) * dim, dim, &mut vb);
+            let x = T::row(v, (row + head) * dim, dim, &mut vb);
             accumulate_portable(&mut acc, &[wj], &[x]);
         }
     }

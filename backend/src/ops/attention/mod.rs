@@ -11,7 +11,9 @@
 //! fixed-order dot products ([`kernel`] states the numerics); nothing depends on the KV block
 //! size, on the other queries it is computed with, on the other sequences in the batch, or on how
 //! the prompt was chunked. Cost: `tokens * heads * context * head_dim` multiply-adds; no gather
-//! copies, grouped heads read their shared KV head directly.
+//! copies, grouped heads read their shared KV head directly. The cache is laid out
+//! `[blocks, kv_heads, block_size, head_dim]` ([`crate::kv`]): a task's keys are runs of
+//! `block_size` contiguous rows.
 
 use crate::team::SharedMut;
 use candle_core::backend::BackendStorage;
@@ -122,8 +124,9 @@ impl KvElem for f16 {
     }
 }
 
-/// Writes `(tokens, kv_heads, head_dim)` rows into a `(blocks, block_size, kv_heads, head_dim)`
-/// cache at the slots of [`AttentionMeta::slots`].
+/// Writes `(tokens, kv_heads, head_dim)` rows into a `(blocks, kv_heads, block_size, head_dim)`
+/// cache at the slots of [`AttentionMeta::slots`] (slot `block * block_size + offset`: head `h`'s
+/// row is `(block * kv_heads + h) * block_size + offset`).
 pub struct KvWrite<'a>(pub &'a AttentionMeta);
 
 impl InplaceOp2 for KvWrite<'_> {
@@ -139,12 +142,23 @@ impl InplaceOp2 for KvWrite<'_> {
         sl: &Layout,
     ) -> candle_core::Result<()> {
         fn write<T: KvElem>(cache: &mut [T], cl: &Layout, src: &[f32], slots: &[usize]) {
-            let row = cl.shape().dims()[2..].iter().product::<usize>();
+            let (_, kv_heads, block_size, dim) = cl.shape().dims4().expect("checked");
             let start = cl.start_offset();
             for (t, &slot) in slots.iter().enumerate() {
-                let dst = start + slot * row;
-                T::store_row(&mut cache[dst..dst + row], &src[t * row..(t + 1) * row]);
+                let (block, offset) = (slot / block_size, slot % block_size);
+                for h in 0..kv_heads {
+                    let dst = start + ((block * kv_heads + h) * block_size + offset) * dim;
+                    let from = (t * kv_heads + h) * dim;
+                    T::store_row(&mut cache[dst..dst + dim], &src[from..from + dim]);
+                }
             }
+        }
+        let (_, _, block_size, _) = cl.shape().dims4()?;
+        if block_size != self.0.block_size {
+            candle_core::bail!(
+                "paged attention: a cache of blocks of {block_size}, the step's are {}",
+                self.0.block_size
+            );
         }
         let src = f32_slice(src, sl, "new K/V")?;
         match cache {
@@ -208,7 +222,7 @@ impl PagedAttention<'_> {
         v: &[T],
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (tokens, heads, dim) = ql.shape().dims3()?;
-        let (_, block_size, kv_heads, kdim) = kl.shape().dims4()?;
+        let (_, kv_heads, block_size, kdim) = kl.shape().dims4()?;
         if kdim != dim || heads % kv_heads != 0 || block_size != self.meta.block_size {
             candle_core::bail!(
                 "paged attention: queries {:?} do not fit the cache {:?}",
@@ -222,6 +236,7 @@ impl PagedAttention<'_> {
         let group = heads / kv_heads;
         let meta = self.meta;
         let rows = key_rows(meta, kv_heads)?;
+        // Head `h`'s rows start `h * block_size` rows after head 0's in each block.
         let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
         let shared_out = SharedMut::new(&mut out);
@@ -248,7 +263,8 @@ impl PagedAttention<'_> {
                     })
                     .collect();
                 let keys = &rows[meta.token_table[run[0]]][from..];
-                kernel::attend_group(&mut queries, keys, task.kvh, k, v, self.scale);
+                let head = task.kvh * block_size;
+                kernel::attend_group(&mut queries, keys, head, k, v, self.scale);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((tokens, heads * dim))))
@@ -286,9 +302,10 @@ fn tasks(meta: &AttentionMeta, kv_heads: usize) -> Vec<Task> {
         .collect()
 }
 
-/// For each sequence of the batch, the cache row (`slot * kv_heads`) of each of its key
-/// positions, as far as its furthest query in this batch looks; computed once per call (block
-/// by block, without a division per key) so that the inner loops do no division.
+/// For each sequence of the batch, KV head 0's cache row (`block * kv_heads * block_size +
+/// offset`) of each of its key positions, as far as its furthest query in this batch looks;
+/// computed once per call (block by block, without a division per key) so that the inner loops
+/// do no division.
 fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Vec<usize>>> {
     let mut keys = vec![0usize; meta.tables.len()];
     for (&table, &pos) in meta.token_table.iter().zip(&meta.positions) {
@@ -308,7 +325,7 @@ fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Ve
             }
             Ok(table
                 .iter()
-                .flat_map(|&b| (0..bs).map(move |o| (b as usize * bs + o) * kv_heads))
+                .flat_map(|&b| (0..bs).map(move |o| b as usize * kv_heads * bs + o))
                 .take(n)
                 .collect())
         })
@@ -364,8 +381,8 @@ mod tests {
         let queries: Vec<f32> = (0..n).flat_map(|p| row(p, -0.4, 0.25)).collect();
         let dev = Device::Cpu;
         let (kc, vc) = (
-            Tensor::zeros((3, bs, 1, 2), DType::F32, &dev).unwrap(),
-            Tensor::zeros((3, bs, 1, 2), DType::F32, &dev).unwrap(),
+            Tensor::zeros((3, 1, bs, 2), DType::F32, &dev).unwrap(),
+            Tensor::zeros((3, 1, bs, 2), DType::F32, &dev).unwrap(),
         );
         for (cache, rows) in [(&kc, &keys), (&vc, &vals)] {
             let src = Tensor::from_slice(rows, (n, 1, 2), &dev).unwrap();
