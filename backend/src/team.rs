@@ -80,6 +80,17 @@ pub fn install<R>(threads: usize, body: impl FnOnce() -> R) -> std::io::Result<R
     }
 }
 
+/// How many threads [`for_each`] runs its tasks on from this thread: its team's, else rayon's
+/// pool's (1 inside a team's task, which runs its parallel work itself).
+pub fn threads() -> usize {
+    match current() {
+        Some(team) if !team.busy.get() => team.helpers.len() + 1,
+        Some(_) => 1,
+        None if IS_HELPER.get() => 1,
+        None => rayon::current_num_threads(),
+    }
+}
+
 thread_local! {
     static TEAM: RefCell<Option<Rc<Team>>> = const { RefCell::new(None) };
     /// This thread is a team's helper (parallel work inside its tasks runs in place).

@@ -4,7 +4,8 @@
 //! Work is split into tasks of one sequence's tokens (up to [`TOKENS_PER_TASK`]) and one KV head:
 //! the query heads of its GQA group at those tokens run together in [`kernel::attend_group`],
 //! which reads each tile of keys and values once for all of them (those with the same first key:
-//! all of them without a sliding window).
+//! all of them without a sliding window). A step with fewer such tasks than threads (a decode of
+//! a model with one or two KV heads) splits each group's query heads among more tasks.
 //!
 //! Batch invariance: a query's output is an online softmax over its keys in position order (all
 //! earlier positions, or the last `window` of them), in tiles counted from its first key, with
@@ -240,7 +241,7 @@ impl PagedAttention<'_> {
         let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
         let shared_out = SharedMut::new(&mut out);
-        let tasks = tasks(meta, kv_heads);
+        let tasks = tasks(meta, kv_heads, group, crate::team::threads());
         crate::team::for_each(tasks.len(), |i| {
             let task = &tasks[i];
             let first = |t: usize| (meta.positions[t] + 1).saturating_sub(window);
@@ -249,7 +250,7 @@ impl PagedAttention<'_> {
                 let from = first(run[0]);
                 let mut queries: Vec<Query> = run
                     .iter()
-                    .flat_map(|&t| (0..group).map(move |g| (t, task.kvh * group + g)))
+                    .flat_map(|&t| task.heads.clone().map(move |g| (t, task.kvh * group + g)))
                     .map(|(t, h)| {
                         let i = (t * heads + h) * dim;
                         Query {
@@ -278,28 +279,46 @@ const MAX_HEAD_DIM: usize = 256;
 /// share each tile of keys and values).
 const TOKENS_PER_TASK: usize = 8;
 
-/// One parallel task: some tokens of one sequence (in batch order) and one KV head.
+/// One parallel task: some tokens of one sequence (in batch order), one KV head, and some of
+/// its GQA group's query heads (`heads`, numbered within the group: all of them unless the step
+/// has fewer tasks than threads).
 struct Task {
     tokens: Vec<usize>,
     kvh: usize,
+    heads: std::ops::Range<usize>,
 }
 
-/// The step's attention work: each sequence's tokens, in chunks, times each KV head.
-fn tasks(meta: &AttentionMeta, kv_heads: usize) -> Vec<Task> {
+/// The step's attention work: each sequence's tokens, in chunks, times each KV head; where that
+/// leaves some of the `threads` idle (a decode of a model with few KV heads), each group's query
+/// heads split into as many parts as keep them busy (each part reads the group's keys and
+/// values itself; a query's result does not depend on the others it is computed with).
+fn tasks(meta: &AttentionMeta, kv_heads: usize, group: usize, threads: usize) -> Vec<Task> {
     let mut by_seq = vec![Vec::new(); meta.tables.len()];
     for (t, &table) in meta.token_table.iter().enumerate() {
         by_seq[table].push(t);
     }
-    by_seq
+    let chunks: Vec<&[usize]> = by_seq
         .iter()
         .flat_map(|toks: &Vec<usize>| toks.chunks(TOKENS_PER_TASK))
-        .flat_map(|chunk| {
-            (0..kv_heads).map(move |kvh| Task {
-                tokens: chunk.to_vec(),
-                kvh,
-            })
-        })
-        .collect()
+        .collect();
+    let whole = chunks.len() * kv_heads;
+    let parts = match whole {
+        0 => 1,
+        n => threads.div_ceil(n).clamp(1, group.max(1)),
+    };
+    let mut tasks = Vec::with_capacity(whole * parts);
+    for chunk in chunks {
+        for kvh in 0..kv_heads {
+            for p in 0..parts {
+                tasks.push(Task {
+                    tokens: chunk.to_vec(),
+                    kvh,
+                    heads: p * group / parts..(p + 1) * group / parts,
+                });
+            }
+        }
+    }
+    tasks
 }
 
 /// For each sequence of the batch, KV head 0's cache row (`block * kv_heads * block_size +
@@ -357,6 +376,77 @@ mod tests {
         for (g, &s) in got.iter().zip(&src) {
             assert_eq!(g.to_bits(), f16::from_f32(s).to_bits(), "{s}");
         }
+    }
+
+    #[test]
+    fn tasks_split_a_group_only_to_fill_the_threads() {
+        let meta = |tokens: usize, seqs: usize| AttentionMeta {
+            positions: (0..tokens).collect(),
+            token_table: (0..tokens).map(|t| t % seqs).collect(),
+            tables: vec![Vec::new(); seqs],
+            slots: Vec::new(),
+            block_size: 16,
+        };
+        let split = |m: &AttentionMeta, kv_heads, group, threads| {
+            tasks(m, kv_heads, group, threads)
+                .iter()
+                .map(|t| (t.tokens.len(), t.kvh, t.heads.clone()))
+                .collect::<Vec<_>>()
+        };
+        // One decode, one KV head of four query heads: as many parts as threads.
+        assert_eq!(split(&meta(1, 1), 1, 4, 1), [(1, 0, 0..4)]);
+        assert_eq!(split(&meta(1, 1), 1, 4, 2), [(1, 0, 0..2), (1, 0, 2..4)]);
+        assert_eq!(
+            split(&meta(1, 1), 1, 4, 3),
+            [(1, 0, 0..1), (1, 0, 1..2), (1, 0, 2..4)]
+        );
+        // Never more parts than query heads.
+        assert_eq!(split(&meta(1, 1), 1, 2, 8).len(), 2);
+        // As many tasks as threads already: whole groups.
+        assert_eq!(split(&meta(1, 1), 2, 6, 2), [(1, 0, 0..6), (1, 1, 0..6)]);
+        assert_eq!(split(&meta(20, 1), 1, 3, 2).len(), 3);
+        assert!(split(&meta(2, 2), 3, 3, 2).iter().all(|t| t.2 == (0..3)));
+    }
+
+    #[test]
+    fn split_groups_give_the_bits_of_whole_ones() {
+        use candle_core::{DType, Device, Tensor};
+        // A decode at position 40 of one sequence, one KV head of four query heads (Gemma 3's
+        // shape), on one thread (one task) and on three (the group in three parts).
+        let (kv_heads, heads, dim, bs, n) = (1usize, 4usize, 16usize, 4usize, 41usize);
+        let dev = Device::Cpu;
+        let meta = AttentionMeta {
+            positions: vec![n - 1],
+            token_table: vec![0],
+            tables: vec![(0..n.div_ceil(bs) as u32).rev().collect()],
+            slots: vec![0],
+            block_size: bs,
+        };
+        let blocks = n.div_ceil(bs);
+        let cache = |seed: u64| {
+            Tensor::rand(-1f32, 1.0, (blocks, kv_heads, bs, dim), &dev)
+                .and_then(|t| (t + seed as f64 * 0.01)?.to_dtype(DType::F16))
+                .unwrap()
+        };
+        let (kc, vc) = (cache(1), cache(2));
+        let q = Tensor::rand(-1f32, 1.0, (1, heads, dim), &dev).unwrap();
+        let op = PagedAttention {
+            meta: &meta,
+            scale: 0.25,
+            window: None,
+        };
+        let on = |threads: usize| {
+            crate::team::install(threads, || {
+                assert_eq!(crate::team::threads(), threads);
+                q.apply_op3_no_bwd(&kc, &vc, &op).unwrap()
+            })
+            .unwrap()
+        };
+        let bits = |t: Tensor| -> Vec<u32> {
+            let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            v.iter().map(|x| x.to_bits()).collect()
+        };
+        assert_eq!(bits(on(1)), bits(on(3)));
     }
 
     #[test]
