@@ -42,12 +42,12 @@ pub mod weights;
 pub mod worker;
 
 pub use engine::Engine;
-
 /// The revision of Wick's numerics: raised whenever a change can move any output's bits (a
 /// kernel's order of operations, an activation's formula, a sampler's arithmetic), so that
 /// servers built before and after it report different `system_fingerprint`s. 2: SwiGLU's sigmoid
-/// takes Wick's vectorised `exp` instead of libm's `expf`.
-pub const NUMERICS: u32 = 2;
+/// takes Wick's vectorised `exp` instead of libm's `expf`. 3: GELU is `x / (1 + e^(-2 z))` on
+/// that `exp` instead of `0.5 x (1 + tanh z)` on libm's `tanhf`.
+pub const NUMERICS: u32 = 3;
 pub use error::{BackendError, LoadError};
 pub use kv::KvDType;
 pub use worker::{load_engine, release_free_heap, Backend, BackendConfig, DeviceSpec};
