@@ -138,14 +138,14 @@ impl DeviceModel {
             kv_heads,
         };
         let rows: Vec<u32> = meta.slots.iter().flat_map(|&s| layout.of(s)).collect();
-        let slots = Tensor::from_vec(rows, (t * kv_heads, 1), dev)?
+        let token_rows = Tensor::from_vec(rows, (t * kv_heads, 1), dev)?
             .broadcast_as((t * kv_heads, d))?
             .contiguous()?;
         let spans = sequence_spans(meta);
         let window = cfg.local_attention.map(|l| l.window);
         let gathers = spans
             .iter()
-            .map(|s| context_slots(meta, layout, s, window, dev))
+            .map(|s| context_rows(meta, layout, s, window, dev))
             .collect::<candle_core::Result<Vec<_>>>()?;
 
         let mut x = self.embed.index_select(&tokens, 0)?;
@@ -177,15 +177,16 @@ impl DeviceModel {
             // One row per (slot, KV head): the cache's `[blocks, kv_heads, block_size, d]`.
             let flat = |c: &Tensor| c.reshape(((), d));
             let (kflat, vflat) = (flat(kc)?, flat(vc)?);
-            let per_head = |x: &Tensor| x.reshape((t * kv_heads, d))?.to_dtype(kc.dtype());
-            kflat.scatter_set(&slots, &per_head(&k)?, 0)?;
-            vflat.scatter_set(&slots, &per_head(&v)?, 0)?;
+            let per_head =
+                |x: &Tensor, c: &Tensor| x.reshape((t * kv_heads, d))?.to_dtype(c.dtype());
+            kflat.scatter_set(&token_rows, &per_head(&k, kc)?, 0)?;
+            vflat.scatter_set(&token_rows, &per_head(&v, vc)?, 0)?;
 
             let mut outs = Vec::with_capacity(spans.len());
             for (span, ctx) in spans.iter().zip(&gathers) {
                 let qs = q.narrow(0, span.row, span.len)?;
                 let gather = |flat: &Tensor| {
-                    let rows = flat.index_select(&ctx.slots, 0)?;
+                    let rows = flat.index_select(&ctx.rows, 0)?;
                     rows.reshape(((), kv_heads * d))?.to_dtype(DType::F32)
                 };
                 let (ks, vs) = (gather(&kflat)?, gather(&vflat)?);
@@ -290,12 +291,12 @@ impl CacheRows {
 /// position, each position's heads together), and its masks `(len, end)`: causal, and causal
 /// within the sliding window when the model has one.
 struct Context {
-    slots: Tensor,
+    rows: Tensor,
     causal: Tensor,
     windowed: Option<Tensor>,
 }
 
-fn context_slots(
+fn context_rows(
     meta: &crate::ops::AttentionMeta,
     layout: CacheRows,
     s: &Span,
@@ -305,7 +306,7 @@ fn context_slots(
     let bs = meta.block_size;
     let end = s.start + s.len;
     let table = &meta.tables[s.table];
-    let slots: Vec<u32> = (0..end)
+    let rows: Vec<u32> = (0..end)
         .flat_map(|p| layout.of(table[p / bs] as usize * bs + p % bs))
         .collect();
     // Query `i` (at position `start + i`) sees positions `lo..=start + i`.
@@ -325,7 +326,7 @@ fn context_slots(
         Tensor::from_vec(mask, (s.len, end), dev)
     };
     Ok(Context {
-        slots: Tensor::from_vec(slots, end * layout.kv_heads, dev)?,
+        rows: Tensor::from_vec(rows, end * layout.kv_heads, dev)?,
         causal: mask(usize::MAX)?,
         windowed: window.map(mask).transpose()?,
     })

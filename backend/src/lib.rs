@@ -42,6 +42,7 @@ pub mod weights;
 pub mod worker;
 
 pub use engine::Engine;
+
 /// The revision of Wick's numerics: raised whenever a change can move any output's bits (a
 /// kernel's order of operations, an activation's formula, a sampler's arithmetic), so that
 /// servers built before and after it report different `system_fingerprint`s. 2: SwiGLU's sigmoid

@@ -41,10 +41,11 @@ struct State {
 /// (SmolLM2's decode group) and a prefill chunk's hundreds.
 const WIDEN_AT: usize = 8;
 
-/// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows are
-/// `rows` plus `head` (from the group's first key, in position order; `head` places the KV
-/// head's rows in the cache) of `k` and `v`. Each key and value row is read once per tile for the whole group; f16 rows are widened
-/// to f32 (exactly) as they are loaded, or, for [`WIDEN_AT`] queries or more, once per tile.
+/// Attention of `queries` (all of head dimension `dim`) over the keys whose cache rows in `k`
+/// and `v` are `rows` plus `head` (from the group's first key, in position order; `head` is
+/// where the KV head's rows start). Each key and value row is read once per tile for the whole
+/// group; f16 rows are widened to f32 (exactly) as they are loaded, or, for [`WIDEN_AT`]
+/// queries or more, once per tile.
 pub(super) fn attend_group<T: super::KvElem>(
     queries: &mut [Query],
     rows: &[usize],

@@ -97,7 +97,8 @@ fn group_matches_reference<T: super::super::KvElem>(convert: fn(f32) -> T) {
             .into_iter()
             .map(convert)
             .collect();
-        // Key positions map to scattered cache rows (slot * kv_heads).
+        // Key positions map to scattered cache rows (slot * kv_heads, each head one row on: any
+        // layout the caller's rows and head offset describe).
         let rows: Vec<usize> = (0..130).map(|p| ((p * 37) % slots) * kv_heads).collect();
         let qs = noise(counts.len() * dim, 3);
         let scale = 3.0 / (dim as f32).sqrt();
