@@ -142,9 +142,14 @@ impl InplaceOp2 for KvWrite<'_> {
         src: &CpuStorage,
         sl: &Layout,
     ) -> candle_core::Result<()> {
-        fn write<T: KvElem>(cache: &mut [T], cl: &Layout, src: &[f32], slots: &[usize]) {
-            let (_, kv_heads, block_size, dim) = cl.shape().dims4().expect("checked");
-            let start = cl.start_offset();
+        /// `shape`: the cache's `(kv_heads, block_size, head_dim)`.
+        fn write<T: KvElem>(
+            cache: &mut [T],
+            start: usize,
+            (kv_heads, block_size, dim): (usize, usize, usize),
+            src: &[f32],
+            slots: &[usize],
+        ) {
             for (t, &slot) in slots.iter().enumerate() {
                 let (block, offset) = (slot / block_size, slot % block_size);
                 for h in 0..kv_heads {
@@ -154,7 +159,7 @@ impl InplaceOp2 for KvWrite<'_> {
                 }
             }
         }
-        let (_, _, block_size, _) = cl.shape().dims4()?;
+        let (_, kv_heads, block_size, dim) = cl.shape().dims4()?;
         if block_size != self.0.block_size {
             candle_core::bail!(
                 "paged attention: a cache of blocks of {block_size}, the step's are {}",
@@ -162,9 +167,10 @@ impl InplaceOp2 for KvWrite<'_> {
             );
         }
         let src = f32_slice(src, sl, "new K/V")?;
+        let (start, shape) = (cl.start_offset(), (kv_heads, block_size, dim));
         match cache {
-            CpuStorage::F32(c) => write(c, cl, src, &self.0.slots),
-            CpuStorage::F16(c) => write(c, cl, src, &self.0.slots),
+            CpuStorage::F32(c) => write(c, start, shape, src, &self.0.slots),
+            CpuStorage::F16(c) => write(c, start, shape, src, &self.0.slots),
             other => candle_core::bail!("paged attention: a {:?} cache", other.dtype()),
         }
         Ok(())
@@ -237,7 +243,6 @@ impl PagedAttention<'_> {
         let group = heads / kv_heads;
         let meta = self.meta;
         let rows = key_rows(meta, kv_heads)?;
-        // Head `h`'s rows start `h * block_size` rows after head 0's in each block.
         let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
         let shared_out = SharedMut::new(&mut out);
@@ -264,6 +269,7 @@ impl PagedAttention<'_> {
                     })
                     .collect();
                 let keys = &rows[meta.token_table[run[0]]][from..];
+                // KV head `h`'s rows start `h * block_size` rows after head 0's in each block.
                 let head = task.kvh * block_size;
                 kernel::attend_group(&mut queries, keys, head, k, v, self.scale);
             }
