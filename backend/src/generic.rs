@@ -17,7 +17,7 @@
 //!   are read from the same [`Features`](crate::config::Features) as on the CPU path.
 
 use crate::config::{Activation, ModelConfig};
-use crate::kv::KvCache;
+use crate::kv::{CacheRows, KvCache};
 use crate::model::PackedBatch;
 use crate::weights::{LmHead, Weights};
 use candle_core::{DType, Device, Tensor};
@@ -137,7 +137,9 @@ impl DeviceModel {
             block_size: meta.block_size,
             kv_heads,
         };
-        let rows: Vec<u32> = meta.slots.iter().flat_map(|&s| layout.of(s)).collect();
+        let rows: Vec<u32> = (meta.slots.iter())
+            .flat_map(|&s| layout.of_slot(s).map(|r| r as u32))
+            .collect();
         let token_rows = Tensor::from_vec(rows, (t * kv_heads, 1), dev)?
             .broadcast_as((t * kv_heads, d))?
             .contiguous()?;
@@ -270,23 +272,6 @@ fn sequence_spans(meta: &crate::ops::AttentionMeta) -> Vec<Span> {
     spans
 }
 
-/// Where a slot's rows are in a cache viewed as rows of `head_dim`: head `h` of slot
-/// `block * block_size + offset` at `(block * kv_heads + h) * block_size + offset`.
-#[derive(Clone, Copy)]
-struct CacheRows {
-    block_size: usize,
-    kv_heads: usize,
-}
-
-impl CacheRows {
-    /// The slot's rows, head by head.
-    fn of(self, slot: usize) -> impl Iterator<Item = u32> {
-        let (block, offset) = (slot / self.block_size, slot % self.block_size);
-        (0..self.kv_heads)
-            .map(move |h| ((block * self.kv_heads + h) * self.block_size + offset) as u32)
-    }
-}
-
 /// What one sequence's attention reads: the cache rows of its positions `0..end` (position by
 /// position, each position's heads together), and its masks `(len, end)`: causal, and causal
 /// within the sliding window when the model has one.
@@ -307,7 +292,11 @@ fn context_rows(
     let end = s.start + s.len;
     let table = &meta.tables[s.table];
     let rows: Vec<u32> = (0..end)
-        .flat_map(|p| layout.of(table[p / bs] as usize * bs + p % bs))
+        .flat_map(|p| {
+            layout
+                .of_slot(table[p / bs] as usize * bs + p % bs)
+                .map(|r| r as u32)
+        })
         .collect();
     // Query `i` (at position `start + i`) sees positions `lo..=start + i`.
     let mask = |window: usize| -> candle_core::Result<Tensor> {

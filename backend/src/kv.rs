@@ -2,7 +2,8 @@
 //! `[num_blocks, kv_heads, block_size, head_dim]`, in f32 or f16 ([`KvDType`]); on the CPU in
 //! huge pages where the system gives them ([`memory`]). Within a block each KV head's rows are
 //! contiguous, so attention, which reads one head's keys and values per task, streams whole
-//! runs of memory instead of every `kv_heads`-th row.
+//! runs of memory instead of every `kv_heads`-th row; [`CacheRows`] says where each row is, for
+//! every reader and writer of the cache.
 //!
 //! The backend owns the storage only; which sequence owns which block is the router's business.
 //! Block tables arriving with a step are checked against `num_blocks` before use. Sizing: one block
@@ -14,6 +15,28 @@ use crate::error::LoadError;
 use crate::memory;
 use candle_core::{DType, Device, Tensor};
 use half::f16;
+
+/// Where a cache's rows (of `head_dim` elements each) are: KV head `h` of slot
+/// `block * block_size + offset` is row `(block * kv_heads + h) * block_size + offset`.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheRows {
+    pub block_size: usize,
+    pub kv_heads: usize,
+}
+
+impl CacheRows {
+    /// The row of KV head `head` at `offset` in block `block`.
+    #[inline]
+    pub fn row(self, block: usize, head: usize, offset: usize) -> usize {
+        (block * self.kv_heads + head) * self.block_size + offset
+    }
+
+    /// Slot `slot`'s rows, head by head.
+    pub fn of_slot(self, slot: usize) -> impl Iterator<Item = usize> {
+        let (block, offset) = (slot / self.block_size, slot % self.block_size);
+        (0..self.kv_heads).map(move |h| self.row(block, h, offset))
+    }
+}
 
 /// The element type of the cache. f16 (the default, as llama.cpp's) holds twice the tokens in
 /// the same memory and halves the bytes attention reads; keys and values are rounded to f16 when

@@ -16,6 +16,7 @@
 //! `[blocks, kv_heads, block_size, head_dim]` ([`crate::kv`]): a task's keys are runs of
 //! `block_size` contiguous rows.
 
+use crate::kv::CacheRows;
 use crate::team::SharedMut;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, InplaceOp2, Layout, Shape};
@@ -126,8 +127,7 @@ impl KvElem for f16 {
 }
 
 /// Writes `(tokens, kv_heads, head_dim)` rows into a `(blocks, kv_heads, block_size, head_dim)`
-/// cache at the slots of [`AttentionMeta::slots`] (slot `block * block_size + offset`: head `h`'s
-/// row is `(block * kv_heads + h) * block_size + offset`).
+/// cache at the slots of [`AttentionMeta::slots`] (each head's row where [`CacheRows`] puts it).
 pub struct KvWrite<'a>(pub &'a AttentionMeta);
 
 impl InplaceOp2 for KvWrite<'_> {
@@ -142,21 +142,18 @@ impl InplaceOp2 for KvWrite<'_> {
         src: &CpuStorage,
         sl: &Layout,
     ) -> candle_core::Result<()> {
-        /// `shape`: the cache's `(kv_heads, block_size, head_dim)`.
         fn write<T: KvElem>(
             cache: &mut [T],
             start: usize,
-            (kv_heads, block_size, dim): (usize, usize, usize),
+            (layout, dim): (CacheRows, usize),
             src: &[f32],
             slots: &[usize],
         ) {
-            for (t, &slot) in slots.iter().enumerate() {
-                let (block, offset) = (slot / block_size, slot % block_size);
-                for h in 0..kv_heads {
-                    let dst = start + ((block * kv_heads + h) * block_size + offset) * dim;
-                    let from = (t * kv_heads + h) * dim;
-                    T::store_row(&mut cache[dst..dst + dim], &src[from..from + dim]);
-                }
+            // Source row `i` is token `i / kv_heads`'s head `i % kv_heads`, as `of_slot` goes.
+            let rows = slots.iter().flat_map(|&slot| layout.of_slot(slot));
+            for (i, row) in rows.enumerate() {
+                let dst = start + row * dim;
+                T::store_row(&mut cache[dst..dst + dim], &src[i * dim..(i + 1) * dim]);
             }
         }
         let (_, kv_heads, block_size, dim) = cl.shape().dims4()?;
@@ -167,7 +164,11 @@ impl InplaceOp2 for KvWrite<'_> {
             );
         }
         let src = f32_slice(src, sl, "new K/V")?;
-        let (start, shape) = (cl.start_offset(), (kv_heads, block_size, dim));
+        let layout = CacheRows {
+            block_size,
+            kv_heads,
+        };
+        let (start, shape) = (cl.start_offset(), (layout, dim));
         match cache {
             CpuStorage::F32(c) => write(c, start, shape, src, &self.0.slots),
             CpuStorage::F16(c) => write(c, start, shape, src, &self.0.slots),
@@ -242,7 +243,11 @@ impl PagedAttention<'_> {
         }
         let group = heads / kv_heads;
         let meta = self.meta;
-        let rows = key_rows(meta, kv_heads)?;
+        let layout = CacheRows {
+            block_size,
+            kv_heads,
+        };
+        let rows = key_rows(meta, layout)?;
         let window = self.window.unwrap_or(usize::MAX);
         let mut out = vec![0f32; tokens * heads * dim];
         let shared_out = SharedMut::new(&mut out);
@@ -269,8 +274,8 @@ impl PagedAttention<'_> {
                     })
                     .collect();
                 let keys = &rows[meta.token_table[run[0]]][from..];
-                // KV head `h`'s rows start `h * block_size` rows after head 0's in each block.
-                let head = task.kvh * block_size;
+                // Where the KV head's rows start from head 0's, in every block.
+                let head = layout.row(0, task.kvh, 0);
                 kernel::attend_group(&mut queries, keys, head, k, v, self.scale);
             }
         });
@@ -327,11 +332,10 @@ fn tasks(meta: &AttentionMeta, kv_heads: usize, group: usize, threads: usize) ->
     tasks
 }
 
-/// For each sequence of the batch, KV head 0's cache row (`block * kv_heads * block_size +
-/// offset`) of each of its key positions, as far as its furthest query in this batch looks;
-/// computed once per call (block by block, without a division per key) so that the inner loops
-/// do no division.
-fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Vec<usize>>> {
+/// For each sequence of the batch, KV head 0's cache row ([`CacheRows`]) of each of its key
+/// positions, as far as its furthest query in this batch looks; computed once per call (block
+/// by block, without a division per key) so that the inner loops do no division.
+fn key_rows(meta: &AttentionMeta, layout: CacheRows) -> candle_core::Result<Vec<Vec<usize>>> {
     let mut keys = vec![0usize; meta.tables.len()];
     for (&table, &pos) in meta.token_table.iter().zip(&meta.positions) {
         keys[table] = keys[table].max(pos + 1);
@@ -350,7 +354,7 @@ fn key_rows(meta: &AttentionMeta, kv_heads: usize) -> candle_core::Result<Vec<Ve
             }
             Ok(table
                 .iter()
-                .flat_map(|&b| (0..bs).map(move |o| b as usize * kv_heads * bs + o))
+                .flat_map(|&b| (0..bs).map(move |o| layout.row(b as usize, 0, o)))
                 .take(n)
                 .collect())
         })
