@@ -275,6 +275,14 @@ impl Format for Q4_Kx8 {
     ) -> [[f32; GROUP]; MR] {
         arch::q4_k(kernel, w, x)
     }
+
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>> {
+        arch::q4_k_pair(kernel, w, x)
+    }
 }
 
 /// Sub-block `j`'s low nibbles of each row of a group, in the Q4_0 byte order (element `i` in
@@ -381,6 +389,14 @@ impl Format for Q5_Kx8 {
     ) -> [[f32; GROUP]; MR] {
         arch::q5_k(kernel, w, x)
     }
+
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>> {
+        arch::q5_k_pair(kernel, w, x)
+    }
 }
 
 /// Element `e` (0..256) of a Q6_K block: `q`, 0..64.
@@ -463,5 +479,13 @@ impl Format for Q6_Kx8 {
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
         arch::q6_k(kernel, w, x)
+    }
+
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>> {
+        arch::q6_k_pair(kernel, w, x)
     }
 }

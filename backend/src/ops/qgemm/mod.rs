@@ -6,9 +6,10 @@
 //! GEMM-style tiling in which each weight block is unpacked once and applied to several activation
 //! rows.
 //!
-//! Kernels ([`Kernel`]): a portable scalar one, AVX2 and AVX-512 VNNI (256-bit `vpdpbusd`), chosen
-//! at run time from what the CPU has (the build's baseline is x86-64-v3, set in
-//! `.cargo/config.toml`), or forced with `WICK_KERNEL=scalar|avx2|avx512vnni`.
+//! Kernels ([`Kernel`]): a portable scalar one, AVX2, AVX-512 VNNI on 256-bit registers, and
+//! AVX-512 VNNI on 512-bit registers with two groups per register (`avx512wide`, with AVX-512BW),
+//! chosen at run time from what the CPU has (the build's baseline is x86-64-v3, set in
+//! `.cargo/config.toml`), or forced with `WICK_KERNEL=scalar|avx2|avx512vnni|avx512wide`.
 //!
 //! Numerics: every (weight row, activation row) pair accumulates its blocks in order, each block's
 //! integer dot product computed exactly and then scaled in f32 with one fixed formula, in its
@@ -54,16 +55,24 @@ pub enum Kernel {
     Scalar,
     Avx2,
     Avx512Vnni,
+    /// AVX-512 VNNI on 512-bit registers, two weight groups (sixteen rows) at once.
+    Avx512Wide,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 3] = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni];
+    pub const ALL: [Kernel; 4] = [
+        Kernel::Scalar,
+        Kernel::Avx2,
+        Kernel::Avx512Vnni,
+        Kernel::Avx512Wide,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Scalar => "scalar",
             Kernel::Avx2 => "avx2",
             Kernel::Avx512Vnni => "avx512vnni",
+            Kernel::Avx512Wide => "avx512wide",
         }
     }
 
@@ -77,6 +86,7 @@ impl Kernel {
             Kernel::Scalar => true,
             Kernel::Avx2 => arch::avx2_available(),
             Kernel::Avx512Vnni => arch::vnni_available(),
+            Kernel::Avx512Wide => arch::wide_available(),
         }
     }
 
@@ -118,7 +128,7 @@ pub fn kernel_from_env() -> Result<Kernel, String> {
                 k.name()
             )),
             None => Err(format!(
-                "WICK_KERNEL={name}: expected auto, scalar, avx2 or avx512vnni"
+                "WICK_KERNEL={name}: expected auto, scalar, avx2, avx512vnni or avx512wide"
             )),
         },
     }
@@ -156,6 +166,13 @@ pub trait Format: Sized + Send + Sync + 'static {
         w: &[Self],
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR];
+    /// Two groups' tiles at once (`out[i][h][r]`: group `h`, row `r`), where `kernel` runs
+    /// groups in pairs ([`Kernel::Avx512Wide`]); `None` where it runs them one by one.
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>>;
     /// The matrix as the type-erased reference [`matmul_many`] takes.
     fn erase(p: &Packed<Self>) -> PackedRef<'_>;
 }
@@ -279,6 +296,14 @@ impl Format for Q4_0x8 {
     ) -> [[f32; GROUP]; MR] {
         arch::q4_0(kernel, w, x)
     }
+
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>> {
+        arch::q4_0_pair(kernel, w, x)
+    }
 }
 
 impl Format for Q4_1x8 {
@@ -311,6 +336,14 @@ impl Format for Q4_1x8 {
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
         arch::q4_1(kernel, w, x)
+    }
+
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>> {
+        arch::q4_1_pair(kernel, w, x)
     }
 }
 
@@ -352,6 +385,14 @@ impl Format for Q8_0x8 {
         x: [&[ActBlock]; MR],
     ) -> [[f32; GROUP]; MR] {
         arch::q8_0(kernel, w, x)
+    }
+
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>> {
+        arch::q8_0_pair(kernel, w, x)
     }
 }
 
@@ -410,7 +451,7 @@ impl<F: Format> Packed<F> {
         out: &SharedMut<f32>,
     ) {
         match kernel {
-            Kernel::Avx512Vnni => self.run_tiles::<8>(kernel, gs, x, out),
+            Kernel::Avx512Vnni | Kernel::Avx512Wide => self.run_tiles::<8>(kernel, gs, x, out),
             _ => self.run_tiles::<4>(kernel, gs, x, out),
         }
     }
@@ -422,47 +463,67 @@ impl<F: Format> Packed<F> {
         x: &QActs,
         out: &SharedMut<f32>,
     ) {
-        let kb = self.kb;
         for i0 in (0..x.rows).step_by(ROWS_PER_CHUNK) {
             let i1 = (i0 + ROWS_PER_CHUNK).min(x.rows);
-            for g in gs.clone() {
-                let w = &self.groups[g * kb..(g + 1) * kb];
+            let mut g = gs.start;
+            while g < gs.end {
+                // Two groups at a time where the kernel runs them in pairs.
+                let n = if kernel == Kernel::Avx512Wide && g + 1 < gs.end {
+                    2
+                } else {
+                    1
+                };
                 let mut i = i0;
                 while i + MR <= i1 {
-                    self.tile::<MR>(kernel, w, x, i, g, out);
+                    self.tile::<MR>(kernel, g..g + n, x, i, out);
                     i += MR;
                 }
                 // The rest in one narrower tile: each weight block unpacked once for all of
                 // them (a few rows, as a decode batch or a speculative verification has, then
                 // cost little more than one).
+                let gn = g..g + n;
                 match i1 - i {
                     0 => {}
-                    1 => self.tile::<1>(kernel, w, x, i, g, out),
-                    2 => self.tile::<2>(kernel, w, x, i, g, out),
-                    3 => self.tile::<3>(kernel, w, x, i, g, out),
-                    4 => self.tile::<4>(kernel, w, x, i, g, out),
-                    5 => self.tile::<5>(kernel, w, x, i, g, out),
-                    6 => self.tile::<6>(kernel, w, x, i, g, out),
-                    7 => self.tile::<7>(kernel, w, x, i, g, out),
+                    1 => self.tile::<1>(kernel, gn, x, i, out),
+                    2 => self.tile::<2>(kernel, gn, x, i, out),
+                    3 => self.tile::<3>(kernel, gn, x, i, out),
+                    4 => self.tile::<4>(kernel, gn, x, i, out),
+                    5 => self.tile::<5>(kernel, gn, x, i, out),
+                    6 => self.tile::<6>(kernel, gn, x, i, out),
+                    7 => self.tile::<7>(kernel, gn, x, i, out),
                     rest => unreachable!("{rest} rows left by tiles of {MR}"),
                 }
+                g += n;
             }
         }
     }
 
-    /// Activation rows `i..i + N` against group `g` (weights `w`), stored.
+    /// Activation rows `i..i + N` against groups `gs` (one, or two that the kernel may run as
+    /// a pair), stored.
     fn tile<const N: usize>(
         &self,
         kernel: Kernel,
-        w: &[F],
+        gs: std::ops::Range<usize>,
         x: &QActs,
         i: usize,
-        g: usize,
         out: &SharedMut<f32>,
     ) {
-        let tile = F::tile::<N>(kernel, w, std::array::from_fn(|t| x.row(i + t)));
-        for (t, vals) in tile.iter().enumerate() {
-            self.store(out, i + t, g, vals);
+        let rows = || std::array::from_fn(|t| x.row(i + t));
+        let w = |g: usize| &self.groups[g * self.kb..(g + 1) * self.kb];
+        if gs.len() == 2 {
+            if let Some(pair) = F::pair::<N>(kernel, [w(gs.start), w(gs.start + 1)], rows()) {
+                for (t, vals) in pair.iter().enumerate() {
+                    self.store(out, i + t, gs.start, &vals[0]);
+                    self.store(out, i + t, gs.start + 1, &vals[1]);
+                }
+                return;
+            }
+        }
+        for g in gs {
+            let tile = F::tile::<N>(kernel, w(g), rows());
+            for (t, vals) in tile.iter().enumerate() {
+                self.store(out, i + t, g, vals);
+            }
         }
     }
 

@@ -73,4 +73,12 @@ impl Format for Q5_0x8 {
     ) -> [[f32; GROUP]; MR] {
         arch::q5_0(kernel, w, x)
     }
+
+    fn pair<const MR: usize>(
+        kernel: Kernel,
+        w: [&[Self]; 2],
+        x: [&[ActBlock]; MR],
+    ) -> Option<arch::Pair<MR>> {
+        arch::q5_0_pair(kernel, w, x)
+    }
 }

@@ -1,7 +1,10 @@
 //! The x86-64 kernels: one body per weight type, instantiated twice by [`kernels!`] with a
 //! different integer dot-product step: AVX2 (`vpmaddubsw` + `vpmaddwd`) and AVX-512 VNNI on
-//! 256-bit registers (`vpdpbusd`; on Zen 4 a 512-bit op runs as two 256-bit halves anyway, and
-//! the 256-bit form keeps one layout for both).
+//! 256-bit registers (`vpdpbusd`), on the same group layout. [`wide`] runs the AVX-512 VNNI
+//! bodies on 512-bit registers, two groups at once, for [`Kernel::Avx512Wide`] (a lone group
+//! there runs on the 256-bit body): the development machine's Intel Xeon issues 1.6-1.9
+//! `vpdpbusd` a cycle at either width, so 512 bits do up to twice the work a cycle (Zen 4
+//! splits a 512-bit operation in two; not measured there).
 //!
 //! Per block of a group: the eight rows' values are loaded four elements per row at a time and
 //! multiplied by four broadcast activation bytes, so each 32-bit lane accumulates one row's
@@ -14,6 +17,10 @@
 //! so the bits do not change.
 //! The K-quants (`kquants`) run eight 32-element sub-blocks per stored block with the same loads.
 //! Compiled on x86-64 only (`portable` stands in elsewhere).
+
+mod wide;
+
+pub(super) use wide::Pair;
 
 use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP};
 
@@ -29,6 +36,10 @@ pub(super) fn avx2_available() -> bool {
     is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
+}
+
+pub(super) fn wide_available() -> bool {
+    wide::available()
 }
 
 pub(super) fn vnni_available() -> bool {
@@ -118,6 +129,7 @@ enum High<'a> {
 /// kernels are the reference the others match, bit for bit).
 macro_rules! dispatch {
     ($name:ident, $fmt:ty) => {
+        #[inline(always)]
         pub(super) fn $name<const MR: usize>(
             kernel: Kernel,
             w: &[$fmt],
@@ -134,12 +146,50 @@ macro_rules! dispatch {
                 // SAFETY: `matmul_many` replaces a kernel the CPU lacks by the scalar one, so the
                 // features these functions enable are present; lengths are checked above.
                 Kernel::Avx2 => unsafe { avx2::$name(w, x) },
-                Kernel::Avx512Vnni => unsafe { vnni::$name(w, x) },
+                // A lone group of the 512-bit kernel runs on the 256-bit body (same bits).
+                Kernel::Avx512Vnni | Kernel::Avx512Wide => unsafe { vnni::$name(w, x) },
                 Kernel::Scalar => super::scalar::$name(w, x),
             }
         }
     };
 }
+
+/// Dispatches two groups' tile to the 512-bit bodies ([`wide`]); `None` for the kernels that
+/// run one group at a time.
+macro_rules! dispatch_pair {
+    ($name:ident, $fmt:ty, $body:path) => {
+        #[inline(always)]
+        pub(super) fn $name<const MR: usize>(
+            kernel: Kernel,
+            w: [&[$fmt]; 2],
+            x: [&[ActBlock]; MR],
+        ) -> Option<Pair<MR>> {
+            if kernel != Kernel::Avx512Wide {
+                return None;
+            }
+            for row in &x {
+                for g in &w {
+                    assert_eq!(
+                        row.len(),
+                        g.len() * <$fmt as super::Format>::SUB,
+                        "activation and weight blocks differ"
+                    );
+                }
+            }
+            // SAFETY: `matmul_many` replaces a kernel the CPU lacks by the scalar one, so the
+            // 512-bit kernel runs only where `wide::available`; lengths are checked above.
+            Some(unsafe { $body(w, x) })
+        }
+    };
+}
+
+dispatch_pair!(q4_0_pair, Q4_0x8, wide::q4_0);
+dispatch_pair!(q4_1_pair, Q4_1x8, wide::q4_1);
+dispatch_pair!(q5_0_pair, Q5_0x8, wide::q5_0);
+dispatch_pair!(q8_0_pair, Q8_0x8, wide::q8_0);
+dispatch_pair!(q4_k_pair, Q4_Kx8, wide::q4_k);
+dispatch_pair!(q5_k_pair, Q5_Kx8, wide::q5_k);
+dispatch_pair!(q6_k_pair, Q6_Kx8, wide::q6_k);
 
 dispatch!(q4_0, Q4_0x8);
 dispatch!(q4_1, Q4_1x8);
