@@ -78,6 +78,28 @@ fn better(a: (f32, u32), b: (f32, u32)) -> std::cmp::Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
+/// Sorts (logit, id) pairs into [`better`]'s order through one integer key each (the logit's
+/// place in `total_cmp`'s order, reversed, above the id), which sorts several times faster than
+/// comparing pairs and gives the same order: keys are distinct where ids are.
+fn sort_best_first(cands: &mut [(f32, u32)]) {
+    let key = |(l, id): (f32, u32)| {
+        let rank = (order_key(l) as u32) ^ 0x8000_0000;
+        (u64::from(!rank) << 32) | u64::from(id)
+    };
+    let mut keys: Vec<u64> = cands.iter().map(|&c| key(c)).collect();
+    keys.sort_unstable();
+    for (c, k) in cands.iter_mut().zip(keys) {
+        let rank = !((k >> 32) as u32) ^ 0x8000_0000;
+        let bits = rank as i32;
+        *c = (f32::from_bits(unorder_key(bits) as u32), k as u32);
+    }
+}
+
+/// The inverse of [`order_key`] (the same flip undoes itself).
+fn unorder_key(key: i32) -> i32 {
+    key ^ (((key >> 31) as u32) >> 1) as i32
+}
+
 /// Applies bias and penalties to `logits` in place. `history` holds the sequence's tokens by
 /// position; those at positions `>= params.prompt_len` count as output.
 pub fn apply_penalties(logits: &mut [f32], params: &SamplingParams, history: &[u32]) {
@@ -178,7 +200,7 @@ fn sample_filtered(logits: &[f32], params: &SamplingParams, u: f64) -> u32 {
     if floor.is_finite() && floor < top {
         cands.retain(|c| c.0 >= floor);
     }
-    cands.sort_unstable_by(|a, b| better(*a, *b));
+    sort_best_first(&mut cands);
     let inv_t = 1.0 / params.temperature as f64;
     let top = cands[0].0 as f64;
     let mut probs: Vec<f64> = cands
@@ -270,6 +292,34 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sorting_by_keys_gives_the_pairs_order() {
+        // Ties, both zeros, negatives, large and tiny magnitudes, ids out of order.
+        let mut state = 12_345u64;
+        let mut cands: Vec<(f32, u32)> = (0..5_000u32)
+            .map(|id| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                let r = (state >> 40) as u32;
+                let l = match r % 7 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => (r % 13) as f32 - 6.0,
+                    3 => f32::MAX / (1 + r % 5) as f32,
+                    4 => -1e-30 * (r % 3) as f32,
+                    _ => (r as f32 / 1e4).sin() * 40.0,
+                };
+                (l, (id * 7_919) % 5_003)
+            })
+            .collect();
+        let mut want = cands.clone();
+        want.sort_unstable_by(|a, b| better(*a, *b));
+        sort_best_first(&mut cands);
+        let bits = |v: &[(f32, u32)]| v.iter().map(|(l, i)| (l.to_bits(), *i)).collect::<Vec<_>>();
+        assert_eq!(bits(&cands), bits(&want));
+    }
 
     fn params() -> SamplingParams {
         SamplingParams::default()
