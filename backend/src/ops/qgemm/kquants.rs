@@ -19,7 +19,7 @@
 //! superblock (stored: 144), Q5_K 180 (176), Q6_K 210 (as stored).
 
 use super::{arch, interleave_nibbles, raw, row_nibbles, unraw, ActBlock, Format, Kernel};
-use super::{Packed, PackedRef, GROUP};
+use super::{kernel_fns, Packed, PackedRef, GROUP};
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5K, BlockQ6K};
 use half::f16;
 
@@ -268,21 +268,7 @@ impl Format for Q4_Kx8 {
         })
     }
 
-    fn tile<const MR: usize>(
-        kernel: Kernel,
-        w: &[Self],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        arch::q4_k(kernel, w, x)
-    }
-
-    fn pair<const MR: usize>(
-        kernel: Kernel,
-        w: [&[Self]; 2],
-        x: [&[ActBlock]; MR],
-    ) -> Option<arch::Pair<MR>> {
-        arch::q4_k_pair(kernel, w, x)
-    }
+    kernel_fns!(q4_k, q4_k_pair);
 }
 
 /// Sub-block `j`'s low nibbles of each row of a group, in the Q4_0 byte order (element `i` in
@@ -382,21 +368,7 @@ impl Format for Q5_Kx8 {
         unraw(b)
     }
 
-    fn tile<const MR: usize>(
-        kernel: Kernel,
-        w: &[Self],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        arch::q5_k(kernel, w, x)
-    }
-
-    fn pair<const MR: usize>(
-        kernel: Kernel,
-        w: [&[Self]; 2],
-        x: [&[ActBlock]; MR],
-    ) -> Option<arch::Pair<MR>> {
-        arch::q5_k_pair(kernel, w, x)
-    }
+    kernel_fns!(q5_k, q5_k_pair);
 }
 
 /// Element `e` (0..256) of a Q6_K block: `q`, 0..64.
@@ -473,19 +445,5 @@ impl Format for Q6_Kx8 {
         unraw(b)
     }
 
-    fn tile<const MR: usize>(
-        kernel: Kernel,
-        w: &[Self],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        arch::q6_k(kernel, w, x)
-    }
-
-    fn pair<const MR: usize>(
-        kernel: Kernel,
-        w: [&[Self]; 2],
-        x: [&[ActBlock]; MR],
-    ) -> Option<arch::Pair<MR>> {
-        arch::q6_k_pair(kernel, w, x)
-    }
+    kernel_fns!(q6_k, q6_k_pair);
 }

@@ -149,6 +149,28 @@ pub fn select(k: Kernel) -> Result<(), String> {
     Ok(())
 }
 
+/// A [`Format`]'s `tile` and `pair`: the dispatch functions `arch::$tile` and `arch::$pair`.
+macro_rules! kernel_fns {
+    ($tile:ident, $pair:ident) => {
+        fn tile<const MR: usize>(
+            kernel: Kernel,
+            w: &[Self],
+            x: [&[ActBlock]; MR],
+        ) -> [[f32; GROUP]; MR] {
+            arch::$tile(kernel, w, x)
+        }
+
+        fn pair<const MR: usize>(
+            kernel: Kernel,
+            w: [&[Self]; 2],
+            x: [&[ActBlock]; MR],
+        ) -> Option<arch::Pair<MR>> {
+            arch::$pair(kernel, w, x)
+        }
+    };
+}
+use kernel_fns;
+
 /// A GGUF block type that Wick repacks into interleaved groups of [`GROUP`] rows.
 pub trait Format: Sized + Send + Sync + 'static {
     /// 32-element activation blocks per stored block (8 for the 256-element K-quants).
@@ -289,21 +311,7 @@ impl Format for Q4_0x8 {
         })
     }
 
-    fn tile<const MR: usize>(
-        kernel: Kernel,
-        w: &[Self],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        arch::q4_0(kernel, w, x)
-    }
-
-    fn pair<const MR: usize>(
-        kernel: Kernel,
-        w: [&[Self]; 2],
-        x: [&[ActBlock]; MR],
-    ) -> Option<arch::Pair<MR>> {
-        arch::q4_0_pair(kernel, w, x)
-    }
+    kernel_fns!(q4_0, q4_0_pair);
 }
 
 impl Format for Q4_1x8 {
@@ -330,21 +338,7 @@ impl Format for Q4_1x8 {
         })
     }
 
-    fn tile<const MR: usize>(
-        kernel: Kernel,
-        w: &[Self],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        arch::q4_1(kernel, w, x)
-    }
-
-    fn pair<const MR: usize>(
-        kernel: Kernel,
-        w: [&[Self]; 2],
-        x: [&[ActBlock]; MR],
-    ) -> Option<arch::Pair<MR>> {
-        arch::q4_1_pair(kernel, w, x)
-    }
+    kernel_fns!(q4_1, q4_1_pair);
 }
 
 impl Format for Q8_0x8 {
@@ -379,21 +373,7 @@ impl Format for Q8_0x8 {
         unraw(RawQ8_0 { d: self.d[r], qs })
     }
 
-    fn tile<const MR: usize>(
-        kernel: Kernel,
-        w: &[Self],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        arch::q8_0(kernel, w, x)
-    }
-
-    fn pair<const MR: usize>(
-        kernel: Kernel,
-        w: [&[Self]; 2],
-        x: [&[ActBlock]; MR],
-    ) -> Option<arch::Pair<MR>> {
-        arch::q8_0_pair(kernel, w, x)
-    }
+    kernel_fns!(q8_0, q8_0_pair);
 }
 
 /// A `rows x (kb * 32 * F::SUB)` matrix in groups of [`GROUP`] interleaved rows: group `g`'s

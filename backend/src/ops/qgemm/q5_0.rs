@@ -8,7 +8,7 @@
 //! ones in `x86`.
 
 use super::{arch, interleave_nibbles, raw, row_nibbles, unraw, ActBlock, Format, Kernel};
-use super::{Packed, PackedRef, RawQ5_0, GROUP};
+use super::{kernel_fns, Packed, PackedRef, RawQ5_0, GROUP};
 use candle_core::quantized::k_quants::BlockQ5_0;
 use half::f16;
 
@@ -66,19 +66,5 @@ impl Format for Q5_0x8 {
         })
     }
 
-    fn tile<const MR: usize>(
-        kernel: Kernel,
-        w: &[Self],
-        x: [&[ActBlock]; MR],
-    ) -> [[f32; GROUP]; MR] {
-        arch::q5_0(kernel, w, x)
-    }
-
-    fn pair<const MR: usize>(
-        kernel: Kernel,
-        w: [&[Self]; 2],
-        x: [&[ActBlock]; MR],
-    ) -> Option<arch::Pair<MR>> {
-        arch::q5_0_pair(kernel, w, x)
-    }
+    kernel_fns!(q5_0, q5_0_pair);
 }

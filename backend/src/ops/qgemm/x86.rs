@@ -20,7 +20,9 @@
 
 mod wide;
 
-pub(super) use wide::Pair;
+pub(super) use wide::{
+    q4_0_pair, q4_1_pair, q4_k_pair, q5_0_pair, q5_k_pair, q6_k_pair, q8_0_pair, Pair,
+};
 
 use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP};
 
@@ -153,43 +155,6 @@ macro_rules! dispatch {
         }
     };
 }
-
-/// Dispatches two groups' tile to the 512-bit bodies ([`wide`]); `None` for the kernels that
-/// run one group at a time.
-macro_rules! dispatch_pair {
-    ($name:ident, $fmt:ty, $body:path) => {
-        #[inline(always)]
-        pub(super) fn $name<const MR: usize>(
-            kernel: Kernel,
-            w: [&[$fmt]; 2],
-            x: [&[ActBlock]; MR],
-        ) -> Option<Pair<MR>> {
-            if kernel != Kernel::Avx512Wide {
-                return None;
-            }
-            for row in &x {
-                for g in &w {
-                    assert_eq!(
-                        row.len(),
-                        g.len() * <$fmt as super::Format>::SUB,
-                        "activation and weight blocks differ"
-                    );
-                }
-            }
-            // SAFETY: `matmul_many` replaces a kernel the CPU lacks by the scalar one, so the
-            // 512-bit kernel runs only where `wide::available`; lengths are checked above.
-            Some(unsafe { $body(w, x) })
-        }
-    };
-}
-
-dispatch_pair!(q4_0_pair, Q4_0x8, wide::q4_0);
-dispatch_pair!(q4_1_pair, Q4_1x8, wide::q4_1);
-dispatch_pair!(q5_0_pair, Q5_0x8, wide::q5_0);
-dispatch_pair!(q8_0_pair, Q8_0x8, wide::q8_0);
-dispatch_pair!(q4_k_pair, Q4_Kx8, wide::q4_k);
-dispatch_pair!(q5_k_pair, Q5_Kx8, wide::q5_k);
-dispatch_pair!(q6_k_pair, Q6_Kx8, wide::q6_k);
 
 dispatch!(q4_0, Q4_0x8);
 dispatch!(q4_1, Q4_1x8);

@@ -10,7 +10,9 @@
 //! Needs AVX-512BW besides AVX-512 VNNI (byte masks; 16-bit shifts on 512-bit registers).
 
 use super::super::kquants::{KNibbles, SUBS};
-use super::super::{ActBlock, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP};
+use super::super::{
+    ActBlock, Format, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8_0x8, GROUP,
+};
 use super::Nibbles;
 use half::f16;
 use std::arch::x86_64::*;
@@ -21,6 +23,43 @@ const CHAINS: usize = 2;
 
 /// Two groups' results for `MR` activation rows: `out[i][h][r]`, group `h`, row `r`.
 pub(in super::super) type Pair<const MR: usize> = [[[f32; GROUP]; 2]; MR];
+
+/// Dispatches two groups' tile to the bodies below; `None` for the kernels that run one group
+/// at a time.
+macro_rules! dispatch_pair {
+    ($name:ident, $fmt:ty, $body:path) => {
+        #[inline(always)]
+        pub(in super::super) fn $name<const MR: usize>(
+            kernel: Kernel,
+            w: [&[$fmt]; 2],
+            x: [&[ActBlock]; MR],
+        ) -> Option<Pair<MR>> {
+            if kernel != Kernel::Avx512Wide {
+                return None;
+            }
+            for row in &x {
+                for g in &w {
+                    assert_eq!(
+                        row.len(),
+                        g.len() * <$fmt as Format>::SUB,
+                        "activation and weight blocks differ"
+                    );
+                }
+            }
+            // SAFETY: `matmul_many` replaces a kernel the CPU lacks by the scalar one, so the
+            // 512-bit kernel runs only where `available`; lengths are checked above.
+            Some(unsafe { $body(w, x) })
+        }
+    };
+}
+
+dispatch_pair!(q4_0_pair, Q4_0x8, q4_0);
+dispatch_pair!(q4_1_pair, Q4_1x8, q4_1);
+dispatch_pair!(q5_0_pair, Q5_0x8, q5_0);
+dispatch_pair!(q8_0_pair, Q8_0x8, q8_0);
+dispatch_pair!(q4_k_pair, Q4_Kx8, q4_k);
+dispatch_pair!(q5_k_pair, Q5_Kx8, q5_k);
+dispatch_pair!(q6_k_pair, Q6_Kx8, q6_k);
 
 pub(super) fn available() -> bool {
     super::vnni_available() && is_x86_feature_detected!("avx512bw")
