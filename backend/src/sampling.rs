@@ -79,8 +79,9 @@ fn better(a: (f32, u32), b: (f32, u32)) -> std::cmp::Ordering {
 }
 
 /// Sorts (logit, id) pairs into [`better`]'s order through one integer key each (the logit's
-/// place in `total_cmp`'s order, reversed, above the id), which sorts several times faster than
-/// comparing pairs and gives the same order: keys are distinct where ids are.
+/// place in `total_cmp`'s order, reversed, above the id): the same order, as keys are distinct
+/// where ids are, in less time than comparing pairs (the sort fell from 9.3% to 5.3% of a
+/// SmolLM2 decode profile at temperature 1).
 fn sort_best_first(cands: &mut [(f32, u32)]) {
     let key = |(l, id): (f32, u32)| {
         let rank = (order_key(l) as u32) ^ 0x8000_0000;
