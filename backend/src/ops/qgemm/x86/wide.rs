@@ -53,12 +53,12 @@ macro_rules! dispatch_pair {
     };
 }
 
-dispatch_pair!(q4_0_pair, Q4_0x8, q4_0);
-dispatch_pair!(q4_1_pair, Q4_1x8, q4_1);
-dispatch_pair!(q5_0_pair, Q5_0x8, q5_0);
+dispatch_pair!(q4_0_pair, Q4_0x8, nibbles);
+dispatch_pair!(q4_1_pair, Q4_1x8, nibbles);
+dispatch_pair!(q5_0_pair, Q5_0x8, nibbles);
 dispatch_pair!(q8_0_pair, Q8_0x8, q8_0);
-dispatch_pair!(q4_k_pair, Q4_Kx8, q4_k);
-dispatch_pair!(q5_k_pair, Q5_Kx8, q5_k);
+dispatch_pair!(q4_k_pair, Q4_Kx8, k_nibbles);
+dispatch_pair!(q5_k_pair, Q5_Kx8, k_nibbles);
 dispatch_pair!(q6_k_pair, Q6_Kx8, q6_k);
 
 pub(super) fn available() -> bool {
@@ -164,6 +164,16 @@ enum High2<'a> {
     Two(&'a [[u8; 32]; 2], &'a [[u8; 32]; 2]),
 }
 
+impl<'a> High2<'a> {
+    /// Both groups' fifth bits (Q5_0, Q5_K), or none (the 4-bit types).
+    fn fifth(a: Option<&'a [u32; 8]>, b: Option<&'a [u32; 8]>) -> Self {
+        match (a, b) {
+            (Some(a), Some(b)) => High2::Fifth(a, b),
+            _ => High2::None,
+        }
+    }
+}
+
 /// One 32-element block of two groups in Q4_0's nibble layout against `MR` activation blocks:
 /// per row, the integer dots of the low and of the high nibbles (the 256-bit `nibble_dots`
 /// without merging, on sixteen rows).
@@ -225,10 +235,7 @@ unsafe fn nibbles<W: Nibbles, const MR: usize>(w: [&[W]; 2], x: [&[ActBlock]; MR
         ahead(w, b);
         let (wa, wb) = (&w[0][b], &w[1][b]);
         let xs = blocks_at(&x, b);
-        let high = match (wa.qh(), wb.qh()) {
-            (Some(a), Some(b)) => High2::Fifth(a, b),
-            _ => High2::None,
-        };
+        let high = High2::fifth(wa.qh(), wb.qh());
         let (lo, hi) = nibble_dots2([wa.qs(), wb.qs()], high, &xs);
         let dw = scales2(wa.d(), wb.d());
         let mins = match (wa.m(), wb.m()) {
@@ -265,10 +272,7 @@ unsafe fn k_nibbles<W: KNibbles, const MR: usize>(w: [&[W]; 2], x: [&[ActBlock];
         let (d, dmin) = (scales2(&ka.d, &kb.d), scales2(&ka.dmin, &kb.dmin));
         for j in 0..SUBS {
             let xs = blocks_at(&x, SUBS * b + j);
-            let high = match (wa.qh(j), wb.qh(j)) {
-                (Some(a), Some(b)) => High2::Fifth(a, b),
-                _ => High2::None,
-            };
+            let high = High2::fifth(wa.qh(j), wb.qh(j));
             let (lo, hi) = nibble_dots2([wa.qs(j), wb.qs(j)], high, &xs);
             let sc = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes2(&ka.sc[j], &kb.sc[j])));
             let m = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes2(&ka.m[j], &kb.m[j])));
@@ -285,34 +289,9 @@ unsafe fn k_nibbles<W: KNibbles, const MR: usize>(w: [&[W]; 2], x: [&[ActBlock];
     finish(acc)
 }
 
-/// Q4_0.
-pub(super) unsafe fn q4_0<const MR: usize>(w: [&[Q4_0x8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
-    nibbles(w, x)
-}
-
-/// Q4_1.
-pub(super) unsafe fn q4_1<const MR: usize>(w: [&[Q4_1x8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
-    nibbles(w, x)
-}
-
-/// Q5_0.
-pub(super) unsafe fn q5_0<const MR: usize>(w: [&[Q5_0x8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
-    nibbles(w, x)
-}
-
-/// Q4_K.
-pub(super) unsafe fn q4_k<const MR: usize>(w: [&[Q4_Kx8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
-    k_nibbles(w, x)
-}
-
-/// Q5_K.
-pub(super) unsafe fn q5_k<const MR: usize>(w: [&[Q5_Kx8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
-    k_nibbles(w, x)
-}
-
 /// Q6_K (the 256-bit `q6_k`).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-pub(super) unsafe fn q6_k<const MR: usize>(w: [&[Q6_Kx8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
+unsafe fn q6_k<const MR: usize>(w: [&[Q6_Kx8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..w[0].len() {
         ahead(w, b);
@@ -343,7 +322,7 @@ pub(super) unsafe fn q6_k<const MR: usize>(w: [&[Q6_Kx8]; 2], x: [&[ActBlock]; M
 /// Q8_0 (the 256-bit `q8_0`): the weights' signs moved onto the activations with a byte mask
 /// (AVX-512 has no `vpsignb`; a zero weight's product is zero either way).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-pub(super) unsafe fn q8_0<const MR: usize>(w: [&[Q8_0x8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
+unsafe fn q8_0<const MR: usize>(w: [&[Q8_0x8]; 2], x: [&[ActBlock]; MR]) -> Pair<MR> {
     let mut acc = [_mm512_setzero_ps(); MR];
     for b in 0..w[0].len() {
         ahead(w, b);
