@@ -30,9 +30,14 @@ use super::{ActBlock, Kernel, Q4_0x8, Q4_1x8, Q4_Kx8, Q5_0x8, Q5_Kx8, Q6_Kx8, Q8
 /// The packed matrices are read front to back, but the hardware prefetchers stop at every 4 KiB
 /// page; without this a batch-1 decode step of SmolLM2 or Qwen2.5-Coder-1.5B took 8-9% longer
 /// (interleaved steps in one process on an AMD EPYC Zen 3: 512 bytes gained a third to a half
-/// of that, 1,024 to 4,096 about all of it, 1,024 and 1,536 the most). A prefetch never faults,
-/// so reading past the matrix's end is harmless.
-const PREFETCH: usize = 1024;
+/// of that, 1,024 to 4,096 about all of it, 1,024 and 1,536 the most). On an Intel Xeon
+/// (family 6, model 207), whose memory is further away, the distance mattered far more:
+/// 256-token SmolLM2 decodes took 1.35-1.43 s at 1,024 bytes, 1.25-1.29 at 3,072, 1.12-1.26 at
+/// 8,192 to 12,288 (the 256-bit kernel alike: 1.49-1.62 -> 1.17-1.27 s); Qwen2.5-Coder-1.5B's
+/// decode 2-7% faster; prefill the same. 8 KiB is where that plateau starts; Zen 3 was flat
+/// from 1 to 4 KiB and is not measured at 8. A prefetch never faults, so reading past the
+/// matrix's end is harmless.
+const PREFETCH: usize = 8192;
 
 pub(super) fn avx2_available() -> bool {
     is_x86_feature_detected!("avx2")
