@@ -8,7 +8,7 @@ use half::f16;
 /// give the same values and scale), with the scale, the scaled sum and the integer sum kept as
 /// the kernels need them.
 #[derive(Clone, Copy, Debug)]
-#[repr(C)]
+#[repr(C, align(64))]
 pub struct ActBlock {
     pub qs: [i8; 32],
     /// The scale, as stored in f16 by candle (exact in f32).
@@ -17,9 +17,17 @@ pub struct ActBlock {
     pub s: f32,
     /// The sum of `qs`.
     pub isum: i32,
+    /// `isum` as f32 (exact: at most 4,096 in magnitude), so that the kernels broadcast it
+    /// from memory instead of converting and broadcasting a register in their inner loops.
+    pub fsum: f32,
     /// The sums of `qs[..16]` and `qs[16..]` (Q6_K's halves have their own scales).
     pub hsum: [i32; 2],
+    /// `32 * hsum`, Q6_K's offsets, kept for the same reason as `fsum`.
+    pub hsum32: [i32; 2],
 }
+
+// One block to a cache line.
+const _: () = assert!(std::mem::size_of::<ActBlock>() == 64);
 
 /// A batch of activation rows quantized for the kernels: `rows * kb` blocks.
 pub struct QActs {
@@ -43,7 +51,9 @@ impl QActs {
             d: 0.0,
             s: 0.0,
             isum: 0,
+            fsum: 0.0,
             hsum: [0; 2],
+            hsum32: [0; 2],
         };
         let mut blocks = vec![empty; rows * kb];
         let quantize_rows = |xs: &[f32], out: &mut [ActBlock]| {
@@ -111,6 +121,8 @@ fn quantize_block(x: &[f32; 32]) -> ActBlock {
         d: d.to_f32(),
         s: s.to_f32(),
         isum,
+        fsum: isum as f32,
         hsum,
+        hsum32: hsum.map(|h| 32 * h),
     }
 }

@@ -219,6 +219,15 @@ fn activation_quantization_is_candles_bit_for_bit() {
         assert_eq!(a.d.to_bits(), b.d.to_f32().to_bits());
         assert_eq!(a.s.to_bits(), b.s.to_f32().to_bits());
         assert_eq!(a.isum, b.qs.iter().map(|&q| q as i32).sum::<i32>());
+        assert_eq!(a.fsum, a.isum as f32);
+        let half = |h: usize| {
+            b.qs[16 * h..16 * h + 16]
+                .iter()
+                .map(|&q| q as i32)
+                .sum::<i32>()
+        };
+        assert_eq!(a.hsum, [half(0), half(1)]);
+        assert_eq!(a.hsum32, [32 * half(0), 32 * half(1)]);
     }
 }
 

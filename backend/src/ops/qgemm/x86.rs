@@ -459,7 +459,7 @@ macro_rules! kernels {
                         for i in 0..MR {
                             let sumi = _mm256_add_epi32(lo[i], hi[i]);
                             let a = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale);
-                            let m = _mm256_mul_ps(_mm256_set1_ps(xs[i].isum as f32), min);
+                            let m = _mm256_mul_ps(_mm256_set1_ps(xs[i].fsum), min);
                             let t = _mm256_mul_ps(_mm256_sub_ps(a, m), _mm256_set1_ps(xs[i].d));
                             acc[i] = _mm256_add_ps(acc[i], t);
                         }
@@ -500,8 +500,8 @@ macro_rules! kernels {
                         let (lo, hi) = nibble_dots::<MR, true>(&sub.ql, High::Two(&sub.qh), &xs);
                         let (s0, s1) = (sbytes_i32(&wb.sc[2 * j]), sbytes_i32(&wb.sc[2 * j + 1]));
                         for i in 0..MR {
-                            let l0 = _mm256_sub_epi32(lo[i], _mm256_set1_epi32(32 * xs[i].hsum[0]));
-                            let h0 = _mm256_sub_epi32(hi[i], _mm256_set1_epi32(32 * xs[i].hsum[1]));
+                            let l0 = _mm256_sub_epi32(lo[i], _mm256_set1_epi32(xs[i].hsum32[0]));
+                            let h0 = _mm256_sub_epi32(hi[i], _mm256_set1_epi32(xs[i].hsum32[1]));
                             let sumi = _mm256_add_epi32(
                                 _mm256_mullo_epi32(l0, s0),
                                 _mm256_mullo_epi32(h0, s1),

@@ -280,7 +280,7 @@ unsafe fn k_nibbles<W: KNibbles, const MR: usize>(w: [&[W]; 2], x: [&[ActBlock];
             for i in 0..MR {
                 let sumi = _mm512_add_epi32(lo[i], hi[i]);
                 let a = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), scale);
-                let m = _mm512_mul_ps(_mm512_set1_ps(xs[i].isum as f32), min);
+                let m = _mm512_mul_ps(_mm512_set1_ps(xs[i].fsum), min);
                 let t = _mm512_mul_ps(_mm512_sub_ps(a, m), _mm512_set1_ps(xs[i].d));
                 acc[i] = _mm512_add_ps(acc[i], t);
             }
@@ -307,8 +307,8 @@ unsafe fn q6_k<const MR: usize>(w: [&[Q6_Kx8]; 2], x: [&[ActBlock]; MR]) -> Pair
             };
             let (s0, s1) = (sc(2 * j), sc(2 * j + 1));
             for i in 0..MR {
-                let l0 = _mm512_sub_epi32(lo[i], _mm512_set1_epi32(32 * xs[i].hsum[0]));
-                let h0 = _mm512_sub_epi32(hi[i], _mm512_set1_epi32(32 * xs[i].hsum[1]));
+                let l0 = _mm512_sub_epi32(lo[i], _mm512_set1_epi32(xs[i].hsum32[0]));
+                let h0 = _mm512_sub_epi32(hi[i], _mm512_set1_epi32(xs[i].hsum32[1]));
                 let sumi = _mm512_add_epi32(_mm512_mullo_epi32(l0, s0), _mm512_mullo_epi32(h0, s1));
                 let t = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), d);
                 let t = _mm512_mul_ps(t, _mm512_set1_ps(xs[i].d));
