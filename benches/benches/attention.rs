@@ -4,13 +4,18 @@
 //! and 2,000 keys, for 28 layers (each with its own cache, so that the keys stream from memory
 //! as in a step). Run on a compute team of every core, as the engine's worker runs.
 //!
+//! A second group, `attention_decode`, is a SmolLM2 decode (9 query heads, 3 KV heads, head
+//! dimension 64, f16 cache, 30 layers) at 130 and 500 keys, with every layer's cache in cache
+//! (`hot`) and with a 64 MiB buffer written between iterations to push it out (`cold`, timed
+//! without the flush): which of compute and memory holds a decode step's attention.
+//!
 //! Run: `cargo bench -p wick-benches --bench attention`. Throughput is in key-query pairs per
 //! second (criterion's elements/s: `layers * heads * keys * rows`); comparing two commits means
 //! running this at each.
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wick_backend::ops::{AttentionMeta, PagedAttention};
 use wick_backend::team;
 
@@ -62,5 +67,78 @@ fn bench_attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_attention);
+/// SmolLM2's attention shape.
+const DECODE_HEADS: usize = 9;
+const DECODE_KV_HEADS: usize = 3;
+const DECODE_DIM: usize = 64;
+const DECODE_LAYERS: usize = 30;
+
+fn bench_decode(c: &mut Criterion) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dev = Device::Cpu;
+    let mut group = c.benchmark_group("attention_decode");
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_millis(500));
+    group.measurement_time(Duration::from_secs(3));
+    // Written between cold iterations: far more than the L2 caches.
+    let mut flush = vec![1u8; 64 << 20];
+    for keys in [130usize, 500] {
+        let blocks = keys.div_ceil(BLOCK);
+        let cache = || {
+            Tensor::randn(
+                0f32,
+                1.0,
+                (blocks, DECODE_KV_HEADS, BLOCK, DECODE_DIM),
+                &dev,
+            )
+            .and_then(|t| t.to_dtype(DType::F16))
+            .unwrap()
+        };
+        let caches: Vec<(Tensor, Tensor)> =
+            (0..DECODE_LAYERS).map(|_| (cache(), cache())).collect();
+        let meta = AttentionMeta {
+            positions: vec![keys - 1],
+            token_table: vec![0],
+            tables: vec![(0..blocks as u32).collect()],
+            slots: vec![keys - 1],
+            block_size: BLOCK,
+        };
+        let q = Tensor::randn(0f32, 1.0, (1, DECODE_HEADS, DECODE_DIM), &dev).unwrap();
+        let op = PagedAttention {
+            meta: &meta,
+            scale: 1.0 / (DECODE_DIM as f32).sqrt(),
+            window: None,
+        };
+        group.throughput(Throughput::Elements(
+            (DECODE_LAYERS * DECODE_HEADS * keys) as u64,
+        ));
+        for cold in [false, true] {
+            let id = BenchmarkId::new(format!("keys_{keys}"), if cold { "cold" } else { "hot" });
+            group.bench_function(id, |b| {
+                team::install(threads, || {
+                    b.iter_custom(|iters| {
+                        let mut took = Duration::ZERO;
+                        for i in 0..iters {
+                            if cold {
+                                for byte in flush.iter_mut().step_by(64) {
+                                    *byte = byte.wrapping_add(i as u8);
+                                }
+                            }
+                            let start = Instant::now();
+                            for (k, v) in &caches {
+                                q.apply_op3_no_bwd(k, v, &op).unwrap();
+                            }
+                            took += start.elapsed();
+                        }
+                        took
+                    })
+                })
+                .unwrap()
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_attention, bench_decode);
 criterion_main!(benches);
