@@ -14,108 +14,136 @@
 //! running this at each.
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use std::time::{Duration, Instant};
 use wick_backend::ops::{AttentionMeta, PagedAttention};
 use wick_backend::team;
 
-const HEADS: usize = 12;
-const KV_HEADS: usize = 2;
-const DIM: usize = 128;
 const BLOCK: usize = 16;
-const LAYERS: usize = 28;
 
-fn bench_attention(c: &mut Criterion) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let dev = Device::Cpu;
-    let mut group = c.benchmark_group("attention");
+/// A model's attention shape and cache type.
+struct Shape {
+    heads: usize,
+    kv_heads: usize,
+    dim: usize,
+    layers: usize,
+    dtype: DType,
+}
+
+/// Qwen2.5-Coder-1.5B, f32 cache.
+const QWEN: Shape = Shape {
+    heads: 12,
+    kv_heads: 2,
+    dim: 128,
+    layers: 28,
+    dtype: DType::F32,
+};
+
+/// SmolLM2-135M, f16 cache (the default).
+const SMOLLM2: Shape = Shape {
+    heads: 9,
+    kv_heads: 3,
+    dim: 64,
+    layers: 30,
+    dtype: DType::F16,
+};
+
+impl Shape {
+    /// Every layer's K and V caches, `keys` positions each, random.
+    fn caches(&self, keys: usize) -> Vec<(Tensor, Tensor)> {
+        let shape = (keys.div_ceil(BLOCK), self.kv_heads, BLOCK, self.dim);
+        let cache = || {
+            Tensor::randn(0f32, 1.0, shape, &Device::Cpu)
+                .and_then(|t| t.to_dtype(self.dtype))
+                .unwrap()
+        };
+        (0..self.layers).map(|_| (cache(), cache())).collect()
+    }
+
+    /// `rows` random queries.
+    fn queries(&self, rows: usize) -> Tensor {
+        Tensor::randn(0f32, 1.0, (rows, self.heads, self.dim), &Device::Cpu).unwrap()
+    }
+
+    fn attention<'a>(&self, meta: &'a AttentionMeta) -> PagedAttention<'a> {
+        PagedAttention {
+            meta,
+            scale: 1.0 / (self.dim as f32).sqrt(),
+            window: None,
+        }
+    }
+
+    /// Key-query pairs of a pass over every layer.
+    fn pairs(&self, keys: usize, rows: usize) -> Throughput {
+        Throughput::Elements((self.layers * self.heads * keys * rows) as u64)
+    }
+}
+
+/// One sequence of `keys` positions in blocks `0, 1, ...`, whose last `rows` are the queries.
+fn last_rows(keys: usize, rows: usize) -> AttentionMeta {
+    AttentionMeta {
+        positions: (keys - rows..keys).collect(),
+        token_table: vec![0; rows],
+        tables: vec![(0..keys.div_ceil(BLOCK) as u32).collect()],
+        slots: (keys - rows..keys).collect(),
+        block_size: BLOCK,
+    }
+}
+
+/// A group of short runs (each pass takes milliseconds).
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
     group.warm_up_time(Duration::from_millis(500));
     group.measurement_time(Duration::from_secs(3));
+    group
+}
+
+/// Attention of `q` over every layer's caches, as a step runs it.
+fn every_layer(q: &Tensor, caches: &[(Tensor, Tensor)], op: &PagedAttention) {
+    for (k, v) in caches {
+        q.apply_op3_no_bwd(k, v, op).unwrap();
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn bench_attention(c: &mut Criterion) {
+    let mut group = group(c, "attention");
     for keys in [500usize, 2000] {
-        let blocks = keys.div_ceil(BLOCK);
-        let cache = || Tensor::randn(0f32, 1.0, (blocks, KV_HEADS, BLOCK, DIM), &dev).unwrap();
-        let caches: Vec<(Tensor, Tensor)> = (0..LAYERS).map(|_| (cache(), cache())).collect();
+        let caches = QWEN.caches(keys);
         for rows in [1usize, 5, 8] {
-            let meta = AttentionMeta {
-                positions: (keys - rows..keys).collect(),
-                token_table: vec![0; rows],
-                tables: vec![(0..blocks as u32).collect()],
-                slots: (keys - rows..keys).collect(),
-                block_size: BLOCK,
-            };
-            let q = Tensor::randn(0f32, 1.0, (rows, HEADS, DIM), &dev).unwrap();
-            let op = PagedAttention {
-                meta: &meta,
-                scale: 1.0 / (DIM as f32).sqrt(),
-                window: None,
-            };
-            group.throughput(Throughput::Elements((LAYERS * HEADS * keys * rows) as u64));
+            let meta = last_rows(keys, rows);
+            let op = QWEN.attention(&meta);
+            group.throughput(QWEN.pairs(keys, rows));
             let id = BenchmarkId::new(format!("keys_{keys}"), format!("rows_{rows}"));
-            group.bench_with_input(id, &q, |b, q| {
-                team::install(threads, || {
-                    b.iter(|| {
-                        for (k, v) in &caches {
-                            q.apply_op3_no_bwd(k, v, &op).unwrap();
-                        }
-                    })
-                })
-                .unwrap()
+            group.bench_with_input(id, &QWEN.queries(rows), |b, q| {
+                team::install(threads(), || b.iter(|| every_layer(q, &caches, &op))).unwrap()
             });
         }
     }
     group.finish();
 }
 
-/// SmolLM2's attention shape.
-const DECODE_HEADS: usize = 9;
-const DECODE_KV_HEADS: usize = 3;
-const DECODE_DIM: usize = 64;
-const DECODE_LAYERS: usize = 30;
-
 fn bench_decode(c: &mut Criterion) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let dev = Device::Cpu;
-    let mut group = c.benchmark_group("attention_decode");
-    group.sample_size(10);
-    group.warm_up_time(Duration::from_millis(500));
-    group.measurement_time(Duration::from_secs(3));
+    let mut group = group(c, "attention_decode");
     // Written between cold iterations: far more than the L2 caches.
     let mut flush = vec![1u8; 64 << 20];
     for keys in [130usize, 500] {
-        let blocks = keys.div_ceil(BLOCK);
-        let cache = || {
-            Tensor::randn(
-                0f32,
-                1.0,
-                (blocks, DECODE_KV_HEADS, BLOCK, DECODE_DIM),
-                &dev,
-            )
-            .and_then(|t| t.to_dtype(DType::F16))
-            .unwrap()
-        };
-        let caches: Vec<(Tensor, Tensor)> =
-            (0..DECODE_LAYERS).map(|_| (cache(), cache())).collect();
-        let meta = AttentionMeta {
-            positions: vec![keys - 1],
-            token_table: vec![0],
-            tables: vec![(0..blocks as u32).collect()],
-            slots: vec![keys - 1],
-            block_size: BLOCK,
-        };
-        let q = Tensor::randn(0f32, 1.0, (1, DECODE_HEADS, DECODE_DIM), &dev).unwrap();
-        let op = PagedAttention {
-            meta: &meta,
-            scale: 1.0 / (DECODE_DIM as f32).sqrt(),
-            window: None,
-        };
-        group.throughput(Throughput::Elements(
-            (DECODE_LAYERS * DECODE_HEADS * keys) as u64,
-        ));
+        let caches = SMOLLM2.caches(keys);
+        let meta = last_rows(keys, 1);
+        let op = SMOLLM2.attention(&meta);
+        let q = SMOLLM2.queries(1);
+        group.throughput(SMOLLM2.pairs(keys, 1));
         for cold in [false, true] {
             let id = BenchmarkId::new(format!("keys_{keys}"), if cold { "cold" } else { "hot" });
             group.bench_function(id, |b| {
-                team::install(threads, || {
+                team::install(threads(), || {
                     b.iter_custom(|iters| {
                         let mut took = Duration::ZERO;
                         for i in 0..iters {
@@ -125,9 +153,7 @@ fn bench_decode(c: &mut Criterion) {
                                 }
                             }
                             let start = Instant::now();
-                            for (k, v) in &caches {
-                                q.apply_op3_no_bwd(k, v, &op).unwrap();
-                            }
+                            every_layer(&q, &caches, &op);
                             took += start.elapsed();
                         }
                         took
