@@ -20,9 +20,8 @@ pub struct ActBlock {
     /// `isum` as f32 (exact: at most 4,096 in magnitude), so that the kernels broadcast it
     /// from memory instead of converting and broadcasting a register in their inner loops.
     pub fsum: f32,
-    /// The sums of `qs[..16]` and `qs[16..]` (Q6_K's halves have their own scales).
-    pub hsum: [i32; 2],
-    /// `32 * hsum`, Q6_K's offsets, kept for the same reason as `fsum`.
+    /// 32 times the sums of `qs[..16]` and `qs[16..]`: Q6_K's offsets (its halves have their
+    /// own scales), kept multiplied for the same reason as `fsum`.
     pub hsum32: [i32; 2],
 }
 
@@ -52,7 +51,6 @@ impl QActs {
             s: 0.0,
             isum: 0,
             fsum: 0.0,
-            hsum: [0; 2],
             hsum32: [0; 2],
         };
         let mut blocks = vec![empty; rows * kb];
@@ -122,7 +120,6 @@ fn quantize_block(x: &[f32; 32]) -> ActBlock {
         s: s.to_f32(),
         isum,
         fsum: isum as f32,
-        hsum,
         hsum32: hsum.map(|h| 32 * h),
     }
 }

@@ -147,7 +147,7 @@ pub(super) fn q6_k<const MR: usize>(w: &[Q6_Kx8], x: [&[ActBlock]; MR]) -> [[f32
                                 *half += q * xb.qs[16 * h + 4 * l + i] as i32;
                             }
                         }
-                        *half -= 32 * xb.hsum[h];
+                        *half -= xb.hsum32[h];
                     }
                     let sumi =
                         halves[0] * wb.sc[2 * j][r] as i32 + halves[1] * wb.sc[2 * j + 1][r] as i32;
